@@ -1,0 +1,163 @@
+"""Tell the sidecar that an Orthanc study became stable.
+
+Pure logic, free of the ``orthanc`` module so it can be tested on any Python: the entry script
+(``sidecar_bridge.py``) injects the HTTP session, the logger and Orthanc's change-type values.
+
+It runs on Orthanc's embedded Python (Debian's 3.11): stdlib only (the ``requests`` session comes
+from the caller), no syntax newer than 3.11.
+
+A notification is best effort: one POST, no retry. The sidecar reconciles from Orthanc's durable
+``/changes`` log, so a lost notification only delays a study; a retry loop here would instead stall
+every later change event (the plugin runs change callbacks one at a time on a single thread) and can
+hold up Orthanc's shutdown.
+"""
+
+import math
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+DEFAULT_SIDECAR_URL = "http://127.0.0.1:3006"
+DEFAULT_TIMEOUT_SECONDS = 3.0
+# A sidecar that is up accepts at once; a longer connect wait only delays the change thread.
+CONNECT_TIMEOUT_SECONDS = 1.0
+STABLE_STUDIES_PATH = "/api/orthanc/stable-studies"
+
+
+class ConfigError(ValueError):
+    """The environment does not allow the bridge to start; the message says what to fix."""
+
+
+@dataclass(frozen=True)
+class BridgeConfig:
+    sidecar_url: str
+    token: str = field(repr=False)  # a shared secret must not leak through a logged repr
+    timeout_seconds: float = DEFAULT_TIMEOUT_SECONDS
+
+    @property
+    def timeout(self) -> tuple[float, float]:
+        """``(connect, read)`` timeouts for ``requests``."""
+        return (min(CONNECT_TIMEOUT_SECONDS, self.timeout_seconds), self.timeout_seconds)
+
+
+def config_from_env(environ: Mapping[str, str]) -> BridgeConfig:
+    """Read ``SIDECAR_URL``, ``SIDECAR_PLUGIN_TOKEN`` and ``SIDECAR_NOTIFY_TIMEOUT``.
+
+    Raises ConfigError rather than guessing: a bridge posting without a token, or with a mistyped
+    timeout, would fail on every study while looking configured.
+    """
+    url = environ.get("SIDECAR_URL", "").strip() or DEFAULT_SIDECAR_URL
+    if not url.startswith(("http://", "https://")):
+        raise ConfigError(f"SIDECAR_URL must start with http:// or https://, got {url!r}")
+    token = environ.get("SIDECAR_PLUGIN_TOKEN", "").strip()
+    if not token:
+        raise ConfigError("SIDECAR_PLUGIN_TOKEN is empty or unset")
+    raw_timeout = environ.get("SIDECAR_NOTIFY_TIMEOUT", "").strip()
+    timeout = DEFAULT_TIMEOUT_SECONDS
+    if raw_timeout:
+        try:
+            timeout = float(raw_timeout)
+        except ValueError:
+            timeout = math.nan
+        if not (math.isfinite(timeout) and timeout > 0):
+            raise ConfigError(
+                f"SIDECAR_NOTIFY_TIMEOUT must be a positive number of seconds, got {raw_timeout!r}"
+            )
+    return BridgeConfig(sidecar_url=url.rstrip("/"), token=token, timeout_seconds=timeout)
+
+
+class HttpResponse(Protocol):
+    @property
+    def status_code(self) -> int: ...
+
+    def close(self) -> None: ...
+
+
+class HttpSession(Protocol):
+    """The slice of ``requests.Session`` the notifier uses; tests pass a recording fake."""
+
+    def post(
+        self,
+        url: str,
+        *,
+        json: Any,
+        headers: Mapping[str, str],
+        timeout: tuple[float, float],
+        allow_redirects: bool,
+    ) -> HttpResponse: ...
+
+
+class SidecarNotifier:
+    def __init__(
+        self,
+        url: str,
+        token: str,
+        session: HttpSession,
+        *,
+        timeout: tuple[float, float] = (CONNECT_TIMEOUT_SECONDS, DEFAULT_TIMEOUT_SECONDS),
+        log: Callable[[str], None],
+    ) -> None:
+        self._endpoint = url.rstrip("/") + STABLE_STUDIES_PATH
+        self._headers = {"Authorization": f"Bearer {token}"}
+        self._session = session
+        self._timeout = timeout
+        self._log = log
+
+    def notify_stable_study(self, orthanc_study_id: str) -> bool:
+        """POST the study id once; True on 2xx. Logs one warning and returns False otherwise.
+
+        Never raises: an exception would only become a traceback in Orthanc's log, and the
+        warnings name the Orthanc id and the failure kind only, never patient data.
+        """
+        try:
+            # A redirect means a misconfigured URL; following it would turn the POST into a GET.
+            response = self._session.post(
+                self._endpoint,
+                json={"orthancStudyId": orthanc_study_id},
+                headers=self._headers,
+                timeout=self._timeout,
+                allow_redirects=False,
+            )
+            status = response.status_code
+            response.close()
+        except Exception as exc:  # any failure, including a bug in a session, is one warning
+            self._log(
+                f"sidecar not notified of stable study {orthanc_study_id}: "
+                f"{type(exc).__name__} (it will catch up from /changes)"
+            )
+            return False
+        if 200 <= status < 300:
+            return True
+        self._log(
+            f"sidecar not notified of stable study {orthanc_study_id}: "
+            f"HTTP {status} (it will catch up from /changes)"
+        )
+        return False
+
+
+class ChangeHandler:
+    """The OnChange callback: forwards StableStudy events, goes quiet once Orthanc stops.
+
+    The change-type values are injected so this module never imports ``orthanc``. After
+    ORTHANC_STOPPED every event is dropped, so shutdown never waits on HTTP.
+    """
+
+    def __init__(
+        self, notify: Callable[[str], bool], *, stable_study: object, orthanc_stopped: object
+    ) -> None:
+        self._notify = notify
+        self._stable_study = stable_study
+        self._orthanc_stopped = orthanc_stopped
+        self._stopped = False
+
+    @property
+    def stopped(self) -> bool:
+        return self._stopped
+
+    def __call__(self, change_type: object, level: object, resource_id: str) -> None:
+        if self._stopped:
+            return
+        if change_type == self._stable_study:
+            self._notify(resource_id)
+        elif change_type == self._orthanc_stopped:
+            self._stopped = True

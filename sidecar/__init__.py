@@ -1,0 +1,1 @@
+"""The sidecar: orders, clinical context of studies, reports, users and audit beside Orthanc."""

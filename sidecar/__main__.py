@@ -1,0 +1,25 @@
+"""`python -m sidecar`: the sidecar alone (Orthanc runs elsewhere, as in docker-compose)."""
+
+from __future__ import annotations
+
+import uvicorn
+
+from sidecar.logging_setup import configure_logging
+from sidecar.main import create_app
+from sidecar.settings import Settings
+
+
+def main() -> None:
+    settings = Settings()
+    configure_logging(settings.log_level)
+    uvicorn.run(
+        create_app(settings),
+        host=settings.sidecar_host,
+        port=settings.sidecar_port,
+        access_log=False,
+        log_config=None,
+    )
+
+
+if __name__ == "__main__":
+    main()

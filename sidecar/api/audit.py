@@ -1,0 +1,45 @@
+"""The audit trail, for administrators."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Query
+from sqlmodel import col, func, select
+
+from sidecar.api.deps import Admin, PaginationDep, SessionDep, page
+from sidecar.models.audit import AuditEvent, AuditEventPublic
+from sidecar.models.common import Page
+
+router = APIRouter(prefix="/api/audit", tags=["audit"])
+
+
+@router.get("", response_model=Page[AuditEventPublic])
+def list_audit_events(
+    session: SessionDep,
+    _: Admin,
+    pagination: PaginationDep,
+    entity_type: Annotated[str | None, Query(alias="entityType", max_length=32)] = None,
+    entity_id: Annotated[str | None, Query(alias="entityId", max_length=64)] = None,
+    action: Annotated[str | None, Query(max_length=64)] = None,
+    actor: Annotated[str | None, Query(max_length=64)] = None,
+) -> dict[str, Any]:
+    conditions = [
+        column == value
+        for column, value in (
+            (AuditEvent.entity_type, entity_type),
+            (AuditEvent.entity_id, entity_id),
+            (AuditEvent.action, action),
+            (AuditEvent.actor, actor),
+        )
+        if value is not None
+    ]
+    total = session.exec(select(func.count()).select_from(AuditEvent).where(*conditions)).one()
+    events = session.exec(
+        select(AuditEvent)
+        .where(*conditions)
+        .order_by(col(AuditEvent.id).desc())
+        .offset(pagination.offset)
+        .limit(pagination.limit)
+    ).all()
+    return page(list(events), total, pagination)

@@ -1,0 +1,205 @@
+"""Studies (seed 001): listing and reading what Orthanc holds, correcting clinical context."""
+
+from __future__ import annotations
+
+from datetime import date
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Query, status
+from sqlalchemy import literal
+from sqlmodel import Session, col, func, select
+
+from sidecar import audit
+from sidecar.api.deps import Clinician, PaginationDep, Scheduler, SessionDep, StudyEditor, page
+from sidecar.api.images import image_page
+from sidecar.errors import Conflict, NotFound
+from sidecar.identifiers import new_accession_number, new_study_instance_uid
+from sidecar.models.common import Page, join_multi, utcnow
+from sidecar.models.studies import (
+    Image,
+    ImagePublic,
+    Series,
+    Study,
+    StudyCreate,
+    StudyDetail,
+    StudyPublic,
+    StudyStatus,
+    StudyStatusUpdate,
+    StudyUpdate,
+)
+from sidecar.workflow import STUDY_WORKFLOW, InvalidTransition
+
+router = APIRouter(prefix="/api/studies", tags=["studies"])
+
+
+@router.get("", response_model=Page[StudyPublic])
+def list_studies(
+    session: SessionDep,
+    _: Clinician,
+    pagination: PaginationDep,
+    patient_id: Annotated[str | None, Query(alias="patientId", max_length=64)] = None,
+    accession_number: Annotated[str | None, Query(alias="accessionNumber", max_length=16)] = None,
+    modality: Annotated[str | None, Query(max_length=16, pattern=r"^[A-Z_]+$")] = None,
+    study_status: Annotated[StudyStatus | None, Query(alias="status")] = None,
+    date_from: Annotated[date | None, Query(alias="studyDateFrom")] = None,
+    date_to: Annotated[date | None, Query(alias="studyDateTo")] = None,
+) -> dict[str, Any]:
+    conditions: list[Any] = []
+    if patient_id:
+        conditions.append(Study.patient_id == patient_id)
+    if accession_number:
+        conditions.append(Study.accession_number == accession_number)
+    if modality:
+        # modalities is "CT,MR": wrap in commas so CT never matches CTA-like codes.
+        wrapped = literal(",") + col(Study.modalities) + literal(",")
+        conditions.append(wrapped.like(f"%,{modality},%"))
+    if study_status:
+        conditions.append(Study.status == study_status)
+    if date_from:
+        conditions.append(col(Study.study_date) >= date_from)
+    if date_to:
+        conditions.append(col(Study.study_date) <= date_to)
+    total = session.exec(select(func.count()).select_from(Study).where(*conditions)).one()
+    studies = session.exec(
+        select(Study)
+        .where(*conditions)
+        .order_by(col(Study.study_date).desc().nulls_last(), col(Study.id).desc())
+        .offset(pagination.offset)
+        .limit(pagination.limit)
+    ).all()
+    return page(list(studies), total, pagination)
+
+
+@router.post("", response_model=StudyPublic, status_code=status.HTTP_201_CREATED)
+def create_study(body: StudyCreate, session: SessionDep, user: Scheduler) -> Study:
+    values = body.model_dump(exclude={"modalities"})
+    uid = values.pop("study_instance_uid") or new_study_instance_uid()
+    if session.exec(select(Study.id).where(Study.study_instance_uid == uid)).first():
+        raise Conflict(f"a study with StudyInstanceUID {uid} already exists")
+    study = Study(
+        **values,
+        study_instance_uid=uid,
+        modalities=join_multi(body.modalities),
+        status=StudyStatus.SCHEDULED,
+    )
+    study.accession_number = study.accession_number or new_accession_number(session)
+    session.add(study)
+    session.flush()
+    audit.record(
+        session,
+        actor=user.username,
+        action="study.created",
+        entity_type="study",
+        entity_id=study.id,
+        status=study.status,
+    )
+    session.commit()
+    session.refresh(study)
+    return study
+
+
+@router.get("/accession/{accession_number}", response_model=StudyDetail)
+def get_study_by_accession(accession_number: str, session: SessionDep, _: Clinician) -> StudyDetail:
+    matches = session.exec(
+        select(Study).where(Study.accession_number == accession_number).limit(2)
+    ).all()
+    if not matches:
+        raise NotFound(f"no study with accession number {accession_number}")
+    if len(matches) > 1:
+        raise Conflict(
+            f"several studies carry accession number {accession_number}; "
+            "list them with GET /api/studies?accessionNumber=..."
+        )
+    return _detail(session, matches[0])
+
+
+@router.get("/{study_id}", response_model=StudyDetail)
+def get_study(study_id: int, session: SessionDep, _: Clinician) -> StudyDetail:
+    return _detail(session, get_study_or_404(session, study_id))
+
+
+@router.patch("/{study_id}", response_model=StudyPublic)
+def update_study(study_id: int, body: StudyUpdate, session: SessionDep, user: StudyEditor) -> Study:
+    study = get_study_or_404(session, study_id)
+    changes = body.model_dump(exclude_unset=True)
+    for name, value in changes.items():
+        setattr(study, name, value)
+    study.updated_at = utcnow()
+    session.add(study)
+    audit.record(
+        session,
+        actor=user.username,
+        action="study.updated",
+        entity_type="study",
+        entity_id=study.id,
+        fields=sorted(changes),
+    )
+    session.commit()
+    session.refresh(study)
+    return study
+
+
+@router.patch("/{study_id}/status", response_model=StudyPublic)
+def update_study_status(
+    study_id: int, body: StudyStatusUpdate, session: SessionDep, user: StudyEditor
+) -> Study:
+    study = get_study_or_404(session, study_id)
+    previous = StudyStatus(study.status)
+    try:
+        STUDY_WORKFLOW.check(previous, body.status)
+    except InvalidTransition as exc:
+        raise Conflict(str(exc)) from exc
+    study.status = body.status
+    study.updated_at = utcnow()
+    session.add(study)
+    audit.record(
+        session,
+        actor=user.username,
+        action="study.status_changed",
+        entity_type="study",
+        entity_id=study.id,
+        previous=previous,
+        status=body.status,
+    )
+    session.commit()
+    session.refresh(study)
+    return study
+
+
+@router.get("/{study_id}/images", response_model=Page[ImagePublic])
+def list_study_images(
+    study_id: int, session: SessionDep, _: Clinician, pagination: PaginationDep
+) -> dict[str, Any]:
+    get_study_or_404(session, study_id)
+    return image_page(session, pagination, Image.study_id == study_id)
+
+
+@router.get("/{study_id}/series/{series_uid}/images", response_model=Page[ImagePublic])
+def list_series_images(
+    study_id: int, series_uid: str, session: SessionDep, _: Clinician, pagination: PaginationDep
+) -> dict[str, Any]:
+    get_study_or_404(session, study_id)
+    series = session.exec(
+        select(Series).where(Series.study_id == study_id, Series.series_instance_uid == series_uid)
+    ).first()
+    if series is None:
+        raise NotFound(f"study {study_id} has no series {series_uid}")
+    return image_page(session, pagination, Image.series_id == series.id)
+
+
+def get_study_or_404(session: Session, study_id: int) -> Study:
+    study = session.get(Study, study_id)
+    if study is None:
+        raise NotFound(f"study {study_id} not found")
+    return study
+
+
+def _detail(session: Session, study: Study) -> StudyDetail:
+    series = session.exec(
+        select(Series)
+        .where(Series.study_id == study.id)
+        .order_by(col(Series.series_number).nulls_last(), col(Series.id))
+    ).all()
+    return StudyDetail.model_validate(
+        {**StudyPublic.model_validate(study).model_dump(), "series": series}
+    )

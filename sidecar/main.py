@@ -1,0 +1,111 @@
+"""The application factory: settings, database, Orthanc client and sync worker, wired once."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI, Request, Response
+from sqlmodel import Session, func, select
+
+from sidecar import audit
+from sidecar.api import audit as audit_routes
+from sidecar.api import auth, health, images, orthanc_events, studies, users
+from sidecar.database import make_engine, migrate
+from sidecar.errors import install_error_handlers
+from sidecar.models.users import Role, User
+from sidecar.orthanc_client import OrthancClient
+from sidecar.orthanc_sync import OrthancSync
+from sidecar.security import hash_password
+from sidecar.settings import Settings
+
+log = logging.getLogger("sidecar")
+
+
+def create_app(
+    settings: Settings | None = None, *, orthanc: OrthancClient | None = None
+) -> FastAPI:
+    """`orthanc` may be injected (tests pass a client over a mock transport)."""
+    settings = settings or Settings()
+    engine = make_engine(settings.database_url)
+    migrate(engine)
+    bootstrap_admin(engine, settings)
+    orthanc = orthanc or OrthancClient(
+        settings.orthanc_url,
+        username=settings.orthanc_username,
+        password=settings.orthanc_password,
+        timeout=settings.orthanc_timeout,
+    )
+    sync = OrthancSync(engine, orthanc, interval=settings.reconcile_interval)
+
+    @asynccontextmanager
+    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        if settings.reconcile_enabled:
+            sync.start()
+        try:
+            yield
+        finally:
+            sync.stop()
+            orthanc.close()
+            engine.dispose()
+
+    app = FastAPI(
+        title="Radiology integration sidecar",
+        summary="Studies, orders, reports and audit beside Orthanc",
+        version="0.1.0",
+        lifespan=lifespan,
+    )
+    app.state.settings = settings
+    app.state.engine = engine
+    app.state.orthanc = orthanc
+    app.state.sync = sync
+    install_error_handlers(app)
+    app.middleware("http")(_log_request)
+    for module in (auth, users, studies, images, orthanc_events, audit_routes, health):
+        app.include_router(module.router)
+    return app
+
+
+def bootstrap_admin(engine: object, settings: Settings) -> None:
+    """On first start with an empty user table, creates `admin` from ADMIN_PASSWORD if set."""
+    if not settings.admin_password:
+        return
+    with Session(engine) as session:  # type: ignore[arg-type]
+        if session.exec(select(func.count()).select_from(User)).one() > 0:
+            return
+        admin = User(
+            username="admin", password_hash=hash_password(settings.admin_password), role=Role.ADMIN
+        )
+        session.add(admin)
+        session.flush()
+        audit.record(
+            session,
+            actor="system:bootstrap",
+            action="user.created",
+            entity_type="user",
+            entity_id=admin.id,
+            role=Role.ADMIN,
+        )
+        session.commit()
+        log.info("created the initial administrator account 'admin'")
+
+
+async def _log_request(
+    request: Request, call_next: Callable[[Request], Awaitable[Response]]
+) -> Response:
+    """Access log without patient data: the route template, never the path or query string
+    (they carry accession numbers and patient ids)."""
+    started = time.perf_counter()
+    response = await call_next(request)
+    route = request.scope.get("route")
+    template = getattr(route, "path", "<unmatched>")
+    log.info(
+        "%s %s -> %d in %.1f ms",
+        request.method,
+        template,
+        response.status_code,
+        (time.perf_counter() - started) * 1000,
+    )
+    return response

@@ -1,0 +1,101 @@
+"""Pieces every model shares: UTC timestamps that survive SQLite, and the API's camelCase."""
+
+from __future__ import annotations
+
+import re
+from datetime import UTC, datetime
+from enum import StrEnum
+from typing import Any, Generic, TypeVar
+
+from pydantic import BaseModel, ConfigDict
+from pydantic.alias_generators import to_camel
+from sqlalchemy import DateTime, String
+from sqlalchemy.engine import Dialect
+from sqlalchemy.types import TypeDecorator
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+class UTCDateTime(TypeDecorator[datetime]):
+    """Stores naive UTC, hands back aware UTC: SQLite has no time zones, PostgreSQL gets one."""
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            raise ValueError("naive datetime given to a UTC column")
+        value = value.astimezone(UTC)
+        return value.replace(tzinfo=None) if dialect.name == "sqlite" else value
+
+    def process_result_value(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+EnumT = TypeVar("EnumT", bound=StrEnum)
+
+
+class EnumText(TypeDecorator[EnumT]):
+    """A status or role stored as its text value: adding a state later needs no ALTER TYPE."""
+
+    impl = String
+    cache_ok = True
+
+    def __init__(self, enum_type: type[EnumT], length: int) -> None:
+        super().__init__(length)
+        self._enum_type = enum_type
+
+    def process_bind_param(self, value: Any, dialect: Dialect) -> str | None:
+        return None if value is None else self._enum_type(value).value
+
+    def process_result_value(self, value: Any, dialect: Dialect) -> EnumT | None:
+        return None if value is None else self._enum_type(value)
+
+
+_UID_SUFFIX = re.compile(r"Uid$")
+
+
+def api_alias(field_name: str) -> str:
+    """study_instance_uid -> studyInstanceUID, as DICOM and the seed documents spell it."""
+    return _UID_SUFFIX.sub("UID", to_camel(field_name))
+
+
+class ApiModel(BaseModel):
+    """Request and response bodies: camelCase on the wire, snake_case in Python."""
+
+    model_config = ConfigDict(
+        alias_generator=api_alias, populate_by_name=True, from_attributes=True, extra="forbid"
+    )
+
+
+ItemT = TypeVar("ItemT")
+
+
+class Page(ApiModel, Generic[ItemT]):
+    items: list[ItemT]
+    total: int
+    offset: int
+    limit: int
+
+
+def split_multi(value: str | None) -> list[str]:
+    return [part for part in (value or "").split(",") if part]
+
+
+def join_multi(values: list[str] | tuple[str, ...]) -> str:
+    return ",".join(v for v in values if v)
+
+
+def to_plain(value: Any) -> Any:
+    """JSON-safe rendering of an audit detail value."""
+    if isinstance(value, datetime):
+        return value.isoformat()
+    if hasattr(value, "value"):
+        return value.value
+    return value

@@ -1,0 +1,178 @@
+"""Studies, series and images: the DICOM hierarchy as the sidecar records it (seed 000/001)."""
+
+from __future__ import annotations
+
+from datetime import date, datetime, time
+from enum import StrEnum
+
+from pydantic import Field as PydanticField
+from pydantic import field_validator
+from sqlmodel import Column, Field, SQLModel
+
+from sidecar.models.common import ApiModel, EnumText, UTCDateTime, split_multi, utcnow
+
+
+class StudyStatus(StrEnum):
+    SCHEDULED = "SCHEDULED"
+    ARRIVED = "ARRIVED"
+    IN_PROGRESS = "IN_PROGRESS"
+    COMPLETED = "COMPLETED"
+    PRELIMINARY = "PRELIMINARY"
+    FINAL = "FINAL"
+    CANCELLED = "CANCELLED"
+
+
+class PatientSex(StrEnum):
+    MALE = "M"
+    FEMALE = "F"
+    OTHER = "O"
+
+
+class Study(SQLModel, table=True):
+    id: int | None = Field(default=None, primary_key=True)
+    study_instance_uid: str = Field(max_length=64, unique=True, index=True)
+    accession_number: str | None = Field(default=None, max_length=16, index=True)
+    patient_id: str | None = Field(default=None, max_length=64, index=True)
+    patient_name: str | None = Field(default=None, max_length=324)
+    patient_birth_date: date | None = None
+    patient_sex: str | None = Field(default=None, max_length=16)
+    study_date: date | None = Field(default=None, index=True)
+    study_time: time | None = None
+    study_description: str | None = Field(default=None, max_length=64)
+    modalities: str = Field(default="", max_length=128)  # comma-separated modality codes
+    referring_physician: str | None = Field(default=None, max_length=324)
+    body_part: str | None = Field(default=None, max_length=64)
+    series_count: int = 0
+    instance_count: int = 0
+    orthanc_id: str | None = Field(default=None, max_length=64, index=True)
+    orthanc_last_update: str | None = Field(default=None, max_length=32)
+    status: StudyStatus = Field(
+        default=StudyStatus.SCHEDULED,
+        sa_column=Column(EnumText(StudyStatus, 16), nullable=False, index=True),
+    )
+    created_at: datetime = Field(
+        default_factory=utcnow, sa_column=Column(UTCDateTime, nullable=False)
+    )
+    updated_at: datetime = Field(
+        default_factory=utcnow, sa_column=Column(UTCDateTime, nullable=False)
+    )
+    images_received_at: datetime | None = Field(default=None, sa_column=Column(UTCDateTime))
+
+
+class Series(SQLModel, table=True):
+    id: int | None = Field(default=None, primary_key=True)
+    study_id: int = Field(foreign_key="study.id", index=True)
+    series_instance_uid: str = Field(max_length=64, unique=True, index=True)
+    series_number: int | None = None
+    series_description: str | None = Field(default=None, max_length=64)
+    modality: str | None = Field(default=None, max_length=16)
+    body_part: str | None = Field(default=None, max_length=64)
+    instance_count: int = 0
+    orthanc_id: str | None = Field(default=None, max_length=64)
+
+
+class Image(SQLModel, table=True):
+    id: int | None = Field(default=None, primary_key=True)
+    study_id: int = Field(foreign_key="study.id", index=True)
+    series_id: int = Field(foreign_key="series.id", index=True)
+    sop_instance_uid: str = Field(max_length=64, unique=True, index=True)
+    sop_class_uid: str | None = Field(default=None, max_length=64)
+    instance_number: int | None = None
+    rows: int | None = None
+    columns: int | None = None
+    pixel_spacing_row: float | None = None
+    pixel_spacing_column: float | None = None
+    slice_thickness: float | None = None
+    window_center: float | None = None
+    window_width: float | None = None
+    orthanc_id: str | None = Field(default=None, max_length=64)
+
+
+class StudyPublic(ApiModel):
+    id: int
+    study_instance_uid: str
+    accession_number: str | None
+    patient_id: str | None
+    patient_name: str | None
+    patient_birth_date: date | None
+    patient_sex: str | None
+    study_date: date | None
+    study_time: time | None
+    study_description: str | None
+    modalities: list[str]
+    referring_physician: str | None
+    body_part: str | None
+    series_count: int
+    instance_count: int
+    orthanc_id: str | None
+    status: StudyStatus
+    created_at: datetime
+    updated_at: datetime
+    images_received_at: datetime | None
+
+    @field_validator("modalities", mode="before")
+    @classmethod
+    def _split_modalities(cls, value: object) -> object:
+        return split_multi(value) if isinstance(value, str) or value is None else value
+
+
+class StudyCreate(ApiModel):
+    """A study announced before its images (seed 001 `POST /api/studies`)."""
+
+    study_instance_uid: str | None = PydanticField(
+        default=None, max_length=64, pattern=r"^[0-9]+(\.[0-9]+)*$"
+    )
+    accession_number: str | None = PydanticField(default=None, min_length=1, max_length=16)
+    patient_id: str = PydanticField(min_length=1, max_length=64)
+    patient_name: str | None = PydanticField(default=None, max_length=324)
+    patient_birth_date: date | None = None
+    patient_sex: PatientSex | None = None
+    study_date: date | None = None
+    study_description: str | None = PydanticField(default=None, max_length=64)
+    modalities: list[str] = PydanticField(default_factory=list, max_length=8)
+    referring_physician: str | None = PydanticField(default=None, max_length=324)
+    body_part: str | None = PydanticField(default=None, max_length=64)
+
+
+class StudyUpdate(ApiModel):
+    """The clinical context a technologist or radiologist may correct; DICOM UIDs never change."""
+
+    accession_number: str | None = PydanticField(default=None, min_length=1, max_length=16)
+    study_description: str | None = PydanticField(default=None, max_length=64)
+    referring_physician: str | None = PydanticField(default=None, max_length=324)
+    body_part: str | None = PydanticField(default=None, max_length=64)
+
+
+class StudyStatusUpdate(ApiModel):
+    status: StudyStatus
+
+
+class SeriesPublic(ApiModel):
+    id: int
+    series_instance_uid: str
+    series_number: int | None
+    series_description: str | None
+    modality: str | None
+    body_part: str | None
+    instance_count: int
+
+
+class ImagePublic(ApiModel):
+    id: int
+    study_id: int
+    series_id: int
+    series_instance_uid: str
+    sop_instance_uid: str
+    sop_class_uid: str | None
+    instance_number: int | None
+    rows: int | None
+    columns: int | None
+    pixel_spacing: list[float] | None
+    slice_thickness: float | None
+    window_center: float | None
+    window_width: float | None
+    orthanc_id: str | None
+
+
+class StudyDetail(StudyPublic):
+    series: list[SeriesPublic]

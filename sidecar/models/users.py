@@ -1,0 +1,63 @@
+"""Users and roles. Passwords are stored only as hashes (see sidecar.security)."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from enum import StrEnum
+
+from pydantic import Field as PydanticField
+from sqlmodel import Column, Field, SQLModel
+
+from sidecar.models.common import ApiModel, EnumText, UTCDateTime, utcnow
+
+
+class Role(StrEnum):
+    ADMIN = "admin"
+    RADIOLOGIST = "radiologist"
+    TECHNOLOGIST = "technologist"
+    PHYSICIAN = "physician"
+    INTEGRATION = "integration"
+
+
+class User(SQLModel, table=True):
+    __tablename__ = "app_user"
+
+    id: int | None = Field(default=None, primary_key=True)
+    username: str = Field(max_length=64, unique=True, index=True)
+    password_hash: str = Field(max_length=255)
+    role: Role = Field(sa_column=Column(EnumText(Role, 32), nullable=False))
+    is_active: bool = True
+    created_at: datetime = Field(
+        default_factory=utcnow, sa_column=Column(UTCDateTime, nullable=False)
+    )
+
+
+class UserCreate(ApiModel):
+    username: str = PydanticField(min_length=3, max_length=64, pattern=r"^[A-Za-z0-9._@-]+$")
+    password: str = PydanticField(min_length=12, max_length=256)
+    role: Role
+
+
+class UserUpdate(ApiModel):
+    is_active: bool | None = None
+    role: Role | None = None
+    password: str | None = PydanticField(default=None, min_length=12, max_length=256)
+
+
+class UserPublic(ApiModel):
+    id: int
+    username: str
+    role: Role
+    is_active: bool
+    created_at: datetime
+
+
+class LoginRequest(ApiModel):
+    username: str = PydanticField(min_length=1, max_length=64)
+    password: str = PydanticField(min_length=1, max_length=256)
+
+
+class TokenResponse(ApiModel):
+    access_token: str
+    token_type: str = "bearer"  # noqa: S105 (the OAuth2 token type, not a secret)
+    expires_in: int

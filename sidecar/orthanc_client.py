@@ -1,0 +1,98 @@
+"""The sidecar's view of Orthanc's REST API.
+
+Exceptions:
+    OrthancError
+      OrthancUnavailable   connection refused, timeout, 5xx: try again later
+      OrthancNotFound      404: the resource is gone (deleted), stop asking
+httpx errors are translated here and nowhere else.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+import httpx
+
+# Orthanc identifiers are SHA-1 based: five dash-separated groups of eight hex digits.
+ORTHANC_ID = re.compile(r"^[0-9a-f]{8}(-[0-9a-f]{8}){4}$")
+
+
+class OrthancError(Exception):
+    pass
+
+
+class OrthancUnavailable(OrthancError):
+    pass
+
+
+class OrthancNotFound(OrthancError):
+    pass
+
+
+class OrthancClient:
+    def __init__(
+        self,
+        base_url: str,
+        *,
+        username: str = "",
+        password: str = "",
+        timeout: float = 10.0,
+        transport: httpx.BaseTransport | None = None,
+    ) -> None:
+        auth = httpx.BasicAuth(username, password) if username else None
+        self._http = httpx.Client(
+            base_url=base_url, auth=auth, timeout=timeout, transport=transport
+        )
+
+    def close(self) -> None:
+        self._http.close()
+
+    def _get(self, path: str, params: dict[str, Any] | None = None) -> Any:
+        try:
+            response = self._http.get(path, params=params)
+        except httpx.HTTPError as exc:
+            raise OrthancUnavailable(f"GET {path}: {type(exc).__name__}") from exc
+        if response.status_code == 404:
+            raise OrthancNotFound(path)
+        if response.status_code >= 400:
+            raise OrthancUnavailable(f"GET {path}: HTTP {response.status_code}")
+        try:
+            return response.json()
+        except ValueError as exc:
+            raise OrthancUnavailable(f"GET {path}: answer is not JSON") from exc
+
+    def system(self) -> dict[str, Any]:
+        result: dict[str, Any] = self._get("/system")
+        return result
+
+    def changes(self, since: int, limit: int) -> dict[str, Any]:
+        result: dict[str, Any] = self._get("/changes", {"since": since, "limit": limit})
+        return result
+
+    def study(self, orthanc_id: str) -> dict[str, Any]:
+        result: dict[str, Any] = self._get(f"/studies/{orthanc_id}")
+        return result
+
+    def study_series(self, orthanc_id: str) -> list[dict[str, Any]]:
+        result: list[dict[str, Any]] = self._get(f"/studies/{orthanc_id}/series")
+        return result
+
+    def study_instance_ids(self, orthanc_id: str) -> list[str]:
+        instances = self._get(f"/studies/{orthanc_id}/instances")
+        return [str(instance["ID"]) for instance in instances]
+
+    def study_instances_tags(self, orthanc_id: str) -> dict[str, dict[str, Any]]:
+        """Every instance's tags keyed by Orthanc instance id, tags as "gggg,eeee" -> value."""
+        result: dict[str, dict[str, Any]] = self._get(
+            f"/studies/{orthanc_id}/instances-tags", {"short": ""}
+        )
+        return result
+
+    def parent_study_of_instance(self, instance_id: str) -> str:
+        study = self._get(f"/instances/{instance_id}/study")
+        return str(study["ID"])
+
+    def parent_study_of_series(self, series_id: str) -> str:
+        study = self._get(f"/series/{series_id}/study")
+        return str(study["ID"])

@@ -1,0 +1,301 @@
+"""Keeps the sidecar's studies in step with Orthanc, durably.
+
+Two sources feed one queue of pending studies (a table, so it survives restarts):
+- the plugin's StableStudy notification (fast path, may be lost: it is fire-and-forget), and
+- Orthanc's /changes log, read from a cursor kept in the database (slow path, never loses).
+The log also covers what StableStudy cannot: studies stored while the sidecar was down, and studies
+whose StableStudy never fired because Orthanc restarted within StableAge.
+
+One worker thread drains the queue, so registration never races with itself. A study still
+receiving images stays queued and is looked at again; a study Orthanc no longer has is dropped.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+
+from sqlalchemy import Engine, delete
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlmodel import Session, col, select
+
+from sidecar.dicom_mapping import IncompleteStudy, image_records, study_record
+from sidecar.models.common import utcnow
+from sidecar.models.studies import Study
+from sidecar.models.sync import ChangesCursor, PendingStudy
+from sidecar.orthanc_client import OrthancClient, OrthancNotFound, OrthancUnavailable
+from sidecar.study_registry import known_image_orthanc_ids, register_images, register_study
+
+log = logging.getLogger(__name__)
+
+_STUDY_CHANGES = {"NewStudy", "StableStudy"}
+_MAX_BACKOFF_SECONDS = 300
+
+
+@dataclass
+class SyncStatus:
+    cursor: int = 0
+    orthanc_last_seq: int | None = None
+    pending: int = 0
+    registered: int = 0
+    last_error: str | None = None
+    last_poll_at: datetime | None = None
+
+
+@dataclass
+class RoundReport:
+    queued_from_changes: int = 0
+    registered: list[str] = field(default_factory=list)
+    still_unstable: list[str] = field(default_factory=list)
+    dropped: list[str] = field(default_factory=list)
+    failed: list[str] = field(default_factory=list)
+
+
+class OrthancSync:
+    def __init__(
+        self,
+        engine: Engine,
+        orthanc: OrthancClient,
+        *,
+        interval: float,
+        page_size: int = 1000,
+        now: Callable[[], datetime] = utcnow,
+    ) -> None:
+        self._engine = engine
+        self._orthanc = orthanc
+        self._interval = interval
+        self._page_size = page_size
+        self._now = now
+        self._wake = threading.Event()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self.status = SyncStatus()
+
+    # -- queue ---------------------------------------------------------------------------------
+
+    def enqueue(self, orthanc_ids: Iterable[str], source: str) -> None:
+        """Durably queues studies (an existing entry is made due now), then wakes the worker."""
+        with Session(self._engine) as session:
+            self._upsert_pending(session, orthanc_ids, source)
+            session.commit()
+        self._wake.set()
+
+    def _upsert_pending(self, session: Session, orthanc_ids: Iterable[str], source: str) -> None:
+        now = self._now()
+        rows = [
+            {
+                "orthanc_id": i,
+                "source": source,
+                "queued_at": now,
+                "attempts": 0,
+                "next_attempt_at": now,
+            }
+            for i in dict.fromkeys(orthanc_ids)
+        ]
+        if not rows:
+            return
+        dialect = postgresql if session.get_bind().dialect.name == "postgresql" else sqlite
+        statement = dialect.insert(PendingStudy).values(rows)
+        statement = statement.on_conflict_do_update(
+            index_elements=["orthanc_id"],
+            set_={"queued_at": now, "next_attempt_at": now, "attempts": 0, "source": source},
+        )
+        session.execute(statement)
+
+    # -- worker --------------------------------------------------------------------------------
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._run, name="orthanc-sync", daemon=True)
+        self._thread.start()
+
+    def stop(self, timeout: float = 10.0) -> None:
+        self._stop.set()
+        self._wake.set()
+        if self._thread is not None:
+            self._thread.join(timeout)
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            self._wake.clear()
+            try:
+                self.run_once()
+            except Exception:  # keep the worker alive whatever one round does
+                log.exception("orthanc sync round failed")
+            self._wake.wait(self._interval)
+
+    def run_once(self) -> RoundReport:
+        report = RoundReport()
+        try:
+            report.queued_from_changes = self.poll_changes()
+            self.status.last_error = None
+        except OrthancUnavailable as exc:
+            self.status.last_error = str(exc)
+            log.warning("Orthanc unavailable while reading /changes: %s", exc)
+        self.process_pending(report)
+        self.status.last_poll_at = self._now()
+        return report
+
+    # -- the change log ------------------------------------------------------------------------
+
+    def poll_changes(self) -> int:
+        """Queues every study the change log mentions past the cursor; returns how many."""
+        queued = 0
+        while not self._stop.is_set():
+            with Session(self._engine) as session:
+                cursor = session.get(ChangesCursor, 1) or ChangesCursor(id=1, last_seq=0)
+                page = self._orthanc.changes(cursor.last_seq, self._page_size)
+                study_ids = self._studies_in(page.get("Changes", []))
+                self._upsert_pending(session, study_ids, "changes")
+                cursor.last_seq = int(page.get("Last", cursor.last_seq))
+                cursor.updated_at = self._now()
+                session.add(cursor)
+                session.commit()  # cursor and queue move together, or not at all
+                self.status.cursor = cursor.last_seq
+                self.status.orthanc_last_seq = int(page.get("Last", cursor.last_seq))
+            queued += len(study_ids)
+            if page.get("Done", True):
+                return queued
+        return queued
+
+    def _studies_in(self, changes: list[dict[str, object]]) -> list[str]:
+        studies: dict[str, None] = {}
+        series_ids: list[str] = []
+        instance_ids: list[str] = []
+        for change in changes:
+            kind, resource = change.get("ChangeType"), str(change.get("ID"))
+            if kind in _STUDY_CHANGES:
+                studies[resource] = None
+            elif kind == "NewSeries":
+                series_ids.append(resource)
+            elif kind == "NewInstance":
+                instance_ids.append(resource)
+        for series_id in series_ids:
+            try:
+                studies[self._orthanc.parent_study_of_series(series_id)] = None
+            except OrthancNotFound:
+                continue
+        # Late instances into an existing series leave only NewInstance rows. Resolving each one
+        # would cost a request per instance; one study's instance list covers all of its rows.
+        covered: set[str] = set()
+        for study_id in list(studies):
+            if instance_ids:
+                covered.update(self._instance_ids_or_empty(study_id))
+        for instance_id in instance_ids:
+            if instance_id in covered:
+                continue
+            try:
+                study_id = self._orthanc.parent_study_of_instance(instance_id)
+            except OrthancNotFound:
+                continue
+            studies[study_id] = None
+            covered.update(self._instance_ids_or_empty(study_id))
+        return list(studies)
+
+    def _instance_ids_or_empty(self, study_id: str) -> list[str]:
+        try:
+            return self._orthanc.study_instance_ids(study_id)
+        except OrthancNotFound:
+            return []
+
+    # -- registration --------------------------------------------------------------------------
+
+    def process_pending(self, report: RoundReport) -> None:
+        with Session(self._engine) as session:
+            due = session.exec(
+                select(PendingStudy)
+                .where(col(PendingStudy.next_attempt_at) <= self._now())
+                .order_by(col(PendingStudy.queued_at))
+            ).all()
+            self.status.pending = len(session.exec(select(PendingStudy.orthanc_id)).all())
+        for pending in due:
+            if self._stop.is_set():
+                return
+            try:
+                outcome = self._register(pending.orthanc_id)
+            except OrthancUnavailable as exc:
+                self._retry_later(pending, str(exc))
+                report.failed.append(pending.orthanc_id)
+                self.status.last_error = str(exc)
+                return  # Orthanc is down: the rest would fail the same way
+            except OrthancNotFound:
+                self._forget(pending, "study no longer in Orthanc")
+                report.dropped.append(pending.orthanc_id)
+                continue
+            except IncompleteStudy as exc:
+                self._forget(pending, str(exc))
+                report.dropped.append(pending.orthanc_id)
+                continue
+            except Exception as exc:  # a bug or a database error: keep the study queued
+                log.exception("registering Orthanc study %s failed", pending.orthanc_id)
+                self._retry_later(pending, type(exc).__name__)
+                report.failed.append(pending.orthanc_id)
+                continue
+            if outcome:
+                self._forget(pending, None)
+                report.registered.append(pending.orthanc_id)
+                self.status.registered += 1
+            else:
+                self._check_again(pending)
+                report.still_unstable.append(pending.orthanc_id)
+
+    def _register(self, orthanc_id: str) -> bool:
+        """Registers one study if Orthanc considers it stable; False when it is still arriving."""
+        study_json = self._orthanc.study(orthanc_id)
+        if not study_json.get("IsStable", False):
+            return False
+        series_json = self._orthanc.study_series(orthanc_id)
+        record = study_record(study_json, series_json)
+        with Session(self._engine) as session:
+            # Phase 1, cheap: the study and its counts become visible at once.
+            study_id = register_study(session, record).id
+            session.commit()
+            assert study_id is not None
+            known = known_image_orthanc_ids(session, study_id)
+        expected = {i for series in series_json for i in series.get("Instances", [])}
+        if expected <= known:
+            return True
+        # Phase 2: per-image attributes need every instance's tags, read from disk by Orthanc.
+        images = image_records(self._orthanc.study_instances_tags(orthanc_id))
+        with Session(self._engine) as session:
+            study = session.get(Study, study_id)
+            if study is None:
+                return True  # deleted by an administrator meanwhile
+            created = register_images(session, study, images)
+            session.commit()
+        log.info("registered Orthanc study %s: %d new images", orthanc_id, created)
+        return True
+
+    def _forget(self, pending: PendingStudy, reason: str | None) -> None:
+        with Session(self._engine) as session:
+            # Only the entry as we read it: a notification that arrived meanwhile stays queued.
+            session.execute(
+                delete(PendingStudy).where(
+                    col(PendingStudy.orthanc_id) == pending.orthanc_id,
+                    col(PendingStudy.queued_at) == pending.queued_at,
+                )
+            )
+            session.commit()
+        if reason:
+            log.warning("dropped Orthanc study %s from the queue: %s", pending.orthanc_id, reason)
+
+    def _check_again(self, pending: PendingStudy) -> None:
+        self._reschedule(pending, self._now() + timedelta(seconds=self._interval), None, 0)
+
+    def _retry_later(self, pending: PendingStudy, error: str) -> None:
+        attempts = pending.attempts + 1
+        delay = min(_MAX_BACKOFF_SECONDS, 2**attempts)
+        self._reschedule(pending, self._now() + timedelta(seconds=delay), error, attempts)
+
+    def _reschedule(
+        self, pending: PendingStudy, when: datetime, error: str | None, attempts: int
+    ) -> None:
+        with Session(self._engine) as session:
+            row = session.get(PendingStudy, pending.orthanc_id)
+            if row is None or row.queued_at != pending.queued_at:
+                return  # re-queued meanwhile: that newer entry is already due
+            row.next_attempt_at, row.last_error, row.attempts = when, error, attempts
+            session.add(row)
+            session.commit()

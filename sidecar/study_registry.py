@@ -1,0 +1,147 @@
+"""Registering what Orthanc holds: idempotent, keyed on StudyInstanceUID.
+
+A study may become stable several times (late instances) and is reported by both the plugin and
+the change log, so every function here can run again on the same input and leave one row.
+The sidecar's clinical context wins over the DICOM header: DICOM values fill empty fields only,
+while counts, modalities and Orthanc ids always follow what Orthanc stores.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+from sqlmodel import Session, col, select
+
+from sidecar import audit
+from sidecar.dicom_mapping import ImageRecord, StudyRecord
+from sidecar.models.common import join_multi, utcnow
+from sidecar.models.studies import Image, Series, Study, StudyStatus
+from sidecar.workflow import STUDY_WORKFLOW
+
+_FILLED_FROM_DICOM = (
+    "accession_number",
+    "patient_id",
+    "patient_name",
+    "patient_birth_date",
+    "patient_sex",
+    "study_date",
+    "study_time",
+    "study_description",
+    "referring_physician",
+    "body_part",
+)
+
+
+def register_study(session: Session, record: StudyRecord) -> Study:
+    """Creates or updates the study and its series; the caller commits."""
+    study = session.exec(
+        select(Study).where(Study.study_instance_uid == record.study_instance_uid)
+    ).first()
+    created = study is None
+    if study is None:
+        study = Study(study_instance_uid=record.study_instance_uid, status=StudyStatus.COMPLETED)
+    before = (study.series_count, study.instance_count, study.status)
+
+    for name in _FILLED_FROM_DICOM:
+        if getattr(study, name) in (None, ""):
+            setattr(study, name, getattr(record, name))
+    study.modalities = join_multi(record.modalities)
+    study.orthanc_id = record.orthanc_id
+    study.orthanc_last_update = record.orthanc_last_update
+    study.series_count = len(record.series)
+    study.instance_count = record.instance_count
+    if not created and STUDY_WORKFLOW.can(study.status, StudyStatus.COMPLETED):
+        # Images stored and stable: acquisition is complete, the study is ready for reading.
+        study.status = StudyStatus.COMPLETED
+    now = utcnow()
+    study.images_received_at = now
+    after = (study.series_count, study.instance_count, study.status)
+    if created or after != before:
+        study.updated_at = now
+        session.add(study)
+        session.flush()
+        audit.record(
+            session,
+            actor=audit.ORTHANC_SYNC_ACTOR,
+            action="study.registered" if created else "study.images_updated",
+            entity_type="study",
+            entity_id=study.id,
+            orthanc_id=record.orthanc_id,
+            series_count=study.series_count,
+            instance_count=study.instance_count,
+            status=study.status,
+        )
+    else:
+        session.add(study)
+        session.flush()
+    _register_series(session, study, record)
+    return study
+
+
+def _register_series(session: Session, study: Study, record: StudyRecord) -> None:
+    assert study.id is not None
+    uids = [s.series_instance_uid for s in record.series]
+    existing = {
+        s.series_instance_uid: s
+        for s in session.exec(select(Series).where(col(Series.series_instance_uid).in_(uids)))
+    }
+    for item in record.series:
+        series = existing.get(item.series_instance_uid) or Series(
+            study_id=study.id, series_instance_uid=item.series_instance_uid
+        )
+        series.study_id = study.id
+        series.series_number = item.series_number
+        series.series_description = series.series_description or item.series_description
+        series.modality = item.modality
+        series.body_part = series.body_part or item.body_part
+        series.instance_count = item.instance_count
+        series.orthanc_id = item.orthanc_id
+        session.add(series)
+    session.flush()
+
+
+def known_image_orthanc_ids(session: Session, study_id: int) -> set[str]:
+    rows = session.exec(select(Image.orthanc_id).where(Image.study_id == study_id))
+    return {row for row in rows if row}
+
+
+def register_images(session: Session, study: Study, images: Iterable[ImageRecord]) -> int:
+    """Creates or updates image rows; returns how many were new. The caller commits."""
+    assert study.id is not None
+    series_ids = {
+        s.series_instance_uid: s.id
+        for s in session.exec(select(Series).where(Series.study_id == study.id))
+    }
+    records = [image for image in images if image.series_instance_uid in series_ids]
+    existing = _images_by_sop_uid(session, [r.sop_instance_uid for r in records])
+    created = 0
+    for item in records:
+        image = existing.get(item.sop_instance_uid)
+        if image is None:
+            created += 1
+            image = Image(
+                study_id=study.id,
+                series_id=series_ids[item.series_instance_uid] or 0,
+                sop_instance_uid=item.sop_instance_uid,
+            )
+        image.study_id = study.id
+        image.series_id = series_ids[item.series_instance_uid] or 0
+        image.orthanc_id = item.orthanc_id
+        image.sop_class_uid = item.sop_class_uid
+        image.instance_number = item.instance_number
+        image.rows, image.columns = item.rows, item.columns
+        spacing = item.pixel_spacing
+        image.pixel_spacing_row, image.pixel_spacing_column = spacing if spacing else (None, None)
+        image.slice_thickness = item.slice_thickness
+        image.window_center, image.window_width = item.window_center, item.window_width
+        session.add(image)
+    session.flush()
+    return created
+
+
+def _images_by_sop_uid(session: Session, uids: list[str], chunk: int = 500) -> dict[str, Image]:
+    found: dict[str, Image] = {}
+    for start in range(0, len(uids), chunk):
+        query = select(Image).where(col(Image.sop_instance_uid).in_(uids[start : start + chunk]))
+        found.update((image.sop_instance_uid, image) for image in session.exec(query))
+    return found

