@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
+from collections import deque
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -43,6 +45,8 @@ class SyncStatus:
     registered: int = 0
     last_error: str | None = None
     last_poll_at: datetime | None = None
+    # Seconds from a plugin notice to the study being visible in the API (most recent first).
+    notice_to_visible: deque[float] = field(default_factory=lambda: deque(maxlen=1000))
 
 
 @dataclass
@@ -73,14 +77,21 @@ class OrthancSync:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self.status = SyncStatus()
+        # When each plugin notice arrived (monotonic clock): for the latency figures only.
+        self.noticed_at: dict[str, float] = {}
 
     # -- queue ---------------------------------------------------------------------------------
 
     def enqueue(self, orthanc_ids: Iterable[str], source: str) -> None:
         """Durably queues studies (an existing entry is made due now), then wakes the worker."""
+        ids = list(orthanc_ids)
         with Session(self._engine) as session:
-            self._upsert_pending(session, orthanc_ids, source)
+            self._upsert_pending(session, ids, source)
             session.commit()
+        if source == "plugin":
+            arrived = time.monotonic()
+            for orthanc_id in ids:
+                self.noticed_at.setdefault(orthanc_id, arrived)
         self._wake.set()
 
     def _upsert_pending(self, session: Session, orthanc_ids: Iterable[str], source: str) -> None:
@@ -253,6 +264,7 @@ class OrthancSync:
             study_id = register_study(session, record).id
             session.commit()
             assert study_id is not None
+            self._visible(orthanc_id)
             known = known_image_orthanc_ids(session, study_id)
         expected = {i for series in series_json for i in series.get("Instances", [])}
         if expected <= known:
@@ -267,6 +279,11 @@ class OrthancSync:
             session.commit()
         log.info("registered Orthanc study %s: %d new images", orthanc_id, created)
         return True
+
+    def _visible(self, orthanc_id: str) -> None:
+        noticed = self.noticed_at.pop(orthanc_id, None)
+        if noticed is not None:
+            self.status.notice_to_visible.appendleft(time.monotonic() - noticed)
 
     def _forget(self, pending: PendingStudy, reason: str | None) -> None:
         with Session(self._engine) as session:

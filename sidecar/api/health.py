@@ -43,6 +43,9 @@ def _sync(request: Request) -> dict[str, Any]:
         "studiesRegistered": status.registered,
         "lastError": status.last_error,
         "lastPollAt": status.last_poll_at.isoformat() if status.last_poll_at else None,
+        "lastNoticeToVisibleMs": (
+            round(status.notice_to_visible[0] * 1000) if status.notice_to_visible else None
+        ),
     }
 
 
