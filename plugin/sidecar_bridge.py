@@ -1,10 +1,12 @@
-"""Orthanc entry script ("PythonScript"): forward StableStudy events to the sidecar.
+"""Orthanc entry script ("PythonScript"): forward StableStudy events to the sidecar, and answer
+worklist C-FINDs from the worklist directory when ``WORKLIST_DIR`` is set.
 
-The only module that imports ``orthanc``; the logic lives in ``stable_study_notifier``, imported
-plainly because Orthanc puts this script's directory on ``sys.path``. Runs on Orthanc's embedded
-Python 3.11.
+The only module that imports ``orthanc``; the logic lives in ``stable_study_notifier`` and
+``worklist_cache``, imported plainly because Orthanc puts this script's directory on
+``sys.path``. Runs on Orthanc's embedded Python 3.11.
 """
 
+import json
 import os
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
@@ -12,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 import requests
 
 import stable_study_notifier
+import worklist_cache
 
 if TYPE_CHECKING:
     # The real module exists only inside Orthanc. A type checker run from the repo root would
@@ -53,4 +56,30 @@ def _register(environ: Mapping[str, str]) -> None:
     )
 
 
+def _worklist_query_json(query: Any) -> Any:
+    dicom = query.WorklistGetDicomQuery()
+    return json.loads(
+        orthanc.DicomBufferToJson(
+            dicom, orthanc.DicomToJsonFormat.SHORT, orthanc.DicomToJsonFlags.NONE, 0
+        )
+    )
+
+
+def _register_worklist(environ: Mapping[str, str]) -> None:
+    # Independent of the sidecar settings above: the worklist must answer with no sidecar at all.
+    # Unset means no worklist callback: Orthanc allows one worklist handler in total, and the
+    # ModalityWorklists plugin may be the one configured.
+    directory = environ.get("WORKLIST_DIR", "").strip()
+    if not directory:
+        return
+    cache = worklist_cache.WorklistCache(directory, log=orthanc.LogWarning)
+    cache.refresh()  # now, so the first C-FIND does not pay for reading every file
+    handler = worklist_cache.WorklistHandler(
+        cache, query_json=_worklist_query_json, log=orthanc.LogWarning
+    )
+    orthanc.RegisterWorklistCallback(handler)
+    orthanc.LogInfo(f"worklist: C-FIND answered from {directory} ({len(cache)} items)")
+
+
 _register(os.environ)
+_register_worklist(os.environ)

@@ -7,6 +7,7 @@ because the images are already stored and must not be lost for a cosmetic tag.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from datetime import date, time
 from typing import Any
@@ -107,11 +108,16 @@ def parse_is(value: Any) -> int | None:
 
 
 def parse_ds(value: Any) -> float | None:
-    """First value of a decimal string (window settings may be multi-valued)."""
+    """First value of a decimal string (window settings may be multi-valued).
+
+    NaN and infinities are not DICOM DS values (and PostgreSQL would store NaN where SQLite
+    stores NULL), so they become None like any other malformed number.
+    """
     try:
-        return float(str(value).strip().split("\\")[0])
+        number = float(str(value).strip().split("\\")[0])
     except (TypeError, ValueError):
         return None
+    return number if math.isfinite(number) else None
 
 
 def parse_pixel_spacing(value: Any) -> tuple[float, float] | None:

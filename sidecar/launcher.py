@@ -32,6 +32,9 @@ def orthanc_layout(settings: Settings) -> OrthancLayout:
         password=settings.orthanc_password,
         modalities=tuple(parse_modalities(settings.dicom_modalities)),
         index_database_url=settings.orthanc_index_url,
+        worklist_dir=settings.worklist_dir.resolve() if settings.worklist_dir else None,
+        # With registered modalities, only they may query the worklist (AE title and host).
+        worklist_any_ae=not settings.dicom_modalities,
     )
 
 

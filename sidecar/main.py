@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -10,16 +11,30 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI, Request, Response
 from sqlmodel import Session, func, select
 
+from hl7.server import MllpServer
 from sidecar import audit
 from sidecar.api import audit as audit_routes
-from sidecar.api import auth, health, images, orthanc_events, studies, users
+from sidecar.api import (
+    auth,
+    health,
+    hl7_messages,
+    images,
+    orders,
+    orthanc_events,
+    studies,
+    users,
+)
 from sidecar.database import make_engine, migrate
 from sidecar.errors import install_error_handlers
+from sidecar.hl7_intake import OrderIntake
+from sidecar.models.orders import ImagingOrder
 from sidecar.models.users import Role, User
 from sidecar.orthanc_client import OrthancClient
 from sidecar.orthanc_sync import OrthancSync
 from sidecar.security import hash_password
 from sidecar.settings import Settings
+from sidecar.worklist import WorklistDirectory
+from sidecar.worklist_publisher import WorklistPublisher, zone_of
 
 log = logging.getLogger("sidecar")
 
@@ -38,15 +53,42 @@ def create_app(
         password=settings.orthanc_password,
         timeout=settings.orthanc_timeout,
     )
-    sync = OrthancSync(engine, orthanc, interval=settings.reconcile_interval)
+    order_listeners: list[Callable[[ImagingOrder], None]] = []
+
+    def announce_order(order: ImagingOrder) -> None:
+        for listener in order_listeners:
+            listener(order)
+
+    sync = OrthancSync(
+        engine, orthanc, interval=settings.reconcile_interval, on_order_changed=announce_order
+    )
+    zone = zone_of(settings.timezone)
+    publisher: WorklistPublisher | None = None
+    if settings.worklist_enabled:
+        assert settings.worklist_dir is not None
+        publisher = WorklistPublisher(WorklistDirectory(settings.worklist_dir, zone))
+        order_listeners.append(publisher)
+    intake = OrderIntake(engine, zone=zone, announce=announce_order)
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        if publisher is not None:
+            # Before serving: a change committed but not yet written (a crash) is repaired.
+            offered = await asyncio.to_thread(publisher.reconcile, engine)
+            log.info("worklist reconciled: %d scheduled procedure steps offered", offered)
+        mllp: MllpServer | None = None
+        if settings.mllp_enabled:
+            mllp = MllpServer(intake, host=settings.mllp_host, port=settings.mllp_port)
+            await mllp.start()
+            app.state.mllp = mllp
+            log.info("HL7 MLLP listener on %s:%d", settings.mllp_host, mllp.port)
         if settings.reconcile_enabled:
             sync.start()
         try:
             yield
         finally:
+            if mllp is not None:
+                await mllp.stop()
             sync.stop()
             orthanc.close()
             engine.dispose()
@@ -61,9 +103,22 @@ def create_app(
     app.state.engine = engine
     app.state.orthanc = orthanc
     app.state.sync = sync
+    app.state.order_listeners = order_listeners
+    app.state.intake = intake
+    app.state.worklist = publisher
     install_error_handlers(app)
     app.middleware("http")(_log_request)
-    for module in (auth, users, studies, images, orthanc_events, audit_routes, health):
+    for module in (
+        auth,
+        users,
+        studies,
+        images,
+        orders,
+        hl7_messages,
+        orthanc_events,
+        audit_routes,
+        health,
+    ):
         app.include_router(module.router)
     return app
 

@@ -16,7 +16,7 @@ import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, Any, Literal
 from urllib.parse import urlsplit
 
 import httpx
@@ -26,6 +26,11 @@ ORTHANC_DIR = REPO_ROOT / "orthanc"
 PLUGIN_SCRIPT = REPO_ROOT / "plugin" / "sidecar_bridge.py"
 DEFAULT_BINARY = "/usr/sbin/Orthanc"
 DEFAULT_PLUGINS_DIR = Path("/usr/share/orthanc/plugins")
+
+
+# "python": the plugin's in-memory cache (plugin/worklist_cache.py); "modality-worklists": Orthanc's
+# ModalityWorklists plugin re-reading every file per C-FIND (the benchmark's baseline).
+WorklistMechanism = Literal["python", "modality-worklists"]
 
 
 class OrthancStartError(RuntimeError):
@@ -74,6 +79,11 @@ class OrthancLayout:
     modalities: tuple[RegisteredModality, ...] = ()
     index_database_url: str = ""
     plugins_dir: Path = DEFAULT_PLUGINS_DIR
+    # The directory sidecar.worklist.WorklistDirectory writes; None: no worklist C-FIND at all.
+    worklist_dir: Path | None = None
+    worklist_mechanism: WorklistMechanism = "python"
+    # False: only the DicomModalities entries (AE title and host checked) may query the worklist.
+    worklist_any_ae: bool = True
     extra: Mapping[str, Any] = field(default_factory=dict)
 
     @property
@@ -111,8 +121,39 @@ def render_configuration(layout: OrthancLayout) -> dict[str, Any]:
     if layout.index_database_url:
         plugins.append(str(layout.plugins_dir / "libOrthancPostgreSQLIndex.so"))
         config["PostgreSQL"] = _postgresql_index(layout.index_database_url)
+    if layout.worklist_dir is not None:
+        _configure_worklist(config, plugins, layout)
     config.update(layout.extra)
     return config
+
+
+def _configure_worklist(config: dict[str, Any], plugins: list[str], layout: OrthancLayout) -> None:
+    # Orthanc 1.10.1 refuses a worklist C-FIND from an AE title missing from DicomModalities
+    # unless DicomAlwaysAllowFindWorklist is true. True means anyone who reaches the DICOM port,
+    # from any host with any AE title, can read the name, id, birth date and sex of every
+    # scheduled patient, with their procedures: the port must be firewalled to the modality
+    # network. worklist_any_ae=False restricts it to the registered modalities.
+    config["DicomAlwaysAllowFindWorklist"] = layout.worklist_any_ae
+    if layout.worklist_mechanism == "modality-worklists":
+        plugins.append(str(layout.plugins_dir / "libModalityWorklists.so"))
+        config["Worklists"] = {"Enable": True, "Database": str(layout.worklist_dir)}
+    elif not layout.with_plugin:
+        raise ValueError("the python worklist mechanism needs the Python plugin (with_plugin)")
+
+
+def plugin_environment(layout: OrthancLayout) -> dict[str, str]:
+    """The variables plugin/sidecar_bridge.py reads.
+
+    WORKLIST_DIR is always set, empty unless the Python plugin serves the worklist: a value
+    inherited from the shell would register a second worklist handler next to the
+    ModalityWorklists plugin (Orthanc allows one), or serve a stray directory.
+    """
+    serves_worklist = layout.worklist_dir is not None and layout.worklist_mechanism == "python"
+    return {
+        "SIDECAR_URL": layout.sidecar_url,
+        "SIDECAR_PLUGIN_TOKEN": layout.plugin_token,
+        "WORKLIST_DIR": str(layout.worklist_dir) if serves_worklist else "",
+    }
 
 
 def _postgresql_index(url: str) -> dict[str, Any]:
@@ -164,6 +205,9 @@ class OrthancProcess:
 
     def write_configuration(self) -> None:
         self.layout.storage_dir.mkdir(parents=True, exist_ok=True)
+        if self.layout.worklist_dir is not None:
+            # ModalityWorklists fails every C-FIND on a missing folder; an empty one answers.
+            self.layout.worklist_dir.mkdir(parents=True, exist_ok=True)
         (self.layout.work_dir / "dicom_ingress.lua").write_text(render_ingress_filter(self.layout))
         self.config_path.write_text(json.dumps(render_configuration(self.layout), indent=2))
         self.config_path.chmod(0o600)  # it may hold credentials
@@ -174,12 +218,7 @@ class OrthancProcess:
                 f"Orthanc not found at {self._binary}: run orthanc/install-packages.sh"
             )
         self.write_configuration()
-        env = {
-            **os.environ,
-            "TCP_NODELAY": "1",
-            "SIDECAR_URL": self.layout.sidecar_url,
-            "SIDECAR_PLUGIN_TOKEN": self.layout.plugin_token,
-        }
+        env = {**os.environ, "TCP_NODELAY": "1", **plugin_environment(self.layout)}
         self._log = self.log_path.open("ab")
         self._process = subprocess.Popen(
             [self._binary, str(self.config_path)],

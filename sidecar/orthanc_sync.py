@@ -24,8 +24,10 @@ from sqlalchemy import Engine, delete
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlmodel import Session, col, select
 
+from sidecar import audit, order_matching
 from sidecar.dicom_mapping import IncompleteStudy, image_records, study_record
 from sidecar.models.common import utcnow
+from sidecar.models.orders import ImagingOrder
 from sidecar.models.studies import Study
 from sidecar.models.sync import ChangesCursor, PendingStudy
 from sidecar.orthanc_client import OrthancClient, OrthancNotFound, OrthancUnavailable
@@ -67,12 +69,14 @@ class OrthancSync:
         interval: float,
         page_size: int = 1000,
         now: Callable[[], datetime] = utcnow,
+        on_order_changed: Callable[[ImagingOrder], None] | None = None,
     ) -> None:
         self._engine = engine
         self._orthanc = orthanc
         self._interval = interval
         self._page_size = page_size
         self._now = now
+        self._on_order_changed = on_order_changed
         self._wake = threading.Event()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -261,10 +265,15 @@ class OrthancSync:
         record = study_record(study_json, series_json)
         with Session(self._engine) as session:
             # Phase 1, cheap: the study and its counts become visible at once.
-            study_id = register_study(session, record).id
+            study = register_study(session, record)
+            moved_order = order_matching.match(session, study, actor=audit.ORTHANC_SYNC_ACTOR)
             session.commit()
+            study_id = study.id
             assert study_id is not None
             self._visible(orthanc_id)
+            if moved_order is not None and self._on_order_changed is not None:
+                session.refresh(moved_order)
+                self._on_order_changed(moved_order)
             known = known_image_orthanc_ids(session, study_id)
         expected = {i for series in series_json for i in series.get("Instances", [])}
         if expected <= known:
@@ -272,10 +281,10 @@ class OrthancSync:
         # Phase 2: per-image attributes need every instance's tags, read from disk by Orthanc.
         images = image_records(self._orthanc.study_instances_tags(orthanc_id))
         with Session(self._engine) as session:
-            study = session.get(Study, study_id)
-            if study is None:
+            current = session.get(Study, study_id)
+            if current is None:
                 return True  # deleted by an administrator meanwhile
-            created = register_images(session, study, images)
+            created = register_images(session, current, images)
             session.commit()
         log.info("registered Orthanc study %s: %d new images", orthanc_id, created)
         return True

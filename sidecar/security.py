@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import hmac
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 
 import jwt
 from pwdlib import PasswordHash
@@ -35,6 +35,7 @@ class TokenClaims:
     user_id: int
     username: str
     role: Role
+    issued_at: datetime
     expires_at: datetime
 
 
@@ -50,7 +51,9 @@ def create_access_token(
         "sub": str(user_id),
         "name": username,
         "role": role.value,
-        "iat": int(now.timestamp()),
+        # Sub-second precision: a token issued right after a password change must still be
+        # newer than the change (see credentials_changed_at).
+        "iat": now.timestamp(),
         "exp": int((now + lifetime).timestamp()),
     }
     return jwt.encode(payload, secret, algorithm=_ALGORITHM), int(lifetime.total_seconds())
@@ -59,13 +62,17 @@ def create_access_token(
 def decode_access_token(token: str, secret: str) -> TokenClaims:
     try:
         payload = jwt.decode(
-            token, secret, algorithms=[_ALGORITHM], options={"require": ["sub", "exp", "role"]}
+            token,
+            secret,
+            algorithms=[_ALGORITHM],
+            options={"require": ["sub", "exp", "iat", "role"]},
         )
         return TokenClaims(
             user_id=int(payload["sub"]),
             username=str(payload.get("name", "")),
             role=Role(payload["role"]),
-            expires_at=datetime.fromtimestamp(payload["exp"]).astimezone(),
+            issued_at=datetime.fromtimestamp(float(payload["iat"]), UTC),
+            expires_at=datetime.fromtimestamp(payload["exp"], UTC),
         )
     except (jwt.PyJWTError, ValueError, KeyError) as exc:
         raise InvalidToken(str(exc)) from exc

@@ -5,6 +5,7 @@ from __future__ import annotations
 import secrets
 from pathlib import Path
 from typing import Literal
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from pydantic import Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -43,6 +44,17 @@ class Settings(BaseSettings):
     jwt_expire_minutes: int = Field(default=480, ge=1)
     sidecar_plugin_token: str = ""
 
+    # HL7 v2 over MLLP from the hospital information system (orders in).
+    mllp_enabled: bool = True
+    mllp_host: str = "127.0.0.1"
+    mllp_port: int = Field(default=2575, ge=0, le=65535)
+    # The department's time zone (IANA name) for HL7 times without an offset and DICOM local
+    # dates and times; empty: this machine's zone.
+    timezone: str = ""
+    # The DICOM Modality Worklist, as files the Orthanc plugin serves (default DATA_DIR/worklist).
+    worklist_enabled: bool = True
+    worklist_dir: Path | None = None
+
     # The /changes reconciler: how often it polls Orthanc when nothing wakes it sooner.
     reconcile_enabled: bool = True
     reconcile_interval: float = Field(default=5.0, gt=0)
@@ -51,6 +63,13 @@ class Settings(BaseSettings):
     def _derive_and_check(self) -> Settings:
         if not self.database_url:
             self.database_url = f"sqlite:///{(self.data_dir / 'sidecar.db').resolve()}"
+        if self.worklist_dir is None:
+            self.worklist_dir = self.data_dir / "worklist"
+        if self.timezone:
+            try:
+                ZoneInfo(self.timezone)
+            except (ZoneInfoNotFoundError, ValueError) as exc:
+                raise ValueError(f"TIMEZONE {self.timezone!r} is not an IANA time zone") from exc
         if not self.orthanc_url:
             self.orthanc_url = f"http://127.0.0.1:{self.orthanc_http_port}"
         self.orthanc_url = self.orthanc_url.rstrip("/")

@@ -1,7 +1,8 @@
 """Status workflows, written once as data and enforced in one place.
 
 Study (seed 001): SCHEDULED -> ARRIVED -> IN_PROGRESS -> COMPLETED -> PRELIMINARY -> FINAL, or
-CANCELLED. Images can arrive for a study nobody announced, or before anyone marked the patient
+CANCELLED. Order (seed 001): PENDING -> SCHEDULED -> IN_PROGRESS -> COMPLETED, or CANCELLED /
+ON_HOLD. Images can arrive for a study nobody announced, or before anyone marked the patient
 arrived, so the acquisition steps may be skipped forward; reading steps may not be skipped back.
 """
 
@@ -11,6 +12,7 @@ from collections.abc import Iterable, Mapping
 from enum import StrEnum
 from typing import Generic, TypeVar
 
+from sidecar.models.orders import OrderStatus
 from sidecar.models.studies import StudyStatus
 
 StatusT = TypeVar("StatusT", bound=StrEnum)
@@ -56,5 +58,18 @@ STUDY_WORKFLOW: Workflow[StudyStatus] = Workflow(
         _S.PRELIMINARY: {_S.FINAL},
         _S.FINAL: set(),
         _S.CANCELLED: set(),
+    },
+)
+
+_O = OrderStatus
+ORDER_WORKFLOW: Workflow[OrderStatus] = Workflow(
+    "order",
+    {
+        _O.PENDING: {_O.SCHEDULED, _O.IN_PROGRESS, _O.CANCELLED, _O.ON_HOLD},
+        _O.SCHEDULED: {_O.PENDING, _O.IN_PROGRESS, _O.CANCELLED, _O.ON_HOLD},
+        _O.IN_PROGRESS: {_O.COMPLETED, _O.CANCELLED, _O.ON_HOLD},
+        _O.ON_HOLD: {_O.PENDING, _O.SCHEDULED, _O.IN_PROGRESS, _O.CANCELLED},
+        _O.COMPLETED: set(),
+        _O.CANCELLED: set(),
     },
 )

@@ -99,6 +99,8 @@ def settings(database_url: str, tmp_path: Path) -> Settings:
         orthanc_url=CLOSED_ORTHANC_URL,
         orthanc_timeout=2.0,
         reconcile_enabled=False,
+        mllp_enabled=False,
+        timezone="Europe/Brussels",
     )
 
 

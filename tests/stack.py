@@ -92,6 +92,8 @@ class Stack:
     ) -> None:
         self.work_dir = work_dir
         self.sidecar_port = free_port()
+        self.mllp_port = free_port()
+        worklist_dir = work_dir / "worklist"
         self.layout = OrthancLayout(
             work_dir=work_dir / "orthanc",
             http_port=free_port(),
@@ -102,6 +104,7 @@ class Stack:
             plugin_token=STACK_PLUGIN_TOKEN,
             with_plugin=with_plugin,
             modalities=modalities,
+            worklist_dir=worklist_dir if with_plugin else None,
         )
         self.settings = Settings(
             environment="development",
@@ -114,6 +117,9 @@ class Stack:
             orthanc_url=f"http://127.0.0.1:{self.layout.http_port}",
             orthanc_timeout=5.0,
             reconcile_interval=reconcile_interval,
+            mllp_port=self.mllp_port,
+            worklist_dir=worklist_dir,
+            timezone="Europe/Brussels",
         )
         self.orthanc = OrthancProcess(self.layout)
         self.sidecar: LiveSidecar | None = None

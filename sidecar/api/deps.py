@@ -42,6 +42,8 @@ def current_user(session: SessionDep, settings: SettingsDep, credentials: Bearer
     user = session.get(User, claims.user_id)
     if user is None or not user.is_active:
         raise Unauthorized("the account is disabled or no longer exists")
+    if user.credentials_changed_at is not None and claims.issued_at < user.credentials_changed_at:
+        raise Unauthorized("the password or role changed since this token was issued: log in again")
     return user
 
 

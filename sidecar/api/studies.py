@@ -5,16 +5,18 @@ from __future__ import annotations
 from datetime import date
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Query, status
+from fastapi import APIRouter, Query, Request, status
 from sqlalchemy import literal
 from sqlmodel import Session, col, func, select
 
-from sidecar import audit
+from sidecar import audit, order_matching
 from sidecar.api.deps import Clinician, PaginationDep, Scheduler, SessionDep, StudyEditor, page
 from sidecar.api.images import image_page
+from sidecar.api.orders import announce
 from sidecar.errors import Conflict, NotFound
 from sidecar.identifiers import new_accession_number, new_study_instance_uid
-from sidecar.models.common import Page, join_multi, utcnow
+from sidecar.models.common import ApiModel, Page, join_multi, utcnow
+from sidecar.models.orders import ImagingOrder
 from sidecar.models.studies import (
     Image,
     ImagePublic,
@@ -32,6 +34,10 @@ from sidecar.workflow import STUDY_WORKFLOW, InvalidTransition
 router = APIRouter(prefix="/api/studies", tags=["studies"])
 
 
+class LinkOrder(ApiModel):
+    order_id: int
+
+
 @router.get("", response_model=Page[StudyPublic])
 def list_studies(
     session: SessionDep,
@@ -39,12 +45,18 @@ def list_studies(
     pagination: PaginationDep,
     patient_id: Annotated[str | None, Query(alias="patientId", max_length=64)] = None,
     accession_number: Annotated[str | None, Query(alias="accessionNumber", max_length=16)] = None,
-    modality: Annotated[str | None, Query(max_length=16, pattern=r"^[A-Z_]+$")] = None,
+    modality: Annotated[str | None, Query(max_length=16, pattern=r"^[A-Z0-9_]{1,16}$")] = None,
     study_status: Annotated[StudyStatus | None, Query(alias="status")] = None,
     date_from: Annotated[date | None, Query(alias="studyDateFrom")] = None,
     date_to: Annotated[date | None, Query(alias="studyDateTo")] = None,
+    matched: Annotated[
+        bool | None, Query(description="true: linked to an imaging order; false: not linked")
+    ] = None,
 ) -> dict[str, Any]:
     conditions: list[Any] = []
+    if matched is not None:
+        linked = col(Study.order_id)
+        conditions.append(linked.is_not(None) if matched else linked.is_(None))
     if patient_id:
         conditions.append(Study.patient_id == patient_id)
     if accession_number:
@@ -52,7 +64,9 @@ def list_studies(
     if modality:
         # modalities is "CT,MR": wrap in commas so CT never matches CTA-like codes.
         wrapped = literal(",") + col(Study.modalities) + literal(",")
-        conditions.append(wrapped.like(f"%,{modality},%"))
+        # "_" is LIKE's one-character wildcard (and PET_CT has one): match it literally.
+        literal_code = modality.replace("/", "//").replace("_", "/_").replace("%", "/%")
+        conditions.append(wrapped.like(f"%,{literal_code},%", escape="/"))
     if study_status:
         conditions.append(Study.status == study_status)
     if date_from:
@@ -122,6 +136,8 @@ def get_study(study_id: int, session: SessionDep, _: Clinician) -> StudyDetail:
 def update_study(study_id: int, body: StudyUpdate, session: SessionDep, user: StudyEditor) -> Study:
     study = get_study_or_404(session, study_id)
     changes = body.model_dump(exclude_unset=True)
+    if not changes:
+        return study
     for name, value in changes.items():
         setattr(study, name, value)
     study.updated_at = utcnow()
@@ -185,6 +201,35 @@ def list_series_images(
     if series is None:
         raise NotFound(f"study {study_id} has no series {series_uid}")
     return image_page(session, pagination, Image.series_id == series.id)
+
+
+@router.post("/{study_id}/link-order", response_model=StudyPublic)
+def link_order(
+    study_id: int, body: LinkOrder, session: SessionDep, user: StudyEditor, request: Request
+) -> Study:
+    """Links a study to an imaging order by hand (the study matched none by itself)."""
+    study = get_study_or_404(session, study_id)
+    order = session.get(ImagingOrder, body.order_id)
+    if order is None:
+        raise NotFound(f"imaging order {body.order_id} not found")
+    if study.order_id is not None:
+        raise Conflict(f"study {study_id} is already linked to order {study.order_id}")
+    taken = session.exec(select(Study.id).where(Study.order_id == order.id)).first()
+    if taken is not None:
+        raise Conflict(f"order {order.id} is already linked to study {taken}")
+    try:
+        moved = order_matching.link(session, study, order, actor=user.username)
+    except order_matching.PatientMismatch as exc:
+        raise Conflict(
+            f"study {study_id} and order {order.id} belong to different patient ids; "
+            "correct the patient id first"
+        ) from exc
+    session.commit()
+    session.refresh(study)
+    if moved:
+        session.refresh(order)
+        announce(request, order)
+    return study
 
 
 def get_study_or_404(session: Session, study_id: int) -> Study:

@@ -8,8 +8,8 @@ from sqlmodel import col, func, select
 from sidecar import audit
 from sidecar.api.deps import Admin, PaginationDep, SessionDep, page
 from sidecar.errors import Conflict, NotFound
-from sidecar.models.common import Page
-from sidecar.models.users import User, UserCreate, UserPublic, UserUpdate
+from sidecar.models.common import Page, utcnow
+from sidecar.models.users import Role, User, UserCreate, UserPublic, UserUpdate
 from sidecar.security import hash_password
 
 router = APIRouter(prefix="/api/users", tags=["users"])
@@ -48,12 +48,18 @@ def list_users(session: SessionDep, _: Admin, pagination: PaginationDep) -> dict
 def update_user(user_id: int, body: UserUpdate, session: SessionDep, admin: Admin) -> User:
     user = _get(session, user_id)
     changes = body.model_dump(exclude_unset=True)
+    if user.id == admin.id and (
+        changes.get("is_active") is False or changes.get("role") not in (None, Role.ADMIN)
+    ):
+        raise Conflict("administrators cannot disable or demote their own account")
     if "password" in changes:
         user.password_hash = hash_password(changes.pop("password"))
         changes["password_changed"] = True
     for name in ("is_active", "role"):
         if name in changes and changes[name] is not None:
             setattr(user, name, changes[name])
+    if "password_changed" in changes or changes.get("role") is not None:
+        user.credentials_changed_at = utcnow()
     session.add(user)
     audit.record(
         session,

@@ -2,13 +2,25 @@
 
 from __future__ import annotations
 
+from typing import Any, Literal
+
 from alembic import context
+from alembic.autogenerate.api import AutogenContext
 from sqlalchemy import Engine
 from sqlmodel import SQLModel
 
 import sidecar.models  # noqa: F401  (registers every table on SQLModel.metadata)
+from sidecar.models.common import EnumText
 
 target_metadata = SQLModel.metadata
+
+
+def render_item(kind: str, item: Any, autogen: AutogenContext) -> str | Literal[False]:
+    # Enum-valued columns are stored as plain text (see EnumText): render them as such, so a
+    # migration never depends on the enum classes of the day it was written.
+    if kind == "type" and isinstance(item, EnumText):
+        return f"sa.String(length={getattr(item.impl, 'length', None)})"
+    return False
 
 
 def run_migrations_online() -> None:
@@ -19,6 +31,7 @@ def run_migrations_online() -> None:
             target_metadata=target_metadata,
             render_as_batch=connection.dialect.name == "sqlite",
             compare_type=True,
+            render_item=render_item,
         )
         with context.begin_transaction():
             context.run_migrations()

@@ -4,12 +4,16 @@ from __future__ import annotations
 
 from datetime import date, datetime, time
 from enum import StrEnum
+from typing import Annotated
 
 from pydantic import Field as PydanticField
-from pydantic import field_validator
+from pydantic import StringConstraints, field_validator
 from sqlmodel import Column, Field, SQLModel
 
 from sidecar.models.common import ApiModel, EnumText, UTCDateTime, split_multi, utcnow
+
+# A DICOM Modality (0008,0060) code: CS, 16 characters at most.
+ModalityCode = Annotated[str, StringConstraints(pattern=r"^[A-Z0-9_]{1,16}$")]
 
 
 class StudyStatus(StrEnum):
@@ -39,7 +43,7 @@ class Study(SQLModel, table=True):
     study_date: date | None = Field(default=None, index=True)
     study_time: time | None = None
     study_description: str | None = Field(default=None, max_length=64)
-    modalities: str = Field(default="", max_length=128)  # comma-separated modality codes
+    modalities: str = Field(default="", max_length=1024)  # comma-separated modality codes
     referring_physician: str | None = Field(default=None, max_length=324)
     body_part: str | None = Field(default=None, max_length=64)
     series_count: int = 0
@@ -57,6 +61,11 @@ class Study(SQLModel, table=True):
         default_factory=utcnow, sa_column=Column(UTCDateTime, nullable=False)
     )
     images_received_at: datetime | None = Field(default=None, sa_column=Column(UTCDateTime))
+    # Clinical context from the imaging order the study was matched to (issue: orders).
+    order_id: int | None = Field(default=None, foreign_key="imaging_order.id", index=True)
+    priority: str | None = Field(default=None, max_length=16)
+    clinical_indication: str | None = Field(default=None, max_length=4000)
+    order_match_issue: str | None = Field(default=None, max_length=200)
 
 
 class Series(SQLModel, table=True):
@@ -109,6 +118,10 @@ class StudyPublic(ApiModel):
     created_at: datetime
     updated_at: datetime
     images_received_at: datetime | None
+    order_id: int | None
+    priority: str | None
+    clinical_indication: str | None
+    order_match_issue: str | None
 
     @field_validator("modalities", mode="before")
     @classmethod
@@ -129,7 +142,7 @@ class StudyCreate(ApiModel):
     patient_sex: PatientSex | None = None
     study_date: date | None = None
     study_description: str | None = PydanticField(default=None, max_length=64)
-    modalities: list[str] = PydanticField(default_factory=list, max_length=8)
+    modalities: list[ModalityCode] = PydanticField(default_factory=list, max_length=16)
     referring_physician: str | None = PydanticField(default=None, max_length=324)
     body_part: str | None = PydanticField(default=None, max_length=64)
 

@@ -30,6 +30,8 @@ class User(SQLModel, table=True):
     created_at: datetime = Field(
         default_factory=utcnow, sa_column=Column(UTCDateTime, nullable=False)
     )
+    # Tokens issued before this moment are refused: a password or role change logs the user out.
+    credentials_changed_at: datetime | None = Field(default=None, sa_column=Column(UTCDateTime))
 
 
 class UserCreate(ApiModel):

@@ -1,0 +1,68 @@
+"""The HL7 message log: every message in or out, for administrators and the integration role."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Depends, Query
+from pydantic import AwareDatetime
+from sqlmodel import col, func, select
+
+from sidecar.api.deps import PaginationDep, SessionDep, page, require_roles
+from sidecar.errors import NotFound
+from sidecar.models.common import Page
+from sidecar.models.orders import Hl7Direction, Hl7Message, Hl7MessageDetail, Hl7MessageSummary
+from sidecar.models.users import Role, User
+
+router = APIRouter(prefix="/api/hl7/messages", tags=["hl7"])
+Hl7Reader = Annotated[User, Depends(require_roles(Role.ADMIN, Role.INTEGRATION))]
+
+
+@router.get("", response_model=Page[Hl7MessageSummary])
+def list_messages(
+    session: SessionDep,
+    _: Hl7Reader,
+    pagination: PaginationDep,
+    direction: Hl7Direction | None = None,
+    status: Annotated[str | None, Query(max_length=16)] = None,
+    message_type: Annotated[str | None, Query(alias="messageType", max_length=32)] = None,
+    control_id: Annotated[str | None, Query(alias="controlId", max_length=199)] = None,
+    sender: Annotated[str | None, Query(max_length=200)] = None,
+    order_id: Annotated[int | None, Query(alias="orderId")] = None,
+    received_from: Annotated[AwareDatetime | None, Query(alias="receivedFrom")] = None,
+    received_to: Annotated[AwareDatetime | None, Query(alias="receivedTo")] = None,
+) -> dict[str, Any]:
+    conditions: list[Any] = [
+        column == value
+        for column, value in (
+            (Hl7Message.direction, direction),
+            (Hl7Message.status, status),
+            (Hl7Message.message_type, message_type),
+            (Hl7Message.control_id, control_id),
+            (Hl7Message.sender, sender),
+            (Hl7Message.order_id, order_id),
+        )
+        if value is not None
+    ]
+    if received_from:
+        conditions.append(col(Hl7Message.received_at) >= received_from)
+    if received_to:
+        conditions.append(col(Hl7Message.received_at) <= received_to)
+    total = session.exec(select(func.count()).select_from(Hl7Message).where(*conditions)).one()
+    found = session.exec(
+        select(Hl7Message)
+        .where(*conditions)
+        .order_by(col(Hl7Message.id).desc())
+        .offset(pagination.offset)
+        .limit(pagination.limit)
+    ).all()
+    return page(list(found), total, pagination)
+
+
+@router.get("/{message_id}", response_model=Hl7MessageDetail)
+def get_message(message_id: int, session: SessionDep, _: Hl7Reader) -> Hl7Message:
+    """One message with its raw text and the acknowledgement sent or received."""
+    message = session.get(Hl7Message, message_id)
+    if message is None:
+        raise NotFound(f"HL7 message {message_id} not found")
+    return message

@@ -1,0 +1,377 @@
+"""Orders from the hospital information system: HL7 ORM^O01 / OMI^O23 in, ACK out.
+
+One message at a time per connection (the MLLP server's guarantee). For each message:
+    1. a repeated MSH-10 from the same sender gets its original acknowledgement, nothing more;
+    2. the message is parsed (hl7.orders) and every order group applied (sidecar.orders);
+    3. the message, its ACK and the order changes are committed in one transaction;
+    4. only then is AA sent: every AA is a durable order.
+Anything wrong answers AE (content) or AR (message type, version) with an ERR segment, and the
+message is still logged. Supported (ORC-1, ORC-5) pairs are listed in ORDER_CONTROL; anything
+else is answered AE, never silently dropped.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import uuid
+from collections.abc import Callable
+from datetime import datetime, tzinfo
+from typing import Any
+
+from sqlalchemy import Engine
+from sqlalchemy.exc import IntegrityError
+from sqlmodel import Session, select
+
+from hl7.ack import build_ack, new_control_id
+from hl7.datatypes import PersonName, Provider
+from hl7.er7 import decode_message, encode_message
+from hl7.errors import (
+    DuplicateKeyIdentifier,
+    ErrorLocation,
+    Hl7Error,
+    NotAnHl7Message,
+    RequiredFieldMissing,
+    TableValueNotFound,
+    UnknownKeyIdentifier,
+)
+from hl7.header import MessageHeader, read_header
+from hl7.order_message import ImagingOrder as OrderGroup
+from hl7.order_message import OrderControl, OrderMessage
+from hl7.orders import parse_order_message
+from hl7.server import Peer
+from sidecar import orders
+from sidecar.models.common import utcnow
+from sidecar.models.orders import Hl7Direction, Hl7Message, ImagingOrder, Modality, OrderStatus
+from sidecar.workflow import InvalidTransition
+
+log = logging.getLogger(__name__)
+
+_S = OrderStatus
+# ORC-1 order control -> the ORC-5 order status values accepted with it, and for SC the status
+# it requests. Pairs not listed are answered AE (HL7 table 0119 / 0038).
+ORDER_CONTROL: dict[OrderControl, dict[str, OrderStatus | None]] = {
+    OrderControl.NEW_ORDER: {"": None, "SC": None},
+    OrderControl.CHANGE_ORDER: {"": None, "SC": None},
+    OrderControl.CANCEL_ORDER: {"": _S.CANCELLED, "CA": _S.CANCELLED},
+    OrderControl.DISCONTINUE_ORDER: {"": _S.CANCELLED, "DC": _S.CANCELLED, "CA": _S.CANCELLED},
+    OrderControl.STATUS_CHANGED: {
+        "SC": _S.SCHEDULED,
+        "IP": _S.IN_PROGRESS,
+        "CM": _S.COMPLETED,
+        "HD": _S.ON_HOLD,
+        "CA": _S.CANCELLED,
+        "DC": _S.CANCELLED,
+    },
+    OrderControl.HOLD_ORDER: {"": _S.ON_HOLD, "HD": _S.ON_HOLD},
+    OrderControl.RELEASE_HOLD: {"": None, "SC": None},
+}
+
+# DICOM modality codes for OBR-24 / IPC-5 values that are not our modality names.
+_MODALITY_ALIASES = {"PET": Modality.PT, "PETCT": Modality.PET_CT, "XR": Modality.DX}
+
+
+class OrderIntake:
+    """The MLLP handler: `await intake(raw, peer)` returns the ACK bytes."""
+
+    def __init__(
+        self,
+        engine: Engine,
+        *,
+        zone: tzinfo,
+        announce: Callable[[ImagingOrder], None],
+        now: Callable[[], datetime] = utcnow,
+    ) -> None:
+        self._engine = engine
+        self._zone = zone
+        self._announce = announce
+        self._now = now
+
+    async def __call__(self, raw: bytes, peer: Peer) -> bytes:
+        # Database work blocks; the event loop keeps serving other connections meanwhile.
+        return await asyncio.to_thread(self.handle, raw)
+
+    def handle(self, raw: bytes) -> bytes:
+        header = read_header(raw)
+        sender = _sender(header)
+        control_id = header.control_id if header and header.control_id else ""
+        if control_id:
+            original = self._original_ack(sender, control_id)
+            if original is not None:
+                log.info(
+                    "duplicate HL7 message %s from %s: original ACK sent again", control_id, sender
+                )
+                return original
+        try:
+            if header is None:
+                raise NotAnHl7Message("the message does not start with an MSH segment")
+            message = parse_order_message(raw, default_zone=self._zone)
+            return self._apply(raw, message, sender)
+        except Hl7Error as error:
+            return self._refuse(raw, header, sender, error)
+
+    # -- outcomes ------------------------------------------------------------------------------
+
+    def _apply(self, raw: bytes, message: OrderMessage, sender: str) -> bytes:
+        header = message.header
+        ack = build_ack(header, None, control_id=new_control_id(), timestamp=self._now())
+        with Session(self._engine) as session:
+            changed = [
+                self._apply_group(session, message, group, actor=f"hl7:{sender}")
+                for group in message.orders
+            ]
+            session.add(
+                _log_row(
+                    raw,
+                    header,
+                    sender,
+                    status="accepted",
+                    ack_code="AA",
+                    ack=ack.text,
+                    order_id=changed[0].id if changed else None,
+                    now=self._now(),
+                )
+            )
+            try:
+                session.commit()
+            except IntegrityError as exc:
+                session.rollback()
+                original = self._original_ack(sender, header.control_id)
+                if original is not None:  # the same message raced in on another connection
+                    return original
+                raise DuplicateKeyIdentifier(
+                    "the accession number, Study Instance UID or placer order number is "
+                    "already in use",
+                    ErrorLocation("OBR", 1, 18),
+                ) from exc
+            for order in changed:
+                session.refresh(order)
+                self._announce(order)
+        log.info(
+            "HL7 %s %s from %s accepted: %d order(s)",
+            header.message_code,
+            header.control_id,
+            sender,
+            len(changed),
+        )
+        return ack.encode()
+
+    def _refuse(
+        self, raw: bytes, header: MessageHeader | None, sender: str, error: Hl7Error
+    ) -> bytes:
+        ack = build_ack(header, error, control_id=new_control_id(), timestamp=self._now())
+        status = "rejected" if ack.code == "AR" else "error"
+        log.info(
+            "HL7 message %s from %s answered %s: %s",
+            header.control_id if header else "-",
+            sender,
+            ack.code,
+            error.error_code,
+        )
+        row = _log_row(
+            raw,
+            header,
+            sender,
+            status=status,
+            ack_code=ack.code,
+            ack=ack.text,
+            order_id=None,
+            now=self._now(),
+            error=str(error),
+        )
+        with Session(self._engine) as session:
+            session.add(row)
+            try:
+                session.commit()
+            except IntegrityError:
+                session.rollback()
+                original = self._original_ack(sender, row.control_id)
+                if original is not None:
+                    return original
+                raise
+        return ack.encode()
+
+    def _original_ack(self, sender: str, control_id: str) -> bytes | None:
+        with Session(self._engine) as session:
+            logged = session.exec(
+                select(Hl7Message).where(
+                    Hl7Message.direction == Hl7Direction.INBOUND,
+                    Hl7Message.sender == sender,
+                    Hl7Message.control_id == control_id,
+                )
+            ).first()
+        if logged is None or logged.ack_raw is None:
+            return None
+        ack_header = read_header(logged.ack_raw)
+        return encode_message(logged.ack_raw, ack_header.character_set if ack_header else "")
+
+    # -- order control -------------------------------------------------------------------------
+
+    def _apply_group(
+        self, session: Session, message: OrderMessage, group: OrderGroup, *, actor: str
+    ) -> ImagingOrder:
+        control = group.order_control
+        accepted = ORDER_CONTROL.get(control)
+        where = ErrorLocation("ORC", group.sequence, 1)
+        if accepted is None:
+            raise TableValueNotFound(f"order control {control.value} is not supported", where)
+        if group.order_status not in accepted:
+            raise TableValueNotFound(
+                f"order status {group.order_status or '(empty)'} is not supported with order "
+                f"control {control.value}",
+                ErrorLocation("ORC", group.sequence, 5),
+            )
+        if control == OrderControl.NEW_ORDER:
+            values = order_values(message, group)
+            try:
+                return orders.create_order(session, values, actor=actor, source="hl7")
+            except orders.DuplicateOrder as exc:
+                raise DuplicateKeyIdentifier(
+                    str(exc), ErrorLocation("OBR", group.sequence, 18)
+                ) from exc
+        order = find_order(session, group)
+        try:
+            if control == OrderControl.CHANGE_ORDER:
+                if order.status in (_S.COMPLETED, _S.CANCELLED):
+                    raise InvalidTransition("order", order.status, order.status, ())
+                changes = {
+                    k: v
+                    for k, v in order_values(message, group).items()
+                    if k not in ("accession_number", "study_instance_uid")
+                }
+                return orders.update_order(session, order, changes, actor=actor)
+            if control == OrderControl.RELEASE_HOLD:
+                target = orders.initial_status(order)
+            else:
+                target = accepted[group.order_status] or _S.SCHEDULED
+            return orders.change_status(session, order, target, actor=actor)
+        except InvalidTransition as exc:
+            raise TableValueNotFound(
+                f"order {order.accession_number} is {order.status.value}: {control.value} "
+                "cannot apply",
+                where,
+            ) from exc
+
+
+def find_order(session: Session, group: OrderGroup) -> ImagingOrder:
+    """The order an XO/CA/DC/SC/HD/RL refers to: placer number, filler number, accession."""
+    keys: list[tuple[Any, str]] = []
+    if group.placer_order_number and group.placer_order_number.entity_id:
+        keys.append((ImagingOrder.placer_order_number, group.placer_order_number.entity_id))
+    if group.filler_order_number and group.filler_order_number.entity_id:
+        keys.append((ImagingOrder.filler_order_number, group.filler_order_number.entity_id))
+    if group.accession_number:
+        keys.append((ImagingOrder.accession_number, group.accession_number))
+    if not keys:
+        raise RequiredFieldMissing(
+            "ORC-2 placer order number (or ORC-3 / OBR-18) is needed to find the order",
+            ErrorLocation("ORC", group.sequence, 2),
+        )
+    for column, value in keys:
+        found = session.exec(select(ImagingOrder).where(column == value)).first()
+        if found is not None:
+            return found
+    raise UnknownKeyIdentifier(
+        "no order matches the placer or filler order number",
+        ErrorLocation("ORC", group.sequence, 2),
+    )
+
+
+def order_values(message: OrderMessage, group: OrderGroup) -> dict[str, Any]:
+    """Domain values of an order group; absent values are left out."""
+    patient, visit = message.patient, message.visit
+    procedure = group.procedure
+    reason = group.reason_for_study
+    ordering = group.ordering_provider
+    values: dict[str, Any] = {
+        "patient_id": patient.identifier.id,
+        "issuer_of_patient_id": patient.identifier.assigning_authority.name or None,
+        "patient_name": person_name(patient.name),
+        "patient_birth_date": patient.birth_date,
+        "patient_sex": patient.sex.value if patient.sex and patient.sex.value in "MFO" else None,
+        "referring_physician": provider_name(visit.referring_provider if visit else None),
+        "ordering_provider": provider_name(ordering),
+        "provider_id": (ordering.id or None) if ordering else None,
+        "facility_id": message.header.sending_facility.name or None,
+        "procedure_code": procedure.code[:64] if procedure and procedure.code else None,
+        "procedure_description": (procedure.text[:64] or None) if procedure else None,
+        "modality": modality(group),
+        "clinical_indication": (reason.text or reason.code) if reason else None,
+        "priority": group.priority.value,
+        "scheduled_at": group.scheduled_start,
+        "placer_order_number": _entity(group.placer_order_number),
+        "filler_order_number": _entity(group.filler_order_number),
+        "requested_procedure_id": group.requested_procedure_id or None,
+        "accession_number": group.accession_number or None,
+        "study_instance_uid": group.study_instance_uid or None,
+    }
+    return {k: v for k, v in values.items() if v not in (None, "")}
+
+
+def modality(group: OrderGroup) -> Modality:
+    code = group.modality.strip().upper()
+    location = ErrorLocation("OBR", group.sequence, 24)
+    if not code:
+        raise RequiredFieldMissing("OBR-24 (modality) is required to schedule the order", location)
+    try:
+        return _MODALITY_ALIASES.get(code) or Modality(code)
+    except ValueError as exc:
+        raise TableValueNotFound(
+            f"modality {code} is not one the department performs", location
+        ) from exc
+
+
+def person_name(name: PersonName) -> str | None:
+    """XPN/XCN to DICOM PN: family^given^middle^prefix^suffix, trailing empties dropped."""
+    parts = [name.family_name, name.given_name, name.middle_name, name.prefix, name.suffix]
+    text = "^".join(parts).rstrip("^")
+    return text[:194] or None
+
+
+def provider_name(provider: Provider | None) -> str | None:
+    return person_name(provider.name) if provider else None
+
+
+def _entity(identifier: Any) -> str | None:
+    return (identifier.entity_id or None) if identifier else None
+
+
+def _sender(header: MessageHeader | None) -> str:
+    if header is None:
+        return "unknown"
+    return f"{header.sending_application.name}^{header.sending_facility.name}"[:200]
+
+
+def _log_row(
+    raw: bytes,
+    header: MessageHeader | None,
+    sender: str,
+    *,
+    status: str,
+    ack_code: str,
+    ack: str,
+    order_id: int | None,
+    now: datetime,
+    error: str | None = None,
+) -> Hl7Message:
+    receiver = (
+        f"{header.receiving_application.name}^{header.receiving_facility.name}" if header else None
+    )
+    return Hl7Message(
+        direction=Hl7Direction.INBOUND,
+        # A message without MSH-10 cannot be a duplicate of anything: give it a unique key.
+        control_id=(
+            header.control_id if header and header.control_id else f"(none) {uuid.uuid4().hex}"
+        ),
+        message_type=(header.message_code if header else "(unreadable)")[:32],
+        sender=sender,
+        receiver=receiver[:200] if receiver else None,
+        status=status,
+        ack_code=ack_code,
+        error_text=error[:1000] if error else None,
+        raw=decode_message(raw),
+        ack_raw=ack,
+        order_id=order_id,
+        received_at=now,
+        processed_at=now,
+    )

@@ -1,0 +1,99 @@
+"""Linking an arriving study to its imaging order (IHE Scheduled Workflow).
+
+By accession number first, then by Study Instance UID (the one the worklist handed the modality).
+A patient id that differs between study and order is flagged on the study and not linked: images
+of one patient must never be filed under another patient's order.
+"""
+
+from __future__ import annotations
+
+from sqlmodel import Session, select
+
+from sidecar import audit
+from sidecar.models.orders import ImagingOrder, OrderStatus
+from sidecar.models.studies import Study
+from sidecar.workflow import ORDER_WORKFLOW
+
+PATIENT_MISMATCH = "patient id differs from the order's"
+
+
+class PatientMismatch(Exception):
+    pass
+
+
+def find_order(session: Session, study: Study) -> ImagingOrder | None:
+    if study.accession_number:
+        order = session.exec(
+            select(ImagingOrder).where(ImagingOrder.accession_number == study.accession_number)
+        ).first()
+        if order is not None:
+            return order
+    return session.exec(
+        select(ImagingOrder).where(ImagingOrder.study_instance_uid == study.study_instance_uid)
+    ).first()
+
+
+def link(session: Session, study: Study, order: ImagingOrder, *, actor: str) -> bool:
+    """Links study and order; returns whether the order's status changed. The caller commits.
+
+    Raises PatientMismatch (and leaves both unchanged) when the patient ids differ.
+    """
+    if study.patient_id and order.patient_id != study.patient_id:
+        raise PatientMismatch(PATIENT_MISMATCH)
+    study.order_id = order.id
+    study.order_match_issue = None
+    # The study takes the order's clinical context.
+    study.priority = order.priority.value
+    study.clinical_indication = order.clinical_indication
+    study.referring_physician = order.referring_physician or study.referring_physician
+    session.add(study)
+    audit.record(
+        session,
+        actor=actor,
+        action="study.linked_to_order",
+        entity_type="study",
+        entity_id=study.id,
+        order_id=order.id,
+    )
+    # Images acquired: the order is under way (it completes when its result is delivered).
+    if ORDER_WORKFLOW.can(OrderStatus(order.status), OrderStatus.IN_PROGRESS):
+        previous = order.status
+        order.status = OrderStatus.IN_PROGRESS
+        session.add(order)
+        audit.record(
+            session,
+            actor=actor,
+            action="order.status_changed",
+            entity_type="order",
+            entity_id=order.id,
+            previous=previous,
+            status=order.status,
+        )
+        return True
+    return False
+
+
+def match(session: Session, study: Study, *, actor: str) -> ImagingOrder | None:
+    """Links an unlinked study to its order when one matches; returns the order if its status
+    changed (listeners must hear of it). A mismatch is flagged on the study."""
+    if study.order_id is not None:
+        return None
+    order = find_order(session, study)
+    if order is None:
+        return None
+    try:
+        changed = link(session, study, order, actor=actor)
+    except PatientMismatch:
+        if study.order_match_issue != PATIENT_MISMATCH:
+            study.order_match_issue = PATIENT_MISMATCH
+            session.add(study)
+            audit.record(
+                session,
+                actor=actor,
+                action="study.order_mismatch",
+                entity_type="study",
+                entity_id=study.id,
+                order_id=order.id,
+            )
+        return None
+    return order if changed else None

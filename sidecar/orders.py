@@ -1,0 +1,130 @@
+"""Imaging orders: one set of operations for orders from REST and from HL7.
+
+Every change is audited in the same transaction, and announced to listeners after the commit
+(the worklist follows the orders: only SCHEDULED orders are offered to modalities).
+"""
+
+from __future__ import annotations
+
+import secrets
+from collections.abc import Callable
+from typing import Any
+
+from sqlmodel import Session, select
+
+from sidecar import audit
+from sidecar.identifiers import new_study_instance_uid
+from sidecar.models.common import utcnow
+from sidecar.models.orders import ImagingOrder, OrderStatus
+from sidecar.models.studies import Study
+from sidecar.workflow import ORDER_WORKFLOW
+
+OrderListener = Callable[[ImagingOrder], None]
+
+
+class DuplicateOrder(Exception):
+    """An accession number or Study Instance UID already belongs to another order."""
+
+
+def new_order_accession_number(session: Session) -> str:
+    """16 characters at most (DICOM SH); unique among orders and studies."""
+    while True:
+        candidate = f"A{secrets.randbelow(10**12):012d}"
+        taken_by_order = session.exec(
+            select(ImagingOrder.id).where(ImagingOrder.accession_number == candidate)
+        ).first()
+        taken_by_study = session.exec(
+            select(Study.id).where(Study.accession_number == candidate)
+        ).first()
+        if taken_by_order is None and taken_by_study is None:
+            return candidate
+
+
+def initial_status(order: ImagingOrder) -> OrderStatus:
+    """An order with a time is on the schedule; without one it waits for scheduling."""
+    return OrderStatus.SCHEDULED if order.scheduled_at is not None else OrderStatus.PENDING
+
+
+def create_order(
+    session: Session, values: dict[str, Any], *, actor: str, source: str
+) -> ImagingOrder:
+    """Creates an order from domain values (snake_case); the caller commits."""
+    values = {k: v for k, v in values.items() if v is not None}
+    accession = values.pop("accession_number", None) or new_order_accession_number(session)
+    study_uid = values.pop("study_instance_uid", None) or new_study_instance_uid()
+    _check_unique(session, accession, study_uid, None)
+    # The worklist needs a Requested Procedure ID; one procedure per order, so the accession
+    # number serves when the HIS sends none.
+    values.setdefault("requested_procedure_id", accession)
+    order = ImagingOrder(
+        accession_number=accession, study_instance_uid=study_uid, source=source, **values
+    )
+    order.status = initial_status(order)
+    session.add(order)
+    session.flush()
+    audit.record(
+        session,
+        actor=actor,
+        action="order.created",
+        entity_type="order",
+        entity_id=order.id,
+        status=order.status,
+        source=source,
+    )
+    return order
+
+
+def update_order(
+    session: Session, order: ImagingOrder, changes: dict[str, Any], *, actor: str
+) -> ImagingOrder:
+    """Applies field changes (not status); a PENDING order given a time becomes SCHEDULED."""
+    changes = {k: v for k, v in changes.items() if k != "status"}
+    for name, value in changes.items():
+        setattr(order, name, value)
+    if order.status == OrderStatus.PENDING and order.scheduled_at is not None:
+        order.status = OrderStatus.SCHEDULED
+    order.updated_at = utcnow()
+    session.add(order)
+    audit.record(
+        session,
+        actor=actor,
+        action="order.updated",
+        entity_type="order",
+        entity_id=order.id,
+        fields=sorted(changes),
+        status=order.status,
+    )
+    return order
+
+
+def change_status(
+    session: Session, order: ImagingOrder, target: OrderStatus, *, actor: str
+) -> ImagingOrder:
+    """Moves the order through ORDER_WORKFLOW; raises InvalidTransition otherwise."""
+    previous = OrderStatus(order.status)
+    if previous == target:
+        return order
+    ORDER_WORKFLOW.check(previous, target)
+    order.status = target
+    order.updated_at = utcnow()
+    session.add(order)
+    audit.record(
+        session,
+        actor=actor,
+        action="order.status_changed",
+        entity_type="order",
+        entity_id=order.id,
+        previous=previous,
+        status=target,
+    )
+    return order
+
+
+def _check_unique(session: Session, accession: str, study_uid: str, order_id: int | None) -> None:
+    for column, value, label in (
+        (ImagingOrder.accession_number, accession, "accession number"),
+        (ImagingOrder.study_instance_uid, study_uid, "Study Instance UID"),
+    ):
+        other = session.exec(select(ImagingOrder.id).where(column == value)).first()
+        if other is not None and other != order_id:
+            raise DuplicateOrder(f"{label} {value} already belongs to order {other}")
