@@ -41,8 +41,11 @@ test-postgresql: system-deps venv
 ## The whole suite: lint, types, then every test on SQLite and again on PostgreSQL.
 test: lint typecheck test-sqlite test-postgresql
 
+## Benchmarks (by hand; figures go in the closing notes). hl7_intake needs PostgreSQL.
 bench: system-deps venv
 	$(BIN)/python bench/ingest.py
+	$(BIN)/python bench/worklist.py
+	$(BIN)/python bench/hl7_intake.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

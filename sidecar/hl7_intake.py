@@ -42,7 +42,14 @@ from hl7.orders import parse_order_message
 from hl7.server import Peer
 from sidecar import orders
 from sidecar.models.common import utcnow
-from sidecar.models.orders import Hl7Direction, Hl7Message, ImagingOrder, Modality, OrderStatus
+from sidecar.models.orders import (
+    Hl7Direction,
+    Hl7Message,
+    ImagingOrder,
+    Modality,
+    OrderStatus,
+    Priority,
+)
 from sidecar.workflow import InvalidTransition
 
 log = logging.getLogger(__name__)
@@ -94,14 +101,6 @@ class OrderIntake:
     def handle(self, raw: bytes) -> bytes:
         header = read_header(raw)
         sender = _sender(header)
-        control_id = header.control_id if header and header.control_id else ""
-        if control_id:
-            original = self._original_ack(sender, control_id)
-            if original is not None:
-                log.info(
-                    "duplicate HL7 message %s from %s: original ACK sent again", control_id, sender
-                )
-                return original
         try:
             if header is None:
                 raise NotAnHl7Message("the message does not start with an MSH segment")
@@ -113,40 +112,47 @@ class OrderIntake:
     # -- outcomes ------------------------------------------------------------------------------
 
     def _apply(self, raw: bytes, message: OrderMessage, sender: str) -> bytes:
+        """One transaction: the log row (its unique key catches a repeated MSH-10), the orders,
+        then the commit; the AA goes out only after it. Duplicates are detected by the
+        database's unique constraints rather than by queries first: fewer round trips on the
+        hot path, and no race between two connections."""
         header = message.header
         ack = build_ack(header, None, control_id=new_control_id(), timestamp=self._now())
-        with Session(self._engine) as session:
-            changed = [
-                self._apply_group(session, message, group, actor=f"hl7:{sender}")
-                for group in message.orders
-            ]
-            session.add(
-                _log_row(
-                    raw,
-                    header,
-                    sender,
-                    status="accepted",
-                    ack_code="AA",
-                    ack=ack.text,
-                    order_id=changed[0].id if changed else None,
-                    now=self._now(),
-                )
-            )
+        row = _log_row(
+            raw,
+            header,
+            sender,
+            status="accepted",
+            ack_code="AA",
+            ack=ack.text,
+            order_id=None,
+            now=self._now(),
+        )
+        with Session(self._engine, expire_on_commit=False) as session:
+            session.add(row)
             try:
+                session.flush()
+            except IntegrityError:
+                session.rollback()
+                return self._original_ack_or_raise(sender, header.control_id)
+            try:
+                changed = [
+                    self._apply_group(session, message, group, actor=f"hl7:{sender}")
+                    for group in message.orders
+                ]
+                row.order_id = changed[0].id if changed else None
                 session.commit()
             except IntegrityError as exc:
                 session.rollback()
-                original = self._original_ack(sender, header.control_id)
-                if original is not None:  # the same message raced in on another connection
-                    return original
                 raise DuplicateKeyIdentifier(
-                    "the accession number, Study Instance UID or placer order number is "
-                    "already in use",
+                    "the accession number or Study Instance UID is already in use",
                     ErrorLocation("OBR", 1, 18),
                 ) from exc
-            for order in changed:
-                session.refresh(order)
-                self._announce(order)
+            except Hl7Error:
+                session.rollback()
+                raise
+        for order in changed:
+            self._announce(order)
         log.info(
             "HL7 %s %s from %s accepted: %d order(s)",
             header.message_code,
@@ -155,6 +161,15 @@ class OrderIntake:
             len(changed),
         )
         return ack.encode()
+
+    def _original_ack_or_raise(self, sender: str, control_id: str) -> bytes:
+        original = self._original_ack(sender, control_id)
+        if original is None:
+            raise DuplicateKeyIdentifier(
+                "this message control id was already used", ErrorLocation("MSH", 1, 10)
+            )
+        log.info("duplicate HL7 message %s from %s: original ACK sent again", control_id, sender)
+        return original
 
     def _refuse(
         self, raw: bytes, header: MessageHeader | None, sender: str, error: Hl7Error
@@ -185,6 +200,7 @@ class OrderIntake:
                 session.commit()
             except IntegrityError:
                 session.rollback()
+                # The same control id again: the first answer stands.
                 original = self._original_ack(sender, row.control_id)
                 if original is not None:
                     return original
@@ -223,12 +239,11 @@ class OrderIntake:
             )
         if control == OrderControl.NEW_ORDER:
             values = order_values(message, group)
-            try:
-                return orders.create_order(session, values, actor=actor, source="hl7")
-            except orders.DuplicateOrder as exc:
-                raise DuplicateKeyIdentifier(
-                    str(exc), ErrorLocation("OBR", group.sequence, 18)
-                ) from exc
+            # A taken accession number or Study Instance UID fails the unique constraints at
+            # commit: answered AE 205 by _apply, one query fewer than asking first.
+            return orders.create_order(
+                session, values, actor=actor, source="hl7", check_unique=False
+            )
         order = find_order(session, group)
         try:
             if control == OrderControl.CHANGE_ORDER:
@@ -297,7 +312,7 @@ def order_values(message: OrderMessage, group: OrderGroup) -> dict[str, Any]:
         "procedure_description": (procedure.text[:64] or None) if procedure else None,
         "modality": modality(group),
         "clinical_indication": (reason.text or reason.code) if reason else None,
-        "priority": group.priority.value,
+        "priority": Priority(group.priority.value),
         "scheduled_at": group.scheduled_start,
         "placer_order_number": _entity(group.placer_order_number),
         "filler_order_number": _entity(group.filler_order_number),

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from sqlmodel import Session, select
 
-from sidecar import audit
+from sidecar import audit, orders
 from sidecar.models.orders import ImagingOrder, OrderStatus
 from sidecar.models.studies import Study
 from sidecar.workflow import ORDER_WORKFLOW
@@ -57,18 +57,7 @@ def link(session: Session, study: Study, order: ImagingOrder, *, actor: str) -> 
     )
     # Images acquired: the order is under way (it completes when its result is delivered).
     if ORDER_WORKFLOW.can(OrderStatus(order.status), OrderStatus.IN_PROGRESS):
-        previous = order.status
-        order.status = OrderStatus.IN_PROGRESS
-        session.add(order)
-        audit.record(
-            session,
-            actor=actor,
-            action="order.status_changed",
-            entity_type="order",
-            entity_id=order.id,
-            previous=previous,
-            status=order.status,
-        )
+        orders.change_status(session, order, OrderStatus.IN_PROGRESS, actor=actor)
         return True
     return False
 

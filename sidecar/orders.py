@@ -46,13 +46,23 @@ def initial_status(order: ImagingOrder) -> OrderStatus:
 
 
 def create_order(
-    session: Session, values: dict[str, Any], *, actor: str, source: str
+    session: Session,
+    values: dict[str, Any],
+    *,
+    actor: str,
+    source: str,
+    check_unique: bool = True,
 ) -> ImagingOrder:
-    """Creates an order from domain values (snake_case); the caller commits."""
+    """Creates an order from domain values (snake_case); the caller commits.
+
+    With check_unique, a taken accession number or Study Instance UID raises DuplicateOrder
+    naming it; without, the unique constraints raise IntegrityError (one query fewer each).
+    """
     values = {k: v for k, v in values.items() if v is not None}
     accession = values.pop("accession_number", None) or new_order_accession_number(session)
     study_uid = values.pop("study_instance_uid", None) or new_study_instance_uid()
-    _check_unique(session, accession, study_uid, None)
+    if check_unique:
+        _check_unique(session, accession, study_uid, None)
     # The worklist needs a Requested Procedure ID; one procedure per order, so the accession
     # number serves when the HIS sends none.
     values.setdefault("requested_procedure_id", accession)

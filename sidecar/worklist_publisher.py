@@ -16,7 +16,7 @@ from zoneinfo import ZoneInfo
 from sqlalchemy import Engine
 from sqlmodel import Session, select
 
-from sidecar.models.orders import ImagingOrder, Modality, OrderStatus
+from sidecar.models.orders import ImagingOrder, Modality, OrderStatus, Priority
 from sidecar.worklist import WorklistDirectory, WorklistItem
 
 log = logging.getLogger(__name__)
@@ -24,7 +24,11 @@ log = logging.getLogger(__name__)
 
 def worklist_item(order: ImagingOrder) -> WorklistItem | None:
     """The scheduled procedure step an order offers, or None when it offers none."""
-    if order.status != OrderStatus.SCHEDULED or order.scheduled_at is None or order.id is None:
+    if (
+        OrderStatus(order.status) != OrderStatus.SCHEDULED
+        or order.scheduled_at is None
+        or order.id is None
+    ):
         return None
     modality = Modality(order.modality)
     return WorklistItem(
@@ -44,7 +48,7 @@ def worklist_item(order: ImagingOrder) -> WorklistItem | None:
         scheduled_start=order.scheduled_at,
         step_description=order.procedure_description or "",
         step_id=order.accession_number,
-        priority=order.priority.value,
+        priority=Priority(order.priority).value,
     )
 
 

@@ -22,6 +22,8 @@ from sidecar.models.users import Role, User
 from sidecar.security import hash_password
 from sidecar.settings import Settings
 
+from stack import Stack
+
 TEST_JWT_SECRET = "test-jwt-secret-" + "x" * 40
 TEST_PLUGIN_TOKEN = "test-plugin-token-" + "y" * 30
 ADMIN_PASSWORD = "admin-password-for-tests"
@@ -85,6 +87,16 @@ def database_url(
     _admin_execute(server, f'CREATE DATABASE "{name}" TEMPLATE "{postgres_template}"')
     yield _with_database(server, name)
     _admin_execute(server, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@pytest.fixture
+def stack(tmp_path: Path, database_url: str) -> Iterator[Stack]:
+    """Orthanc (with the plugin) and the sidecar, both running, on ephemeral ports."""
+    running = Stack(tmp_path, database_url)
+    running.start_orthanc()
+    running.start_sidecar()
+    yield running
+    running.close()
 
 
 @pytest.fixture

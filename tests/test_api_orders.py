@@ -268,7 +268,10 @@ def test_manual_link_is_audited_and_moves_the_order(app, client, admin_headers, 
 
 def test_order_listeners_hear_committed_changes(app, client, admin_headers):
     heard: list[tuple[int, str]] = []
-    app.state.order_listeners.append(lambda order: heard.append((order.id, order.status.value)))
+    app.state.order_events.listeners.append(
+        lambda order: heard.append((order.id, order.status.value))
+    )
     order = create(client, admin_headers)
     client.delete(f"/api/imaging-orders/{order['id']}", headers=admin_headers)
+    assert app.state.order_events.wait_idle()
     assert heard == [(order["id"], "SCHEDULED"), (order["id"], "CANCELLED")]

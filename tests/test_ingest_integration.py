@@ -4,7 +4,6 @@ and pynetdicom as modalities, the sidecar over a real socket, SQLite or PostgreS
 from __future__ import annotations
 
 import socket
-from collections.abc import Iterator
 from datetime import date
 from pathlib import Path
 
@@ -18,15 +17,6 @@ from dicom_senders import is_success, store_pynetdicom, storescu_dcmtk
 from stack import STACK_PLUGIN_TOKEN, Stack, wait_for
 
 pytestmark = pytest.mark.orthanc
-
-
-@pytest.fixture
-def stack(tmp_path: Path, database_url: str) -> Iterator[Stack]:
-    running = Stack(tmp_path, database_url)
-    running.start_orthanc()
-    running.start_sidecar()
-    yield running
-    running.close()
 
 
 def _iso(dicom_date: str) -> str:

@@ -36,8 +36,7 @@ OrderEditor = Annotated[User, Depends(require_roles(_R.ADMIN, _R.TECHNOLOGIST, _
 
 def announce(request: Request, order: ImagingOrder) -> None:
     """Tells listeners (the worklist) about a committed change."""
-    for listener in request.app.state.order_listeners:
-        listener(order)
+    request.app.state.order_events.announce(order)
 
 
 @router.post("", response_model=OrderPublic, status_code=status.HTTP_201_CREATED)
