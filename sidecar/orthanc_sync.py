@@ -37,6 +37,10 @@ log = logging.getLogger(__name__)
 
 _STUDY_CHANGES = {"NewStudy", "StableStudy"}
 _MAX_BACKOFF_SECONDS = 300
+# Image attributes wait while Orthanc receives instances, but never longer than this.
+MAX_IMAGE_DEFERRAL = timedelta(minutes=5)
+# Outcomes of one registration step.
+_UNSTABLE, _DONE, _HANDLED, _FAILED_ROUND = object(), object(), object(), object()
 
 
 @dataclass
@@ -56,6 +60,7 @@ class RoundReport:
     queued_from_changes: int = 0
     registered: list[str] = field(default_factory=list)
     still_unstable: list[str] = field(default_factory=list)
+    images_deferred: list[str] = field(default_factory=list)
     dropped: list[str] = field(default_factory=list)
     failed: list[str] = field(default_factory=list)
 
@@ -83,6 +88,11 @@ class OrthancSync:
         self.status = SyncStatus()
         # When each plugin notice arrived (monotonic clock): for the latency figures only.
         self.noticed_at: dict[str, float] = {}
+        # Studies last seen still receiving instances, and since when each study's image
+        # attributes have been waiting for a quiet moment (memory only: after a restart every
+        # queued study is simply looked at again).
+        self._receiving: set[str] = set()
+        self._deferred_since: dict[str, datetime] = {}
 
     # -- queue ---------------------------------------------------------------------------------
 
@@ -187,6 +197,7 @@ class OrthancSync:
                 series_ids.append(resource)
             elif kind == "NewInstance":
                 instance_ids.append(resource)
+
         for series_id in series_ids:
             try:
                 studies[self._orthanc.parent_study_of_series(series_id)] = None
@@ -218,6 +229,11 @@ class OrthancSync:
     # -- registration --------------------------------------------------------------------------
 
     def process_pending(self, report: RoundReport) -> None:
+        """Two lanes. First every due study at study level (cheap: what makes it visible);
+        then per-image attributes, which make Orthanc parse every file from disk, only while
+        it is not receiving instances (a round that read NewInstance changes), so that
+        registration never competes with ingest, or after MAX_IMAGE_DEFERRAL regardless.
+        "Receiving" means some queued study was found not yet stable."""
         with Session(self._engine) as session:
             due = session.exec(
                 select(PendingStudy)
@@ -225,46 +241,84 @@ class OrthancSync:
                 .order_by(col(PendingStudy.queued_at))
             ).all()
             self.status.pending = len(session.exec(select(PendingStudy.orthanc_id)).all())
+        image_lane: list[tuple[PendingStudy, int]] = []
         for pending in due:
             if self._stop.is_set():
                 return
-            try:
-                outcome = self._register(pending.orthanc_id)
-            except OrthancUnavailable as exc:
-                self._retry_later(pending, str(exc))
-                report.failed.append(pending.orthanc_id)
-                self.status.last_error = str(exc)
-                return  # Orthanc is down: the rest would fail the same way
-            except OrthancNotFound:
-                self._forget(pending, "study no longer in Orthanc")
-                report.dropped.append(pending.orthanc_id)
-                continue
-            except IncompleteStudy as exc:
-                self._forget(pending, str(exc))
-                report.dropped.append(pending.orthanc_id)
-                continue
-            except Exception as exc:  # a bug or a database error: keep the study queued
-                log.exception("registering Orthanc study %s failed", pending.orthanc_id)
-                self._retry_later(pending, type(exc).__name__)
-                report.failed.append(pending.orthanc_id)
-                continue
-            if outcome:
-                self._forget(pending, None)
-                report.registered.append(pending.orthanc_id)
-                self.status.registered += 1
-            else:
+            outcome = self._attempt(pending, report, self._register_study, pending.orthanc_id)
+            if outcome is _FAILED_ROUND:
+                return
+            if outcome is _UNSTABLE:
+                self._receiving.add(pending.orthanc_id)
                 self._check_again(pending)
                 report.still_unstable.append(pending.orthanc_id)
+                continue
+            self._receiving.discard(pending.orthanc_id)
+            if isinstance(outcome, int):
+                image_lane.append((pending, outcome))
+            elif outcome is _DONE:
+                self._registered(pending, report)
+        for pending, study_id in image_lane:
+            if self._stop.is_set():
+                return
+            if self._receiving and not self._deferred_too_long(pending.orthanc_id):
+                self._check_again(pending)
+                report.images_deferred.append(pending.orthanc_id)
+                continue
+            outcome = self._attempt(
+                pending, report, self._register_images, pending.orthanc_id, study_id
+            )
+            if outcome is _FAILED_ROUND:
+                return
+            if outcome is _DONE:
+                self._registered(pending, report)
 
-    def _register(self, orthanc_id: str) -> bool:
-        """Registers one study if Orthanc considers it stable; False when it is still arriving."""
+    def _attempt(
+        self,
+        pending: PendingStudy,
+        report: RoundReport,
+        step: Callable[..., object],
+        *args: object,
+    ) -> object:
+        """Runs one registration step, turning failures into queue decisions."""
+        try:
+            return step(*args)
+        except OrthancUnavailable as exc:
+            self._retry_later(pending, str(exc))
+            report.failed.append(pending.orthanc_id)
+            self.status.last_error = str(exc)
+            return _FAILED_ROUND  # Orthanc is down: the rest would fail the same way
+        except OrthancNotFound:
+            self._forget(pending, "study no longer in Orthanc")
+            report.dropped.append(pending.orthanc_id)
+        except IncompleteStudy as exc:
+            self._forget(pending, str(exc))
+            report.dropped.append(pending.orthanc_id)
+        except Exception as exc:  # a bug or a database error: keep the study queued
+            log.exception("registering Orthanc study %s failed", pending.orthanc_id)
+            self._retry_later(pending, type(exc).__name__)
+            report.failed.append(pending.orthanc_id)
+        return _HANDLED
+
+    def _registered(self, pending: PendingStudy, report: RoundReport) -> None:
+        self._forget(pending, None)
+        self._deferred_since.pop(pending.orthanc_id, None)
+        report.registered.append(pending.orthanc_id)
+        self.status.registered += 1
+
+    def _deferred_too_long(self, orthanc_id: str) -> bool:
+        first = self._deferred_since.setdefault(orthanc_id, self._now())
+        return self._now() - first >= MAX_IMAGE_DEFERRAL
+
+    def _register_study(self, orthanc_id: str) -> object:
+        """Study level: _UNSTABLE while Orthanc still receives it, _DONE when every image is
+        already recorded, else the study id (its images are due)."""
         study_json = self._orthanc.study(orthanc_id)
         if not study_json.get("IsStable", False):
-            return False
+            return _UNSTABLE
         series_json = self._orthanc.study_series(orthanc_id)
         record = study_record(study_json, series_json)
         with Session(self._engine) as session:
-            # Phase 1, cheap: the study and its counts become visible at once.
             study = register_study(session, record)
             moved_order = order_matching.match(session, study, actor=audit.ORTHANC_SYNC_ACTOR)
             session.commit()
@@ -276,18 +330,19 @@ class OrthancSync:
                 self._on_order_changed(moved_order)
             known = known_image_orthanc_ids(session, study_id)
         expected = {i for series in series_json for i in series.get("Instances", [])}
-        if expected <= known:
-            return True
-        # Phase 2: per-image attributes need every instance's tags, read from disk by Orthanc.
+        return _DONE if expected <= known else study_id
+
+    def _register_images(self, orthanc_id: str, study_id: int) -> object:
+        """Image level: every instance's tags, read from disk by Orthanc."""
         images = image_records(self._orthanc.study_instances_tags(orthanc_id))
         with Session(self._engine) as session:
             current = session.get(Study, study_id)
             if current is None:
-                return True  # deleted by an administrator meanwhile
+                return _DONE  # deleted by an administrator meanwhile
             created = register_images(session, current, images)
             session.commit()
         log.info("registered Orthanc study %s: %d new images", orthanc_id, created)
-        return True
+        return _DONE
 
     def _visible(self, orthanc_id: str) -> None:
         noticed = self.noticed_at.pop(orthanc_id, None)
@@ -295,6 +350,7 @@ class OrthancSync:
             self.status.notice_to_visible.appendleft(time.monotonic() - noticed)
 
     def _forget(self, pending: PendingStudy, reason: str | None) -> None:
+        self._receiving.discard(pending.orthanc_id)
         with Session(self._engine) as session:
             # Only the entry as we read it: a notification that arrived meanwhile stays queued.
             session.execute(

@@ -666,3 +666,51 @@ def test_sidecar_down_then_up_registers_every_study_once(
     assert registered(engine) == {item.uid: (2, 4) for item in stored}
     assert image_count(engine) == 12
     assert pending(engine) == {}
+
+
+# -- registration never competes with ingest ---------------------------------------------------
+
+
+def test_image_attributes_wait_while_another_study_is_still_arriving(
+    engine: Engine, orthanc: FakeOrthanc, sync: OrthancSync, clock: Clock
+) -> None:
+    done = orthanc.store(study(1))
+    arriving = orthanc.store(unstable(study(2)))
+    sync.enqueue([done.orthanc_id, arriving.orthanc_id], "plugin")
+
+    report = process(sync)
+
+    # The stable study is visible at once; reading every file's tags waits for a quiet moment.
+    assert registered(engine) == {done.uid: (2, 4)}
+    assert report.images_deferred == [done.orthanc_id]
+    assert report.still_unstable == [arriving.orthanc_id]
+    assert image_count(engine) == 0
+    assert orthanc.calls["study_instances_tags"] == 0
+    assert set(pending(engine)) == {done.orthanc_id, arriving.orthanc_id}
+
+    orthanc.store(study(2))  # the second study has finished arriving
+    clock.advance(INTERVAL + 1)
+    report = process(sync)
+
+    assert sorted(report.registered) == sorted([done.orthanc_id, arriving.orthanc_id])
+    assert image_count(engine) == 8
+    assert pending(engine) == {}
+
+
+def test_image_attributes_wait_no_longer_than_the_bound(
+    engine: Engine, orthanc: FakeOrthanc, sync: OrthancSync, clock: Clock
+) -> None:
+    from sidecar.orthanc_sync import MAX_IMAGE_DEFERRAL
+
+    done = orthanc.store(study(1))
+    arriving = orthanc.store(unstable(study(2)))
+    sync.enqueue([done.orthanc_id, arriving.orthanc_id], "plugin")
+    assert process(sync).images_deferred == [done.orthanc_id]
+
+    # A department that never stops sending: the images are read after the bound anyway.
+    clock.advance(MAX_IMAGE_DEFERRAL.total_seconds() + 1)
+    report = process(sync)
+
+    assert report.registered == [done.orthanc_id]
+    assert report.still_unstable == [arriving.orthanc_id]
+    assert image_count(engine) == 4
