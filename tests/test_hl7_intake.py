@@ -229,3 +229,27 @@ def test_message_log_is_for_admins_and_the_integration_role(hospital: Hospital) 
             f"{hospital.sidecar.url}/api/hl7/messages", headers={"Authorization": f"Bearer {token}"}
         ).status_code
     assert results == {"integration": 200, "physician": 403}
+
+
+def test_health_shows_the_listener_and_the_worklist(hospital: Hospital) -> None:
+    from stack import wait_for
+
+    def health() -> dict[str, Any]:
+        body: dict[str, Any] = httpx.get(f"{hospital.sidecar.url}/health").json()
+        return body
+
+    assert health()["hl7"]["listening"] is True
+    assert health()["hl7"]["port"] == hospital.sidecar.settings.mllp_port
+    assert health()["worklist"] == {"enabled": True, "scheduledProcedureSteps": 0}
+    assert hospital.send(ORM_NW_251).code == "AA"
+    wait_for(
+        lambda: health()["worklist"]["scheduledProcedureSteps"] == 1,
+        timeout=10,
+        what="the new order on the worklist",
+    )
+    assert hospital.send(ORM_CA_251).code == "AA"
+    wait_for(
+        lambda: health()["worklist"]["scheduledProcedureSteps"] == 0,
+        timeout=10,
+        what="the cancelled order off the worklist",
+    )

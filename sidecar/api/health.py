@@ -55,10 +55,30 @@ def _answer(checks: dict[str, dict[str, Any]], **extra: Any) -> JSONResponse:
     return JSONResponse(body, status_code=200 if healthy else 503)
 
 
+def _hl7(request: Request) -> dict[str, Any]:
+    mllp = getattr(request.app.state, "mllp", None)
+    if mllp is None:
+        return {"listening": False}
+    return {"listening": True, "port": mllp.port, "connections": mllp.connection_count}
+
+
+def _worklist(request: Request) -> dict[str, Any]:
+    publisher = request.app.state.worklist
+    if publisher is None:
+        return {"enabled": False}
+    try:
+        return {"enabled": True, "scheduledProcedureSteps": len(publisher.directory.keys())}
+    except Exception as exc:
+        return {"enabled": True, "error": type(exc).__name__}
+
+
 @router.get("/health")
 def health(request: Request) -> JSONResponse:
     return _answer(
-        {"database": _database(request), "orthanc": _orthanc(request)}, sync=_sync(request)
+        {"database": _database(request), "orthanc": _orthanc(request)},
+        sync=_sync(request),
+        hl7=_hl7(request),
+        worklist=_worklist(request),
     )
 
 
