@@ -433,3 +433,36 @@ def test_sidecar_image_runs_as_an_unprivileged_user() -> None:
     users = re.findall(r"(?im)^\s*USER\s+(\S+)", text)
     assert users and users[-1] not in ("root", "0", "0:0"), users
     assert re.search(r'(?m)^CMD \["python", "-m", "sidecar"\]', text)
+
+
+def test_worklist_files_are_shared_written_by_the_sidecar_read_by_orthanc(
+    config: Rendered,
+) -> None:
+    sidecar_dir = config.environment("sidecar").get("WORKLIST_DIR")
+    orthanc_dir = config.environment("orthanc").get("WORKLIST_DIR")
+    assert sidecar_dir and orthanc_dir, "both services need WORKLIST_DIR"
+
+    def volume_at(service: str, path: str) -> dict[str, Any]:
+        found = [v for v in config.service(service)["volumes"] if v["target"] == path]
+        assert len(found) == 1, f"{service} has no single volume at {path}: {found}"
+        volume: dict[str, Any] = found[0]
+        return volume
+
+    written, read = volume_at("sidecar", sidecar_dir), volume_at("orthanc", orthanc_dir)
+    assert written["type"] == read["type"] == "volume"
+    assert written["source"] == read["source"], "the two services must share one volume"
+    assert not written.get("read_only"), "the sidecar writes the worklist"
+    assert read.get("read_only") is True, "Orthanc only reads the worklist"
+    # Owned by the sidecar's unprivileged user (sidecar/Dockerfile: uid 10001) from creation.
+    options = config.model["volumes"][written["source"]]["driver_opts"]
+    assert "uid=10001" in options["o"], options
+
+
+def test_mllp_listener_is_reachable_from_the_his(config: Rendered) -> None:
+    env = config.environment("sidecar")
+    # The whole point here: a loopback bind is unreachable from outside the container.
+    assert env.get("MLLP_HOST") == "0.0.0.0", "MLLP must listen on the container's interfaces"  # noqa: S104
+    port = int(env.get("MLLP_PORT") or 2575)
+    assert any(
+        int(p["target"]) == port and p.get("published") for p in config.service("sidecar")["ports"]
+    ), f"MLLP port {port} is not published"
