@@ -7,6 +7,7 @@ Hierarchy:
       Forbidden               -> 403
       Unauthorized            -> 401 (with WWW-Authenticate: Bearer)
       BadRequest              -> 400
+InvalidTransition (a status workflow refusing a change) -> 409, wherever it is raised.
 Framework errors (validation 422, unknown route 404, method 405) and unexpected exceptions (500,
 logged with a stack trace but never echoed) are rendered in the same shape.
 """
@@ -20,6 +21,8 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from sidecar.workflow import InvalidTransition
 
 log = logging.getLogger(__name__)
 
@@ -84,6 +87,10 @@ def install_error_handlers(app: FastAPI) -> None:
         return JSONResponse(
             error_body(exc.code, exc.message, exc.details), exc.status_code, headers
         )
+
+    @app.exception_handler(InvalidTransition)
+    async def _invalid_transition(_: Request, exc: InvalidTransition) -> JSONResponse:
+        return JSONResponse(error_body(Conflict.code, str(exc)), Conflict.status_code)
 
     @app.exception_handler(StarletteHTTPException)
     async def _http_error(_: Request, exc: StarletteHTTPException) -> JSONResponse:

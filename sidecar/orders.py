@@ -6,17 +6,15 @@ Every change is audited in the same transaction, and announced to listeners afte
 
 from __future__ import annotations
 
-import secrets
 from collections.abc import Callable
 from typing import Any
 
 from sqlmodel import Session, select
 
 from sidecar import audit
-from sidecar.identifiers import new_study_instance_uid
+from sidecar.identifiers import new_accession_number, new_study_instance_uid
 from sidecar.models.common import utcnow
 from sidecar.models.orders import ImagingOrder, OrderStatus
-from sidecar.models.studies import Study
 from sidecar.workflow import ORDER_WORKFLOW
 
 OrderListener = Callable[[ImagingOrder], None]
@@ -24,20 +22,6 @@ OrderListener = Callable[[ImagingOrder], None]
 
 class DuplicateOrder(Exception):
     """An accession number or Study Instance UID already belongs to another order."""
-
-
-def new_order_accession_number(session: Session) -> str:
-    """16 characters at most (DICOM SH); unique among orders and studies."""
-    while True:
-        candidate = f"A{secrets.randbelow(10**12):012d}"
-        taken_by_order = session.exec(
-            select(ImagingOrder.id).where(ImagingOrder.accession_number == candidate)
-        ).first()
-        taken_by_study = session.exec(
-            select(Study.id).where(Study.accession_number == candidate)
-        ).first()
-        if taken_by_order is None and taken_by_study is None:
-            return candidate
 
 
 def initial_status(order: ImagingOrder) -> OrderStatus:
@@ -59,7 +43,7 @@ def create_order(
     naming it; without, the unique constraints raise IntegrityError (one query fewer each).
     """
     values = {k: v for k, v in values.items() if v is not None}
-    accession = values.pop("accession_number", None) or new_order_accession_number(session)
+    accession = values.pop("accession_number", None) or new_accession_number(session)
     study_uid = values.pop("study_instance_uid", None) or new_study_instance_uid()
     if check_unique:
         _check_unique(session, accession, study_uid, None)

@@ -5,9 +5,9 @@ from __future__ import annotations
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Query
-from sqlmodel import col, func, select
+from sqlmodel import col
 
-from sidecar.api.deps import Admin, PaginationDep, SessionDep, page
+from sidecar.api.deps import Admin, PaginationDep, SessionDep, equal_to, paginate
 from sidecar.models.audit import AuditEvent, AuditEventPublic
 from sidecar.models.common import Page
 
@@ -24,22 +24,10 @@ def list_audit_events(
     action: Annotated[str | None, Query(max_length=64)] = None,
     actor: Annotated[str | None, Query(max_length=64)] = None,
 ) -> dict[str, Any]:
-    conditions = [
-        column == value
-        for column, value in (
-            (AuditEvent.entity_type, entity_type),
-            (AuditEvent.entity_id, entity_id),
-            (AuditEvent.action, action),
-            (AuditEvent.actor, actor),
-        )
-        if value is not None
-    ]
-    total = session.exec(select(func.count()).select_from(AuditEvent).where(*conditions)).one()
-    events = session.exec(
-        select(AuditEvent)
-        .where(*conditions)
-        .order_by(col(AuditEvent.id).desc())
-        .offset(pagination.offset)
-        .limit(pagination.limit)
-    ).all()
-    return page(list(events), total, pagination)
+    conditions = equal_to(
+        (AuditEvent.entity_type, entity_type),
+        (AuditEvent.entity_id, entity_id),
+        (AuditEvent.action, action),
+        (AuditEvent.actor, actor),
+    )
+    return paginate(session, AuditEvent, conditions, [col(AuditEvent.id).desc()], pagination)

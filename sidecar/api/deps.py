@@ -7,7 +7,7 @@ from typing import Annotated, Any
 
 from fastapi import Depends, Query, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
-from sqlmodel import Session
+from sqlmodel import Session, SQLModel, func, select
 
 from sidecar.errors import Forbidden, Unauthorized
 from sidecar.models.users import Role, User
@@ -86,3 +86,27 @@ PaginationDep = Annotated[Pagination, Depends()]
 
 def page(items: list[Any], total: int, pagination: Pagination) -> dict[str, Any]:
     return {"items": items, "total": total, "offset": pagination.offset, "limit": pagination.limit}
+
+
+def paginate(
+    session: Session,
+    model: type[SQLModel],
+    conditions: list[Any],
+    order_by: list[Any],
+    pagination: Pagination,
+) -> dict[str, Any]:
+    """One page of `model` rows matching every condition, with the total, as list answers give."""
+    total = session.exec(select(func.count()).select_from(model).where(*conditions)).one()
+    rows = session.exec(
+        select(model)
+        .where(*conditions)
+        .order_by(*order_by)
+        .offset(pagination.offset)
+        .limit(pagination.limit)
+    ).all()
+    return page(list(rows), total, pagination)
+
+
+def equal_to(*filters: tuple[Any, object]) -> list[Any]:
+    """`column == value` for each filter the client gave (value not None)."""
+    return [column == value for column, value in filters if value is not None]

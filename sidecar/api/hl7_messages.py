@@ -6,9 +6,9 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Query
 from pydantic import AwareDatetime
-from sqlmodel import col, func, select
+from sqlmodel import col
 
-from sidecar.api.deps import PaginationDep, SessionDep, page, require_roles
+from sidecar.api.deps import PaginationDep, SessionDep, equal_to, paginate, require_roles
 from sidecar.errors import NotFound
 from sidecar.models.common import Page
 from sidecar.models.orders import Hl7Direction, Hl7Message, Hl7MessageDetail, Hl7MessageSummary
@@ -32,31 +32,19 @@ def list_messages(
     received_from: Annotated[AwareDatetime | None, Query(alias="receivedFrom")] = None,
     received_to: Annotated[AwareDatetime | None, Query(alias="receivedTo")] = None,
 ) -> dict[str, Any]:
-    conditions: list[Any] = [
-        column == value
-        for column, value in (
-            (Hl7Message.direction, direction),
-            (Hl7Message.status, status),
-            (Hl7Message.message_type, message_type),
-            (Hl7Message.control_id, control_id),
-            (Hl7Message.sender, sender),
-            (Hl7Message.order_id, order_id),
-        )
-        if value is not None
-    ]
+    conditions = equal_to(
+        (Hl7Message.direction, direction),
+        (Hl7Message.status, status),
+        (Hl7Message.message_type, message_type),
+        (Hl7Message.control_id, control_id),
+        (Hl7Message.sender, sender),
+        (Hl7Message.order_id, order_id),
+    )
     if received_from:
         conditions.append(col(Hl7Message.received_at) >= received_from)
     if received_to:
         conditions.append(col(Hl7Message.received_at) <= received_to)
-    total = session.exec(select(func.count()).select_from(Hl7Message).where(*conditions)).one()
-    found = session.exec(
-        select(Hl7Message)
-        .where(*conditions)
-        .order_by(col(Hl7Message.id).desc())
-        .offset(pagination.offset)
-        .limit(pagination.limit)
-    ).all()
-    return page(list(found), total, pagination)
+    return paginate(session, Hl7Message, conditions, [col(Hl7Message.id).desc()], pagination)
 
 
 @router.get("/{message_id}", response_model=Hl7MessageDetail)

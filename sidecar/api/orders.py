@@ -6,10 +6,17 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Query, Request, status
 from pydantic import AwareDatetime
-from sqlmodel import Session, col, func, select
+from sqlmodel import Session, col
 
 from sidecar import orders
-from sidecar.api.deps import PaginationDep, SessionDep, page, require_roles
+from sidecar.api.deps import (
+    Pagination,
+    PaginationDep,
+    SessionDep,
+    equal_to,
+    paginate,
+    require_roles,
+)
 from sidecar.errors import Conflict, NotFound
 from sidecar.models.common import Page
 from sidecar.models.orders import (
@@ -22,7 +29,6 @@ from sidecar.models.orders import (
     Priority,
 )
 from sidecar.models.users import Role, User
-from sidecar.workflow import InvalidTransition
 
 router = APIRouter(prefix="/api/imaging-orders", tags=["imaging orders"])
 
@@ -66,17 +72,13 @@ def list_orders(
     scheduled_from: Annotated[AwareDatetime | None, Query(alias="scheduledFrom")] = None,
     scheduled_to: Annotated[AwareDatetime | None, Query(alias="scheduledTo")] = None,
 ) -> dict[str, Any]:
-    conditions: list[Any] = [
-        column == value
-        for column, value in (
-            (ImagingOrder.patient_id, patient_id),
-            (ImagingOrder.accession_number, accession_number),
-            (ImagingOrder.status, order_status),
-            (ImagingOrder.modality, modality),
-            (ImagingOrder.priority, priority),
-        )
-        if value is not None
-    ]
+    conditions = equal_to(
+        (ImagingOrder.patient_id, patient_id),
+        (ImagingOrder.accession_number, accession_number),
+        (ImagingOrder.status, order_status),
+        (ImagingOrder.modality, modality),
+        (ImagingOrder.priority, priority),
+    )
     if scheduled_from:
         conditions.append(col(ImagingOrder.scheduled_at) >= scheduled_from)
     if scheduled_to:
@@ -108,10 +110,7 @@ def update_order(
     if changes:
         orders.update_order(session, order, changes, actor=user.username)
     if target is not None:
-        try:
-            orders.change_status(session, order, target, actor=user.username)
-        except InvalidTransition as exc:
-            raise Conflict(str(exc)) from exc
+        orders.change_status(session, order, target, actor=user.username)
     session.commit()
     session.refresh(order)
     announce(request, order)
@@ -124,10 +123,7 @@ def cancel_order(
 ) -> ImagingOrder:
     """Cancels the order; the row stays, for the record."""
     order = get_order_or_404(session, order_id)
-    try:
-        orders.change_status(session, order, OrderStatus.CANCELLED, actor=user.username)
-    except InvalidTransition as exc:
-        raise Conflict(str(exc)) from exc
+    orders.change_status(session, order, OrderStatus.CANCELLED, actor=user.username)
     session.commit()
     session.refresh(order)
     announce(request, order)
@@ -141,13 +137,6 @@ def get_order_or_404(session: Session, order_id: int) -> ImagingOrder:
     return order
 
 
-def _page(session: Session, conditions: list[Any], pagination: Any) -> dict[str, Any]:
-    total = session.exec(select(func.count()).select_from(ImagingOrder).where(*conditions)).one()
-    found = session.exec(
-        select(ImagingOrder)
-        .where(*conditions)
-        .order_by(col(ImagingOrder.scheduled_at).desc().nulls_last(), col(ImagingOrder.id).desc())
-        .offset(pagination.offset)
-        .limit(pagination.limit)
-    ).all()
-    return page(list(found), total, pagination)
+def _page(session: Session, conditions: list[Any], pagination: Pagination) -> dict[str, Any]:
+    newest_first = [col(ImagingOrder.scheduled_at).desc().nulls_last(), col(ImagingOrder.id).desc()]
+    return paginate(session, ImagingOrder, conditions, newest_first, pagination)

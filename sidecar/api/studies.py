@@ -7,10 +7,17 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Query, Request, status
 from sqlalchemy import literal
-from sqlmodel import Session, col, func, select
+from sqlmodel import Session, col, select
 
 from sidecar import audit, order_matching
-from sidecar.api.deps import Clinician, PaginationDep, Scheduler, SessionDep, StudyEditor, page
+from sidecar.api.deps import (
+    Clinician,
+    PaginationDep,
+    Scheduler,
+    SessionDep,
+    StudyEditor,
+    paginate,
+)
 from sidecar.api.images import image_page
 from sidecar.api.orders import announce
 from sidecar.errors import Conflict, NotFound
@@ -29,7 +36,7 @@ from sidecar.models.studies import (
     StudyStatusUpdate,
     StudyUpdate,
 )
-from sidecar.workflow import STUDY_WORKFLOW, InvalidTransition
+from sidecar.workflow import STUDY_WORKFLOW
 
 router = APIRouter(prefix="/api/studies", tags=["studies"])
 
@@ -73,15 +80,8 @@ def list_studies(
         conditions.append(col(Study.study_date) >= date_from)
     if date_to:
         conditions.append(col(Study.study_date) <= date_to)
-    total = session.exec(select(func.count()).select_from(Study).where(*conditions)).one()
-    studies = session.exec(
-        select(Study)
-        .where(*conditions)
-        .order_by(col(Study.study_date).desc().nulls_last(), col(Study.id).desc())
-        .offset(pagination.offset)
-        .limit(pagination.limit)
-    ).all()
-    return page(list(studies), total, pagination)
+    newest_first = [col(Study.study_date).desc().nulls_last(), col(Study.id).desc()]
+    return paginate(session, Study, conditions, newest_first, pagination)
 
 
 @router.post("", response_model=StudyPublic, status_code=status.HTTP_201_CREATED)
@@ -161,10 +161,7 @@ def update_study_status(
 ) -> Study:
     study = get_study_or_404(session, study_id)
     previous = StudyStatus(study.status)
-    try:
-        STUDY_WORKFLOW.check(previous, body.status)
-    except InvalidTransition as exc:
-        raise Conflict(str(exc)) from exc
+    STUDY_WORKFLOW.check(previous, body.status)
     study.status = body.status
     study.updated_at = utcnow()
     session.add(study)

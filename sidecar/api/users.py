@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 from fastapi import APIRouter, status
-from sqlmodel import col, func, select
+from sqlmodel import col, select
 
 from sidecar import audit
-from sidecar.api.deps import Admin, PaginationDep, SessionDep, page
+from sidecar.api.deps import Admin, PaginationDep, SessionDep, paginate
 from sidecar.errors import Conflict, NotFound
 from sidecar.models.common import Page, utcnow
 from sidecar.models.users import Role, User, UserCreate, UserPublic, UserUpdate
@@ -37,11 +37,7 @@ def create_user(body: UserCreate, session: SessionDep, admin: Admin) -> User:
 
 @router.get("", response_model=Page[UserPublic])
 def list_users(session: SessionDep, _: Admin, pagination: PaginationDep) -> dict[str, object]:
-    total = session.exec(select(func.count()).select_from(User)).one()
-    users = session.exec(
-        select(User).order_by(col(User.id)).offset(pagination.offset).limit(pagination.limit)
-    ).all()
-    return page(list(users), total, pagination)
+    return paginate(session, User, [], [col(User.id)], pagination)
 
 
 @router.patch("/{user_id}", response_model=UserPublic)
