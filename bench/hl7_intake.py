@@ -25,6 +25,8 @@ from pathlib import Path
 import httpx
 import sqlalchemy as sa
 
+from figures import percentile  # bench/, beside this script
+
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / "tests"))
 
@@ -87,11 +89,6 @@ def _up(port: int) -> bool:
         return httpx.get(f"http://127.0.0.1:{port}/health/db", timeout=1).status_code == 200
     except httpx.HTTPError:
         return False
-
-
-def percentile(values: list[float], fraction: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, round(fraction * (len(ordered) - 1)))]
 
 
 def main() -> None:

@@ -28,6 +28,8 @@ from datetime import datetime, timedelta
 from pathlib import Path
 from zoneinfo import ZoneInfo
 
+from figures import percentile  # bench/, beside this script
+
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / "tests"))
 
@@ -148,11 +150,6 @@ class Shape:
     expected: int
     before: Callable[[int], None] = lambda _: None
     seconds: dict[str, list[float]] = field(default_factory=dict)
-
-
-def percentile(values: list[float], fraction: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, max(0, round(fraction * (len(ordered) - 1))))]
 
 
 def main() -> None:
