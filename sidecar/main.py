@@ -9,6 +9,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI, Request, Response
+from sqlalchemy import Engine
 from sqlmodel import Session, func, select
 
 from hl7.server import MllpServer
@@ -125,11 +126,11 @@ def create_app(
     return app
 
 
-def bootstrap_admin(engine: object, settings: Settings) -> None:
+def bootstrap_admin(engine: Engine, settings: Settings) -> None:
     """On first start with an empty user table, creates `admin` from ADMIN_PASSWORD if set."""
     if not settings.admin_password:
         return
-    with Session(engine) as session:  # type: ignore[arg-type]
+    with Session(engine) as session:
         if session.exec(select(func.count()).select_from(User)).one() > 0:
             return
         admin = User(

@@ -46,7 +46,7 @@ def create_order(
     accession = values.pop("accession_number", None) or new_accession_number(session)
     study_uid = values.pop("study_instance_uid", None) or new_study_instance_uid()
     if check_unique:
-        _check_unique(session, accession, study_uid, None)
+        _check_unique(session, accession, study_uid)
     # The worklist needs a Requested Procedure ID; one procedure per order, so the accession
     # number serves when the HIS sends none.
     values.setdefault("requested_procedure_id", accession)
@@ -114,11 +114,11 @@ def change_status(
     return order
 
 
-def _check_unique(session: Session, accession: str, study_uid: str, order_id: int | None) -> None:
+def _check_unique(session: Session, accession: str, study_uid: str) -> None:
     for column, value, label in (
         (ImagingOrder.accession_number, accession, "accession number"),
         (ImagingOrder.study_instance_uid, study_uid, "Study Instance UID"),
     ):
         other = session.exec(select(ImagingOrder.id).where(column == value)).first()
-        if other is not None and other != order_id:
+        if other is not None:
             raise DuplicateOrder(f"{label} {value} already belongs to order {other}")

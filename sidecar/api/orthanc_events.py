@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from typing import Annotated
-
 from fastapi import APIRouter, Depends, Request, status
 from pydantic import Field
 
@@ -45,9 +43,7 @@ class StableStudyAccepted(ApiModel):
     status_code=status.HTTP_202_ACCEPTED,
     dependencies=[Depends(plugin_caller)],
 )
-def stable_study(
-    body: Annotated[StableStudyNotice, "from the plugin"], request: Request
-) -> StableStudyAccepted:
+def stable_study(body: StableStudyNotice, request: Request) -> StableStudyAccepted:
     # Queued durably, registered by the sync worker: the plugin's callback never waits on it.
     request.app.state.sync.enqueue([body.orthanc_study_id], "plugin")
     return StableStudyAccepted(orthanc_study_id=body.orthanc_study_id, queued=True)
