@@ -6,7 +6,15 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | sha1sum | cut -c1-12)
 TEST_POSTGRES_URL ?= postgresql+psycopg://postgres@127.0.0.1:5432/postgres
 
-.PHONY: run test lint typecheck test-sqlite test-postgresql bench system-deps venv clean
+VIEWER_DIR := sidecar/viewer
+BROWSER_DIR := tests/browser
+# npm ci runs again whenever a lockfile changes.
+VIEWER_STAMP := $(VIEWER_DIR)/node_modules/.installed-$(shell sha1sum < $(VIEWER_DIR)/package-lock.json | cut -c1-12)
+BROWSER_STAMP := $(BROWSER_DIR)/node_modules/.installed-$(shell sha1sum < $(BROWSER_DIR)/package-lock.json | cut -c1-12)
+# --ignore-scripts: the prebuilt viewer needs no install step, and none may run on our machines.
+NPM_CI := npm ci --ignore-scripts --no-audit --no-fund
+
+.PHONY: run test lint typecheck test-sqlite test-postgresql bench system-deps test-deps viewer venv clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -20,8 +28,26 @@ venv: $(STAMP)
 system-deps:
 	@orthanc/install-packages.sh
 
+## The OHIF Viewer (npm @ohif/app, prebuilt, pinned in sidecar/viewer/package-lock.json).
+viewer: $(VIEWER_STAMP)
+
+$(VIEWER_STAMP): $(VIEWER_DIR)/package-lock.json
+	@command -v npm >/dev/null || { echo "npm not found: install Node.js and npm to get the viewer" >&2; exit 1; }
+	cd $(VIEWER_DIR) && $(NPM_CI)
+	touch $@
+
+## Chromium and nginx (Debian), playwright-core (npm): the viewer tests and benchmark.
+test-deps: $(BROWSER_STAMP)
+	@orthanc/install-test-packages.sh
+
+$(BROWSER_STAMP): $(BROWSER_DIR)/package-lock.json
+	cd $(BROWSER_DIR) && $(NPM_CI)
+	touch $@
+
 ## Start Orthanc (with the plugin and DICOMweb) and the sidecar in the foreground; Ctrl-C stops all.
+# Without npm (or its registry) everything but the viewer still runs: the sidecar says why.
 run: system-deps venv
+	-@$(MAKE) --no-print-directory viewer
 	$(BIN)/python -m sidecar.launcher
 
 lint: venv
@@ -31,21 +57,25 @@ lint: venv
 typecheck: venv
 	$(BIN)/mypy
 
-test-sqlite: system-deps venv
+test-sqlite: system-deps venv viewer test-deps
 	$(BIN)/pytest --database sqlite
 
 # PostgreSQL must be reachable at TEST_POSTGRES_URL (127.0.0.1:5432 on these machines).
-test-postgresql: system-deps venv
+test-postgresql: system-deps venv viewer test-deps
 	$(BIN)/pytest --database postgresql --postgres-url '$(TEST_POSTGRES_URL)'
 
 ## The whole suite: lint, types, then every test on SQLite and again on PostgreSQL.
 test: lint typecheck test-sqlite test-postgresql
 
-## Benchmarks (by hand; figures go in the closing notes). hl7_intake needs PostgreSQL.
-bench: system-deps venv
+## Benchmarks (by hand; figures go in the closing notes). hl7_intake, report_results and
+## critical_findings need PostgreSQL; viewer needs the viewer and Chromium.
+bench: system-deps venv viewer test-deps
+	$(BIN)/python bench/viewer.py
 	$(BIN)/python bench/ingest.py
 	$(BIN)/python bench/worklist.py
 	$(BIN)/python bench/hl7_intake.py
+	$(BIN)/python bench/report_results.py
+	$(BIN)/python bench/critical_findings.py
 
 clean:
-	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache $(VIEWER_DIR)/node_modules $(BROWSER_DIR)/node_modules

@@ -14,7 +14,9 @@ from sqlmodel import Session, create_engine
 _MIGRATIONS = Path(__file__).parent / "migrations"
 
 
-def make_engine(database_url: str) -> Engine:
+def make_engine(database_url: str, *, pre_ping: bool = True) -> Engine:
+    """`pre_ping` tests each pooled connection before use (one round trip): a connection killed
+    while idle, e.g. by a database restart, is replaced rather than failing its request."""
     if database_url.startswith("sqlite"):
         path = database_url.split("///", 1)[-1]
         if path and path != ":memory:":
@@ -24,7 +26,7 @@ def make_engine(database_url: str) -> Engine:
         )
         event.listen(engine, "connect", _sqlite_pragmas)
         return engine
-    return create_engine(database_url, pool_pre_ping=True, pool_size=10, max_overflow=10)
+    return create_engine(database_url, pool_pre_ping=pre_ping, pool_size=10, max_overflow=10)
 
 
 def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:

@@ -7,7 +7,9 @@ Hierarchy:
       Forbidden               -> 403
       Unauthorized            -> 401 (with WWW-Authenticate: Bearer)
       BadRequest              -> 400
-InvalidTransition (a status workflow refusing a change) -> 409, wherever it is raised.
+Refusal (sidecar.refusals: the services' own refusals, status workflows included) -> its status,
+wherever it is raised; StaleDataError (an optimistic-concurrency UPDATE that found its row changed
+by someone else) -> 409.
 Framework errors (validation 422, unknown route 404, method 405) and unexpected exceptions (500,
 logged with a stack trace but never echoed) are rendered in the same shape.
 """
@@ -20,9 +22,10 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from sqlalchemy.orm.exc import StaleDataError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from sidecar.workflow import InvalidTransition
+from sidecar.refusals import Refusal
 
 log = logging.getLogger(__name__)
 
@@ -88,9 +91,14 @@ def install_error_handlers(app: FastAPI) -> None:
             error_body(exc.code, exc.message, exc.details), exc.status_code, headers
         )
 
-    @app.exception_handler(InvalidTransition)
-    async def _invalid_transition(_: Request, exc: InvalidTransition) -> JSONResponse:
-        return JSONResponse(error_body(Conflict.code, str(exc)), Conflict.status_code)
+    @app.exception_handler(Refusal)
+    async def _refusal(_: Request, exc: Refusal) -> JSONResponse:
+        return JSONResponse(error_body(_STATUS_CODES[exc.status_code], str(exc)), exc.status_code)
+
+    @app.exception_handler(StaleDataError)
+    async def _stale(_: Request, exc: StaleDataError) -> JSONResponse:
+        message = "someone else changed this record at the same time: reload it and try again"
+        return JSONResponse(error_body(Conflict.code, message), Conflict.status_code)
 
     @app.exception_handler(StarletteHTTPException)
     async def _http_error(_: Request, exc: StarletteHTTPException) -> JSONResponse:

@@ -20,7 +20,7 @@ from datetime import datetime, tzinfo
 from typing import Any
 
 from sqlalchemy import Engine
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy.exc import DBAPIError, IntegrityError
 from sqlmodel import Session, select
 
 from hl7.ack import build_ack, new_control_id
@@ -99,6 +99,19 @@ class OrderIntake:
         return await asyncio.to_thread(self.handle, raw)
 
     def handle(self, raw: bytes) -> bytes:
+        try:
+            return self._handle(raw)
+        except DBAPIError as exc:
+            if not exc.connection_invalidated:
+                raise
+            # The intake's pool does not test connections before use (a round trip per
+            # message): one that died while idle (database restarted) fails here, and the pool
+            # drops it. Once more on a fresh one. Nothing was committed, or the COMMIT itself was
+            # cut after it took effect: then this try is answered as a repeated MSH-10.
+            log.warning("HL7 intake: database connection lost; message handled again")
+            return self._handle(raw)
+
+    def _handle(self, raw: bytes) -> bytes:
         header = read_header(raw)
         sender = _sender(header)
         try:
@@ -112,38 +125,42 @@ class OrderIntake:
     # -- outcomes ------------------------------------------------------------------------------
 
     def _apply(self, raw: bytes, message: OrderMessage, sender: str) -> bytes:
-        """One transaction: the log row (its unique key catches a repeated MSH-10), the orders,
-        then the commit; the AA goes out only after it. Duplicates are detected by the
-        database's unique constraints rather than by queries first: fewer round trips on the
-        hot path, and no race between two connections."""
+        """One transaction: the orders, the log row naming the first of them, the commit; the
+        AA goes out only after it. Duplicates are detected by the database's unique constraints
+        rather than by queries first: fewer round trips on the hot path, and no race between two
+        connections. A repeated MSH-10 fails the log row's unique key (a new order sent again
+        fails its accession number's first): the original ACK answers it, nothing is kept."""
         header = message.header
         ack = build_ack(header, None, control_id=new_control_id(), timestamp=self._now())
-        row = _log_row(
-            raw,
-            header,
-            sender,
-            status="accepted",
-            ack_code="AA",
-            ack=ack.text,
-            order_id=None,
-            now=self._now(),
-        )
         with Session(self._engine, expire_on_commit=False) as session:
-            session.add(row)
-            try:
-                session.flush()
-            except IntegrityError:
-                session.rollback()
-                return self._original_ack_or_raise(sender, header.control_id)
             try:
                 changed = [
                     self._apply_group(session, message, group, actor=f"hl7:{sender}")
                     for group in message.orders
                 ]
-                row.order_id = changed[0].id if changed else None
+                session.add(
+                    _log_row(
+                        raw,
+                        header,
+                        sender,
+                        status="accepted",
+                        ack_code="AA",
+                        ack=ack.text,
+                        order_id=changed[0].id if changed else None,
+                        now=self._now(),
+                    )
+                )
                 session.commit()
             except IntegrityError as exc:
                 session.rollback()
+                original = self._original_ack(sender, header.control_id)
+                if original is not None:
+                    log.info(
+                        "duplicate HL7 message %s from %s: original ACK sent again",
+                        header.control_id,
+                        sender,
+                    )
+                    return original
                 raise DuplicateKeyIdentifier(
                     "the accession number or Study Instance UID is already in use",
                     ErrorLocation("OBR", 1, 18),
@@ -161,15 +178,6 @@ class OrderIntake:
             len(changed),
         )
         return ack.encode()
-
-    def _original_ack_or_raise(self, sender: str, control_id: str) -> bytes:
-        original = self._original_ack(sender, control_id)
-        if original is None:
-            raise DuplicateKeyIdentifier(
-                "this message control id was already used", ErrorLocation("MSH", 1, 10)
-            )
-        log.info("duplicate HL7 message %s from %s: original ACK sent again", control_id, sender)
-        return original
 
     def _refuse(
         self, raw: bytes, header: MessageHeader | None, sender: str, error: Hl7Error

@@ -1,6 +1,9 @@
-"""`make run`: Orthanc (with the plugin and DICOMweb) and the sidecar, in the foreground.
+"""`make run`: Orthanc (with the plugin and DICOMweb), the sidecar and the viewer front, in the
+foreground.
 
-Ctrl-C stops the sidecar, then Orthanc, cleanly. SQLite is the default database.
+The viewer front is Debian's nginx running the docker-compose front's configuration
+(sidecar.nginx_front) when nginx is installed, else the sidecar's own (VIEWER_FRONT chooses).
+Ctrl-C stops the sidecar, then the front, then Orthanc, cleanly. SQLite is the default database.
 """
 
 from __future__ import annotations
@@ -12,8 +15,10 @@ import uvicorn
 
 from sidecar.logging_setup import configure_logging
 from sidecar.main import create_app
+from sidecar.nginx_front import FrontLayout, NginxFront, nginx_binary
 from sidecar.orthanc_process import OrthancLayout, OrthancProcess, parse_modalities
 from sidecar.settings import Settings
+from sidecar.viewer_front import ViewerBundle, ViewerNotInstalled
 
 log = logging.getLogger("sidecar.launcher")
 
@@ -38,6 +43,32 @@ def orthanc_layout(settings: Settings) -> OrthancLayout:
     )
 
 
+def viewer_front(settings: Settings) -> NginxFront | None:
+    """The nginx front to start, or None when the sidecar serves the viewer itself."""
+    if not settings.viewer_enabled or settings.viewer_front == "sidecar":
+        return None
+    try:
+        ViewerBundle.locate(settings.viewer_dist)
+    except ViewerNotInstalled:
+        return None  # no viewer to put behind it: the sidecar says why, and how to install it
+    binary = nginx_binary()
+    if binary is None:
+        if settings.viewer_front == "nginx":
+            raise SystemExit("VIEWER_FRONT=nginx, but nginx is not installed")
+        log.info("nginx not installed: the sidecar serves the viewer on its own port")
+        return None
+    sidecar = f"127.0.0.1:{settings.sidecar_port}"
+    layout = FrontLayout(
+        work_dir=(settings.data_dir / "front").resolve(),
+        host=settings.sidecar_host,
+        port=settings.viewer_port,
+        orthanc=f"127.0.0.1:{settings.orthanc_http_port}",
+        sidecar=sidecar,
+        viewer=sidecar,  # the sidecar serves the viewer's files, as the ohif/app image does
+    )
+    return NginxFront(layout, binary=binary)
+
+
 def main() -> None:
     settings = Settings()
     configure_logging(settings.log_level)
@@ -52,7 +83,14 @@ def main() -> None:
         settings.orthanc_aet,
     )
     orthanc.start()
+    front: NginxFront | None = None
     try:
+        front = viewer_front(settings)
+        if front is not None:
+            front.start()
+            log.info("viewer front (nginx) on %s", front.url)
+            if not settings.public_viewer_url:
+                settings = settings.model_copy(update={"public_viewer_url": front.url})
         app = create_app(settings)
         log.info(
             "sidecar on http://%s:%d (API docs at /docs)",
@@ -68,7 +106,12 @@ def main() -> None:
                 log_config=None,
             )
         ).run()
+    except KeyboardInterrupt:
+        pass  # Ctrl-C: uvicorn has shut the sidecar down cleanly and re-raises it
     finally:
+        if front is not None:
+            log.info("stopping the viewer front")
+            front.stop()
         log.info("stopping Orthanc")
         orthanc.stop()
 

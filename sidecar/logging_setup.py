@@ -1,4 +1,4 @@
-"""Process-wide logging: one line per event, no patient data (see sidecar.main._log_request)."""
+"""Process-wide logging: one line per event, no patient data (see sidecar.main.AccessLog)."""
 
 from __future__ import annotations
 

@@ -11,16 +11,17 @@ from typing import Any
 
 from sqlmodel import Session, select
 
-from sidecar import audit
+from sidecar import audit, status_changes
 from sidecar.identifiers import new_accession_number, new_study_instance_uid
 from sidecar.models.common import utcnow
 from sidecar.models.orders import ImagingOrder, OrderStatus
+from sidecar.refusals import ConflictingState
 from sidecar.workflow import ORDER_WORKFLOW
 
 OrderListener = Callable[[ImagingOrder], None]
 
 
-class DuplicateOrder(Exception):
+class DuplicateOrder(ConflictingState):
     """An accession number or Study Instance UID already belongs to another order."""
 
 
@@ -95,22 +96,10 @@ def change_status(
     session: Session, order: ImagingOrder, target: OrderStatus, *, actor: str
 ) -> ImagingOrder:
     """Moves the order through ORDER_WORKFLOW; raises InvalidTransition otherwise."""
-    previous = OrderStatus(order.status)
-    if previous == target:
-        return order
-    ORDER_WORKFLOW.check(previous, target)
-    order.status = target
-    order.updated_at = utcnow()
-    session.add(order)
-    audit.record(
-        session,
-        actor=actor,
-        action="order.status_changed",
-        entity_type="order",
-        entity_id=order.id,
-        previous=previous,
-        status=target,
-    )
+    if OrderStatus(order.status) != target:
+        status_changes.move(
+            session, order, ORDER_WORKFLOW, target, actor=actor, entity_type="order"
+        )
     return order
 
 

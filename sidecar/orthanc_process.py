@@ -12,7 +12,6 @@ import os
 import shutil
 import signal
 import subprocess
-import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,6 +19,8 @@ from typing import IO, Any, Literal
 from urllib.parse import urlsplit
 
 import httpx
+
+from sidecar import child_process
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 ORTHANC_DIR = REPO_ROOT / "orthanc"
@@ -230,18 +231,23 @@ class OrthancProcess:
         self.wait_ready(timeout)
 
     def wait_ready(self, timeout: float) -> None:
-        deadline = time.monotonic() + timeout
+        assert self._process is not None
         auth = (self.layout.username, self.layout.password) if self.layout.username else None
-        while time.monotonic() < deadline:
-            if self._process is not None and self._process.poll() is not None:
-                raise OrthancStartError(f"Orthanc exited during start-up:\n{self.log_tail()}")
+
+        def answers() -> bool:
             try:
-                if httpx.get(f"{self.url}/system", auth=auth, timeout=1.0).status_code == 200:
-                    return
+                return httpx.get(f"{self.url}/system", auth=auth, timeout=1.0).status_code == 200
             except httpx.HTTPError:
-                pass
-            time.sleep(0.05)
-        raise OrthancStartError(f"Orthanc not ready after {timeout:.0f} s:\n{self.log_tail()}")
+                return False
+
+        child_process.wait_until_ready(
+            self._process,
+            answers,
+            timeout=timeout,
+            what="Orthanc",
+            log_tail=self.log_tail,
+            error=OrthancStartError,
+        )
 
     def running(self) -> bool:
         return self._process is not None and self._process.poll() is None
@@ -249,13 +255,7 @@ class OrthancProcess:
     def stop(self, timeout: float = 30.0) -> None:
         if self._process is None:
             return
-        if self._process.poll() is None:
-            self._process.send_signal(signal.SIGTERM)
-            try:
-                self._process.wait(timeout)
-            except subprocess.TimeoutExpired:
-                self._process.kill()
-                self._process.wait(5)
+        child_process.stop(self._process, signal.SIGTERM, timeout)
         self._process = None
         if self._log is not None:
             self._log.close()

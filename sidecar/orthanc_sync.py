@@ -24,13 +24,14 @@ from sqlalchemy import Engine, delete
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlmodel import Session, col, select
 
-from sidecar import audit, order_matching
+from sidecar import audit, order_matching, results
 from sidecar.dicom_mapping import IncompleteStudy, image_records, study_record
 from sidecar.models.common import utcnow
 from sidecar.models.orders import ImagingOrder
 from sidecar.models.studies import Study
 from sidecar.models.sync import ChangesCursor, PendingStudy
 from sidecar.orthanc_client import OrthancClient, OrthancNotFound, OrthancUnavailable
+from sidecar.results import ResultRouting
 from sidecar.study_registry import known_image_orthanc_ids, register_images, register_study
 
 log = logging.getLogger(__name__)
@@ -75,6 +76,8 @@ class OrthancSync:
         page_size: int = 1000,
         now: Callable[[], datetime] = utcnow,
         on_order_changed: Callable[[ImagingOrder], None] | None = None,
+        result_routing: ResultRouting | None = None,
+        on_result_queued: Callable[[], None] | None = None,
     ) -> None:
         self._engine = engine
         self._orthanc = orthanc
@@ -82,6 +85,9 @@ class OrthancSync:
         self._page_size = page_size
         self._now = now
         self._on_order_changed = on_order_changed
+        # A study matched to its order after it was reported: the signed result is sent.
+        self._result_routing = result_routing
+        self._on_result_queued = on_result_queued
         self._wake = threading.Event()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -320,8 +326,19 @@ class OrthancSync:
         record = study_record(study_json, series_json)
         with Session(self._engine) as session:
             study = register_study(session, record)
+            was_linked = study.order_id is not None
             moved_order = order_matching.match(session, study, actor=audit.ORTHANC_SYNC_ACTOR)
+            result_queued = False
+            if not was_linked and study.order_id is not None and self._result_routing:
+                assert study.id is not None
+                order = session.get(ImagingOrder, study.order_id)
+                assert order is not None
+                result_queued = results.report_joins_order(
+                    session, study.id, order, self._result_routing, actor=audit.ORTHANC_SYNC_ACTOR
+                )
             session.commit()
+            if result_queued and self._on_result_queued is not None:
+                self._on_result_queued()
             study_id = study.id
             assert study_id is not None
             self._visible(orthanc_id)

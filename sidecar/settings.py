@@ -55,6 +55,51 @@ class Settings(BaseSettings):
     worklist_enabled: bool = True
     worklist_dir: Path | None = None
 
+    # Results (ORU^R01) to the hospital information system over MLLP; no host: not sent, and
+    # an order completes when its report is signed.
+    his_mllp_host: str = ""
+    his_mllp_port: int = Field(default=2576, ge=1, le=65535)
+    his_mllp_timeout: float = Field(default=10.0, gt=0)
+    his_application: str = Field(default="", max_length=180)  # MSH-5; empty: the ORM's MSH-3
+    his_facility: str = Field(default="", max_length=180)  # MSH-6; empty: the ORM's MSH-4
+    hl7_application: str = Field(default="RADIOLOGY", min_length=1, max_length=180)  # MSH-3
+    hl7_facility: str = Field(default="", max_length=180)  # MSH-4
+    results_send_preliminary: bool = False
+    # Back-off between delivery attempts while the HIS is unreachable: doubling, capped.
+    result_retry_max_delay: float = Field(default=60.0, gt=0)
+
+    # Critical findings (sidecar.critical_findings). Notifications go to a webhook (HTTP POST
+    # JSON); unset: each is recorded as not configured and escalation still runs.
+    notification_service_url: str = ""
+    # Sent as `Authorization: Bearer <token>` so the service can tell our webhooks from forgeries.
+    notification_service_token: str = ""
+    notification_timeout: float = Field(default=5.0, gt=0)
+    notification_retry_max_delay: float = Field(default=60.0, gt=0)
+    # The sidecar's address as clinicians reach it, for links in notifications; empty:
+    # http://SIDECAR_HOST:SIDECAR_PORT.
+    public_url: str = ""
+    # Minutes each severity has to be acknowledged before it escalates; 0: never escalates.
+    critical_finding_ack_minutes_critical: int = Field(default=30, ge=0)
+    critical_finding_ack_minutes_high: int = Field(default=120, ge=0)
+    critical_finding_ack_minutes_moderate: int = Field(default=1440, ge=0)
+    critical_finding_ack_minutes_low: int = Field(default=0, ge=0)
+    # Who is notified after the ordering provider, in order (comma-separated recipient ids,
+    # e.g. provider ids or on-call pager ids), and last of all the fail-safe recipient.
+    critical_finding_escalation_contacts: str = Field(default="", max_length=2000)
+    critical_finding_failsafe: str = Field(default="", max_length=64)
+    # The OHIF viewer front (sidecar.viewer_front): the viewer at the root of this origin, with
+    # /dicom-web and /wado proxied to Orthanc for users with a viewer session.
+    viewer_enabled: bool = True
+    viewer_dist: Path | None = None  # default: the npm install in sidecar/viewer
+    # Where users open the viewer, for the viewerUrl of studies; default: this sidecar, when it
+    # serves the viewer. Behind nginx (docker-compose) it is the front's public address.
+    public_viewer_url: str = ""
+    # `make run` only (sidecar.launcher): "nginx" serves the viewer and DICOMweb through Debian's
+    # nginx on VIEWER_PORT, with the docker-compose front's configuration; "sidecar", through
+    # the sidecar's own front on SIDECAR_PORT; "auto", nginx when it is installed.
+    viewer_front: Literal["auto", "nginx", "sidecar"] = "auto"
+    viewer_port: int = Field(default=8080, ge=1, le=65535)
+
     # The /changes reconciler: how often it polls Orthanc when nothing wakes it sooner.
     reconcile_enabled: bool = True
     reconcile_interval: float = Field(default=5.0, gt=0)
@@ -73,6 +118,17 @@ class Settings(BaseSettings):
         if not self.orthanc_url:
             self.orthanc_url = f"http://127.0.0.1:{self.orthanc_http_port}"
         self.orthanc_url = self.orthanc_url.rstrip("/")
+        if not self.public_url:
+            self.public_url = f"http://{self.sidecar_host}:{self.sidecar_port}"
+        self.public_url = self.public_url.rstrip("/")
+        for contact in self.critical_finding_escalation_contacts.split(","):
+            if len(contact.strip()) > 64:
+                raise ValueError("CRITICAL_FINDING_ESCALATION_CONTACTS: ids are at most 64 long")
+        self.public_viewer_url = self.public_viewer_url.rstrip("/")
+        if self.public_viewer_url and not self.public_viewer_url.startswith(
+            ("http://", "https://")
+        ):
+            raise ValueError(f"PUBLIC_VIEWER_URL {self.public_viewer_url!r} is not an http(s) URL")
         if self.environment == "production":
             _require_secret("JWT_SECRET", self.jwt_secret)
             _require_secret("SIDECAR_PLUGIN_TOKEN", self.sidecar_plugin_token)

@@ -12,7 +12,7 @@ from collections.abc import Iterable
 
 from sqlmodel import Session, col, select
 
-from sidecar import audit
+from sidecar import audit, status_changes
 from sidecar.dicom_mapping import ImageRecord, StudyRecord
 from sidecar.models.common import join_multi, utcnow
 from sidecar.models.studies import Image, Series, Study, StudyStatus
@@ -30,6 +30,8 @@ _FILLED_FROM_DICOM = (
     "referring_physician",
     "body_part",
 )
+
+_AWAITING_IMAGES = frozenset({StudyStatus.SCHEDULED, StudyStatus.ARRIVED, StudyStatus.IN_PROGRESS})
 
 
 def register_study(session: Session, record: StudyRecord) -> Study:
@@ -50,8 +52,9 @@ def register_study(session: Session, record: StudyRecord) -> Study:
     study.orthanc_last_update = record.orthanc_last_update
     study.series_count = len(record.series)
     study.instance_count = record.instance_count
-    if not created and STUDY_WORKFLOW.can(study.status, StudyStatus.COMPLETED):
+    if not created and study.status in _AWAITING_IMAGES:
         # Images stored and stable: acquisition is complete, the study is ready for reading.
+        # (A study being read or reported stays where it is when late images arrive.)
         study.status = StudyStatus.COMPLETED
     now = utcnow()
     study.images_received_at = now
@@ -145,3 +148,10 @@ def _images_by_sop_uid(session: Session, uids: list[str], chunk: int = 500) -> d
         query = select(Image).where(col(Image.sop_instance_uid).in_(uids[start : start + chunk]))
         found.update((image.sop_instance_uid, image) for image in session.exec(query))
     return found
+
+
+def change_status(session: Session, study: Study, target: StudyStatus, *, actor: str) -> Study:
+    """Moves the study through STUDY_WORKFLOW (audited); raises InvalidTransition otherwise."""
+    # No status leads to itself: asking for the current one is refused too.
+    status_changes.move(session, study, STUDY_WORKFLOW, target, actor=actor, entity_type="study")
+    return study

@@ -29,6 +29,7 @@ Directory format, version 1 (``plugin/worklist_cache.py`` is the reader):
 
 A change costs one small file, one journal line and the marker, whatever the number of items:
 rewriting a whole index on every order would cost milliseconds per order at 10,000 items.
+``update`` writes a batch of changes with one journal append and one marker write.
 
 Every file goes to a temporary name first and is renamed, so a reader never sees half a file;
 with ``durable`` (the default) data is fsync'ed before the rename and the directory after it,
@@ -243,6 +244,10 @@ class WorklistDirectory:
         self._state = _State()
 
     @property
+    def durable(self) -> bool:
+        return self._durable
+
+    @property
     def generation(self) -> int:
         with self._locked() as state:
             return state.generation
@@ -253,36 +258,55 @@ class WorklistDirectory:
 
     def publish(self, item: WorklistItem) -> None:
         """Adds or replaces the item; an unchanged item leaves the directory untouched."""
-        data, keys = encode(item, self.tz), index_keys(item, self.tz)
-        with self._locked() as state:
-            target = self._file(item.key)
-            current = state.live.get(item.key)
-            if current is not None and current[1] == keys and _read_or_none(target) == data:
-                return
-            self._write_atomic(target, data)
-            rev = self._commit(state, {"op": "put", "key": item.key, "keys": keys})
-            state.live[item.key] = (rev, keys)
-            self._compact_if_long(state)
-            self._sync_directory()
+        self.update(publish=[item])
 
     def withdraw(self, key: str) -> bool:
         """Removes the item; False if there was none."""
-        if not _KEY.match(key):
-            raise ValueError(f"worklist key {key!r}: 1-64 of A-Z a-z 0-9 . _ -")
+        return key in self.update(withdraw=[key])
+
+    def update(
+        self, publish: Iterable[WorklistItem] = (), withdraw: Iterable[str] = ()
+    ) -> set[str]:
+        """Publishes and withdraws several items at once: one lock, one journal append and one
+        marker write for the whole batch (a file per published item remains). Unchanged items
+        are left untouched. Returns the withdrawn keys that were offered or had a file."""
+        wanted: dict[str, tuple[bytes, dict[str, str]]] = {}
+        for item in publish:
+            if item.key in wanted:
+                raise ValueError(f"two worklist items with key {item.key!r}")
+            wanted[item.key] = (encode(item, self.tz), index_keys(item, self.tz))
+        unwanted = set(withdraw)
+        for key in unwanted:
+            if not _KEY.match(key):
+                raise ValueError(f"worklist key {key!r}: 1-64 of A-Z a-z 0-9 . _ -")
+            if key in wanted:
+                raise ValueError(f"worklist key {key!r} both published and withdrawn")
         with self._locked() as state:
-            known = key in state.live
-            if known:
-                # Journal first: readers stop offering the item before its file goes away.
-                self._commit(state, {"op": "del", "key": key})
-                del state.live[key]
+            records: list[dict[str, Any]] = []
+            for key, (data, keys) in wanted.items():
+                target = self._file(key)
+                current = state.live.get(key)
+                if current is not None and current[1] == keys and _read_or_none(target) == data:
+                    continue
+                self._write_atomic(target, data)
+                records.append({"op": "put", "key": key, "keys": keys})
+            # Journal first: readers stop offering the items before their files go away.
+            records.extend({"op": "del", "key": key} for key in unwanted if key in state.live)
+            if records:
+                for record, rev in zip(records, self._commit(state, records), strict=True):
+                    if record["op"] == "put":
+                        state.live[record["key"]] = (rev, record["keys"])
+                    else:
+                        del state.live[record["key"]]
                 self._compact_if_long(state)
-            try:
-                self._file(key).unlink()
-            except FileNotFoundError:
-                if not known:
-                    return False
-            self._sync_directory()
-            return True
+            withdrawn = {record["key"] for record in records if record["op"] == "del"}
+            for key in unwanted:
+                with contextlib.suppress(FileNotFoundError):
+                    self._file(key).unlink()
+                    withdrawn.add(key)
+            if records or withdrawn:
+                self._sync_directory()
+            return withdrawn
 
     def replace_all(self, items: Iterable[WorklistItem]) -> None:
         """Makes the directory hold exactly ``items`` (start-up reconciliation with the
@@ -409,23 +433,26 @@ class WorklistDirectory:
                 state.live.pop(record["key"], None)
         return state
 
-    def _commit(self, state: _State, record: dict[str, Any]) -> int:
-        """Appends one journal line and publishes it through the marker; returns its rev."""
+    def _commit(self, state: _State, records: list[dict[str, Any]]) -> list[int]:
+        """Appends journal lines and publishes them through the marker; returns their revs."""
         if not state.lineage:
             self._start_epoch(state, {})
-        state.generation += 1
-        line = _json_line({**record, "rev": state.generation})
+        revs = list(range(state.generation + 1, state.generation + 1 + len(records)))
+        state.generation = revs[-1]
+        lines = b"".join(
+            _json_line({**record, "rev": rev}) for record, rev in zip(records, revs, strict=True)
+        )
         with open(self._journal(state.epoch), "r+b") as journal:
             journal.seek(state.length)
-            journal.write(line)
+            journal.write(lines)
             journal.truncate()
             journal.flush()
             if self._durable:
                 os.fsync(journal.fileno())
-        state.length += len(line)
-        state.lines += 1
+        state.length += len(lines)
+        state.lines += len(records)
         self._write_marker(state)
-        return state.generation
+        return revs
 
     def _compact_if_long(self, state: _State) -> None:
         if state.lines > 2 * len(state.live) + _COMPACT_SLACK:

@@ -154,3 +154,13 @@ def headers_for(app: FastAPI, client: TestClient) -> Callable[[Role], dict[str, 
         return login(client, username, USER_PASSWORD)
 
     return make
+
+
+@pytest.fixture
+def radiologist(headers_for: Callable[[Role], dict[str, str]]) -> dict[str, str]:
+    return headers_for(Role.RADIOLOGIST)
+
+
+@pytest.fixture
+def technologist(headers_for: Callable[[Role], dict[str, str]]) -> dict[str, str]:
+    return headers_for(Role.TECHNOLOGIST)

@@ -6,6 +6,7 @@ Either side can be stopped and started again on the same ports and storage, to t
 
 from __future__ import annotations
 
+import random
 import socket
 import threading
 import time
@@ -27,11 +28,40 @@ STACK_PLUGIN_TOKEN = "stack-plugin-token-" + "z" * 30
 STACK_JWT_SECRET = "stack-jwt-secret-" + "w" * 40
 
 
+def _ephemeral_range() -> tuple[int, int]:
+    try:
+        low, high = Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()
+        return int(low), int(high)
+    except (OSError, ValueError):
+        return 32768, 60999  # Linux's default
+
+
+_handed_out: set[int] = set()
+_random = random.Random()
+
+
 def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
-        probe.bind(("127.0.0.1", 0))
-        port: int = probe.getsockname()[1]
+    """A loopback TCP port that nothing listens on, for a server a test starts later.
+
+    Chosen below the kernel's ephemeral range: a port the kernel handed out for a probe's
+    bind(0) may be given next to an outgoing connection (a database client, say) before the
+    server binds it, which failed a CI run with EADDRINUSE. Ports below the range are never
+    picked by the kernel, so the only contenders are our own, and those are not repeated.
+    """
+    low = 10000
+    high = _ephemeral_range()[0] - 1
+    for _ in range(1000):
+        port = _random.randint(low, high)
+        if port in _handed_out:
+            continue
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+            try:
+                probe.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+        _handed_out.add(port)
         return port
+    raise RuntimeError(f"no free loopback port between {low} and {high}")
 
 
 def wait_for(

@@ -12,7 +12,6 @@ from typing import Any
 import httpx
 import jwt
 import pytest
-from conftest import ADMIN_PASSWORD, TEST_JWT_SECRET, TEST_PLUGIN_TOKEN, USER_PASSWORD, login
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
 from pydantic import ValidationError
@@ -22,6 +21,8 @@ from sidecar.main import create_app
 from sidecar.models.users import Role, User
 from sidecar.security import create_access_token, decode_access_token
 from sidecar.settings import Settings
+
+from conftest import ADMIN_PASSWORD, TEST_JWT_SECRET, TEST_PLUGIN_TOKEN, USER_PASSWORD, login
 
 HeadersFor = Callable[[Role], dict[str, str]]
 
@@ -347,7 +348,7 @@ def test_admin_creates_a_user_who_can_log_in(
 
     assert response.status_code == 201, response.text
     body = response.json()
-    assert set(body) == {"id", "username", "role", "isActive", "createdAt"}
+    assert set(body) == {"id", "username", "role", "isActive", "providerId", "createdAt"}
     assert (body["username"], body["role"], body["isActive"]) == ("rad.smith", "radiologist", True)
     headers = login(client, "rad.smith", USER_PASSWORD)
     assert client.get("/api/auth/me", headers=headers).json()["role"] == "radiologist"

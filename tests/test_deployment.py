@@ -297,8 +297,8 @@ def _images(config: Rendered, service: str) -> Iterator[str]:
 # --- Tests ---------------------------------------------------------------------------------------
 
 
-def test_the_stack_has_its_three_services(config: Rendered) -> None:
-    assert set(config.model["services"]) == {"orthanc", "postgres", "sidecar"}
+def test_the_stack_has_its_services(config: Rendered) -> None:
+    assert set(config.model["services"]) == {"orthanc", "postgres", "sidecar", "viewer", "front"}
 
 
 @pytest.mark.parametrize("unset", ["missing", "empty"])
@@ -341,8 +341,9 @@ def test_images_are_pinned_and_orthanc_is_the_python_311_tag(config: Rendered) -
             _, tag = _split_image(reference)
             assert "$" not in reference, f"{service}: base image {reference} is not literal"
             assert tag and tag != "latest", f"{service}: image {reference} is not pinned"
-            # A bare major ("15", "3.11") still moves; require at least major.minor.
-            assert re.match(r"\d+\.\d+", tag), f"{service}: tag of {reference} is too loose"
+            # A bare major ("15", "3.11") still moves; require at least major.minor
+            # (OHIF tags its releases v3.12.0).
+            assert re.match(r"v?\d+\.\d+", tag), f"{service}: tag of {reference} is too loose"
     orthanc_refs = [_split_image(ref) for ref in _images(config, "orthanc")]
     assert (ORTHANC_IMAGE, ORTHANC_TAG) in orthanc_refs, orthanc_refs
 

@@ -10,7 +10,6 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -41,6 +40,7 @@ from dicom_senders import (
     store_pynetdicom,
     storescu_dcmtk,
 )
+from stack import free_port
 
 ORTHANC_BIN = Path("/usr/sbin/Orthanc")
 HOST = "127.0.0.1"
@@ -302,7 +302,7 @@ def test_store_pynetdicom_refuses_a_non_dicom_file_before_connecting(tmp_path: P
 
 
 def test_echo_raises_when_nobody_listens() -> None:
-    port = _free_port()
+    port = free_port()
     started = time.monotonic()
     with pytest.raises(EchoError):
         echo(HOST, port, "NOBODY", timeout=2)
@@ -310,13 +310,6 @@ def test_echo_raises_when_nobody_listens() -> None:
 
 
 # --- throwaway Orthanc (private; the project's OrthancProcess will replace it) ---------------
-
-
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind((HOST, 0))
-        port: int = s.getsockname()[1]
-        return port
 
 
 @dataclass
@@ -338,9 +331,9 @@ class _Orthanc:
         return self.workdir / "orthanc.log"
 
     def start(self, deadline_s: float = 60) -> None:
-        self.http_port, self.dicom_port = _free_port(), _free_port()
+        self.http_port, self.dicom_port = free_port(), free_port()
         while self.dicom_port == self.http_port:
-            self.dicom_port = _free_port()
+            self.dicom_port = free_port()
         storage = self.workdir / "storage"
         storage.mkdir(parents=True, exist_ok=True)
         config = {

@@ -9,12 +9,13 @@ from typing import Any
 
 import httpx
 import pytest
-from conftest import ADMIN_PASSWORD, CLOSED_ORTHANC_URL, TEST_JWT_SECRET, TEST_PLUGIN_TOKEN
+import sqlalchemy as sa
 
 from hl7.ack import parse_ack
 from hl7.client import MllpClient
 from sidecar.settings import Settings
 
+from conftest import ADMIN_PASSWORD, CLOSED_ORTHANC_URL, TEST_JWT_SECRET, TEST_PLUGIN_TOKEN
 from hl7_samples import (
     ADT_A01,
     NO_PATIENT_ID,
@@ -31,7 +32,7 @@ from hl7_samples import (
     UNKNOWN_ORDER_CONTROL,
     with_field,
 )
-from stack import LiveSidecar, free_port
+from stack import LiveSidecar, free_port, wait_for
 
 
 class Hospital:
@@ -122,6 +123,43 @@ def test_repeated_control_id_gets_the_original_ack_and_creates_nothing(hospital:
     assert again == first
     assert hospital.get("/api/imaging-orders")["total"] == 1
     assert hospital.get("/api/hl7/messages")["total"] == 1
+
+
+def test_repeated_change_gets_the_original_ack_and_changes_nothing_again(
+    hospital: Hospital,
+) -> None:
+    assert hospital.send(ORM_NW_251).code == "AA"
+    first = hospital.mllp.send(ORM_XO_251)
+    assert hospital.send(ORM_SC_251).code == "AA"
+
+    # Applied again, then undone when its log row meets the first one's.
+    assert hospital.mllp.send(ORM_XO_251) == first
+    assert hospital.order("ACC-24-0001")["status"] == "IN_PROGRESS"
+    updates = hospital.get("/api/audit", action="order.updated")["items"]
+    assert len(updates) == 1
+    assert hospital.get("/api/hl7/messages")["total"] == 3
+
+
+def test_a_lost_database_connection_costs_no_message(hospital: Hospital) -> None:
+    url = hospital.sidecar.settings.database_url
+    if not url.startswith("postgresql"):
+        pytest.skip("terminates PostgreSQL backends")
+    assert hospital.send(ORM_NW_251).code == "AA"
+    # As after a database restart: the intake's pooled connection is dead when it is next used.
+    others = "FROM pg_stat_activity WHERE datname = current_database() AND pid <> pg_backend_pid()"
+    admin = sa.create_engine(url, isolation_level="AUTOCOMMIT")
+    with admin.connect() as connection:
+        assert connection.execute(sa.text(f"SELECT pg_terminate_backend(pid) {others}")).all()
+        wait_for(
+            lambda: connection.execute(sa.text(f"SELECT count(*) {others}")).scalar() == 0,
+            timeout=10,
+            what="the sidecar's connections terminated",
+        )
+    admin.dispose()
+
+    ack = hospital.send(ORM_XO_251)
+    assert ack.code == "AA", ack.text
+    assert hospital.order("ACC-24-0001")["priority"] == "ROUTINE"
 
 
 def test_change_cancel_and_status_messages_follow_the_order(hospital: Hospital) -> None:

@@ -6,19 +6,21 @@ from enum import StrEnum
 
 import pytest
 
+from sidecar.models.reports import ReportStatus
 from sidecar.models.studies import StudyStatus
-from sidecar.workflow import STUDY_WORKFLOW, InvalidTransition, Workflow
+from sidecar.workflow import REPORT_WORKFLOW, STUDY_WORKFLOW, InvalidTransition, Workflow
 
 S = StudyStatus
 
 # Seed 001: SCHEDULED -> ARRIVED -> IN_PROGRESS -> COMPLETED -> PRELIMINARY -> FINAL, or
-# CANCELLED; acquisition steps may be skipped forward, reading steps never backward.
+# CANCELLED; acquisition steps may be skipped forward; a discarded preliminary report returns the
+# study to COMPLETED (read again), a final one never goes back.
 EXPECTED = {
     S.SCHEDULED: {S.ARRIVED, S.IN_PROGRESS, S.COMPLETED, S.CANCELLED},
     S.ARRIVED: {S.IN_PROGRESS, S.COMPLETED, S.CANCELLED},
     S.IN_PROGRESS: {S.COMPLETED, S.CANCELLED},
     S.COMPLETED: {S.PRELIMINARY, S.FINAL, S.CANCELLED},
-    S.PRELIMINARY: {S.FINAL},
+    S.PRELIMINARY: {S.FINAL, S.COMPLETED},
     S.FINAL: set(),
     S.CANCELLED: set(),
 }
@@ -70,12 +72,13 @@ def test_every_non_final_status_can_reach_final_or_cancelled() -> None:
 
 def test_invalid_transition_message_names_both_statuses_and_the_allowed_ones() -> None:
     with pytest.raises(InvalidTransition) as raised:
-        STUDY_WORKFLOW.check(S.PRELIMINARY, S.COMPLETED)
+        STUDY_WORKFLOW.check(S.IN_PROGRESS, S.PRELIMINARY)
 
     assert str(raised.value) == (
-        "study status cannot change from PRELIMINARY to COMPLETED; allowed from PRELIMINARY: FINAL"
+        "study status cannot change from IN_PROGRESS to PRELIMINARY; "
+        "allowed from IN_PROGRESS: CANCELLED, COMPLETED"
     )
-    assert (raised.value.current, raised.value.target) == (S.PRELIMINARY, S.COMPLETED)
+    assert (raised.value.current, raised.value.target) == (S.IN_PROGRESS, S.PRELIMINARY)
 
 
 def test_invalid_transition_lists_allowed_statuses_sorted() -> None:
@@ -109,3 +112,15 @@ def test_allowed_from_cannot_be_used_to_change_the_workflow() -> None:
     assert isinstance(allowed, frozenset)
     with pytest.raises(AttributeError):
         allowed.add(S.SCHEDULED)  # type: ignore[attr-defined]
+
+
+def test_report_workflow_signs_once_then_only_amends_or_corrects() -> None:
+    r = ReportStatus
+    assert {status: set(REPORT_WORKFLOW.allowed_from(status)) for status in r} == {
+        r.PRELIMINARY: {r.FINAL},
+        r.FINAL: {r.AMENDED, r.CORRECTED},
+        r.AMENDED: {r.AMENDED, r.CORRECTED},
+        r.CORRECTED: {r.AMENDED, r.CORRECTED},
+    }
+    with pytest.raises(InvalidTransition, match="from FINAL to PRELIMINARY"):
+        REPORT_WORKFLOW.check(r.FINAL, r.PRELIMINARY)

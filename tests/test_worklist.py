@@ -859,3 +859,46 @@ def test_python_mechanism_without_the_plugin_is_refused(tmp_path: Path) -> None:
 def test_items_are_frozen() -> None:
     with pytest.raises(dataclasses.FrozenInstanceError):
         make_item().modality = "MR"  # type: ignore[misc]
+
+
+def test_update_writes_a_batch_as_one_journal_append(tmp_path: Path) -> None:
+    directory = WorklistDirectory(tmp_path, BRUSSELS)
+    directory.publish(make_item("1"))
+    directory.publish(make_item("2"))
+    generation = directory.generation
+    (journal,) = tmp_path.glob("journal-*.jsonl")
+    before = len(journal.read_bytes().splitlines())
+
+    withdrawn = directory.update(
+        publish=[make_item("3"), make_item("4"), make_item("2")],  # 2 unchanged
+        withdraw=["1", "9"],  # 9 was never offered
+    )
+
+    assert withdrawn == {"1"}
+    assert wl_files(tmp_path) == {"2.wl", "3.wl", "4.wl"}
+    assert directory.keys() == {"2", "3", "4"}
+    records = [json.loads(line) for line in journal.read_bytes().splitlines()[before:]]
+    assert [(r["op"], r["key"], r["rev"]) for r in records] == [
+        ("put", "3", generation + 1),
+        ("put", "4", generation + 2),
+        ("del", "1", generation + 3),
+    ]
+    assert directory.generation == generation + 3
+    cache = worklist_cache.WorklistCache(str(tmp_path), log=print)
+    cache.refresh()
+    assert len(cache) == 3
+    assert leftovers(tmp_path) == []
+
+
+def test_update_refuses_contradictions_before_touching_anything(tmp_path: Path) -> None:
+    directory = WorklistDirectory(tmp_path, BRUSSELS)
+    directory.publish(make_item("1"))
+    generation = directory.generation
+    with pytest.raises(ValueError, match="both published and withdrawn"):
+        directory.update(publish=[make_item("2")], withdraw=["2"])
+    with pytest.raises(ValueError, match="two worklist items"):
+        directory.update(publish=[make_item("3"), make_item("3")])
+    with pytest.raises(ValueError, match="worklist key"):
+        directory.update(withdraw=["../1"])
+    assert directory.generation == generation
+    assert wl_files(tmp_path) == {"1.wl"}

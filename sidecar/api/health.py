@@ -10,9 +10,12 @@ from typing import Any
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 from sqlalchemy import text
-from sqlmodel import Session
+from sqlmodel import Session, col, func, select
 
+from sidecar.models.critical_findings import DeliveryStatus, FindingNotification
+from sidecar.models.orders import Hl7Direction, Hl7Message
 from sidecar.orthanc_client import OrthancError
+from sidecar.results import FAILED, PENDING
 
 router = APIRouter(tags=["health"])
 
@@ -72,6 +75,56 @@ def _worklist(request: Request) -> dict[str, Any]:
         return {"enabled": True, "error": type(exc).__name__}
 
 
+def _results(request: Request) -> dict[str, Any]:
+    """Results waiting for the HIS: pending (queued or retrying) and failed (refused by it)."""
+    settings = request.app.state.settings
+    backlog = _outbox_backlog(
+        request,
+        request.app.state.result_outbox,
+        Hl7Message.status,
+        {PENDING: "pending", FAILED: "failed"},
+        Hl7Message.direction == Hl7Direction.OUTBOUND,
+    )
+    if backlog["enabled"]:
+        backlog["his"] = f"{settings.his_mllp_host}:{settings.his_mllp_port}"
+    return backlog
+
+
+def _notifications(request: Request) -> dict[str, Any]:
+    """Critical finding webhooks waiting for the notification service, and refused by it."""
+    return _outbox_backlog(
+        request,
+        request.app.state.finding_notifier,
+        FindingNotification.status,
+        {DeliveryStatus.PENDING: "pending", DeliveryStatus.REFUSED: "refused"},
+    )
+
+
+def _outbox_backlog(
+    request: Request, worker: Any, status: Any, labels: dict[str, str], *conditions: Any
+) -> dict[str, Any]:
+    """How many of an outbox's messages are in each labelled status, and the worker's last
+    delivery error; `worker` None: that outbox is not configured."""
+    if worker is None:
+        return {"enabled": False}
+    try:
+        with Session(request.app.state.engine) as session:
+            counts = dict(
+                session.exec(
+                    select(status, func.count())
+                    .where(*conditions, col(status).in_(labels))
+                    .group_by(col(status))
+                ).all()
+            )
+    except Exception as exc:
+        return {"enabled": True, "error": type(exc).__name__}
+    return {
+        "enabled": True,
+        **{label: counts.get(value, 0) for value, label in labels.items()},
+        "lastError": worker.last_error,
+    }
+
+
 @router.get("/health")
 def health(request: Request) -> JSONResponse:
     return _answer(
@@ -79,6 +132,8 @@ def health(request: Request) -> JSONResponse:
         sync=_sync(request),
         hl7=_hl7(request),
         worklist=_worklist(request),
+        results=_results(request),
+        notifications=_notifications(request),
     )
 
 

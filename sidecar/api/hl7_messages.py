@@ -4,15 +4,17 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, Query
+from fastapi import APIRouter, Depends, Query, Request
 from pydantic import AwareDatetime
 from sqlmodel import col
 
-from sidecar.api.deps import PaginationDep, SessionDep, equal_to, paginate, require_roles
-from sidecar.errors import NotFound
-from sidecar.models.common import Page
+from sidecar import result_outbox
+from sidecar.api.deps import Admin, PaginationDep, SessionDep, equal_to, paginate, require_roles
+from sidecar.errors import Conflict, NotFound
+from sidecar.models.common import Page, utcnow
 from sidecar.models.orders import Hl7Direction, Hl7Message, Hl7MessageDetail, Hl7MessageSummary
 from sidecar.models.users import Role, User
+from sidecar.results import FAILED
 
 router = APIRouter(prefix="/api/hl7/messages", tags=["hl7"])
 Hl7Reader = Annotated[User, Depends(require_roles(Role.ADMIN, Role.INTEGRATION))]
@@ -53,4 +55,26 @@ def get_message(message_id: int, session: SessionDep, _: Hl7Reader) -> Hl7Messag
     message = session.get(Hl7Message, message_id)
     if message is None:
         raise NotFound(f"HL7 message {message_id} not found")
+    return message
+
+
+@router.post("/{message_id}/retry", response_model=Hl7MessageDetail)
+def retry_message(
+    message_id: int, session: SessionDep, admin: Admin, request: Request
+) -> Hl7Message:
+    """Sends a failed outbound result again: the same message, with the same control id."""
+    message = session.get(Hl7Message, message_id)
+    if message is None:
+        raise NotFound(f"HL7 message {message_id} not found")
+    if message.direction != Hl7Direction.OUTBOUND or message.status != FAILED:
+        raise Conflict(
+            f"HL7 message {message_id} is {message.direction.value}bound and {message.status}: "
+            "only a failed outbound message can be retried"
+        )
+    if request.app.state.result_outbox is None:
+        raise Conflict("results are not sent: HIS_MLLP_HOST is not configured")
+    result_outbox.retry(session, message, actor=admin.username, now=utcnow())
+    session.commit()
+    session.refresh(message)
+    request.app.state.result_outbox_wake()
     return message

@@ -49,10 +49,7 @@ def announce(request: Request, order: ImagingOrder) -> None:
 def create_order(
     body: OrderCreate, session: SessionDep, user: OrderEditor, request: Request
 ) -> ImagingOrder:
-    try:
-        order = orders.create_order(session, body.model_dump(), actor=user.username, source="api")
-    except orders.DuplicateOrder as exc:
-        raise Conflict(str(exc)) from exc
+    order = orders.create_order(session, body.model_dump(), actor=user.username, source="api")
     session.commit()
     session.refresh(order)
     announce(request, order)

@@ -9,7 +9,7 @@ from fastapi import APIRouter, Query, Request, status
 from sqlalchemy import literal
 from sqlmodel import Session, col, select
 
-from sidecar import audit, order_matching
+from sidecar import audit, order_matching, results, study_registry
 from sidecar.api.deps import (
     Clinician,
     PaginationDep,
@@ -36,7 +36,7 @@ from sidecar.models.studies import (
     StudyStatusUpdate,
     StudyUpdate,
 )
-from sidecar.workflow import STUDY_WORKFLOW
+from sidecar.viewer_front import viewer_url
 
 router = APIRouter(prefix="/api/studies", tags=["studies"])
 
@@ -47,6 +47,7 @@ class LinkOrder(ApiModel):
 
 @router.get("", response_model=Page[StudyPublic])
 def list_studies(
+    request: Request,
     session: SessionDep,
     _: Clinician,
     pagination: PaginationDep,
@@ -81,11 +82,15 @@ def list_studies(
     if date_to:
         conditions.append(col(Study.study_date) <= date_to)
     newest_first = [col(Study.study_date).desc().nulls_last(), col(Study.id).desc()]
-    return paginate(session, Study, conditions, newest_first, pagination)
+    found = paginate(session, Study, conditions, newest_first, pagination)
+    found["items"] = [public_study(request, study) for study in found["items"]]
+    return found
 
 
 @router.post("", response_model=StudyPublic, status_code=status.HTTP_201_CREATED)
-def create_study(body: StudyCreate, session: SessionDep, user: Scheduler) -> Study:
+def create_study(
+    body: StudyCreate, session: SessionDep, user: Scheduler, request: Request
+) -> StudyPublic:
     values = body.model_dump(exclude={"modalities"})
     uid = values.pop("study_instance_uid") or new_study_instance_uid()
     if session.exec(select(Study.id).where(Study.study_instance_uid == uid)).first():
@@ -109,11 +114,13 @@ def create_study(body: StudyCreate, session: SessionDep, user: Scheduler) -> Stu
     )
     session.commit()
     session.refresh(study)
-    return study
+    return public_study(request, study)
 
 
 @router.get("/accession/{accession_number}", response_model=StudyDetail)
-def get_study_by_accession(accession_number: str, session: SessionDep, _: Clinician) -> StudyDetail:
+def get_study_by_accession(
+    accession_number: str, session: SessionDep, _: Clinician, request: Request
+) -> StudyDetail:
     matches = session.exec(
         select(Study).where(Study.accession_number == accession_number).limit(2)
     ).all()
@@ -124,20 +131,22 @@ def get_study_by_accession(accession_number: str, session: SessionDep, _: Clinic
             f"several studies carry accession number {accession_number}; "
             "list them with GET /api/studies?accessionNumber=..."
         )
-    return _detail(session, matches[0])
+    return _detail(session, matches[0], request)
 
 
 @router.get("/{study_id}", response_model=StudyDetail)
-def get_study(study_id: int, session: SessionDep, _: Clinician) -> StudyDetail:
-    return _detail(session, get_study_or_404(session, study_id))
+def get_study(study_id: int, session: SessionDep, _: Clinician, request: Request) -> StudyDetail:
+    return _detail(session, get_study_or_404(session, study_id), request)
 
 
 @router.patch("/{study_id}", response_model=StudyPublic)
-def update_study(study_id: int, body: StudyUpdate, session: SessionDep, user: StudyEditor) -> Study:
+def update_study(
+    study_id: int, body: StudyUpdate, session: SessionDep, user: StudyEditor, request: Request
+) -> StudyPublic:
     study = get_study_or_404(session, study_id)
     changes = body.model_dump(exclude_unset=True)
     if not changes:
-        return study
+        return public_study(request, study)
     for name, value in changes.items():
         setattr(study, name, value)
     study.updated_at = utcnow()
@@ -152,31 +161,18 @@ def update_study(study_id: int, body: StudyUpdate, session: SessionDep, user: St
     )
     session.commit()
     session.refresh(study)
-    return study
+    return public_study(request, study)
 
 
 @router.patch("/{study_id}/status", response_model=StudyPublic)
 def update_study_status(
-    study_id: int, body: StudyStatusUpdate, session: SessionDep, user: StudyEditor
-) -> Study:
+    study_id: int, body: StudyStatusUpdate, session: SessionDep, user: StudyEditor, request: Request
+) -> StudyPublic:
     study = get_study_or_404(session, study_id)
-    previous = StudyStatus(study.status)
-    STUDY_WORKFLOW.check(previous, body.status)
-    study.status = body.status
-    study.updated_at = utcnow()
-    session.add(study)
-    audit.record(
-        session,
-        actor=user.username,
-        action="study.status_changed",
-        entity_type="study",
-        entity_id=study.id,
-        previous=previous,
-        status=body.status,
-    )
+    study_registry.change_status(session, study, body.status, actor=user.username)
     session.commit()
     session.refresh(study)
-    return study
+    return public_study(request, study)
 
 
 @router.get("/{study_id}/images", response_model=Page[ImagePublic])
@@ -203,7 +199,7 @@ def list_series_images(
 @router.post("/{study_id}/link-order", response_model=StudyPublic)
 def link_order(
     study_id: int, body: LinkOrder, session: SessionDep, user: StudyEditor, request: Request
-) -> Study:
+) -> StudyPublic:
     """Links a study to an imaging order by hand (the study matched none by itself)."""
     study = get_study_or_404(session, study_id)
     order = session.get(ImagingOrder, body.order_id)
@@ -221,12 +217,16 @@ def link_order(
             f"study {study_id} and order {order.id} belong to different patient ids; "
             "correct the patient id first"
         ) from exc
+    routing = request.app.state.result_routing
+    queued = results.report_joins_order(session, study_id, order, routing, actor=user.username)
     session.commit()
     session.refresh(study)
+    if queued:
+        request.app.state.result_outbox_wake()
     if moved:
         session.refresh(order)
         announce(request, order)
-    return study
+    return public_study(request, study)
 
 
 def get_study_or_404(session: Session, study_id: int) -> Study:
@@ -236,12 +236,21 @@ def get_study_or_404(session: Session, study_id: int) -> Study:
     return study
 
 
-def _detail(session: Session, study: Study) -> StudyDetail:
+def public_study(request: Request, study: Study) -> StudyPublic:
+    """The study as the API shows it, with its viewer link when a viewer is configured."""
+    shown = StudyPublic.model_validate(study)
+    base: str | None = request.app.state.viewer_base_url
+    if base is not None:
+        shown.viewer_url = viewer_url(base, study.study_instance_uid)
+    return shown
+
+
+def _detail(session: Session, study: Study, request: Request) -> StudyDetail:
     series = session.exec(
         select(Series)
         .where(Series.study_id == study.id)
         .order_by(col(Series.series_number).nulls_last(), col(Series.id))
     ).all()
     return StudyDetail.model_validate(
-        {**StudyPublic.model_validate(study).model_dump(), "series": series}
+        {**public_study(request, study).model_dump(), "series": series}
     )

@@ -19,7 +19,12 @@ router = APIRouter(prefix="/api/users", tags=["users"])
 def create_user(body: UserCreate, session: SessionDep, admin: Admin) -> User:
     if session.exec(select(User).where(User.username == body.username)).first():
         raise Conflict(f"a user named {body.username!r} already exists")
-    user = User(username=body.username, password_hash=hash_password(body.password), role=body.role)
+    user = User(
+        username=body.username,
+        password_hash=hash_password(body.password),
+        role=body.role,
+        provider_id=body.provider_id,
+    )
     session.add(user)
     session.flush()
     audit.record(
@@ -54,6 +59,8 @@ def update_user(user_id: int, body: UserUpdate, session: SessionDep, admin: Admi
     for name in ("is_active", "role"):
         if name in changes and changes[name] is not None:
             setattr(user, name, changes[name])
+    if "provider_id" in changes:  # null unlinks the account from its provider id
+        user.provider_id = changes["provider_id"]
     if "password_changed" in changes or changes.get("role") is not None:
         user.credentials_changed_at = utcnow()
     session.add(user)

@@ -174,9 +174,9 @@ class Hl7Message(SQLModel, table=True):
     message_type: str = Field(max_length=32, index=True)
     sender: str = Field(max_length=200)  # MSH-3^MSH-4 (sending application and facility)
     receiver: str | None = Field(default=None, max_length=200)
-    status: str = Field(
-        max_length=16, index=True
-    )  # accepted, rejected, error, pending, sent, failed
+    # Inbound: accepted, rejected, error. Outbound: pending (queued, or waiting to be retried),
+    # delivered (the receiver answered AA), failed (AE/AR: an administrator may retry it).
+    status: str = Field(max_length=16, index=True)
     ack_code: str | None = Field(default=None, max_length=2)
     error_text: str | None = Field(default=None, max_length=1000)
     raw: str = Field(sa_column=Column(Text, nullable=False))
@@ -186,6 +186,12 @@ class Hl7Message(SQLModel, table=True):
         default_factory=utcnow, sa_column=Column(UTCDateTime, nullable=False, index=True)
     )
     processed_at: datetime | None = Field(default=None, sa_column=Column(UTCDateTime))
+    # Outbound results (ORU^R01): the report and result status (OBR-25 P/F/C) they carry, and
+    # the delivery attempts so far; the outbox sends when next_attempt_at has come.
+    report_id: int | None = Field(default=None, foreign_key="radiology_report.id", index=True)
+    result_status: str | None = Field(default=None, max_length=1)
+    attempts: int = 0
+    next_attempt_at: datetime | None = Field(default=None, sa_column=Column(UTCDateTime))
 
 
 class Hl7MessageSummary(ApiModel):
@@ -201,6 +207,10 @@ class Hl7MessageSummary(ApiModel):
     order_id: int | None
     received_at: datetime
     processed_at: datetime | None
+    report_id: int | None
+    result_status: str | None
+    attempts: int
+    next_attempt_at: datetime | None
 
 
 class Hl7MessageDetail(Hl7MessageSummary):

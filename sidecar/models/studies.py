@@ -122,6 +122,8 @@ class StudyPublic(ApiModel):
     priority: str | None
     clinical_indication: str | None
     order_match_issue: str | None
+    # OHIF's link to this study (sidecar.viewer_front); None when no viewer is configured.
+    viewer_url: str | None = None
 
     @field_validator("modalities", mode="before")
     @classmethod

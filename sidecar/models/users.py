@@ -32,17 +32,22 @@ class User(SQLModel, table=True):
     )
     # Tokens issued before this moment are refused: a password or role change logs the user out.
     credentials_changed_at: datetime | None = Field(default=None, sa_column=Column(UTCDateTime))
+    # For a physician: the provider id orders carry (ORC-12/OBR-16 from the HIS, `providerId`
+    # over REST). It scopes which patients' results the physician reads.
+    provider_id: str | None = Field(default=None, max_length=64, index=True)
 
 
 class UserCreate(ApiModel):
     username: str = PydanticField(min_length=3, max_length=64, pattern=r"^[A-Za-z0-9._@-]+$")
     password: str = PydanticField(min_length=12, max_length=256)
     role: Role
+    provider_id: str | None = PydanticField(default=None, min_length=1, max_length=64)
 
 
 class UserUpdate(ApiModel):
     is_active: bool | None = None
     role: Role | None = None
+    provider_id: str | None = PydanticField(default=None, min_length=1, max_length=64)
     password: str | None = PydanticField(default=None, min_length=12, max_length=256)
 
 
@@ -51,6 +56,7 @@ class UserPublic(ApiModel):
     username: str
     role: Role
     is_active: bool
+    provider_id: str | None
     created_at: datetime
 
 

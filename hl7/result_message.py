@@ -1,0 +1,240 @@
+"""ORU^R01 (HL7 v2.5.1, 7.3.1): a radiology result for the hospital information system.
+
+Layout, after IHE Radiology's results conventions:
+
+    MSH  ...|ORU^R01^ORU_R01|<control id>|P|2.5.1|||||| <MSH-18 UNICODE UTF-8>
+    PID  PID-3 patient id^^^issuer^MR, PID-5 name, PID-7 birth date, PID-8 sex
+    ORC  RE | ORC-2 placer | ORC-3 filler | ORC-5 CM (final, corrected) or IP (preliminary)
+    OBR  OBR-2/3 placer/filler, OBR-4 procedure, OBR-7 observation time, OBR-16 ordering
+         provider, OBR-18 accession number, OBR-19 requested procedure id, OBR-22 result time,
+         OBR-24 RAD, OBR-25 result status P/F/C, OBR-32 principal result interpreter
+    OBX  one TX line per line of report text, OBX-3 the section's LOINC code (the codes DICOM
+         PS3.20 uses for imaging report sections), OBX-4 the section's number, OBX-11 P/F/C
+    OBX  a critical result (TX), OBX-8 abnormal flag AA (critical) or A
+    OBX  ST 110180^Study Instance UID^DCM: the study the result reads
+
+Built with hl7apy, at STRICT validation of the message structure; values are escaped with
+`hl7.er7.escape_text` first, so a `|` or `^` in a radiologist's text stays text.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import date, datetime
+from enum import StrEnum
+
+from hl7apy.consts import VALIDATION_LEVEL
+from hl7apy.core import Message
+
+from hl7.er7 import escape_text
+from hl7.header import OWN_VERSION
+from hl7.timestamps import format_timestamp
+
+
+class ResultStatus(StrEnum):
+    """OBR-25 / OBX-11 (HL7 tables 0123 and 0085)."""
+
+    PRELIMINARY = "P"
+    FINAL = "F"
+    CORRECTED = "C"
+
+
+@dataclass(frozen=True)
+class Section:
+    code: str  # LOINC
+    name: str
+    text: str
+
+
+#: Report sections as LOINC codes (DICOM PS3.20, CID 7001 "Diagnostic Imaging Report Headings").
+SECTION_CODES: dict[str, tuple[str, str]] = {
+    "technique": ("55111-9", "Current imaging procedure descriptions"),
+    "comparison": ("18834-2", "Radiology Comparison study"),
+    "findings": ("59776-5", "Procedure Findings"),
+    "impression": ("19005-8", "Radiology Imaging study [Impression]"),
+    "recommendations": ("18783-1", "Radiology Study recommendation"),
+}
+STUDY_UID_CODE = ("110180", "Study Instance UID", "DCM")
+CRITICAL_RESULT_CODE = ("CRITRES", "Critical result", "L")
+
+
+@dataclass(frozen=True)
+class FlaggedFinding:
+    """A critical result raised on the report: its text and whether it is critical (AA) or
+    only abnormal (A)."""
+
+    description: str
+    critical: bool
+
+
+@dataclass(frozen=True)
+class ResultMessage:
+    control_id: str
+    created_at: datetime
+    sending_application: str
+    sending_facility: str
+    receiving_application: str
+    receiving_facility: str
+    status: ResultStatus
+    patient_id: str
+    issuer_of_patient_id: str | None
+    patient_name: str | None  # DICOM PN order: family^given^middle^prefix^suffix
+    patient_birth_date: date | None
+    patient_sex: str | None
+    placer_order_number: str | None
+    filler_order_number: str
+    accession_number: str
+    requested_procedure_id: str | None
+    procedure_code: str | None
+    procedure_description: str | None
+    ordering_provider: str | None  # PN order
+    provider_id: str | None
+    observed_at: datetime | None
+    reported_at: datetime
+    interpreter_id: str
+    interpreter_name: str
+    study_instance_uid: str
+    sections: Sequence[Section]
+    findings_flagged: Sequence[FlaggedFinding] = field(default_factory=tuple)
+
+
+def build_result_message(result: ResultMessage) -> str:
+    """The ORU^R01 as ER7 text, segments ending in CR."""
+    message = Message("ORU_R01", version=OWN_VERSION, validation_level=VALIDATION_LEVEL.STRICT)
+    msh = message.msh
+    msh.msh_3 = _e(result.sending_application)
+    msh.msh_4 = _e(result.sending_facility)
+    msh.msh_5 = _e(result.receiving_application)
+    msh.msh_6 = _e(result.receiving_facility)
+    msh.msh_7 = format_timestamp(result.created_at)
+    msh.msh_9 = "ORU^R01^ORU_R01"
+    msh.msh_10 = _e(result.control_id)
+    msh.msh_11 = "P"
+    msh.msh_18 = "UNICODE UTF-8"
+
+    patient_result = message.add_group("ORU_R01_PATIENT_RESULT")
+    pid = patient_result.add_group("ORU_R01_PATIENT").pid
+    pid.pid_1 = "1"
+    pid.pid_3 = _cx(result.patient_id, result.issuer_of_patient_id)
+    if result.patient_name:
+        pid.pid_5 = _name(result.patient_name)
+    if result.patient_birth_date:
+        pid.pid_7 = result.patient_birth_date.strftime("%Y%m%d")
+    if result.patient_sex:
+        pid.pid_8 = _e(result.patient_sex)
+
+    order_observation = patient_result.add_group("ORU_R01_ORDER_OBSERVATION")
+    placer = _e(result.placer_order_number or "")
+    filler = _e(result.filler_order_number)
+    orc = order_observation.orc
+    orc.orc_1 = "RE"
+    if placer:
+        orc.orc_2 = placer
+    orc.orc_3 = filler
+    orc.orc_5 = "IP" if result.status is ResultStatus.PRELIMINARY else "CM"
+
+    obr = order_observation.obr
+    obr.obr_1 = "1"
+    if placer:
+        obr.obr_2 = placer
+    obr.obr_3 = filler
+    obr.obr_4 = _coded(result.procedure_code, result.procedure_description)
+    if result.observed_at:
+        obr.obr_7 = format_timestamp(result.observed_at)
+    if result.ordering_provider or result.provider_id:
+        obr.obr_16 = _person(result.provider_id, result.ordering_provider)
+    obr.obr_18 = _e(result.accession_number)
+    if result.requested_procedure_id:
+        obr.obr_19 = _e(result.requested_procedure_id)
+    obr.obr_22 = format_timestamp(result.reported_at)
+    obr.obr_24 = "RAD"
+    obr.obr_25 = result.status.value
+    obr.obr_32 = f"{_e(result.interpreter_id)}&{_e(result.interpreter_name)}"
+
+    set_id = 0
+    for number, section in enumerate(result.sections, start=1):
+        for line in section.text.splitlines() or [""]:
+            set_id += 1
+            _observation(
+                order_observation,
+                set_id,
+                value_type="TX",
+                code=(section.code, section.name, "LN"),
+                sub_id=str(number),
+                value=_e(line),
+                status=result.status,
+            )
+    for finding in result.findings_flagged:
+        set_id += 1
+        _observation(
+            order_observation,
+            set_id,
+            value_type="TX",
+            code=CRITICAL_RESULT_CODE,
+            sub_id="",
+            value=_e(" ".join(finding.description.split())),
+            status=result.status,
+            abnormal_flag="AA" if finding.critical else "A",
+        )
+    _observation(
+        order_observation,
+        set_id + 1,
+        value_type="ST",
+        code=STUDY_UID_CODE,
+        sub_id="",
+        value=_e(result.study_instance_uid),
+        status=result.status,
+    )
+    return str(message.to_er7()) + "\r"
+
+
+def _observation(
+    order_observation: object,
+    set_id: int,
+    *,
+    value_type: str,
+    code: tuple[str, str, str],
+    sub_id: str,
+    value: str,
+    status: ResultStatus,
+    abnormal_flag: str = "",
+) -> None:
+    obx = order_observation.add_group("ORU_R01_OBSERVATION").obx  # type: ignore[attr-defined]
+    obx.obx_1 = str(set_id)
+    obx.obx_2 = value_type
+    obx.obx_3 = "^".join(_e(part) for part in code)
+    if sub_id:
+        obx.obx_4 = sub_id
+    if value:
+        obx.obx_5 = value
+    if abnormal_flag:
+        obx.obx_8 = abnormal_flag
+    obx.obx_11 = status.value
+
+
+def _e(text: str) -> str:
+    return escape_text(text)
+
+
+def _cx(identifier: str, issuer: str | None) -> str:
+    return f"{_e(identifier)}^^^{_e(issuer or '')}^MR"
+
+
+def _name(dicom_name: str) -> str:
+    """DICOM PN (family^given^middle^prefix^suffix) to XPN (family^given^middle^suffix^prefix)."""
+    parts = (dicom_name.split("=", 1)[0].split("^") + [""] * 5)[:5]
+    family, given, middle, prefix, suffix = (_e(p) for p in parts)
+    return "^".join([family, given, middle, suffix, prefix]).rstrip("^")
+
+
+def _person(identifier: str | None, dicom_name: str | None) -> str:
+    """XCN: id^family^given^middle^suffix^prefix."""
+    name = _name(dicom_name) if dicom_name else ""
+    return f"{_e(identifier or '')}^{name}".rstrip("^")
+
+
+def _coded(code: str | None, text: str | None) -> str:
+    if code:
+        return f"{_e(code)}^{_e(text or '')}^L".rstrip("^")
+    return f"^{_e(text or '')}"

@@ -1,0 +1,264 @@
+"""The viewer front: login, the OHIF Viewer at the root of this origin, and Orthanc's DICOMweb
+behind the user's session.
+
+Routes are included last: the catch-all that serves the viewer's files and its client-side
+routes (/, /viewer, ...) must not shadow /api, /health or the API docs.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import re
+from dataclasses import dataclass
+from datetime import timedelta
+from pathlib import Path
+from typing import Annotated
+from urllib.parse import parse_qs
+
+from fastapi import APIRouter, Header, Query, Request, Response
+from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, RedirectResponse
+from sqlmodel import Session, select
+
+from sidecar.dicomweb_proxy import DicomWebProxy, OrthancUnavailable
+from sidecar.errors import error_body
+from sidecar.models.users import User
+from sidecar.security import create_access_token, verify_password
+from sidecar.settings import Settings
+from sidecar.viewer_access import (
+    SESSION_COOKIE,
+    VIEWER_ROLES,
+    AccessRefused,
+    Viewer,
+    ViewerAccess,
+    credential_of,
+)
+from sidecar.viewer_front import INSTALL_HINT, ViewerBundle
+from sidecar.viewer_login import login_page, safe_next
+
+log = logging.getLogger(__name__)
+router = APIRouter(tags=["viewer"])
+
+# Paths the catch-all must leave to their own routes (an unknown /api/... is a 404, never the
+# viewer's index.html).
+_NOT_VIEWER = re.compile(r"^(api|health|docs|redoc|openapi\.json|dicom-web|wado)(/|$)")
+# What a Host header may hold: a name or address and a port. It is copied into the Forwarded
+# header Orthanc builds URLs from, so separators (; , ") must not get through.
+_HOST = re.compile(r"^[A-Za-z0-9.\-]+(:[0-9]{1,5})?$|^\[[0-9A-Fa-f:.]+\](:[0-9]{1,5})?$")
+_MAX_FORM_BYTES = 4096
+
+
+@dataclass
+class ViewerFront:
+    """What the viewer routes need, built once by the app factory (app.state.viewer)."""
+
+    access: ViewerAccess
+    proxy: DicomWebProxy
+    bundle: ViewerBundle | None  # None: not installed or disabled
+    enabled: bool  # VIEWER_ENABLED: false turns off files and proxy, not /api/viewer/authorize
+    unavailable_reason: str
+    secure_cookie: bool
+    orthanc_authorization: str | None  # for nginx's auth_request answer (docker-compose)
+
+
+def _front(request: Request) -> ViewerFront:
+    front: ViewerFront = request.app.state.viewer
+    return front
+
+
+def _wants_html(request: Request) -> bool:
+    return "text/html" in request.headers.get("accept", "")
+
+
+def _refusal(request: Request, refused: AccessRefused) -> Response:
+    if refused.status == 401 and _wants_html(request):
+        return HTMLResponse(login_page(), status_code=401)
+    return _json_refusal(refused)
+
+
+def _json_refusal(refused: AccessRefused) -> JSONResponse:
+    code = "unauthorized" if refused.status == 401 else "forbidden"
+    headers = {"WWW-Authenticate": "Bearer"} if refused.status == 401 else None
+    return JSONResponse(error_body(code, refused.message), refused.status, headers)
+
+
+async def _authenticate(request: Request) -> Viewer:
+    front = _front(request)
+    credential = credential_of(
+        request.headers.get("authorization"), request.cookies.get(SESSION_COOKIE)
+    )
+    viewer = front.access.authenticate_from_memory(credential)
+    if viewer is None:
+        viewer = await asyncio.to_thread(front.access.authenticate, credential)
+    return viewer
+
+
+async def _audit_view(request: Request, viewer: Viewer, dicomweb_path: str) -> None:
+    access = _front(request).access
+    uid = access.study_to_audit(viewer, dicomweb_path)
+    if uid is not None:
+        # Before the data goes out: a view that could not be recorded is not served.
+        await asyncio.to_thread(access.record_view, viewer, uid)
+
+
+# --- login -------------------------------------------------------------------------------------
+
+
+@router.get("/login", response_class=HTMLResponse, include_in_schema=False)
+def login_form(
+    next_url: Annotated[str, Query(alias="next", max_length=2048)] = "",
+) -> HTMLResponse:
+    return HTMLResponse(login_page(next_url=next_url))
+
+
+@router.post("/login", include_in_schema=False)
+async def login_submit(request: Request) -> Response:
+    """Form login for the viewer: sets the session cookie and returns to `next`."""
+    body = await request.body()
+    if len(body) > _MAX_FORM_BYTES:
+        return HTMLResponse(login_page(error="the form is too large"), status_code=413)
+    fields = {k: v[0] for k, v in parse_qs(body.decode("utf-8", "replace")).items()}
+    username, password = fields.get("username", ""), fields.get("password", "")
+    next_url = safe_next(fields.get("next", "/"))
+    if not username or not password:
+        page = login_page(next_url=next_url, error="enter a user name and a password")
+        return HTMLResponse(page, status_code=400)
+    settings: Settings = request.app.state.settings
+    user = await asyncio.to_thread(_check_password, request, username, password)
+    if user is None:
+        log.info("viewer login refused")
+        page = login_page(next_url=next_url, error="unknown user name or wrong password")
+        return HTMLResponse(page, status_code=401)
+    if user.role not in VIEWER_ROLES:
+        page = login_page(next_url=next_url, error="this account's role may not view images")
+        return HTMLResponse(page, status_code=403)
+    assert user.id is not None
+    lifetime = timedelta(minutes=settings.jwt_expire_minutes)
+    token, _ = create_access_token(
+        user_id=user.id,
+        username=user.username,
+        role=user.role,
+        secret=settings.jwt_secret,
+        lifetime=lifetime,
+    )
+    answer = RedirectResponse(next_url, status_code=303)
+    answer.set_cookie(
+        SESSION_COOKIE,
+        token,
+        max_age=int(lifetime.total_seconds()),
+        path="/",
+        httponly=True,
+        samesite="strict",
+        secure=_front(request).secure_cookie,
+    )
+    return answer
+
+
+def _check_password(request: Request, username: str, password: str) -> User | None:
+    with Session(request.app.state.engine) as session:
+        user = session.exec(select(User).where(User.username == username)).first()
+        valid = verify_password(password, user.password_hash if user else None)
+        return user if user is not None and valid and user.is_active else None
+
+
+@router.post("/logout", include_in_schema=False)
+def logout(request: Request) -> Response:
+    answer = RedirectResponse("/login", status_code=303)
+    answer.delete_cookie(
+        SESSION_COOKIE,
+        path="/",
+        httponly=True,
+        samesite="strict",
+        secure=_front(request).secure_cookie,
+    )
+    return answer
+
+
+# --- nginx auth_request (docker-compose) -------------------------------------------------------
+
+
+@router.get("/api/viewer/authorize", status_code=204, tags=["viewer"])
+async def authorize(
+    request: Request,
+    viewer_path: Annotated[str | None, Header(alias="X-Viewer-Path", max_length=512)] = None,
+) -> Response:
+    """For a reverse proxy's auth_request: 204 when the cookie or bearer token may view images,
+    else 401/403. The answer's X-Orthanc-Authorization is what the proxy sends to Orthanc; the
+    proxy passes the viewed path (never its query string) in X-Viewer-Path for the audit."""
+    try:
+        viewer = await _authenticate(request)
+    except AccessRefused as refused:
+        return _json_refusal(refused)
+    if viewer_path:
+        await _audit_view(request, viewer, viewer_path)
+    authorization = _front(request).orthanc_authorization
+    headers = {"X-Orthanc-Authorization": authorization} if authorization else None
+    return Response(status_code=204, headers=headers)
+
+
+# --- DICOMweb and WADO-URI ---------------------------------------------------------------------
+
+
+async def _proxy(request: Request, orthanc_path: str) -> Response:
+    front = _front(request)
+    if not front.enabled:
+        return JSONResponse(error_body("viewer_unavailable", front.unavailable_reason), 503)
+    host = request.headers.get("host", "")
+    if not _HOST.match(host):
+        return JSONResponse(error_body("bad_request", "the Host header is not a host[:port]"), 400)
+    try:
+        viewer = await _authenticate(request)
+    except AccessRefused as refused:
+        return _refusal(request, refused)
+    await _audit_view(request, viewer, orthanc_path)
+    try:
+        return await front.proxy.forward(request, orthanc_path)
+    except OrthancUnavailable as exc:
+        return JSONResponse(error_body("unavailable", str(exc)), 502)
+
+
+@router.api_route("/dicom-web/{path:path}", methods=["GET", "HEAD"], include_in_schema=False)
+async def dicomweb(request: Request, path: str) -> Response:
+    return await _proxy(request, f"/dicom-web/{path}")
+
+
+@router.api_route("/wado", methods=["GET", "HEAD"], include_in_schema=False)
+async def wado_uri(request: Request) -> Response:
+    return await _proxy(request, "/wado")
+
+
+# --- the viewer's files and routes -------------------------------------------------------------
+
+
+@router.get("/{file_path:path}", include_in_schema=False)
+async def viewer_file(request: Request, file_path: str) -> Response:
+    if _NOT_VIEWER.match(file_path):
+        return JSONResponse(error_body("not_found", "not found"), 404)
+    front = _front(request)
+    if front.bundle is None:
+        return JSONResponse(error_body("viewer_unavailable", front.unavailable_reason), 503)
+    found = front.bundle.file(file_path)
+    if found is not None:
+        # The app's own files (scripts, styles, icons, the manifest a browser fetches without
+        # cookies) are the published viewer, the same for everyone: no session needed.
+        return FileResponse(found, headers={"Cache-Control": _cache_control(found)})
+    # A client-side route (/, /viewer?StudyInstanceUIDs=...): the page that shows patient data
+    # needs a session. Never cached, so a logout or a new install applies on the next load.
+    try:
+        await _authenticate(request)
+    except AccessRefused as refused:
+        return _refusal(request, refused)
+    return FileResponse(front.bundle.index_html, headers={"Cache-Control": "no-store"})
+
+
+def _cache_control(path: Path) -> str:
+    # Webpack names bundles by content hash: they never change under one name.
+    if ".bundle." in path.name or path.suffix in (".wasm", ".woff2"):
+        return "private, max-age=31536000, immutable"
+    return "private, no-cache"
+
+
+def unavailable_reason(settings: Settings, error: Exception | None) -> str:
+    if not settings.viewer_enabled:
+        return "the viewer front is disabled on this server (VIEWER_ENABLED=false)"
+    return str(error) if error else f"the OHIF viewer is not installed: {INSTALL_HINT}"

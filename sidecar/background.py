@@ -1,0 +1,82 @@
+"""Background workers: one daemon thread each, woken on demand, retrying with back-off.
+
+A worker's `run_once` does one round of work and says when it wants the next (seconds, or None
+for "only when woken, or after the idle poll"). `wake()` is how request handlers say "there is
+something for you now" after they commit; the idle poll is only a safety net.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from datetime import datetime
+from typing import Any
+
+from sqlmodel import Session, col, select
+
+log = logging.getLogger(__name__)
+
+
+def backoff_delay(attempts: int, *, cap: float, first: float = 1.0) -> float:
+    """Seconds before the next attempt after `attempts` failed ones: first, 2x, 4x ... capped."""
+    return min(cap, first * 2.0 ** max(0, attempts - 1))
+
+
+def seconds_until_next_attempt(
+    session: Session, next_attempt_at: Any, *conditions: Any, now: datetime
+) -> float | None:
+    """Seconds until the earliest row matching `conditions` is due again (its `next_attempt_at`
+    column after `now`); None when none is waiting."""
+    upcoming: datetime | None = session.exec(
+        select(next_attempt_at)
+        .where(*conditions, col(next_attempt_at) > now)
+        .order_by(col(next_attempt_at))
+        .limit(1)
+    ).first()
+    if upcoming is None:
+        return None
+    return max(0.0, (upcoming - now).total_seconds())
+
+
+class BackgroundWorker:
+    def __init__(self, name: str, *, idle_poll: float = 30.0, after_crash: float = 5.0) -> None:
+        self.name = name
+        self._idle_poll = idle_poll
+        self._after_crash = after_crash
+        self._wake = threading.Event()
+        self._stopping = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def run_once(self) -> float | None:
+        raise NotImplementedError
+
+    @property
+    def stopping(self) -> bool:
+        return self._stopping.is_set()
+
+    def start(self) -> None:
+        self._stopping.clear()
+        self._thread = threading.Thread(target=self._run, name=self.name, daemon=True)
+        self._thread.start()
+
+    def stop(self, timeout: float = 15.0) -> None:
+        self._stopping.set()
+        self._wake.set()
+        if self._thread is not None:
+            self._thread.join(timeout)
+            self._thread = None
+
+    def wake(self) -> None:
+        self._wake.set()
+
+    def _run(self) -> None:
+        while not self._stopping.is_set():
+            self._wake.clear()
+            try:
+                delay = self.run_once()
+            except Exception:  # keep the worker alive whatever one round does
+                log.exception(
+                    "%s: round failed; trying again in %.0f s", self.name, self._after_crash
+                )
+                delay = self._after_crash
+            self._wake.wait(self._idle_poll if delay is None else delay)

@@ -1,0 +1,224 @@
+"""Delivering queued results (ORU^R01) to the HIS over MLLP, one at a time, on one thread.
+
+- A message is done only when the HIS answers AA (or CA): it is then `delivered`, and a final or
+  corrected result completes its order.
+- AE or AR (or CE/CR) is the HIS refusing it: `failed`, with the HIS's own error text; it stays
+  failed until an administrator retries it (`retry`).
+- No answer (HIS down, connection refused or broken, no ACK in time): the message stays
+  `pending` and is tried again after a doubling delay (1, 2, 4 ... s, capped), while nothing
+  else goes to the HIS either.
+- In order per order: a result is not sent while an earlier result of the same order is still
+  pending or failed (an F must never arrive after its C).
+- Across restarts nothing is lost (the outbox is a table) and nothing is filed twice: a message
+  whose ACK was lost in a crash is sent again with the same MSH-10, which the HIS recognises.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from datetime import datetime, timedelta
+from typing import Any
+
+from sqlalchemy import Engine
+from sqlalchemy.orm import aliased
+from sqlmodel import Session, col, select
+
+from hl7.ack import parse_ack
+from hl7.client import MllpClient, MllpError
+from hl7.er7 import encode_message
+from hl7.errors import Hl7Error
+from sidecar import audit
+from sidecar.background import BackgroundWorker, backoff_delay, seconds_until_next_attempt
+from sidecar.models.common import utcnow
+from sidecar.models.orders import Hl7Direction, Hl7Message, ImagingOrder
+from sidecar.results import DELIVERED, FAILED, PENDING, RESULT_MESSAGE_TYPE, complete_order
+
+log = logging.getLogger(__name__)
+
+OUTBOX_ACTOR = "system:result-outbox"
+_ACCEPTED = ("AA", "CA")
+
+ClientFactory = Callable[[], MllpClient]
+Clock = Callable[[], datetime]
+
+
+class ResultOutbox(BackgroundWorker):
+    def __init__(
+        self,
+        engine: Engine,
+        connect: ClientFactory,
+        *,
+        max_delay: float = 60.0,
+        clock: Clock = utcnow,
+        on_order_changed: Callable[[ImagingOrder], None] | None = None,
+    ) -> None:
+        super().__init__("result-outbox")
+        self._engine = engine
+        self._connect = connect
+        self._max_delay = max_delay
+        self._clock = clock
+        self._on_order_changed = on_order_changed
+        self._client: MllpClient | None = None
+        self.last_error: str | None = None
+
+    def stop(self, timeout: float = 15.0) -> None:
+        super().stop(timeout)
+        self._disconnect()
+
+    def run_once(self) -> float | None:
+        """Sends every due message in turn; returns seconds until the next one is due (None:
+        nothing waiting). Stops at the first message the HIS did not answer."""
+        while not self.stopping:
+            now = self._clock()
+            with Session(self._engine) as session:
+                message = next_due(session, now)
+                if message is None:
+                    return seconds_until_next(session, now)
+                assert message.id is not None
+                message_id, raw = message.id, message.raw
+            try:
+                ack = self._send(raw)
+            except MllpError as exc:
+                return self._record_no_answer(message_id, str(exc))
+            self._record_answer(message_id, ack)
+        return None
+
+    def _send(self, raw: str) -> bytes:
+        if self._client is None:
+            self._client = self._connect()
+        try:
+            return self._client.send(encode_message(raw, "UNICODE UTF-8"))
+        except MllpError:
+            self._disconnect()
+            raise
+
+    def _disconnect(self) -> None:
+        if self._client is not None:
+            self._client.close()
+            self._client = None
+
+    def _record_no_answer(self, message_id: int, reason: str) -> float:
+        with Session(self._engine) as session:
+            message = session.get(Hl7Message, message_id)
+            assert message is not None
+            message.attempts += 1
+            delay = backoff_delay(message.attempts, cap=self._max_delay)
+            message.next_attempt_at = self._clock() + timedelta(seconds=delay)
+            message.error_text = f"no answer from the HIS (attempt {message.attempts}): {reason}"[
+                :1000
+            ]
+            session.add(message)
+            session.commit()
+        self.last_error = reason
+        log.warning(
+            "HIS did not answer result message %d; next attempt in %.0f s", message_id, delay
+        )
+        return delay
+
+    def _record_answer(self, message_id: int, ack: bytes) -> None:
+        try:
+            summary = parse_ack(ack)
+            code, text = summary.code, summary.text
+        except Hl7Error as exc:
+            code, text = "", f"unreadable acknowledgement: {exc}"
+        changed: ImagingOrder | None = None
+        with Session(self._engine) as session:
+            message = session.get(Hl7Message, message_id)
+            assert message is not None
+            message.attempts += 1
+            message.ack_code = code[:2] or None
+            message.ack_raw = ack.decode("utf-8", errors="replace")
+            message.processed_at = self._clock()
+            message.next_attempt_at = None
+            if code in _ACCEPTED:
+                message.status = DELIVERED
+                message.error_text = None
+                changed = self._complete_order(session, message)
+            else:
+                message.status = FAILED
+                message.error_text = (f"{code}: {text}" if code else text)[:1000]
+            session.add(message)
+            audit.record(
+                session,
+                actor=OUTBOX_ACTOR,
+                action=f"result.{message.status}",
+                entity_type="hl7_message",
+                entity_id=message.id,
+                report_id=message.report_id,
+                order_id=message.order_id,
+                ack_code=message.ack_code,
+            )
+            session.commit()
+            if changed is not None:
+                session.refresh(changed)
+        self.last_error = None if code in _ACCEPTED else text
+        if changed is not None and self._on_order_changed is not None:
+            self._on_order_changed(changed)
+
+    @staticmethod
+    def _complete_order(session: Session, message: Hl7Message) -> ImagingOrder | None:
+        """A final (or corrected) result delivered: the order is done."""
+        if message.result_status not in ("F", "C") or message.order_id is None:
+            return None
+        order = session.get(ImagingOrder, message.order_id)
+        if order is None or not complete_order(session, order, actor=OUTBOX_ACTOR):
+            return None
+        return order
+
+
+def retry(session: Session, message: Hl7Message, *, actor: str, now: datetime) -> None:
+    """An administrator sends a failed result again (same bytes, same MSH-10); the caller
+    commits and wakes the outbox."""
+    message.status = PENDING
+    message.next_attempt_at = now
+    session.add(message)
+    audit.record(
+        session,
+        actor=actor,
+        action="result.retried",
+        entity_type="hl7_message",
+        entity_id=message.id,
+        report_id=message.report_id,
+        order_id=message.order_id,
+    )
+
+
+def _results() -> list[Any]:
+    return [
+        Hl7Message.direction == Hl7Direction.OUTBOUND,
+        Hl7Message.message_type == RESULT_MESSAGE_TYPE,
+    ]
+
+
+def next_due(session: Session, now: datetime) -> Hl7Message | None:
+    """The oldest due pending result whose order has no earlier result still undelivered."""
+    earlier = aliased(Hl7Message)
+    blocked = (
+        select(earlier.id)
+        .where(
+            earlier.direction == Hl7Direction.OUTBOUND,
+            earlier.message_type == RESULT_MESSAGE_TYPE,
+            earlier.order_id == Hl7Message.order_id,
+            col(earlier.id) < Hl7Message.id,
+            col(earlier.status).in_((PENDING, FAILED)),
+        )
+        .exists()
+    )
+    return session.exec(
+        select(Hl7Message)
+        .where(
+            *_results(),
+            Hl7Message.status == PENDING,
+            col(Hl7Message.next_attempt_at) <= now,
+            ~blocked,
+        )
+        .order_by(col(Hl7Message.id))
+        .limit(1)
+    ).first()
+
+
+def seconds_until_next(session: Session, now: datetime) -> float | None:
+    return seconds_until_next_attempt(
+        session, Hl7Message.next_attempt_at, *_results(), Hl7Message.status == PENDING, now=now
+    )
