@@ -8,10 +8,12 @@ from sqlalchemy import insert
 from sqlmodel import Session
 
 from sidecar.models.audit import AuditEvent
-from sidecar.models.common import to_plain, utcnow
+from sidecar.models.common import table_of, to_plain, utcnow
 
 # The actor recorded for changes the service makes by itself.
 ORTHANC_SYNC_ACTOR = "system:orthanc-sync"
+
+_INSERT_EVENT = insert(table_of(AuditEvent))
 
 
 def record(
@@ -28,16 +30,19 @@ def record(
     `detail` must hold identifiers, counts and status values only: never names, birth dates or
     other patient data (the audit trail is read by administrators, not clinicians).
     """
-    # A plain INSERT in the session's transaction rather than an ORM object: nothing reads the
-    # event back in the same session, and skipping the unit of work saves a few tenths of a
-    # millisecond on every audited change (measured on the HL7 intake's hot path).
-    session.execute(
-        insert(AuditEvent).values(
-            occurred_at=utcnow(),
-            actor=actor,
-            action=action,
-            entity_type=entity_type,
-            entity_id=str(entity_id),
-            detail={key: to_plain(value) for key, value in detail.items()},
-        )
+    # A plain INSERT on the session's connection (its transaction) rather than an ORM object
+    # or an ORM-enabled insert: nothing reads the event back in the same session, and skipping
+    # the ORM saves a few tenths of a millisecond on every audited change (measured on the
+    # HL7 intake's hot path). No flush is needed first: the table has no foreign keys.
+    # The values go as parameters of one unchanging statement: SQLAlchemy compiles it once.
+    session.connection().execute(
+        _INSERT_EVENT,
+        {
+            "occurred_at": utcnow(),
+            "actor": actor,
+            "action": action,
+            "entity_type": entity_type,
+            "entity_id": str(entity_id),
+            "detail": {key: to_plain(value) for key, value in detail.items()},
+        },
     )

@@ -19,7 +19,7 @@ from collections.abc import Callable
 from datetime import datetime, tzinfo
 from typing import Any
 
-from sqlalchemy import Engine
+from sqlalchemy import Engine, insert
 from sqlalchemy.exc import DBAPIError, IntegrityError
 from sqlmodel import Session, select
 
@@ -41,7 +41,7 @@ from hl7.order_message import OrderControl, OrderMessage
 from hl7.orders import parse_order_message
 from hl7.server import Peer
 from sidecar import orders
-from sidecar.models.common import utcnow
+from sidecar.models.common import table_of, utcnow
 from sidecar.models.orders import (
     Hl7Direction,
     Hl7Message,
@@ -74,6 +74,8 @@ ORDER_CONTROL: dict[OrderControl, dict[str, OrderStatus | None]] = {
     OrderControl.RELEASE_HOLD: {"": None, "SC": None},
 }
 
+_INSERT_LOG_ROW = insert(table_of(Hl7Message))
+
 # DICOM modality codes for OBR-24 / IPC-5 values that are not our modality names.
 _MODALITY_ALIASES = {"PET": Modality.PT, "PETCT": Modality.PET_CT, "XR": Modality.DX}
 
@@ -86,7 +88,7 @@ class OrderIntake:
         engine: Engine,
         *,
         zone: tzinfo,
-        announce: Callable[[ImagingOrder], None],
+        announce: Callable[[int], None],
         now: Callable[[], datetime] = utcnow,
     ) -> None:
         self._engine = engine
@@ -138,7 +140,9 @@ class OrderIntake:
                     self._apply_group(session, message, group, actor=f"hl7:{sender}")
                     for group in message.orders
                 ]
-                session.add(
+                session.flush()  # changes made through the ORM (XO, CA, ...) before the log
+                _log(
+                    session,
                     _log_row(
                         raw,
                         header,
@@ -146,9 +150,9 @@ class OrderIntake:
                         status="accepted",
                         ack_code="AA",
                         ack=ack.text,
-                        order_id=changed[0].id if changed else None,
+                        order_id=changed[0] if changed else None,
                         now=self._now(),
-                    )
+                    ),
                 )
                 session.commit()
             except IntegrityError as exc:
@@ -168,8 +172,8 @@ class OrderIntake:
             except Hl7Error:
                 session.rollback()
                 raise
-        for order in changed:
-            self._announce(order)
+        for order_id in changed:
+            self._announce(order_id)
         log.info(
             "HL7 %s %s from %s accepted: %d order(s)",
             header.message_code,
@@ -203,13 +207,13 @@ class OrderIntake:
             error=str(error),
         )
         with Session(self._engine) as session:
-            session.add(row)
             try:
+                _log(session, row)
                 session.commit()
             except IntegrityError:
                 session.rollback()
                 # The same control id again: the first answer stands.
-                original = self._original_ack(sender, row.control_id)
+                original = self._original_ack(sender, row["control_id"])
                 if original is not None:
                     return original
                 raise
@@ -233,7 +237,8 @@ class OrderIntake:
 
     def _apply_group(
         self, session: Session, message: OrderMessage, group: OrderGroup, *, actor: str
-    ) -> ImagingOrder:
+    ) -> int:
+        """Applies one order group; returns the id of the order it created or changed."""
         control = group.order_control
         accepted = ORDER_CONTROL.get(control)
         where = ErrorLocation("ORC", group.sequence, 1)
@@ -249,9 +254,7 @@ class OrderIntake:
             values = order_values(message, group)
             # A taken accession number or Study Instance UID fails the unique constraints at
             # commit: answered AE 205 by _apply, one query fewer than asking first.
-            return orders.create_order(
-                session, values, actor=actor, source="hl7", check_unique=False
-            )
+            return orders.insert_order(session, values, actor=actor, source="hl7")
         order = find_order(session, group)
         try:
             if control == OrderControl.CHANGE_ORDER:
@@ -262,12 +265,14 @@ class OrderIntake:
                     for k, v in order_values(message, group).items()
                     if k not in ("accession_number", "study_instance_uid")
                 }
-                return orders.update_order(session, order, changes, actor=actor)
+                orders.update_order(session, order, changes, actor=actor)
+                return _id(order)
             if control == OrderControl.RELEASE_HOLD:
                 target = orders.initial_status(order)
             else:
                 target = accepted[group.order_status] or _S.SCHEDULED
-            return orders.change_status(session, order, target, actor=actor)
+            orders.change_status(session, order, target, actor=actor)
+            return _id(order)
         except InvalidTransition as exc:
             raise TableValueNotFound(
                 f"order {order.accession_number} is {order.status.value}: {control.value} "
@@ -376,25 +381,41 @@ def _log_row(
     order_id: int | None,
     now: datetime,
     error: str | None = None,
-) -> Hl7Message:
+) -> dict[str, Any]:
+    """The hl7_message row of an inbound message, every column but the id."""
     receiver = (
         f"{header.receiving_application.name}^{header.receiving_facility.name}" if header else None
     )
-    return Hl7Message(
-        direction=Hl7Direction.INBOUND,
+    return {
+        "direction": Hl7Direction.INBOUND,
         # A message without MSH-10 cannot be a duplicate of anything: give it a unique key.
-        control_id=(
+        "control_id": (
             header.control_id if header and header.control_id else f"(none) {uuid.uuid4().hex}"
         ),
-        message_type=(header.message_code if header else "(unreadable)")[:32],
-        sender=sender,
-        receiver=receiver[:200] if receiver else None,
-        status=status,
-        ack_code=ack_code,
-        error_text=error[:1000] if error else None,
-        raw=decode_message(raw),
-        ack_raw=ack,
-        order_id=order_id,
-        received_at=now,
-        processed_at=now,
-    )
+        "message_type": (header.message_code if header else "(unreadable)")[:32],
+        "sender": sender,
+        "receiver": receiver[:200] if receiver else None,
+        "status": status,
+        "ack_code": ack_code,
+        "error_text": error[:1000] if error else None,
+        "raw": decode_message(raw),
+        "ack_raw": ack,
+        "order_id": order_id,
+        "received_at": now,
+        "processed_at": now,
+        "report_id": None,
+        "result_status": None,
+        "attempts": 0,
+        "next_attempt_at": None,
+    }
+
+
+def _log(session: Session, row: dict[str, Any]) -> None:
+    """Stores the row in the session's transaction: a plain INSERT, no ORM object (the hot path).
+    A repeated MSH-10 from the same sender fails the table's unique key (IntegrityError)."""
+    session.connection().execute(_INSERT_LOG_ROW, row)
+
+
+def _id(order: ImagingOrder) -> int:
+    assert order.id is not None
+    return order.id

@@ -86,12 +86,14 @@ def create_app(
         # worklist writer took half the sidecar's time under HL7 load). Renames stay atomic.
         # Written in batches by a child process, off the GIL the HL7 intake needs.
         publisher = WorklistPublisher(
-            WorklistDirectory(settings.worklist_dir, zone, durable=False), writer_process=True
+            WorklistDirectory(settings.worklist_dir, zone, durable=False),
+            settings.database_url,
+            writer_process=True,
         )
-        order_events.batch_listeners.append(publisher.publish_changes)
+        order_events.listeners.append(publisher.publish_changes)
     # The HL7 intake's own pool, without a ping before each message (OrderIntake.handle).
     intake_engine = make_engine(settings.database_url, pre_ping=False)
-    intake = OrderIntake(intake_engine, zone=zone, announce=announce_order)
+    intake = OrderIntake(intake_engine, zone=zone, announce=order_events.announce_id)
     result_routing = ResultRouting(
         enabled=bool(settings.his_mllp_host),
         sending_application=settings.hl7_application,
@@ -142,7 +144,7 @@ def create_app(
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
         if publisher is not None:
             # Before serving: a change committed but not yet written (a crash) is repaired.
-            offered = await asyncio.to_thread(publisher.reconcile, engine)
+            offered = await asyncio.to_thread(publisher.reconcile)
             log.info("worklist reconciled: %d scheduled procedure steps offered", offered)
         mllp: MllpServer | None = None
         if settings.mllp_enabled:

@@ -6,19 +6,21 @@ Every change is audited in the same transaction, and announced to listeners afte
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from datetime import datetime
 from typing import Any
 
+from sqlalchemy import insert
 from sqlmodel import Session, select
 
 from sidecar import audit, status_changes
 from sidecar.identifiers import new_accession_number, new_study_instance_uid
-from sidecar.models.common import utcnow
-from sidecar.models.orders import ImagingOrder, OrderStatus
+from sidecar.models.common import table_of, utcnow
+from sidecar.models.orders import ImagingOrder, OrderStatus, Priority
 from sidecar.refusals import ConflictingState
 from sidecar.workflow import ORDER_WORKFLOW
 
-OrderListener = Callable[[ImagingOrder], None]
+# Values go as parameters of one statement, not into it: compiled once per set of columns.
+_INSERT_ORDER = insert(table_of(ImagingOrder)).returning(table_of(ImagingOrder).c.id)
 
 
 class DuplicateOrder(ConflictingState):
@@ -27,7 +29,11 @@ class DuplicateOrder(ConflictingState):
 
 def initial_status(order: ImagingOrder) -> OrderStatus:
     """An order with a time is on the schedule; without one it waits for scheduling."""
-    return OrderStatus.SCHEDULED if order.scheduled_at is not None else OrderStatus.PENDING
+    return _initial_status(order.scheduled_at)
+
+
+def _initial_status(scheduled_at: datetime | None) -> OrderStatus:
+    return OrderStatus.SCHEDULED if scheduled_at is not None else OrderStatus.PENDING
 
 
 def create_order(
@@ -43,30 +49,61 @@ def create_order(
     With check_unique, a taken accession number or Study Instance UID raises DuplicateOrder
     naming it; without, the unique constraints raise IntegrityError (one query fewer each).
     """
-    values = {k: v for k, v in values.items() if v is not None}
-    accession = values.pop("accession_number", None) or new_accession_number(session)
-    study_uid = values.pop("study_instance_uid", None) or new_study_instance_uid()
+    row = _new_order_row(session, values, source=source)
     if check_unique:
-        _check_unique(session, accession, study_uid)
-    # The worklist needs a Requested Procedure ID; one procedure per order, so the accession
-    # number serves when the HIS sends none.
-    values.setdefault("requested_procedure_id", accession)
-    order = ImagingOrder(
-        accession_number=accession, study_instance_uid=study_uid, source=source, **values
-    )
-    order.status = initial_status(order)
+        _check_unique(session, row["accession_number"], row["study_instance_uid"])
+    order = ImagingOrder(**row)
     session.add(order)
     session.flush()
+    assert order.id is not None
+    _audit_created(session, order.id, order.status, actor=actor, source=source)
+    return order
+
+
+def insert_order(session: Session, values: dict[str, Any], *, actor: str, source: str) -> int:
+    """Creates an order as create_order does, without the ORM: one INSERT ... RETURNING id, and
+    no object built, tracked and flushed (about a millisecond of CPU less per order, the HL7
+    intake's hot path). A taken accession number or Study Instance UID raises IntegrityError
+    from the unique constraints. Returns the new order's id; the caller commits."""
+    row = _new_order_row(session, values, source=source)
+    order_id: int = session.connection().execute(_INSERT_ORDER, row).scalar_one()
+    _audit_created(session, order_id, row["status"], actor=actor, source=source)
+    return order_id
+
+
+def _new_order_row(session: Session, values: dict[str, Any], *, source: str) -> dict[str, Any]:
+    """Every column of a new order but its id: an accession number and a Study Instance UID
+    generated when absent, the initial status and the timestamps."""
+    row = {k: v for k, v in values.items() if v is not None}
+    accession = row.pop("accession_number", None) or new_accession_number(session)
+    # The worklist needs a Requested Procedure ID; one procedure per order, so the accession
+    # number serves when the HIS sends none.
+    row.setdefault("requested_procedure_id", accession)
+    row.setdefault("priority", Priority.ROUTINE)
+    now = utcnow()
+    row.update(
+        accession_number=accession,
+        study_instance_uid=row.pop("study_instance_uid", None) or new_study_instance_uid(),
+        status=_initial_status(row.get("scheduled_at")),
+        source=source,
+        created_at=now,
+        updated_at=now,
+    )
+    return row
+
+
+def _audit_created(
+    session: Session, order_id: int, status: OrderStatus, *, actor: str, source: str
+) -> None:
     audit.record(
         session,
         actor=actor,
         action="order.created",
         entity_type="order",
-        entity_id=order.id,
-        status=order.status,
+        entity_id=order_id,
+        status=status,
         source=source,
     )
-    return order
 
 
 def update_order(

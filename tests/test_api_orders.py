@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
 from typing import Any
 
 import pytest
@@ -9,7 +10,7 @@ from fastapi import FastAPI
 from fastapi.testclient import TestClient
 from sqlmodel import Session
 
-from sidecar import order_matching
+from sidecar import order_matching, orders
 from sidecar.audit import ORTHANC_SYNC_ACTOR
 from sidecar.models.orders import ImagingOrder
 from sidecar.models.studies import Study, StudyStatus
@@ -267,11 +268,50 @@ def test_manual_link_is_audited_and_moves_the_order(app, client, admin_headers, 
 
 
 def test_order_listeners_hear_committed_changes(app, client, admin_headers):
-    heard: list[tuple[int, str]] = []
-    app.state.order_events.listeners.append(
-        lambda order: heard.append((order.id, order.status.value))
-    )
+    heard: list[int] = []
+    app.state.order_events.listeners.append(heard.extend)
     order = create(client, admin_headers)
+    assert app.state.order_events.wait_idle()
+    assert heard == [order["id"]]
     client.delete(f"/api/imaging-orders/{order['id']}", headers=admin_headers)
     assert app.state.order_events.wait_idle()
-    assert heard == [(order["id"], "SCHEDULED"), (order["id"], "CANCELLED")]
+    assert heard == [order["id"], order["id"]]
+
+
+@pytest.mark.parametrize("scheduled", [True, False])
+def test_the_intake_s_plain_insert_makes_the_same_order_as_the_orm(
+    app: FastAPI, client: TestClient, admin_headers: dict[str, str], scheduled: bool
+) -> None:
+    """orders.insert_order (HL7, no ORM) and orders.create_order (REST) fill the same defaults."""
+    values: dict[str, Any] = {
+        "patient_id": "MRN-2002",
+        "patient_name": "ROE^RICHARD",
+        "modality": "MR",
+        "scheduled_at": datetime(2026, 11, 24, 8, 0, tzinfo=UTC) if scheduled else None,
+    }
+    with Session(app.state.engine) as session:
+        made = orders.create_order(session, dict(values), actor="tester", source="hl7")
+        assert made.id is not None
+        ids = [made.id, orders.insert_order(session, dict(values), actor="tester", source="hl7")]
+        session.commit()
+
+    got = [
+        client.get(f"/api/imaging-orders/{order_id}", headers=admin_headers).json()
+        for order_id in ids
+    ]
+    for order in got:
+        assert order["requestedProcedureId"] == order["accessionNumber"]
+        assert order["status"] == ("SCHEDULED" if scheduled else "PENDING")
+        assert order["priority"] == "ROUTINE"
+        assert order["createdAt"] == order["updatedAt"]
+    assert got[0]["accessionNumber"] != got[1]["accessionNumber"]
+    assert got[0]["studyInstanceUID"] != got[1]["studyInstanceUID"]
+    own = {"id", "accessionNumber", "requestedProcedureId", "studyInstanceUID"}
+    own |= {"createdAt", "updatedAt", "viewerUrl"}
+    assert {k: v for k, v in got[0].items() if k not in own} == {
+        k: v for k, v in got[1].items() if k not in own
+    }
+    audited = client.get(
+        "/api/audit", params={"action": "order.created", "actor": "tester"}, headers=admin_headers
+    ).json()["items"]
+    assert sorted(int(event["entityId"]) for event in audited) == sorted(ids)

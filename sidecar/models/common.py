@@ -9,9 +9,10 @@ from typing import Any, Generic, TypeVar
 
 from pydantic import BaseModel, ConfigDict
 from pydantic.alias_generators import to_camel
-from sqlalchemy import DateTime, String
+from sqlalchemy import DateTime, String, Table
 from sqlalchemy.engine import Dialect
 from sqlalchemy.types import TypeDecorator
+from sqlmodel import SQLModel
 
 
 def utcnow() -> datetime:
@@ -59,6 +60,12 @@ class EnumText(TypeDecorator[EnumT]):
 
 
 _UID_SUFFIX = re.compile(r"Uid$")
+
+
+def table_of(model: type[SQLModel]) -> Table:
+    """A table model's Core table, for plain INSERTs where the ORM's work is not wanted."""
+    table: Table = model.__table__  # type: ignore[attr-defined]
+    return table
 
 
 def api_alias(field_name: str) -> str:
