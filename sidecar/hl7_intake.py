@@ -140,7 +140,6 @@ class OrderIntake:
                     self._apply_group(session, message, group, actor=f"hl7:{sender}")
                     for group in message.orders
                 ]
-                session.flush()  # changes made through the ORM (XO, CA, ...) before the log
                 _log(
                     session,
                     _log_row(

@@ -42,16 +42,11 @@ def create_order(
     *,
     actor: str,
     source: str,
-    check_unique: bool = True,
 ) -> ImagingOrder:
-    """Creates an order from domain values (snake_case); the caller commits.
-
-    With check_unique, a taken accession number or Study Instance UID raises DuplicateOrder
-    naming it; without, the unique constraints raise IntegrityError (one query fewer each).
-    """
+    """Creates an order from domain values (snake_case); the caller commits. A taken accession
+    number or Study Instance UID raises DuplicateOrder naming it."""
     row = _new_order_row(session, values, source=source)
-    if check_unique:
-        _check_unique(session, row["accession_number"], row["study_instance_uid"])
+    _check_unique(session, row["accession_number"], row["study_instance_uid"])
     order = ImagingOrder(**row)
     session.add(order)
     session.flush()

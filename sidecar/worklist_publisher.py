@@ -14,7 +14,7 @@ import multiprocessing
 import os
 import signal
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
@@ -159,20 +159,15 @@ def _publish_orders(worklist: _Worklist, order_ids: list[int]) -> int:
                 select(ImagingOrder).where(col(ImagingOrder.id).in_(order_ids))
             )
         }
-    publish: list[WorklistItem] = []
-    withdraw: list[str] = []
-    for order_id in order_ids:
-        order = found.get(order_id)
-        try:
-            item = worklist_item(order) if order is not None else None
-        except ValueError:
-            # Never fail the others: the log names the order id only.
-            log.exception("order %s cannot be offered on the worklist", order_id)
-            continue
-        if item is None:
-            withdraw.append(str(order_id))
-        else:
-            publish.append(item)
+    offered = _offered(found[order_id] for order_id in order_ids if order_id in found)
+    publish = [item for item in offered.values() if item is not None]
+    # Withdrawn: orders that no longer offer a step, and ids the database does not hold. An
+    # order the worklist cannot hold (left out of `offered`) keeps what it had.
+    withdraw = [
+        str(order_id)
+        for order_id in order_ids
+        if order_id not in found or (order_id in offered and offered[order_id] is None)
+    ]
     worklist.directory.update(publish, withdraw)
     return len(publish)
 
@@ -182,17 +177,22 @@ def _reconcile(worklist: _Worklist) -> int:
         scheduled = session.exec(
             select(ImagingOrder).where(ImagingOrder.status == OrderStatus.SCHEDULED)
         ).all()
-    items = []
-    for order in scheduled:
-        try:
-            item = worklist_item(order)
-        except ValueError:
-            log.exception("order %s cannot be offered on the worklist", order.id)
-            continue
-        if item is not None:
-            items.append(item)
+    items = [item for item in _offered(scheduled).values() if item is not None]
     worklist.directory.replace_all(items)
     return len(items)
+
+
+def _offered(orders: Iterable[ImagingOrder]) -> dict[int | None, WorklistItem | None]:
+    """Each order's scheduled procedure step by order id, None when it offers none. An order
+    the worklist cannot hold (a value DICOM cannot take) is logged by id and left out, never
+    failing the others: its change is committed."""
+    offered: dict[int | None, WorklistItem | None] = {}
+    for order in orders:
+        try:
+            offered[order.id] = worklist_item(order)
+        except ValueError:
+            log.exception("order %s cannot be offered on the worklist", order.id)
+    return offered
 
 
 def _writer_context() -> multiprocessing.context.BaseContext:

@@ -8,6 +8,7 @@ from typing import Any
 from fastapi.testclient import TestClient
 from sqlmodel import Session, col, select
 
+from sidecar import critical_findings
 from sidecar.models.critical_findings import FindingNotification, NotificationAttempt
 
 T0 = datetime(2026, 11, 23, 8, 0, tzinfo=UTC)
@@ -46,13 +47,7 @@ def raise_finding(
 
 def notification_rows(engine: Any, finding_id: int) -> list[FindingNotification]:
     with Session(engine) as session:
-        return list(
-            session.exec(
-                select(FindingNotification)
-                .where(FindingNotification.finding_id == finding_id)
-                .order_by(col(FindingNotification.id))
-            ).all()
-        )
+        return critical_findings.notifications(session, finding_id)
 
 
 def attempt_rows(engine: Any, notification_id: int) -> list[NotificationAttempt]:
