@@ -1,11 +1,19 @@
--- DICOM ingress policy. Orthanc 1.10 cannot bind its DICOM port to one interface, so this filter
--- makes it behave as if it listened on loopback: instances stored from this machine are
--- accepted, instances from elsewhere only from a modality registered in DICOM_MODALITIES (AE
--- title and host both checked).
+-- DICOM ingress policy, checked for every instance before Orthanc stores it.
 --
--- Refusal is by raising an error: Orthanc then answers the C-STORE with 0xA700 (Refused) and
+-- 1. Who may send. Orthanc 1.10 cannot bind its DICOM port to one interface, so this filter
+--    makes it behave as if it listened on loopback: instances stored from this machine are
+--    accepted, instances from elsewhere only from a modality registered in DICOM_MODALITIES (AE
+--    title and host both checked).
+-- 2. One Study Instance UID, one patient. Orthanc files a study under PatientID and
+--    StudyInstanceUID together, so the same UID sent under another patient id (or one SOP
+--    instance re-sent with another PatientID) would become a second Orthanc study that DICOMweb
+--    serves under the same UID: the viewer would mix two patients' images. Such an instance is
+--    refused, whoever sends it (C-STORE, REST upload); the study already stored stays as it was.
+--
+-- Refusal is by raising an error: Orthanc then answers the C-STORE with a failure status and
 -- stores nothing. Returning false would discard the instance yet answer Success (0x0000) to the
--- modality, which would then believe the image is archived. Never do that.
+-- modality, which would then believe the image is archived. Never do that. Error texts name no
+-- patient data: Orthanc writes them to its log.
 --
 -- The launcher appends the line defining REGISTERED_MODALITIES (AE title -> host).
 
@@ -13,7 +21,7 @@ local function is_loopback(ip)
   return ip == "::1" or string.sub(ip, 1, 4) == "127." or string.sub(ip, 1, 7) == "::ffff:127."
 end
 
-function ReceivedInstanceFilter(dicom, origin, info)
+local function may_send(origin)
   if origin["RequestOrigin"] ~= "DicomProtocol" then
     return true
   end
@@ -22,8 +30,33 @@ function ReceivedInstanceFilter(dicom, origin, info)
     return true
   end
   local host = REGISTERED_MODALITIES[origin["RemoteAet"] or ""]
-  if host ~= nil and host == ip then
-    return true
+  return host ~= nil and host == ip
+end
+
+-- Whether Orthanc already holds this Study Instance UID under another patient id.
+local function under_another_patient(dicom)
+  local uid = dicom["StudyInstanceUID"] or ""
+  if uid == "" then
+    return false
   end
-  error("C-STORE refused: calling AE title and host are not a registered modality")
+  local patient_id = dicom["PatientID"] or ""
+  for _, resource in ipairs(ParseJson(RestApiPost("/tools/lookup", uid))) do
+    if resource["Type"] == "Study" then
+      local study = ParseJson(RestApiGet("/studies/" .. resource["ID"]))
+      if (study["PatientMainDicomTags"]["PatientID"] or "") ~= patient_id then
+        return true
+      end
+    end
+  end
+  return false
+end
+
+function ReceivedInstanceFilter(dicom, origin, info)
+  if not may_send(origin) then
+    error("C-STORE refused: calling AE title and host are not a registered modality")
+  end
+  if under_another_patient(dicom) then
+    error("instance refused: its Study Instance UID is already stored under another patient id")
+  end
+  return true
 end

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import uvicorn
 
 from sidecar.logging_setup import configure_logging
@@ -10,6 +12,8 @@ from sidecar.settings import Settings
 
 
 def main() -> None:
+    # First: the database and the worklist files are this user's only.
+    os.umask(0o077)
     settings = Settings()
     configure_logging(settings.log_level)
     uvicorn.run(

@@ -23,6 +23,7 @@ PIXEL_SPACING = "0028,0030"
 SLICE_THICKNESS = "0018,0050"
 WINDOW_CENTER = "0028,1050"
 WINDOW_WIDTH = "0028,1051"
+ISSUER_OF_PATIENT_ID = "0010,0021"
 
 
 class IncompleteStudy(Exception):
@@ -211,3 +212,12 @@ def image_records(instances_tags: dict[str, dict[str, Any]]) -> list[ImageRecord
             )
         )
     return records
+
+
+def study_issuer(instances_tags: dict[str, dict[str, Any]]) -> str | None:
+    """The study's IssuerOfPatientID, from the first instance that has one."""
+    for tags in instances_tags.values():
+        issuer = _text(tags, ISSUER_OF_PATIENT_ID)
+        if issuer:
+            return issuer[:64]
+    return None

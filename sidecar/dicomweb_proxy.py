@@ -8,8 +8,11 @@ scheme are passed on in both: the URLs then point at this front, not at Orthanc'
 A `Forwarded` header from the client is replaced, never trusted.
 
 Only reads go through (GET, HEAD): the viewer never stores or deletes, so the front offers
-neither. The user's cookie and bearer token stay here; Orthanc gets the sidecar's own
-credentials, when it has any.
+neither. Only requests sidecar.dicomweb_paths allows reach this proxy, and it sends Orthanc the
+request target exactly as it was checked: the raw path and query string, never decoded nor
+re-encoded (httpx would remove dot segments from a path, and decode and re-encode a query
+parsed into parameters); what httpx is about to send is checked again. The user's cookie and
+bearer token stay here; Orthanc gets the sidecar's own credentials, when it has any.
 """
 
 from __future__ import annotations
@@ -19,16 +22,8 @@ from starlette.background import BackgroundTask
 from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 
-# Request headers worth passing to Orthanc; everything else (cookies, the user's
-# Authorization, hop-by-hop headers) stays on this side.
-_FORWARDED_REQUEST_HEADERS = (
-    "accept",
-    "accept-encoding",
-    "if-none-match",
-    "if-modified-since",
-    "range",
-    "user-agent",
-)
+from sidecar.dicomweb_paths import FORWARDED_REQUEST_HEADERS, Verdict, verdict
+
 _HOP_BY_HOP = frozenset(
     {
         "connection",
@@ -45,6 +40,10 @@ _HOP_BY_HOP = frozenset(
 
 class OrthancUnavailable(Exception):
     pass
+
+
+class NotForwardable(Exception):
+    """The request target would not reach Orthanc as it was checked."""
 
 
 class DicomWebProxy:
@@ -67,22 +66,21 @@ class DicomWebProxy:
             transport=transport,
         )
 
-    async def forward(self, request: Request, path: str) -> Response:
-        """`path` is the Orthanc path (/dicom-web/..., /wado); the query string goes along."""
+    async def forward(self, request: Request, target: str) -> Response:
+        """`target` is the request's raw path and query string, allowed by
+        sidecar.dicomweb_paths.verdict(); it goes to Orthanc unchanged. Request headers other
+        than FORWARDED_REQUEST_HEADERS (cookies, the user's Authorization, method overrides,
+        hop-by-hop headers) stay on this side."""
         host = request.headers.get("host") or request.url.netloc
         headers = {
             name: value
-            for name in _FORWARDED_REQUEST_HEADERS
+            for name in FORWARDED_REQUEST_HEADERS
             if (value := request.headers.get(name)) is not None
         }
         headers["host"] = host
         headers["forwarded"] = f"proto={request.url.scheme};host={host}"
-        upstream = self._client.build_request(
-            request.method,
-            path,
-            params=httpx.QueryParams(request.url.query),
-            headers=headers,
-        )
+        upstream = self._client.build_request(request.method, target, headers=headers)
+        self._check_sent_as_checked(upstream.url, target)
         try:
             answer = await self._client.send(upstream, stream=True)
         except httpx.HTTPError as exc:
@@ -94,5 +92,21 @@ class DicomWebProxy:
             background=BackgroundTask(answer.aclose),
         )
 
+    def _check_sent_as_checked(self, url: httpx.URL, target: str) -> None:
+        """httpx percent-encodes a few characters of a query that a client sent raw (a space,
+        a quote) and nothing else here (the allowed paths hold no dot segments nor escapes);
+        whatever it sends must still be allowed, with the very path that was checked."""
+        base = self._client.base_url.raw_path.decode("ascii").rstrip("/")
+        sent = url.raw_path.decode("ascii")
+        if not sent.startswith(base):
+            raise NotForwardable("the request would leave Orthanc's base URL")
+        sent = sent[len(base) :]
+        if verdict(sent) is not Verdict.FORWARD or _path(sent) != _path(target):
+            raise NotForwardable("the request cannot be passed on as it was sent")
+
     async def aclose(self) -> None:
         await self._client.aclose()
+
+
+def _path(target: str) -> str:
+    return target.partition("?")[0]

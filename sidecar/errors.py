@@ -22,6 +22,7 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from pydantic import BaseModel
 from sqlalchemy.orm.exc import StaleDataError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
@@ -68,6 +69,36 @@ def error_body(
     code: str, message: str, details: list[dict[str, Any]] | None = None
 ) -> dict[str, Any]:
     return {"error": {"code": code, "message": message, "details": details or []}}
+
+
+class ErrorDetail(BaseModel):
+    location: str
+    message: str
+
+
+class ErrorContent(BaseModel):
+    code: str
+    message: str
+    details: list[ErrorDetail]
+
+
+class ErrorBody(BaseModel):
+    """Every error answer, the request validation errors (422) included."""
+
+    error: ErrorContent
+
+
+def document_error_format(openapi: dict[str, Any]) -> dict[str, Any]:
+    """The OpenAPI document with FastAPI's default 422 body (HTTPValidationError, `detail`)
+    replaced by the body this API really sends (ErrorBody), so the document tells clients the
+    truth."""
+    schema = ErrorBody.model_json_schema(ref_template="#/components/schemas/{model}")
+    components = openapi.setdefault("components", {}).setdefault("schemas", {})
+    components.update(schema.pop("$defs", {}))
+    components.pop("ValidationError", None)
+    if "HTTPValidationError" in components:
+        components["HTTPValidationError"] = schema
+    return openapi
 
 
 _STATUS_CODES = {

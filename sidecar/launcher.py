@@ -4,23 +4,46 @@ foreground.
 The viewer front is Debian's nginx running the docker-compose front's configuration
 (sidecar.nginx_front) when nginx is installed, else the sidecar's own (VIEWER_FRONT chooses).
 Ctrl-C stops the sidecar, then the front, then Orthanc, cleanly. SQLite is the default database.
+
+One launcher per DATA_DIR: it holds a lock on DATA_DIR/launcher.lock while it runs. Killed
+outright (kill -9), it stops nothing itself: Orthanc, nginx and the worklist writer end on their
+own (sidecar.child_process), and the next launcher stops any of them still running before it
+starts its own. Everything it writes is this user's only (umask 077).
 """
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
+import functools
 import logging
+import os
 import secrets
+import signal
+from collections.abc import Iterator
+from pathlib import Path
 
 import uvicorn
 
+from sidecar import child_process
 from sidecar.logging_setup import configure_logging
 from sidecar.main import create_app
-from sidecar.nginx_front import FrontLayout, NginxFront, nginx_binary
-from sidecar.orthanc_process import OrthancLayout, OrthancProcess, parse_modalities
+from sidecar.nginx_front import FrontLayout, NginxFront, is_front_command, nginx_binary
+from sidecar.orthanc_process import (
+    OrthancLayout,
+    OrthancProcess,
+    is_orthanc_command,
+    parse_modalities,
+)
 from sidecar.settings import Settings
 from sidecar.viewer_front import ViewerBundle, ViewerNotInstalled
 
 log = logging.getLogger("sidecar.launcher")
+
+LOCK_NAME = "launcher.lock"
+# How long a leftover gets to stop cleanly (SIGTERM) before it is killed.
+ORTHANC_STOP_TIMEOUT = 30.0
+FRONT_STOP_TIMEOUT = 10.0
 
 
 def orthanc_layout(settings: Settings) -> OrthancLayout:
@@ -59,7 +82,7 @@ def viewer_front(settings: Settings) -> NginxFront | None:
         return None
     sidecar = f"127.0.0.1:{settings.sidecar_port}"
     layout = FrontLayout(
-        work_dir=(settings.data_dir / "front").resolve(),
+        work_dir=front_dir(settings),
         host=settings.sidecar_host,
         port=settings.viewer_port,
         orthanc=f"127.0.0.1:{settings.orthanc_http_port}",
@@ -69,9 +92,71 @@ def viewer_front(settings: Settings) -> NginxFront | None:
     return NginxFront(layout, binary=binary)
 
 
+def front_dir(settings: Settings) -> Path:
+    return (settings.data_dir / "front").resolve()
+
+
+@contextlib.contextmanager
+def claim_data_dir(data_dir: Path) -> Iterator[None]:
+    """Holds DATA_DIR for as long as this launcher runs: a second launcher on the same DATA_DIR
+    exits with a message instead of starting a second Orthanc on the same storage.
+
+    The lock (flock) ends with the process however it ends, kill -9 included; whatever that
+    process had started is then the next launcher's to stop (stop_leftovers)."""
+    data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+    with open(data_dir / LOCK_NAME, "a+") as lock:  # a+: the holder's pid stays readable
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            lock.seek(0)
+            holder = lock.read().strip() or "unknown"
+            raise SystemExit(
+                f"another launcher (pid {holder}) is running on DATA_DIR {data_dir}: "
+                "stop it first (Ctrl-C in its terminal)"
+            ) from None
+        lock.truncate(0)
+        lock.write(f"{os.getpid()}\n")
+        lock.flush()
+        yield
+
+
+def stop_leftovers(settings: Settings) -> list[int]:
+    """Stops the Orthanc and the nginx front of this DATA_DIR that a launcher now gone left
+    running: they would hold the ports, and a second Orthanc on the same index crashes. Returns
+    their pids. Only processes whose command line names this DATA_DIR's Orthanc configuration
+    or front folder are touched; the caller holds DATA_DIR (claim_data_dir), so no running
+    launcher owns them."""
+    orthanc_config = OrthancProcess(orthanc_layout(settings)).config_path
+    return [
+        *child_process.stop_leftovers(
+            functools.partial(is_orthanc_command, config_path=orthanc_config),
+            what="Orthanc",
+            signal_number=signal.SIGTERM,
+            timeout=ORTHANC_STOP_TIMEOUT,
+        ),
+        *child_process.stop_leftovers(
+            functools.partial(is_front_command, work_dir=front_dir(settings)),
+            what="the viewer front (nginx)",
+            signal_number=signal.SIGTERM,
+            timeout=FRONT_STOP_TIMEOUT,
+        ),
+    ]
+
+
 def main() -> None:
+    # First: the database, Orthanc's storage, the worklist and every log are this user's only;
+    # Orthanc and nginx inherit it.
+    os.umask(0o077)
     settings = Settings()
     configure_logging(settings.log_level)
+    with claim_data_dir(settings.data_dir):
+        stop_leftovers(settings)
+        run(settings)
+
+
+def run(settings: Settings) -> None:
+    """Starts Orthanc, the front and the sidecar, from this (the main) thread: the children's
+    parent-death signal is tied to the thread that starts them (child_process)."""
     if not settings.sidecar_plugin_token:
         # Both ends are started here, so a per-run secret is enough in development.
         settings = settings.model_copy(update={"sidecar_plugin_token": secrets.token_urlsafe(32)})

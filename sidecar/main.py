@@ -9,10 +9,13 @@ import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from datetime import datetime
+from typing import Any
 
 from fastapi import FastAPI
+from fastapi.openapi.utils import get_openapi
 from sqlalchemy import Engine
 from sqlmodel import Session, func, select
+from starlette.responses import JSONResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from hl7.client import MllpClient
@@ -35,7 +38,7 @@ from sidecar.api import reports as report_routes
 from sidecar.critical_findings import FindingPolicy, flagged_findings
 from sidecar.database import make_engine, migrate
 from sidecar.dicomweb_proxy import DicomWebProxy
-from sidecar.errors import install_error_handlers
+from sidecar.errors import document_error_format, error_body, install_error_handlers
 from sidecar.finding_escalation import FindingEscalation
 from sidecar.finding_notifications import FindingNotifier
 from sidecar.hl7_intake import OrderIntake
@@ -203,6 +206,8 @@ def create_app(
     app.state.viewer = viewer_front
     app.state.viewer_base_url = viewer_base_url(settings, viewer_front)
     install_error_handlers(app)
+    app.openapi = lambda: _openapi(app)  # type: ignore[method-assign]
+    app.add_middleware(RefuseNul)
     app.add_middleware(AccessLog)
     for module in (
         auth,
@@ -225,6 +230,19 @@ def create_app(
 
 def _nothing() -> None:
     pass
+
+
+def _openapi(app: FastAPI) -> dict[str, Any]:
+    if app.openapi_schema is None:
+        app.openapi_schema = document_error_format(
+            get_openapi(
+                title=app.title,
+                version=app.version,
+                summary=app.summary,
+                routes=app.routes,
+            )
+        )
+    return app.openapi_schema
 
 
 def _wake(notifier: FindingNotifier | None, escalation: FindingEscalation) -> None:
@@ -330,3 +348,24 @@ class AccessLog:
                 status,
                 (time.perf_counter() - started) * 1000,
             )
+
+
+class RefuseNul:
+    """Answers 400 to a request whose path or query string holds a NUL character (%00), before
+    any route sees it: no record can hold one (PostgreSQL refuses it in text, so a lookup with
+    it would fail rather than find nothing). Request bodies are checked by sidecar.models.common.
+    ApiInput."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and (
+            "\x00" in scope["path"] or b"%00" in scope.get("query_string", b"")
+        ):
+            refusal = JSONResponse(
+                error_body("bad_request", "the path or query string holds a NUL character"), 400
+            )
+            await refusal(scope, receive, send)
+            return
+        await self.app(scope, receive, send)

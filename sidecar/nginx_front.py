@@ -13,11 +13,13 @@ so the folder is private to this user).
 from __future__ import annotations
 
 import contextlib
+import itertools
 import os
 import pwd
 import shutil
 import signal
 import subprocess
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO
@@ -57,6 +59,19 @@ class FrontLayout:
     @property
     def url(self) -> str:
         return default_base_url(self.host, self.port)
+
+
+def is_front_command(argv: Sequence[str], work_dir: Path) -> bool:
+    """Whether a command line is the nginx master of the front in `work_dir` (started with
+    `-p work_dir`): what proves a process is the front of one DATA_DIR, whatever pid files say.
+    Once running, nginx rewrites its master's command line as one string, `nginx: master
+    process <the command>`; its workers' name no folder, and end with their master."""
+    words = " ".join(argv).split()
+    return (
+        bool(words)
+        and Path(words[0]).name.startswith("nginx")
+        and any(a == "-p" and b == str(work_dir) for a, b in itertools.pairwise(words))
+    )
 
 
 def render_server(layout: FrontLayout) -> str:
@@ -153,6 +168,11 @@ class NginxFront:
             stdout=self._output,
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,
+            # When its starter dies, even by kill -9, the master stops its workers and exits
+            # (SIGTERM), freeing the port for the next start.
+            preexec_fn=child_process.ending_with_parent(signal.SIGTERM),
+            # Its logs and the session cache (Orthanc's credential) are this user's only.
+            umask=0o077,
         )
         self.wait_listening(timeout)
 

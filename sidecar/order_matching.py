@@ -1,8 +1,9 @@
 """Linking an arriving study to its imaging order (IHE Scheduled Workflow).
 
 By accession number first, then by Study Instance UID (the one the worklist handed the modality).
-A patient id that differs between study and order is flagged on the study and not linked: images
-of one patient must never be filed under another patient's order.
+A patient that differs between study and order (its id, or the id's issuer when both name one)
+is flagged on the study and not linked: images of one patient must never be filed under another
+patient's order. A linked study takes its order's patient, issuer included.
 """
 
 from __future__ import annotations
@@ -40,6 +41,10 @@ def link(session: Session, study: Study, order: ImagingOrder, *, actor: str) -> 
     """
     if study.patient_id and order.patient_id != study.patient_id:
         raise PatientMismatch(PATIENT_MISMATCH)
+    issuers = (study.issuer_of_patient_id, order.issuer_of_patient_id)
+    if all(issuers) and issuers[0] != issuers[1]:
+        raise PatientMismatch(PATIENT_MISMATCH)
+    study.issuer_of_patient_id = order.issuer_of_patient_id or study.issuer_of_patient_id
     study.order_id = order.id
     study.order_match_issue = None
     # The study takes the order's clinical context.

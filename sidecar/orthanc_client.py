@@ -89,6 +89,23 @@ class OrthancClient:
         )
         return result
 
+    def studies_with_uid(self, study_instance_uid: str) -> dict[str, str]:
+        """Every Orthanc study holding this StudyInstanceUID (one per patient id Orthanc filed
+        it under), as Orthanc id -> PatientID."""
+        try:
+            response = self._http.post("/tools/lookup", content=study_instance_uid.encode())
+        except httpx.HTTPError as exc:
+            raise OrthancUnavailable(f"POST /tools/lookup: {type(exc).__name__}") from exc
+        if response.status_code >= 400:
+            raise OrthancUnavailable(f"POST /tools/lookup: HTTP {response.status_code}")
+        found = {}
+        for resource in response.json():
+            if resource.get("Type") == "Study":
+                study = self.study(str(resource["ID"]))
+                patient = study.get("PatientMainDicomTags", {})
+                found[str(resource["ID"])] = str(patient.get("PatientID", "")).strip()
+        return found
+
     def parent_study_of_instance(self, instance_id: str) -> str:
         study = self._get(f"/instances/{instance_id}/study")
         return str(study["ID"])

@@ -9,10 +9,12 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
-from collections.abc import Mapping
+import threading
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any, Literal
@@ -173,10 +175,44 @@ def _postgresql_index(url: str) -> dict[str, Any]:
     }
 
 
+def is_orthanc_command(argv: Sequence[str], config_path: Path) -> bool:
+    """Whether a command line is an Orthanc started on `config_path`, as OrthancProcess starts
+    it: what proves a process is the Orthanc of one DATA_DIR, whatever pid files say."""
+    return len(argv) == 2 and Path(argv[0]).name == "Orthanc" and argv[1] == str(config_path)
+
+
 def render_ingress_filter(layout: OrthancLayout) -> str:
     table = ", ".join(f'["{m.aet}"] = "{m.host}"' for m in layout.modalities)
     source = (ORTHANC_DIR / "dicom_ingress.lua").read_text()
     return f"{source}\nREGISTERED_MODALITIES = {{ {table} }}\n"
+
+
+# Orthanc's own messages quote patient attributes: a refused C-STORE's error names the
+# instance's PatientID (DicomMap.cpp: "... for the following instance: PatientID=..., ..."), and
+# higher verbosities print tags as JSON. Their values never reach the log file.
+_PATIENT_ATTRIBUTES = (
+    rb"(PatientID|PatientName|PatientBirthDate|PatientBirthTime|PatientSex|OtherPatientIDs"
+    rb"|OtherPatientNames|IssuerOfPatientID|PatientAddress|AccessionNumber"
+    rb"|ReferringPhysicianName)"
+)
+_AS_KEY_VALUE = re.compile(_PATIENT_ATTRIBUTES + rb"=[^,;\r\n]*")
+_AS_JSON = re.compile(rb'"' + _PATIENT_ATTRIBUTES + rb'"(\s*:\s*)"(?:[^"\\]|\\.)*"')
+WITHHELD = b"(withheld)"
+
+
+def redact_patient_data(line: bytes) -> bytes:
+    """A line of Orthanc's output with the values of patient attributes withheld."""
+    line = _AS_KEY_VALUE.sub(rb"\1=" + WITHHELD, line)
+    return _AS_JSON.sub(rb'"\1"\2"' + WITHHELD + rb'"', line)
+
+
+def copy_redacted(source: IO[bytes], sink: IO[bytes]) -> None:
+    """Copies Orthanc's output to its log, line by line, through redact_patient_data, until
+    Orthanc closes it (it ends)."""
+    for line in iter(source.readline, b""):
+        sink.write(redact_patient_data(line))
+        sink.flush()
+    source.close()
 
 
 class OrthancProcess:
@@ -191,6 +227,7 @@ class OrthancProcess:
         self._binary = binary or shutil.which("Orthanc") or DEFAULT_BINARY
         self._process: subprocess.Popen[bytes] | None = None
         self._log: IO[bytes] | None = None
+        self._copier: threading.Thread | None = None
 
     @property
     def url(self) -> str:
@@ -205,10 +242,14 @@ class OrthancProcess:
         return self.layout.work_dir / "orthanc.json"
 
     def write_configuration(self) -> None:
-        self.layout.storage_dir.mkdir(parents=True, exist_ok=True)
+        # Orthanc's folder holds every image it stores, and its index: this user's only.
+        work = self.layout.work_dir
+        work.mkdir(mode=0o700, parents=True, exist_ok=True)
+        work.chmod(0o700)
+        self.layout.storage_dir.mkdir(mode=0o700, exist_ok=True)
         if self.layout.worklist_dir is not None:
             # ModalityWorklists fails every C-FIND on a missing folder; an empty one answers.
-            self.layout.worklist_dir.mkdir(parents=True, exist_ok=True)
+            self.layout.worklist_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
         (self.layout.work_dir / "dicom_ingress.lua").write_text(render_ingress_filter(self.layout))
         self.config_path.write_text(json.dumps(render_configuration(self.layout), indent=2))
         self.config_path.chmod(0o600)  # it may hold credentials
@@ -224,10 +265,24 @@ class OrthancProcess:
         self._process = subprocess.Popen(
             [self._binary, str(self.config_path)],
             env=env,
-            stdout=self._log,
+            # Through redact_patient_data on its way to the log (OrthancLog).
+            stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,
+            # Stopped cleanly (SIGTERM, as `stop` does) when its starter dies, even by kill -9:
+            # otherwise it keeps its ports and its index, and the next start fails on them.
+            preexec_fn=child_process.ending_with_parent(signal.SIGTERM),
+            # Whatever the caller's umask: the images Orthanc stores are this user's only.
+            umask=0o077,
         )
+        assert self._process.stdout is not None
+        self._copier = threading.Thread(
+            target=copy_redacted,
+            args=(self._process.stdout, self._log),
+            name="orthanc-log",
+            daemon=True,
+        )
+        self._copier.start()
         self.wait_ready(timeout)
 
     def wait_ready(self, timeout: float) -> None:
@@ -257,6 +312,9 @@ class OrthancProcess:
             return
         child_process.stop(self._process, signal.SIGTERM, timeout)
         self._process = None
+        if self._copier is not None:
+            self._copier.join(5)  # its last lines, up to the end of the output
+            self._copier = None
         if self._log is not None:
             self._log.close()
             self._log = None

@@ -25,7 +25,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlmodel import Session, col, select
 
 from sidecar import audit, order_matching, results
-from sidecar.dicom_mapping import IncompleteStudy, image_records, study_record
+from sidecar.dicom_mapping import IncompleteStudy, image_records, study_issuer, study_record
 from sidecar.models.common import utcnow
 from sidecar.models.orders import ImagingOrder
 from sidecar.models.studies import Study
@@ -324,8 +324,13 @@ class OrthancSync:
             return _UNSTABLE
         series_json = self._orthanc.study_series(orthanc_id)
         record = study_record(study_json, series_json)
+        same_uid = self._orthanc.studies_with_uid(record.study_instance_uid)
+        same_uid[orthanc_id] = record.patient_id or ""
         with Session(self._engine) as session:
-            study = register_study(session, record)
+            study = register_study(session, record, same_uid)
+            if study.orthanc_id != orthanc_id:
+                session.commit()  # another patient's study under this UID: flagged, not merged
+                return _DONE
             was_linked = study.order_id is not None
             moved_order = order_matching.match(session, study, actor=audit.ORTHANC_SYNC_ACTOR)
             result_queued = False
@@ -351,12 +356,14 @@ class OrthancSync:
 
     def _register_images(self, orthanc_id: str, study_id: int) -> object:
         """Image level: every instance's tags, read from disk by Orthanc."""
-        images = image_records(self._orthanc.study_instances_tags(orthanc_id))
+        tags = self._orthanc.study_instances_tags(orthanc_id)
         with Session(self._engine) as session:
             current = session.get(Study, study_id)
             if current is None:
                 return _DONE  # deleted by an administrator meanwhile
-            created = register_images(session, current, images)
+            created = register_images(
+                session, current, image_records(tags), issuer_of_patient_id=study_issuer(tags)
+            )
             session.commit()
         log.info("registered Orthanc study %s: %d new images", orthanc_id, created)
         return _DONE

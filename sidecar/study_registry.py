@@ -4,11 +4,18 @@ A study may become stable several times (late instances) and is reported by both
 the change log, so every function here can run again on the same input and leave one row.
 The sidecar's clinical context wins over the DICOM header: DICOM values fill empty fields only,
 while counts, modalities and Orthanc ids always follow what Orthanc stores.
+
+One row is one Orthanc study. Orthanc files studies under PatientID and StudyInstanceUID, so one
+UID sent under two patient ids is two Orthanc studies (the ingress filter refuses the second, but
+one may predate it or race it): the row stays with the Orthanc study it was registered from, the
+other's images are never merged into it, and the row records the other patient ids as a conflict
+(shown in the API and /health, and kept from the viewer) until Orthanc holds one patient again.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import logging
+from collections.abc import Iterable, Mapping
 
 from sqlmodel import Session, col, select
 
@@ -17,6 +24,8 @@ from sidecar.dicom_mapping import ImageRecord, StudyRecord
 from sidecar.models.common import join_multi, utcnow
 from sidecar.models.studies import Image, Series, Study, StudyStatus
 from sidecar.workflow import STUDY_WORKFLOW
+
+log = logging.getLogger(__name__)
 
 _FILLED_FROM_DICOM = (
     "accession_number",
@@ -34,14 +43,23 @@ _FILLED_FROM_DICOM = (
 _AWAITING_IMAGES = frozenset({StudyStatus.SCHEDULED, StudyStatus.ARRIVED, StudyStatus.IN_PROGRESS})
 
 
-def register_study(session: Session, record: StudyRecord) -> Study:
-    """Creates or updates the study and its series; the caller commits."""
+def register_study(
+    session: Session, record: StudyRecord, same_uid: Mapping[str, str] | None = None
+) -> Study:
+    """Creates or updates the study and its series; the caller commits. `same_uid` holds every
+    Orthanc study with this StudyInstanceUID (Orthanc id -> PatientID), `record`'s included;
+    None when Orthanc was not asked (taken as `record`'s alone)."""
+    same_uid = same_uid if same_uid is not None else {record.orthanc_id: record.patient_id or ""}
     study = session.exec(
         select(Study).where(Study.study_instance_uid == record.study_instance_uid)
     ).first()
     created = study is None
     if study is None:
         study = Study(study_instance_uid=record.study_instance_uid, status=StudyStatus.COMPLETED)
+    elif study.orthanc_id != record.orthanc_id and study.orthanc_id in same_uid:
+        # Another Orthanc study (another patient) under the UID of this row's study.
+        _record_conflict(session, study, same_uid)
+        return study
     before = (study.series_count, study.instance_count, study.status)
 
     for name in _FILLED_FROM_DICOM:
@@ -78,7 +96,37 @@ def register_study(session: Session, record: StudyRecord) -> Study:
         session.add(study)
         session.flush()
     _register_series(session, study, record)
+    _record_conflict(session, study, same_uid)
     return study
+
+
+def _record_conflict(session: Session, study: Study, same_uid: Mapping[str, str]) -> None:
+    """Sets (or clears, once resolved) the patient ids Orthanc holds this UID under besides the
+    study's own; audited when it changes, with Orthanc ids only."""
+    others = sorted({pid for pid in same_uid.values() if pid != (study.patient_id or "")})
+    # At most 15 ids of at most 64 characters fit the column whole.
+    conflict = "\\".join(others[:15]) if len(same_uid) > 1 and others else None
+    if conflict == study.conflicting_patient_ids:
+        return
+    study.conflicting_patient_ids = conflict
+    study.updated_at = utcnow()
+    session.add(study)
+    session.flush()
+    audit.record(
+        session,
+        actor=audit.ORTHANC_SYNC_ACTOR,
+        action="study.patient_conflict" if conflict else "study.patient_conflict_resolved",
+        entity_type="study",
+        entity_id=study.id,
+        orthanc_ids=sorted(same_uid),
+    )
+    if conflict:
+        log.warning(
+            "study %s: Orthanc holds its Study Instance UID under %d patient ids; "
+            "kept from the viewer until resolved",
+            study.id,
+            len(others) + 1,
+        )
 
 
 def _register_series(session: Session, study: Study, record: StudyRecord) -> None:
@@ -108,9 +156,20 @@ def known_image_orthanc_ids(session: Session, study_id: int) -> set[str]:
     return {row for row in rows if row}
 
 
-def register_images(session: Session, study: Study, images: Iterable[ImageRecord]) -> int:
-    """Creates or updates image rows; returns how many were new. The caller commits."""
+def register_images(
+    session: Session,
+    study: Study,
+    images: Iterable[ImageRecord],
+    *,
+    issuer_of_patient_id: str | None = None,
+) -> int:
+    """Creates or updates image rows; returns how many were new. The caller commits. The
+    images' IssuerOfPatientID fills the study's when it has none (Orthanc's study answer does
+    not carry it)."""
     assert study.id is not None
+    if issuer_of_patient_id and not study.issuer_of_patient_id:
+        study.issuer_of_patient_id = issuer_of_patient_id
+        session.add(study)
     series_ids = {
         s.series_instance_uid: s.id
         for s in session.exec(select(Series).where(Series.study_id == study.id))

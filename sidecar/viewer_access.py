@@ -20,9 +20,10 @@ from dataclasses import dataclass
 from datetime import datetime
 
 from sqlalchemy import Engine
-from sqlmodel import Session, select
+from sqlmodel import Session, col, select
 
 from sidecar import audit
+from sidecar.dicomweb_paths import UID
 from sidecar.models.studies import Study
 from sidecar.models.users import Role, User
 from sidecar.security import InvalidToken, decode_access_token
@@ -35,8 +36,9 @@ ACCOUNT_CHECK_SECONDS = 10.0
 # requests, and the trail must say who looked at what, not count frames.
 VIEW_AUDIT_WINDOW_SECONDS = 3600.0
 
-# A DICOMweb path naming a study (QIDO series of a study, WADO-RS metadata, frames, rendered).
-_STUDY_IN_PATH = re.compile(r"^/?(?:dicom-web/)?studies/([0-9.]{1,64})(?:/|$)")
+# A DICOMweb path naming a study (QIDO series of a study, WADO-RS metadata, frames, rendered);
+# the fronts pass on only paths sidecar.dicomweb_paths allows, whose UIDs are this UID.
+_STUDY_IN_PATH = re.compile(rf"^/?(?:dicom-web/)?studies/({UID})(?:/|$)")
 
 
 class AccessRefused(Exception):
@@ -86,6 +88,9 @@ class ViewerAccess:
         self._accounts: dict[int, _Account] = {}
         self._viewed: dict[tuple[int, str], float] = {}
         self._lock = threading.Lock()
+        # Study Instance UIDs Orthanc holds under several patient ids, and when last read.
+        self._quarantined: frozenset[str] = frozenset()
+        self._quarantine_read_at: float | None = None
 
     def authenticate(self, credential: str | None) -> Viewer:
         """Raises AccessRefused. May read the database: call it off the event loop."""
@@ -138,6 +143,28 @@ class ViewerAccess:
                 role=viewer.role,
             )
             session.commit()
+
+    def quarantined_from_memory(self, uid: str) -> bool | None:
+        """Whether the study is kept from the viewer (its UID is held under several patient
+        ids: the viewer would mix them); None when the list must be read again first."""
+        read_at = self._quarantine_read_at
+        if read_at is None or self._clock() - read_at > ACCOUNT_CHECK_SECONDS:
+            return None
+        return uid in self._quarantined
+
+    def quarantined(self, uid: str) -> bool:
+        """As quarantined_from_memory, reading the list from the database when it is due."""
+        known = self.quarantined_from_memory(uid)
+        if known is not None:
+            return known
+        with Session(self._engine) as session:
+            uids = session.exec(
+                select(Study.study_instance_uid).where(
+                    col(Study.conflicting_patient_ids).is_not(None)
+                )
+            ).all()
+        self._quarantined, self._quarantine_read_at = frozenset(uids), self._clock()
+        return uid in self._quarantined
 
     def first_view(self, viewer: Viewer, uid: str) -> bool:
         now = self._clock()

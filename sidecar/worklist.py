@@ -58,6 +58,8 @@ from pydicom.filewriter import dcmwrite
 from pydicom.sequence import Sequence
 from pydicom.uid import UID, ExplicitVRLittleEndian, generate_uid
 
+from sidecar import dicom_text
+
 MODALITY_WORKLIST_FIND = UID("1.2.840.10008.5.1.4.31")
 FORMAT_VERSION = 1
 MARKER_NAME = "generation"
@@ -67,7 +69,6 @@ _TEMP_PREFIX = ".tmp-"
 _JOURNAL = re.compile(r"journal-[0-9]+\.jsonl\Z")
 # Keys become file names: no path separators, no leading dot (temporary and lock files).
 _KEY = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}\Z")
-_UID = re.compile(r"(0|[1-9][0-9]*)(\.(0|[1-9][0-9]*))*\Z")
 _CODE_STRING = re.compile(r"[A-Z0-9_ ]{1,16}\Z")
 # (0040,1003) Requested Procedure Priority has the defined terms STAT, HIGH, ROUTINE, MEDIUM, LOW.
 _PRIORITIES = {"STAT": "STAT", "URGENT": "HIGH", "ROUTINE": "ROUTINE"}
@@ -111,24 +112,10 @@ class WorklistItem:
     def __post_init__(self) -> None:
         if not _KEY.match(self.key):
             raise ValueError(f"worklist key {self.key!r}: 1-64 of A-Z a-z 0-9 . _ -")
-        for name, max_chars in (
-            ("accession_number", 16),
-            ("requested_procedure_id", 16),
-            ("step_id", 16),
-            ("patient_id", 64),
-        ):
-            _check_text(name, getattr(self, name), max_chars, required=True)
-        for name, max_chars in (
-            ("issuer_of_patient_id", 64),
-            ("requested_procedure_description", 64),
-            ("step_description", 64),
-            ("scheduled_station_aet", 16),
-        ):
-            _check_text(name, getattr(self, name), max_chars)
-        _check_person_name("patient_name", self.patient_name)
-        _check_person_name("referring_physician", self.referring_physician)
-        if len(self.study_instance_uid) > 64 or not _UID.match(self.study_instance_uid):
-            raise ValueError(f"study_instance_uid {self.study_instance_uid!r} is not a DICOM UID")
+        for name, rule in _REQUIRED_TEXTS.items():
+            _check_text(name, getattr(self, name), rule, required=True)
+        for name, rule in _OPTIONAL_TEXTS.items():
+            _check_text(name, getattr(self, name), rule)
         if not _CODE_STRING.match(self.modality):
             raise ValueError(f"modality {self.modality!r}: 1-16 of A-Z 0-9 _ and space")
         if not self.scheduled_station_aet.isascii():
@@ -141,20 +128,33 @@ class WorklistItem:
             raise ValueError("scheduled_start must be timezone-aware")
 
 
-def _check_text(name: str, value: str, max_chars: int, *, required: bool = False) -> None:
+# Each text attribute and its DICOM value representation (sidecar.dicom_text: the same rules the
+# API and the HL7 intake apply to orders before accepting them).
+_REQUIRED_TEXTS = {
+    "accession_number": dicom_text.SH,
+    "requested_procedure_id": dicom_text.SH,
+    "step_id": dicom_text.SH,
+    "patient_id": dicom_text.LO,
+    "study_instance_uid": dicom_text.UI,
+}
+_OPTIONAL_TEXTS = {
+    "issuer_of_patient_id": dicom_text.LO,
+    "requested_procedure_description": dicom_text.LO,
+    "step_description": dicom_text.LO,
+    "scheduled_station_aet": dicom_text.AE,
+    "patient_name": dicom_text.PN,
+    "referring_physician": dicom_text.PN,
+}
+
+
+def _check_text(
+    name: str, value: str, rule: dicom_text.TextRule, *, required: bool = False
+) -> None:
     if required and not value.strip():
         raise ValueError(f"{name} is required")
-    if len(value) > max_chars:
-        raise ValueError(f"{name} has {len(value)} characters; DICOM allows {max_chars}")
-    # A backslash separates DICOM values; control characters are not allowed in these VRs.
-    if "\\" in value or any(ord(c) < 0x20 for c in value):
-        raise ValueError(f"{name} must not contain a backslash or control characters")
-
-
-def _check_person_name(name: str, value: str) -> None:
-    _check_text(name, value, 3 * 64 + 2)
-    if any(len(group) > 64 for group in value.split("=")):
-        raise ValueError(f"{name}: each component group of a DICOM PN holds 64 characters")
+    problem = rule.problem(value)
+    if problem is not None:
+        raise ValueError(f"{name} {problem}")
 
 
 def _da(day: date) -> str:
@@ -357,7 +357,7 @@ class WorklistDirectory:
 
     def _write_temporary(self, target: Path, data: bytes, *, sync: bool = False) -> Path:
         temporary = self.path / f"{_TEMP_PREFIX}{target.name}.{secrets.token_hex(4)}"
-        with open(temporary, "wb") as stream:
+        with open(temporary, "wb", opener=_private) as stream:
             stream.write(data)
             if sync and self._durable:
                 stream.flush()
@@ -380,8 +380,9 @@ class WorklistDirectory:
     @contextlib.contextmanager
     def _locked(self, *, recover: bool = False) -> Iterator[_State]:
         with self._mutex:
-            self.path.mkdir(parents=True, exist_ok=True)
-            with open(self.path / LOCK_NAME, "a+b") as lock:
+            # Patients' names, ids and birth dates: this user's only, whatever the umask.
+            self.path.mkdir(mode=0o700, parents=True, exist_ok=True)
+            with open(self.path / LOCK_NAME, "a+b", opener=_private) as lock:
                 fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file is closed
                 try:
                     self._state = self._current_state(recover=recover)
@@ -488,6 +489,11 @@ class WorklistDirectory:
         )
         self._write_atomic(self.path / MARKER_NAME, marker)
         state.marker = marker
+
+
+def _private(path: str, flags: int) -> int:
+    """An `opener` for open(): a file it creates is readable and writable by this user only."""
+    return os.open(path, flags, 0o600)
 
 
 def _json_line(value: dict[str, Any]) -> bytes:

@@ -26,7 +26,9 @@ from zoneinfo import ZoneInfo
 from sqlalchemy import Engine
 from sqlmodel import Session, col, select
 
+from sidecar import child_process
 from sidecar.database import make_engine
+from sidecar.logging_setup import configure_logging
 from sidecar.models.orders import ImagingOrder, Modality, OrderStatus, Priority
 from sidecar.worklist import WorklistDirectory, WorklistItem
 
@@ -92,18 +94,26 @@ class WorklistPublisher:
         self._writer: ProcessPoolExecutor | None = None
         self._local: _Worklist | None = None
         self._lock = threading.Lock()
+        # Scheduled orders the worklist cannot hold (orders are checked before they are
+        # accepted, so only orders older than those checks): for /health.
+        self.unfit: set[int] = set()
 
     def publish_changes(self, order_ids: Sequence[int]) -> None:
         """Brings the worklist in line with these orders' committed state, in one directory
         update. Raises when the database or the directory cannot be used: OrderEvents then
         delivers the same ids again later. An order that cannot be offered (a value DICOM
-        cannot hold) is logged and left out; the others are written."""
-        self._run(_publish_orders, list(dict.fromkeys(order_ids)))
+        cannot hold) is logged, counted in `unfit` and left out; the others are written."""
+        ids = list(dict.fromkeys(order_ids))
+        outcome = self._run(_publish_orders, ids)
+        with self._lock:
+            self.unfit = (self.unfit - set(ids)) | set(outcome.unfit)
 
     def reconcile(self) -> int:
         """Rewrites the worklist from the database; returns how many items it offers."""
-        offered: int = self._run(_reconcile)
-        return offered
+        outcome = self._run(_reconcile)
+        with self._lock:
+            self.unfit = set(outcome.unfit)
+        return outcome.offered
 
     def close(self) -> None:
         """Stops the writer process, if one was started, and closes database connections."""
@@ -115,7 +125,7 @@ class WorklistPublisher:
                 self._local.engine.dispose()
                 self._local = None
 
-    def _run(self, task: Callable[..., int], *arguments: Any) -> int:
+    def _run(self, task: Callable[..., Outcome], *arguments: Any) -> Outcome:
         directory = self.directory
         with self._lock:
             if not self._writer_process:
@@ -141,6 +151,14 @@ class WorklistPublisher:
 
 
 @dataclass(frozen=True)
+class Outcome:
+    """What a writer task did: items offered, and orders left out because unfit."""
+
+    offered: int
+    unfit: tuple[int, ...] = ()
+
+
+@dataclass(frozen=True)
 class _Worklist:
     """Where a writer works: the directory and a database engine to read the orders from."""
 
@@ -148,10 +166,10 @@ class _Worklist:
     engine: Engine
 
 
-def _publish_orders(worklist: _Worklist, order_ids: list[int]) -> int:
-    """Writes the items of these orders as committed now; returns how many are offered."""
+def _publish_orders(worklist: _Worklist, order_ids: list[int]) -> Outcome:
+    """Writes the items of these orders as committed now."""
     if not order_ids:
-        return 0
+        return Outcome(0)
     with Session(worklist.engine) as session:
         found = {
             order.id: order
@@ -169,17 +187,25 @@ def _publish_orders(worklist: _Worklist, order_ids: list[int]) -> int:
         if order_id not in found or (order_id in offered and offered[order_id] is None)
     ]
     worklist.directory.update(publish, withdraw)
-    return len(publish)
+    return Outcome(len(publish), _unfit([i for i in order_ids if i in found], offered))
 
 
-def _reconcile(worklist: _Worklist) -> int:
+def _reconcile(worklist: _Worklist) -> Outcome:
     with Session(worklist.engine) as session:
         scheduled = session.exec(
             select(ImagingOrder).where(ImagingOrder.status == OrderStatus.SCHEDULED)
         ).all()
-    items = [item for item in _offered(scheduled).values() if item is not None]
+    offered = _offered(scheduled)
+    items = [item for item in offered.values() if item is not None]
     worklist.directory.replace_all(items)
-    return len(items)
+    return Outcome(len(items), _unfit([o.id for o in scheduled if o.id is not None], offered))
+
+
+def _unfit(
+    order_ids: Iterable[int], offered: dict[int | None, WorklistItem | None]
+) -> tuple[int, ...]:
+    """The orders of `order_ids` that _offered left out."""
+    return tuple(order_id for order_id in order_ids if order_id not in offered)
 
 
 def _offered(orders: Iterable[ImagingOrder]) -> dict[int | None, WorklistItem | None]:
@@ -210,7 +236,12 @@ def _background_priority() -> None:
     160 orders/s with the writer at normal priority, against 205 with no worklist at all).
 
     Ctrl-C in a terminal reaches every process of the group: the writer leaves it to the
-    sidecar, which finishes the batch in hand and stops it (close)."""
+    sidecar, which finishes the batch in hand and stops it (close). A sidecar killed outright
+    stops nothing: the writer then ends on its own (it would wait for work forever, keeping
+    the forkserver alive with it); a batch cut short is redone from the database at start.
+    Its warnings go to stderr as the sidecar's do, patient data withheld."""
+    child_process.exit_with_parent()
+    configure_logging("WARNING")
     os.nice(WRITER_NICENESS)
     signal.signal(signal.SIGINT, signal.SIG_IGN)
 
@@ -222,8 +253,8 @@ def _writer_worklist(path: Path, tz: tzinfo, durable: bool, database_url: str) -
 
 
 def _in_writer(
-    where: tuple[Path, tzinfo, bool, str], task: Callable[..., int], *arguments: Any
-) -> int:
+    where: tuple[Path, tzinfo, bool, str], task: Callable[..., Outcome], *arguments: Any
+) -> Outcome:
     """Runs in the writer process."""
     return task(_writer_worklist(*where), *arguments)
 

@@ -88,7 +88,10 @@ def orthanc_study(
     last_update: str = "20240115T101800",
 ) -> OrthancStudy:
     series = list(series) if series is not None else [SeriesSpec(uid=f"{uid}.1")]
-    study_oid = orthanc_id(uid)
+    # As Orthanc does: a resource's id hashes its patient's id with its own identifiers, so one
+    # UID under two patient ids is two Orthanc studies.
+    patient_key = f"{patient_id}|"
+    study_oid = orthanc_id(patient_key + uid)
     main_tags: dict[str, Any] = {
         "StudyInstanceUID": uid,
         "StudyDate": study_date,
@@ -111,7 +114,7 @@ def orthanc_study(
     series_json = []
     tags: dict[str, dict[str, Any]] = {}
     for spec in series:
-        instance_ids = [orthanc_id(sop) for sop in spec.sop_uids()]
+        instance_ids = [orthanc_id(patient_key + sop) for sop in spec.sop_uids()]
         series_tags: dict[str, Any] = {"SeriesInstanceUID": spec.uid}
         optional = {
             "SeriesNumber": None if spec.number is None else str(spec.number),
@@ -122,7 +125,7 @@ def orthanc_study(
         series_tags.update({k: v for k, v in optional.items() if v is not None})
         series_json.append(
             {
-                "ID": orthanc_id(spec.uid),
+                "ID": orthanc_id(patient_key + spec.uid),
                 "Type": "Series",
                 "ParentStudy": study_oid,
                 "Instances": instance_ids,

@@ -6,9 +6,11 @@ migrated once per run (CREATE DATABASE ... TEMPLATE is much faster than migratin
 
 from __future__ import annotations
 
+import logging
 import os
 import uuid
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -17,11 +19,13 @@ from fastapi import FastAPI
 from fastapi.testclient import TestClient
 
 from sidecar.database import make_engine, migrate
+from sidecar.logging_setup import PatientSafeFormatter, quiet_loggers_that_print_urls
 from sidecar.main import create_app
 from sidecar.models.users import Role, User
 from sidecar.security import hash_password
 from sidecar.settings import Settings
 
+import patient_data
 from stack import Stack
 
 TEST_JWT_SECRET = "test-jwt-secret-" + "x" * 40
@@ -45,6 +49,30 @@ def pytest_addoption(parser: pytest.Parser) -> None:
 
 def pytest_report_header(config: pytest.Config) -> str:
     return f"sidecar database: {config.getoption('--database')}"
+
+
+@pytest.fixture(scope="session", autouse=True)
+def logs_hold_no_patient_data(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """Every log record of the whole run, written as the service writes them (its formatter,
+    INFO and up), then searched for the patient data the tests used: none may be there.
+
+    Orthanc's own logs are files of their own per test; tests/test_ingest_hostile.py reads
+    them."""
+    path = tmp_path_factory.mktemp("logs") / "service.log"
+    handler = logging.FileHandler(path, encoding="utf-8")
+    handler.setFormatter(PatientSafeFormatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    handler.setLevel(logging.INFO)
+    quiet_loggers_that_print_urls()  # as the service does (sidecar.logging_setup)
+    root = logging.getLogger()
+    level = root.level
+    root.addHandler(handler)
+    root.setLevel(min(level, logging.INFO))
+    yield path
+    root.removeHandler(handler)
+    root.setLevel(level)
+    handler.close()
+    leaked = patient_data.found_in(path.read_text(encoding="utf-8", errors="replace"))
+    assert not leaked, "patient data in the service's log lines:\n" + "\n".join(leaked)
 
 
 def _with_database(url: str, name: str) -> str:
@@ -75,18 +103,28 @@ def postgres_template(request: pytest.FixtureRequest) -> Iterator[str | None]:
     _admin_execute(server, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
-@pytest.fixture
-def database_url(
-    request: pytest.FixtureRequest, tmp_path: Path, postgres_template: str | None
+@contextmanager
+def fresh_database(
+    request: pytest.FixtureRequest, directory: Path, postgres_template: str | None
 ) -> Iterator[str]:
+    """A database of its own: a SQLite file in `directory`, or a PostgreSQL clone of the
+    migrated template, dropped afterwards."""
     if postgres_template is None:
-        yield f"sqlite:///{tmp_path / 'sidecar.db'}"
+        yield f"sqlite:///{directory / 'sidecar.db'}"
         return
     server = request.config.getoption("--postgres-url")
     name = f"radtest_{uuid.uuid4().hex[:16]}"
     _admin_execute(server, f'CREATE DATABASE "{name}" TEMPLATE "{postgres_template}"')
     yield _with_database(server, name)
     _admin_execute(server, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@pytest.fixture
+def database_url(
+    request: pytest.FixtureRequest, tmp_path: Path, postgres_template: str | None
+) -> Iterator[str]:
+    with fresh_database(request, tmp_path, postgres_template) as url:
+        yield url
 
 
 @pytest.fixture

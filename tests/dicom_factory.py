@@ -59,7 +59,7 @@ _IMPLEMENTATION_VERSION_NAME: Final = "RADTEST_1"
 _BITS_STORED: Final = 12
 _MAX_STORED: Final = (1 << _BITS_STORED) - 1
 
-_FAMILY_NAMES: Final = (
+FAMILY_NAMES: Final = (
     "SMITH",
     "JOHNSON",
     "GARCIA",
@@ -211,7 +211,7 @@ def make_study(
     sex = patient_sex if patient_sex is not None else rng.choice(("F", "M"))
     if patient_name is None:
         given = _GIVEN_NAMES_M if sex == "M" else _GIVEN_NAMES_F
-        patient_name = f"{rng.choice(_FAMILY_NAMES)}^{rng.choice(given)}"
+        patient_name = f"{rng.choice(FAMILY_NAMES)}^{rng.choice(given)}"
     if patient_birth_date is None:
         birth = dt.date(1940, 1, 1) + dt.timedelta(days=rng.randrange(365 * 65))
         patient_birth_date = birth.strftime("%Y%m%d")

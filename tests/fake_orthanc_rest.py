@@ -103,6 +103,14 @@ class FakeOrthanc:
         self._enter("study_instances_tags")
         return self._get(orthanc_id).instances_tags
 
+    def studies_with_uid(self, study_instance_uid: str) -> dict[str, str]:
+        self._enter("studies_with_uid")
+        return {
+            study.orthanc_id: str(study.study_json["PatientMainDicomTags"].get("PatientID", ""))
+            for study in self.studies.values()
+            if study.uid == study_instance_uid
+        }
+
     def parent_study_of_instance(self, instance_id: str) -> str:
         self._enter("parent_study_of_instance")
         for study in self.studies.values():

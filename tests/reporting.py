@@ -32,12 +32,13 @@ def ordered_study(
     *,
     patient_id: str = "PAT-0001",
     provider_id: str | None = "DR-0042",
+    issuer: str = "HOSP",
 ) -> tuple[int, dict[str, Any]]:
     """An imaging order and its study, images arrived and linked: (study id, order JSON)."""
     n = next(_numbers)
     body: dict[str, Any] = {
         "patientId": patient_id,
-        "issuerOfPatientId": "HOSP",
+        "issuerOfPatientId": issuer,
         "patientName": "DOE^JANE",
         "patientBirthDate": "1970-01-01",
         "patientSex": "F",

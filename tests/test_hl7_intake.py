@@ -281,7 +281,12 @@ def test_health_shows_the_listener_and_the_worklist(hospital: Hospital) -> None:
 
     assert health()["hl7"]["listening"] is True
     assert health()["hl7"]["port"] == hospital.sidecar.settings.mllp_port
-    assert health()["worklist"] == {"enabled": True, "scheduledProcedureSteps": 0}
+    assert health()["worklist"] == {
+        "enabled": True,
+        "scheduledProcedureSteps": 0,
+        "ordersNotOffered": 0,
+        "ordersNotOfferedIds": [],
+    }
     assert hospital.send(ORM_NW_251).code == "AA"
     wait_for(
         lambda: health()["worklist"]["scheduledProcedureSteps"] == 1,

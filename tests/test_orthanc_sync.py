@@ -609,3 +609,47 @@ def test_image_attributes_wait_no_longer_than_the_bound(
     assert report.registered == [done.orthanc_id]
     assert report.still_unstable == [arriving.orthanc_id]
     assert image_count(engine) == 4
+
+
+# -- one Study Instance UID, two patients ---------------------------------------------------
+
+
+def test_a_uid_under_a_second_patient_id_is_flagged_never_merged(
+    sync: OrthancSync, orthanc: FakeOrthanc, engine: Engine
+) -> None:
+    first = orthanc.store(study(40, series=1, instances=2))
+    sync.enqueue([first.orthanc_id], "plugin")
+    assert sync.run_once().registered == [first.orthanc_id]
+    # The same UID (and series) filed by Orthanc under another patient id: another study.
+    second = orthanc_study(
+        first.uid,
+        patient_id="PAT-9999",
+        series=[SeriesSpec(uid=f"{first.uid}.1", instances=3)],
+    )
+    assert second.orthanc_id != first.orthanc_id
+    orthanc.store(second)
+    sync.enqueue([second.orthanc_id], "plugin")
+    assert sync.run_once().registered == [second.orthanc_id]
+
+    with Session(engine) as session:
+        [row] = session.exec(select(Study)).all()
+        assert (row.orthanc_id, row.patient_id, row.instance_count) == (
+            first.orthanc_id,
+            "PAT-0001",
+            2,
+        )
+        assert row.conflicting_patient_ids == "PAT-9999"
+        assert session.exec(select(func.count()).select_from(Image)).one() == 2
+
+    # The row's own study registered again still sees the other one.
+    sync.enqueue([first.orthanc_id], "changes")
+    sync.run_once()
+    with Session(engine) as session:
+        assert session.exec(select(Study.conflicting_patient_ids)).one() == "PAT-9999"
+
+    # Resolved in Orthanc (the misfiled images deleted): cleared at the next registration.
+    orthanc.delete(second)
+    sync.enqueue([first.orthanc_id], "changes")
+    sync.run_once()
+    with Session(engine) as session:
+        assert session.exec(select(Study.conflicting_patient_ids)).one() is None

@@ -322,6 +322,28 @@ def test_a_physician_reads_the_signed_reports_of_their_own_patients_only(
     assert client.get("/api/reports", headers=technologist).json()["total"] == 4
 
 
+def test_a_physicians_patient_is_the_patient_id_with_its_issuer(
+    app: FastAPI, client: TestClient, radiologist: Headers, technologist: Headers, study_id: int
+) -> None:
+    """Dr House ordered for hospital HOSP's patient PAT-0001; another hospital's PAT-0001 is
+    another person, whose reports he must not read (nor learn that they exist)."""
+    theirs = sign(client, radiologist, write_report(client, radiologist, study_id)["id"])
+    other_hospital = ordered_study(
+        app, client, technologist, patient_id="PAT-0001", provider_id="DR-9999", issuer="OTHER"
+    )[0]
+    foreign = sign(client, radiologist, write_report(client, radiologist, other_hospital)["id"])
+    add_user(app, "dr-house", Role.PHYSICIAN, provider_id="DR-0042")
+    house = login(client, "dr-house", "user-password-for-tests")
+
+    listed = client.get("/api/reports", params={"patientId": "PAT-0001"}, headers=house).json()
+    assert [r["id"] for r in listed["items"]] == [theirs["id"]]
+    assert client.get(f"/api/reports/{foreign['id']}", headers=house).status_code == 404
+    assert client.get(f"/api/reports/study/{other_hospital}", headers=house).json()["total"] == 0
+    # The study took its order's patient, issuer included.
+    study = client.get(f"/api/studies/{other_hospital}", headers=technologist).json()
+    assert (study["patientId"], study["issuerOfPatientId"]) == ("PAT-0001", "OTHER")
+
+
 def test_reports_filter_by_patient_and_status(
     app: FastAPI, client: TestClient, radiologist: Headers, technologist: Headers, study_id: int
 ) -> None:

@@ -12,11 +12,26 @@ from pathlib import Path
 import httpx
 import pytest
 
+import sidecar.nginx_front
+from sidecar.dicomweb_paths import nginx_maps
 from sidecar.viewer_access import SESSION_COOKIE
 from sidecar.viewer_front import APP_CONFIG, VIEWER_PACKAGE_DIR
 
 from dicom_factory import GeneratedStudy, make_study
 from dicom_senders import storescu_dcmtk
+from hostile_paths import (
+    EXACT_TARGETS,
+    HOSTILE,
+    KEPT_FROM_ORTHANC,
+    SAMPLE,
+    RecordingOrthanc,
+    answers_that_failed,
+    refusals_that_failed,
+    send_raw,
+    store_study,
+    unexpected_upstream_headers,
+    viewer_credentials,
+)
 from nginx_front import NGINX_CONF, NginxFront, start_nginx_front
 from stack import STACK_ADMIN_PASSWORD, Stack, wait_for
 from test_deployment import Rendered
@@ -183,3 +198,102 @@ def test_nginx_front_refuses_a_disabled_account_once_its_kept_session_check_expi
         wait_for(refused, timeout=30, interval=0.25, what="the disabled account refused")
         # And it stays refused: the refusal replaced the kept permission.
         assert [browser.get(studies).status_code for _ in range(5)] == [401] * 5
+
+
+# --- what reaches Orthanc through nginx --------------------------------------------------------
+
+
+@pytest.mark.orthanc
+def test_nginx_front_refuses_hostile_requests_and_orthanc_keeps_its_data(
+    stack: Stack, front: NginxFront, tmp_path: Path
+) -> None:
+    """The shared hostile list (tests/hostile_paths.py) against nginx, with an admin's, a
+    physician's, a technologist's and no token; then what the viewer asks for."""
+    stored = store_study(stack, tmp_path / "canary")
+    credentials = viewer_credentials(stack)
+    assert refusals_that_failed(front.url, stack.orthanc.url, stored, credentials) == []
+    assert answers_that_failed(front.url, stored, credentials) == []
+    # Refused before the session check: the sidecar audited the allowed requests only.
+    audit = stack.api("GET", "/api/audit", params={"action": "study.viewed"}).json()["items"]
+    assert sorted(e["actor"] for e in audit) == ["admin", "dr.physician", "dr.technologist"]
+    logged = wait_for(lambda: front.access_log.read_text(), timeout=5, what="access log")
+    assert '"GET refused" 400' in logged
+    assert '"GET refused" 404' in logged
+    for leaked in ("%2e", "_method", "patients", stored.study_uid, stored.orthanc_id):
+        assert leaked not in logged, leaked
+
+
+@pytest.mark.orthanc
+def test_the_sidecar_behind_nginxs_catch_all_refuses_them_by_itself(
+    stack: Stack, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Under `make run` the catch-all's upstream is the sidecar: without nginx's checks before
+    location matching, /dicom-web/%2e%2e/studies/{id} normalises into `location /` and reaches
+    the sidecar with its raw path, which must refuse it as well."""
+    render = sidecar.nginx_front.render_server
+
+    def without_server_checks(layout: sidecar.nginx_front.FrontLayout) -> str:
+        conf = render(layout)
+        checks = re.compile(
+            r"^    if \(\$dicomweb_verdict = 40[04]\) \{\n.*?\n    \}\n", re.M | re.S
+        )
+        unguarded, removed = checks.subn("", conf)
+        assert removed == 2
+        return unguarded
+
+    monkeypatch.setattr(sidecar.nginx_front, "render_server", without_server_checks)
+    unguarded = start_nginx_front(
+        tmp_path / "nginx",
+        orthanc=f"127.0.0.1:{stack.layout.http_port}",
+        sidecar=f"127.0.0.1:{stack.sidecar_port}",
+    )
+    try:
+        stored = store_study(stack, tmp_path / "canary")
+        credentials = viewer_credentials(stack)
+        failures = refusals_that_failed(
+            unguarded.url, stack.orthanc.url, stored, credentials, exact=False
+        )
+        assert failures == []
+        logged = unguarded.access_log.read_text()
+    finally:
+        unguarded.stop()
+    # Some of them did go to the catch-all, hence to the sidecar.
+    assert '"GET /*" 400' in logged
+
+
+@pytest.mark.orthanc
+def test_nginx_front_sends_orthanc_exactly_the_target_it_checked(
+    stack: Stack, tmp_path: Path
+) -> None:
+    """Path and query as the client sent them (nginx passes $request_uri, not the path it
+    decoded), and none of the client's other headers."""
+    assert stack.sidecar is not None
+    token = httpx.post(
+        f"{stack.sidecar.url}/api/auth/login",
+        json={"username": "admin", "password": STACK_ADMIN_PASSWORD},
+    ).json()["accessToken"]
+    headers = {"Authorization": f"Bearer {token}", **KEPT_FROM_ORTHANC}
+    with RecordingOrthanc() as orthanc:
+        nginx = start_nginx_front(
+            tmp_path / "nginx", orthanc=orthanc.address, sidecar=f"127.0.0.1:{stack.sidecar_port}"
+        )
+        try:
+            for target in EXACT_TARGETS:
+                answer = send_raw(nginx.url, target, headers)
+                assert answer.status == 200, (target, answer)
+            for probe in HOSTILE:
+                target = SAMPLE.fill(probe.target)
+                refused = send_raw(nginx.url, target, {**headers, **probe.headers}, probe.method)
+                assert 400 <= refused.status < 500, (target, refused.status)
+        finally:
+            nginx.stop()
+    assert [r.target for r in orthanc.received] == list(EXACT_TARGETS)
+    host = nginx.url.removeprefix("http://")
+    assert [unexpected_upstream_headers(r, host) for r in orthanc.received] == [[]] * len(
+        EXACT_TARGETS
+    )
+
+
+def test_nginx_conf_decides_with_the_sidecars_rules() -> None:
+    """The full check is tests/test_dicomweb_paths.py; this one keeps the deployment's file."""
+    assert nginx_maps() in NGINX_CONF.read_text()

@@ -264,6 +264,51 @@ def test_a_disabled_account_loses_the_viewer(
     assert client.get("/api/viewer/authorize", headers=bearer).status_code == 401
 
 
+# --- what may reach Orthanc --------------------------------------------------------------------
+# The whole hostile list runs against a real Orthanc in test_viewer_proxy.py; here, that the
+# refusal comes first: before the session check (no 401), before Orthanc (down here: no 502).
+
+
+@pytest.mark.parametrize(
+    ("target", "status"),
+    [
+        ("/dicom-web/%2e%2e/studies/0249773a?_method=DELETE", 400),
+        ("/dicom-web/..%2fstudies/0249773a", 400),
+        ("/dicom-web/studies?_method=DELETE", 400),
+        ("/dicom-web/studies?%5Fmethod=DELETE", 400),
+        ("/%77ado?requestType=WADO", 400),
+        ("/wado/..%2fpatients", 400),
+        ("/dicom-web/servers", 404),
+        ("/DICOM-WEB/studies", 404),
+        ("/Wado?requestType=WADO", 404),
+    ],
+)
+def test_hostile_paths_are_refused_before_the_session_is_asked(
+    client: TestClient, target: str, status: int
+) -> None:
+    answer = client.get(target)
+    assert answer.status_code == status
+    assert answer.json()["error"]["code"] == ("bad_request" if status == 400 else "not_found")
+    logged_in = log_in(client, "admin", ADMIN_PASSWORD)
+    assert logged_in.status_code == 303
+    assert client.get(target).status_code == status
+
+
+def test_a_method_override_is_refused_before_orthanc(viewer_session: TestClient) -> None:
+    for header in ("X-HTTP-Method-Override", "X-HTTP-Method", "X-Method-Override"):
+        answer = viewer_session.get("/dicom-web/studies", headers={header: "DELETE"})
+        assert answer.status_code == 400
+    # Without one, the request goes on to Orthanc, which is down here.
+    assert viewer_session.get("/dicom-web/studies").status_code == 502
+
+
+def test_hostile_paths_are_refused_with_the_viewer_disabled_too(settings: Settings) -> None:
+    disabled = settings.model_copy(update={"viewer_enabled": False})
+    with TestClient(create_app(disabled)) as client:
+        assert client.get("/dicom-web/%2e%2e/changes?_method=DELETE").status_code == 400
+        assert client.get("/dicom-web/studies").status_code == 503
+
+
 # --- the reverse proxy's auth_request ------------------------------------------------------
 
 

@@ -19,6 +19,19 @@ from sidecar.viewer_access import SESSION_COOKIE
 
 from dicom_factory import GeneratedStudy, make_study
 from dicom_senders import storescu_dcmtk
+from hostile_paths import (
+    EXACT_TARGETS,
+    HOSTILE,
+    KEPT_FROM_ORTHANC,
+    SAMPLE,
+    RecordingOrthanc,
+    answers_that_failed,
+    refusals_that_failed,
+    send_raw,
+    store_study,
+    unexpected_upstream_headers,
+    viewer_credentials,
+)
 from stack import STACK_ADMIN_PASSWORD, LiveSidecar, Stack, free_port
 
 RETRIEVE_URL = "00081190"
@@ -139,6 +152,70 @@ def test_metadata_and_frames_come_through_and_the_view_is_audited_once(
     assert [(e["actor"], e["entityType"], e["entityId"]) for e in audit] == [
         ("admin", "study", str(study_id))
     ]
+
+
+@pytest.mark.orthanc
+def test_hostile_requests_are_refused_and_orthanc_keeps_its_data(
+    stack: Stack, tmp_path: Path
+) -> None:
+    """The shared hostile list (tests/hostile_paths.py) against the sidecar's front, with an
+    admin's, a physician's, a technologist's and no token; then what the viewer asks for."""
+    assert stack.sidecar is not None
+    stored = store_study(stack, tmp_path / "dicom")
+    credentials = viewer_credentials(stack)
+    assert refusals_that_failed(stack.sidecar.url, stack.orthanc.url, stored, credentials) == []
+    assert answers_that_failed(stack.sidecar.url, stored, credentials) == []
+    # Refused before the session was asked: only the allowed requests were audited.
+    audit = stack.api("GET", "/api/audit", params={"action": "study.viewed"}).json()["items"]
+    assert sorted(e["actor"] for e in audit) == ["admin", "dr.physician", "dr.technologist"]
+
+
+def test_the_proxy_sends_orthanc_exactly_the_target_it_checked(
+    tmp_path: Path, database_url: str
+) -> None:
+    """Path and query as the client sent them (no decoding, no re-encoding), and none of the
+    client's other headers."""
+    with RecordingOrthanc() as orthanc:
+        sidecar = LiveSidecar(_settings(tmp_path, database_url, f"http://{orthanc.address}"))
+        sidecar.start()
+        try:
+            headers = {**_bearer_of(sidecar), **KEPT_FROM_ORTHANC}
+            for target in EXACT_TARGETS:
+                answer = send_raw(sidecar.url, target, headers)
+                assert answer.status == 200, (target, answer)
+            for probe in HOSTILE:
+                target = SAMPLE.fill(probe.target)
+                refused = send_raw(sidecar.url, target, {**headers, **probe.headers}, probe.method)
+                assert 400 <= refused.status < 500, (target, refused.status)
+        finally:
+            sidecar.stop()
+    assert [r.target for r in orthanc.received] == list(EXACT_TARGETS)
+    host = sidecar.url.removeprefix("http://")
+    assert [unexpected_upstream_headers(r, host) for r in orthanc.received] == [[]] * len(
+        EXACT_TARGETS
+    )
+
+
+def _settings(tmp_path: Path, database_url: str, orthanc_url: str) -> Settings:
+    return Settings(
+        data_dir=tmp_path / "var",
+        database_url=database_url,
+        jwt_secret="proxy-test-secret-" + "s" * 40,
+        admin_password=STACK_ADMIN_PASSWORD,
+        sidecar_port=free_port(),
+        orthanc_url=orthanc_url,
+        reconcile_enabled=False,
+        mllp_enabled=False,
+        worklist_enabled=False,
+    )
+
+
+def _bearer_of(sidecar: LiveSidecar) -> dict[str, str]:
+    token = httpx.post(
+        f"{sidecar.url}/api/auth/login",
+        json={"username": "admin", "password": STACK_ADMIN_PASSWORD},
+    ).json()["accessToken"]
+    return {"Authorization": f"Bearer {token}"}
 
 
 def _without_urls(answer: list[dict[str, Any]]) -> list[dict[str, Any]]:

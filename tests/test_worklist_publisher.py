@@ -239,3 +239,28 @@ def test_reconcile_through_the_writer_process(
 
     assert writer.reconcile() == 2
     assert wl_files(path) == {"1.wl", "3.wl"}
+
+
+def test_a_scheduled_order_the_worklist_cannot_hold_is_counted_not_hidden(
+    database: tuple[str, Engine], tmp_path: Path
+) -> None:
+    """Orders are checked before they are accepted, but a database may hold older ones: each
+    is counted (by id, for /health) rather than silently left off the worklist."""
+    url, engine = database
+    fit, unfit = make_order(1), make_order(2)
+    unfit.patient_name = "DOE\\ROE^JOHN"  # written before the intake refused backslashes
+    commit(engine, fit, unfit)
+    publisher = WorklistPublisher(WorklistDirectory(tmp_path / "worklist", BRUSSELS), url)
+    try:
+        assert publisher.reconcile() == 1
+        assert publisher.unfit == {2}
+        publisher.publish_changes([1, 2])
+        assert publisher.unfit == {2}
+
+        unfit.patient_name = "DOE^JOHN"  # corrected
+        commit(engine, unfit)
+        publisher.publish_changes([2])
+        assert publisher.unfit == set()
+        assert wl_files(tmp_path / "worklist") == {"1.wl", "2.wl"}
+    finally:
+        publisher.close()

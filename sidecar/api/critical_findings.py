@@ -21,7 +21,14 @@ from pydantic import AwareDatetime
 from sqlmodel import Session, col, select
 
 from sidecar import critical_findings as findings
-from sidecar.api.deps import Pagination, PaginationDep, SessionDep, paginate, require_roles
+from sidecar.api.deps import (
+    Pagination,
+    PaginationDep,
+    RecordId,
+    SessionDep,
+    paginate,
+    require_roles,
+)
 from sidecar.errors import NotFound
 from sidecar.finding_metrics import finding_metrics
 from sidecar.models.common import Page
@@ -118,7 +125,7 @@ def metrics(
 
 @router.get("/study/{study_id}", response_model=Page[FindingPublic])
 def list_study_findings(
-    study_id: int, session: SessionDep, user: FindingReader, pagination: PaginationDep
+    study_id: RecordId, session: SessionDep, user: FindingReader, pagination: PaginationDep
 ) -> dict[str, Any]:
     return _page(session, user, [CriticalFinding.study_id == study_id], pagination)
 
@@ -131,14 +138,14 @@ def list_by_severity(
 
 
 @router.get("/{finding_id}", response_model=FindingDetail)
-def get_finding(finding_id: int, session: SessionDep, user: FindingReader) -> dict[str, Any]:
+def get_finding(finding_id: RecordId, session: SessionDep, user: FindingReader) -> dict[str, Any]:
     """The finding with its notification timeline (each message, its delivery and attempts)."""
     return _detail(session, _readable(session, finding_id, user))
 
 
 @router.patch("/{finding_id}", response_model=FindingDetail)
 def update_finding(
-    finding_id: int,
+    finding_id: RecordId,
     body: FindingUpdate,
     session: SessionDep,
     user: FindingEditor,
@@ -158,7 +165,7 @@ def update_finding(
 
 @router.post("/{finding_id}/acknowledge", response_model=FindingDetail)
 def acknowledge_finding(
-    finding_id: int,
+    finding_id: RecordId,
     body: FindingAcknowledge,
     session: SessionDep,
     user: Acknowledger,

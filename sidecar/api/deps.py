@@ -5,11 +5,12 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator
 from typing import Annotated, Any
 
-from fastapi import Depends, Query, Request
+from fastapi import Depends, Path, Query, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from sqlmodel import Session, SQLModel, func, select
 
 from sidecar.errors import Forbidden, Unauthorized
+from sidecar.models.common import MAX_RECORD_ID
 from sidecar.models.users import Role, User
 from sidecar.security import InvalidToken, decode_access_token
 from sidecar.settings import Settings
@@ -71,10 +72,22 @@ Scheduler = Annotated[User, Depends(require_roles(_R.ADMIN, _R.TECHNOLOGIST))]
 Admin = Annotated[User, Depends(require_roles(_R.ADMIN))]
 
 
+#: A record's id in a path: outside the database's integer range nothing can match, and
+#: PostgreSQL would refuse the comparison rather than find nothing.
+RecordId = Annotated[int, Path(ge=1, le=MAX_RECORD_ID, description="the record's id")]
+#: The largest offset a list accepts (SQLite refuses an OFFSET over 2^63 - 1).
+MAX_OFFSET = MAX_RECORD_ID
+
+
+def record_id_query(alias: str) -> Any:
+    """A query parameter naming a record by id, in the same range as RecordId."""
+    return Query(alias=alias, ge=1, le=MAX_RECORD_ID)
+
+
 class Pagination:
     def __init__(
         self,
-        offset: Annotated[int, Query(ge=0, description="rows to skip")] = 0,
+        offset: Annotated[int, Query(ge=0, le=MAX_OFFSET, description="rows to skip")] = 0,
         limit: Annotated[int, Query(ge=1, le=1000, description="rows to return")] = 50,
     ) -> None:
         self.offset = offset

@@ -14,6 +14,7 @@ from sqlmodel import Session, col, func, select
 
 from sidecar.models.critical_findings import DeliveryStatus, FindingNotification
 from sidecar.models.orders import Hl7Direction, Hl7Message
+from sidecar.models.studies import Study
 from sidecar.orthanc_client import OrthancError
 from sidecar.results import FAILED, PENDING
 
@@ -58,6 +59,21 @@ def _answer(checks: dict[str, dict[str, Any]], **extra: Any) -> JSONResponse:
     return JSONResponse(body, status_code=200 if healthy else 503)
 
 
+def _studies(request: Request) -> dict[str, Any]:
+    """Studies whose Study Instance UID Orthanc holds under several patient ids (kept from the
+    viewer until someone resolves them): a monitor should alert on any."""
+    try:
+        with Session(request.app.state.engine) as session:
+            conflicts = session.exec(
+                select(func.count())
+                .select_from(Study)
+                .where(col(Study.conflicting_patient_ids).is_not(None))
+            ).one()
+    except Exception as exc:
+        return {"error": type(exc).__name__}
+    return {"patientConflicts": conflicts}
+
+
 def _hl7(request: Request) -> dict[str, Any]:
     mllp = getattr(request.app.state, "mllp", None)
     if mllp is None:
@@ -69,10 +85,18 @@ def _worklist(request: Request) -> dict[str, Any]:
     publisher = request.app.state.worklist
     if publisher is None:
         return {"enabled": False}
+    unfit = sorted(publisher.unfit)
     try:
-        return {"enabled": True, "scheduledProcedureSteps": len(publisher.directory.keys())}
+        offered = len(publisher.directory.keys())
     except Exception as exc:
         return {"enabled": True, "error": type(exc).__name__}
+    # Scheduled orders the worklist cannot hold (a value DICOM cannot take): an alert, by id.
+    return {
+        "enabled": True,
+        "scheduledProcedureSteps": offered,
+        "ordersNotOffered": len(unfit),
+        "ordersNotOfferedIds": unfit[:20],
+    }
 
 
 def _results(request: Request) -> dict[str, Any]:
@@ -130,6 +154,7 @@ def health(request: Request) -> JSONResponse:
     return _answer(
         {"database": _database(request), "orthanc": _orthanc(request)},
         sync=_sync(request),
+        studies=_studies(request),
         hl7=_hl7(request),
         worklist=_worklist(request),
         results=_results(request),

@@ -9,7 +9,16 @@ from pydantic import AwareDatetime
 from sqlmodel import col
 
 from sidecar import result_outbox
-from sidecar.api.deps import Admin, PaginationDep, SessionDep, equal_to, paginate, require_roles
+from sidecar.api.deps import (
+    Admin,
+    PaginationDep,
+    RecordId,
+    SessionDep,
+    equal_to,
+    paginate,
+    record_id_query,
+    require_roles,
+)
 from sidecar.errors import Conflict, NotFound
 from sidecar.models.common import Page, utcnow
 from sidecar.models.orders import Hl7Direction, Hl7Message, Hl7MessageDetail, Hl7MessageSummary
@@ -30,7 +39,7 @@ def list_messages(
     message_type: Annotated[str | None, Query(alias="messageType", max_length=32)] = None,
     control_id: Annotated[str | None, Query(alias="controlId", max_length=199)] = None,
     sender: Annotated[str | None, Query(max_length=200)] = None,
-    order_id: Annotated[int | None, Query(alias="orderId")] = None,
+    order_id: Annotated[int | None, record_id_query("orderId")] = None,
     received_from: Annotated[AwareDatetime | None, Query(alias="receivedFrom")] = None,
     received_to: Annotated[AwareDatetime | None, Query(alias="receivedTo")] = None,
 ) -> dict[str, Any]:
@@ -50,7 +59,7 @@ def list_messages(
 
 
 @router.get("/{message_id}", response_model=Hl7MessageDetail)
-def get_message(message_id: int, session: SessionDep, _: Hl7Reader) -> Hl7Message:
+def get_message(message_id: RecordId, session: SessionDep, _: Hl7Reader) -> Hl7Message:
     """One message with its raw text and the acknowledgement sent or received."""
     message = session.get(Hl7Message, message_id)
     if message is None:
@@ -60,7 +69,7 @@ def get_message(message_id: int, session: SessionDep, _: Hl7Reader) -> Hl7Messag
 
 @router.post("/{message_id}/retry", response_model=Hl7MessageDetail)
 def retry_message(
-    message_id: int, session: SessionDep, admin: Admin, request: Request
+    message_id: RecordId, session: SessionDep, admin: Admin, request: Request
 ) -> Hl7Message:
     """Sends a failed outbound result again: the same message, with the same control id."""
     message = session.get(Hl7Message, message_id)

@@ -7,7 +7,7 @@ from typing import Any
 from fastapi import APIRouter
 from sqlmodel import Session, col, func, select
 
-from sidecar.api.deps import Clinician, Pagination, SessionDep, page
+from sidecar.api.deps import Clinician, Pagination, RecordId, SessionDep, page
 from sidecar.errors import NotFound
 from sidecar.models.studies import Image, ImagePublic, Series
 
@@ -15,7 +15,7 @@ router = APIRouter(prefix="/api/images", tags=["images"])
 
 
 @router.get("/{image_id}", response_model=ImagePublic)
-def get_image(image_id: int, session: SessionDep, _: Clinician) -> ImagePublic:
+def get_image(image_id: RecordId, session: SessionDep, _: Clinician) -> ImagePublic:
     row = session.exec(
         select(Image, Series.series_instance_uid)
         .join(Series, col(Series.id) == col(Image.series_id))

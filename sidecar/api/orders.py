@@ -12,6 +12,7 @@ from sidecar import orders
 from sidecar.api.deps import (
     Pagination,
     PaginationDep,
+    RecordId,
     SessionDep,
     equal_to,
     paginate,
@@ -91,13 +92,13 @@ def list_patient_orders(
 
 
 @router.get("/{order_id}", response_model=OrderPublic)
-def get_order(order_id: int, session: SessionDep, _: OrderReader) -> ImagingOrder:
+def get_order(order_id: RecordId, session: SessionDep, _: OrderReader) -> ImagingOrder:
     return get_order_or_404(session, order_id)
 
 
 @router.patch("/{order_id}", response_model=OrderPublic)
 def update_order(
-    order_id: int, body: OrderUpdate, session: SessionDep, user: OrderEditor, request: Request
+    order_id: RecordId, body: OrderUpdate, session: SessionDep, user: OrderEditor, request: Request
 ) -> ImagingOrder:
     order = get_order_or_404(session, order_id)
     changes = body.model_dump(exclude_unset=True)
@@ -116,7 +117,7 @@ def update_order(
 
 @router.delete("/{order_id}", response_model=OrderPublic)
 def cancel_order(
-    order_id: int, session: SessionDep, user: OrderEditor, request: Request
+    order_id: RecordId, session: SessionDep, user: OrderEditor, request: Request
 ) -> ImagingOrder:
     """Cancels the order; the row stays, for the record."""
     order = get_order_or_404(session, order_id)

@@ -7,7 +7,7 @@ from pydantic import Field
 
 from sidecar.api.deps import BearerDep, SettingsDep
 from sidecar.errors import ApiError, Unauthorized
-from sidecar.models.common import ApiModel
+from sidecar.models.common import ApiInput, ApiModel
 from sidecar.orthanc_client import ORTHANC_ID
 from sidecar.security import secrets_match
 
@@ -28,7 +28,7 @@ def plugin_caller(settings: SettingsDep, credentials: BearerDep) -> None:
         raise Unauthorized("the plugin credential is missing or wrong")
 
 
-class StableStudyNotice(ApiModel):
+class StableStudyNotice(ApiInput):
     orthanc_study_id: str = Field(pattern=ORTHANC_ID.pattern)
 
 

@@ -12,18 +12,20 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Header, Query, Request, Response, status
 from fastapi.responses import HTMLResponse, PlainTextResponse
-from sqlalchemy import false
 from sqlmodel import Session, col, select
 
 from sidecar import reports, results
 from sidecar.api.deps import (
     Pagination,
     PaginationDep,
+    RecordId,
     SessionDep,
     equal_to,
     paginate,
+    record_id_query,
     require_roles,
 )
+from sidecar.care_scope import their_patients_study_ids
 from sidecar.errors import BadRequest, NotFound
 from sidecar.models.common import Page
 from sidecar.models.orders import ImagingOrder
@@ -70,8 +72,8 @@ def list_reports(
     user: ReportReader,
     pagination: PaginationDep,
     report_status: Annotated[ReportStatus | None, Query(alias="status")] = None,
-    study_id: Annotated[int | None, Query(alias="studyId")] = None,
-    order_id: Annotated[int | None, Query(alias="orderId")] = None,
+    study_id: Annotated[int | None, record_id_query("studyId")] = None,
+    order_id: Annotated[int | None, record_id_query("orderId")] = None,
     patient_id: Annotated[str | None, Query(alias="patientId", max_length=64)] = None,
 ) -> dict[str, Any]:
     """Reports newest first; a physician sees the signed reports of their own patients."""
@@ -91,21 +93,21 @@ def list_reports(
 
 @router.get("/study/{study_id}", response_model=Page[ReportPublic])
 def list_study_reports(
-    study_id: int, session: SessionDep, user: ReportReader, pagination: PaginationDep
+    study_id: RecordId, session: SessionDep, user: ReportReader, pagination: PaginationDep
 ) -> dict[str, Any]:
     return _page(session, user, [RadiologyReport.study_id == study_id], pagination)
 
 
 @router.get("/radiologist/{radiologist_id}", response_model=Page[ReportPublic])
 def list_radiologist_reports(
-    radiologist_id: int, session: SessionDep, user: ReportReader, pagination: PaginationDep
+    radiologist_id: RecordId, session: SessionDep, user: ReportReader, pagination: PaginationDep
 ) -> dict[str, Any]:
     return _page(session, user, [RadiologyReport.radiologist_id == radiologist_id], pagination)
 
 
 @router.get("/{report_id}", response_model=ReportPublic)
 def get_report(
-    report_id: int, session: SessionDep, user: ReportReader, response: Response
+    report_id: RecordId, session: SessionDep, user: ReportReader, response: Response
 ) -> RadiologyReport:
     report = readable_report(session, report_id, user)
     response.headers["ETag"] = etag(report)
@@ -113,7 +115,7 @@ def get_report(
 
 
 @router.get("/{report_id}/versions", response_model=list[ReportRevisionPublic])
-def list_versions(report_id: int, session: SessionDep, user: ReportReader) -> list[Any]:
+def list_versions(report_id: RecordId, session: SessionDep, user: ReportReader) -> list[Any]:
     """Every signed revision, oldest first: what was signed, by whom, when and why amended."""
     readable_report(session, report_id, user)
     return list(reports.revisions(session, report_id))
@@ -125,7 +127,7 @@ def list_versions(report_id: int, session: SessionDep, user: ReportReader) -> li
     responses={200: {"content": {"text/plain": {}, "text/html": {}}}},
 )
 def render_report(
-    report_id: int,
+    report_id: RecordId,
     session: SessionDep,
     user: ReportReader,
     format: Annotated[str, Query(pattern="^(text|html)$")] = "text",
@@ -143,7 +145,7 @@ def render_report(
 
 @router.patch("/{report_id}", response_model=ReportPublic)
 def update_report(
-    report_id: int,
+    report_id: RecordId,
     body: ReportUpdate,
     session: SessionDep,
     user: Radiologist,
@@ -162,7 +164,7 @@ def update_report(
 
 @router.post("/{report_id}/sign", response_model=ReportPublic)
 def sign_report(
-    report_id: int,
+    report_id: RecordId,
     session: SessionDep,
     user: Radiologist,
     request: Request,
@@ -179,7 +181,7 @@ def sign_report(
 
 @router.post("/{report_id}/amend", response_model=ReportPublic)
 def amend_report(
-    report_id: int,
+    report_id: RecordId,
     body: ReportAmend,
     session: SessionDep,
     user: Radiologist,
@@ -204,7 +206,7 @@ def amend_report(
 
 @router.delete("/{report_id}", status_code=status.HTTP_204_NO_CONTENT)
 def delete_report(
-    report_id: int, session: SessionDep, user: Radiologist, if_match: IfMatch = None
+    report_id: RecordId, session: SessionDep, user: Radiologist, if_match: IfMatch = None
 ) -> None:
     """Deletes a preliminary report (kept on record, out of every list)."""
     report = _get(session, report_id)
@@ -239,18 +241,10 @@ def _get(session: Session, report_id: int) -> RadiologyReport:
 
 
 def _physician_scope(user: User) -> list[Any]:
-    """Signed reports of patients the physician has ordered for; nothing without a provider id."""
-    if not user.provider_id:
-        # `provider_id == None` would render IS NULL: every order without a provider would match.
-        return [false()]
-    their_patients = select(ImagingOrder.patient_id).where(
-        ImagingOrder.provider_id == user.provider_id
-    )
+    """Signed reports of patients the physician has ordered for (sidecar.care_scope)."""
     return [
         RadiologyReport.status != ReportStatus.PRELIMINARY,
-        col(RadiologyReport.study_id).in_(
-            select(Study.id).where(col(Study.patient_id).in_(their_patients))
-        ),
+        col(RadiologyReport.study_id).in_(their_patients_study_ids(user.provider_id)),
     ]
 
 

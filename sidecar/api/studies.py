@@ -6,6 +6,7 @@ from datetime import date
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Query, Request, status
+from pydantic import Field
 from sqlalchemy import literal
 from sqlmodel import Session, col, select
 
@@ -13,6 +14,7 @@ from sidecar import audit, order_matching, results, study_registry
 from sidecar.api.deps import (
     Clinician,
     PaginationDep,
+    RecordId,
     Scheduler,
     SessionDep,
     StudyEditor,
@@ -22,7 +24,7 @@ from sidecar.api.images import image_page
 from sidecar.api.orders import announce
 from sidecar.errors import Conflict, NotFound
 from sidecar.identifiers import new_accession_number, new_study_instance_uid
-from sidecar.models.common import ApiModel, Page, join_multi, utcnow
+from sidecar.models.common import MAX_RECORD_ID, ApiInput, Page, join_multi, utcnow
 from sidecar.models.orders import ImagingOrder
 from sidecar.models.studies import (
     Image,
@@ -41,8 +43,8 @@ from sidecar.viewer_front import viewer_url
 router = APIRouter(prefix="/api/studies", tags=["studies"])
 
 
-class LinkOrder(ApiModel):
-    order_id: int
+class LinkOrder(ApiInput):
+    order_id: int = Field(ge=1, le=MAX_RECORD_ID)
 
 
 @router.get("", response_model=Page[StudyPublic])
@@ -135,13 +137,15 @@ def get_study_by_accession(
 
 
 @router.get("/{study_id}", response_model=StudyDetail)
-def get_study(study_id: int, session: SessionDep, _: Clinician, request: Request) -> StudyDetail:
+def get_study(
+    study_id: RecordId, session: SessionDep, _: Clinician, request: Request
+) -> StudyDetail:
     return _detail(session, get_study_or_404(session, study_id), request)
 
 
 @router.patch("/{study_id}", response_model=StudyPublic)
 def update_study(
-    study_id: int, body: StudyUpdate, session: SessionDep, user: StudyEditor, request: Request
+    study_id: RecordId, body: StudyUpdate, session: SessionDep, user: StudyEditor, request: Request
 ) -> StudyPublic:
     study = get_study_or_404(session, study_id)
     changes = body.model_dump(exclude_unset=True)
@@ -166,7 +170,11 @@ def update_study(
 
 @router.patch("/{study_id}/status", response_model=StudyPublic)
 def update_study_status(
-    study_id: int, body: StudyStatusUpdate, session: SessionDep, user: StudyEditor, request: Request
+    study_id: RecordId,
+    body: StudyStatusUpdate,
+    session: SessionDep,
+    user: StudyEditor,
+    request: Request,
 ) -> StudyPublic:
     study = get_study_or_404(session, study_id)
     study_registry.change_status(session, study, body.status, actor=user.username)
@@ -177,7 +185,7 @@ def update_study_status(
 
 @router.get("/{study_id}/images", response_model=Page[ImagePublic])
 def list_study_images(
-    study_id: int, session: SessionDep, _: Clinician, pagination: PaginationDep
+    study_id: RecordId, session: SessionDep, _: Clinician, pagination: PaginationDep
 ) -> dict[str, Any]:
     get_study_or_404(session, study_id)
     return image_page(session, pagination, Image.study_id == study_id)
@@ -185,7 +193,11 @@ def list_study_images(
 
 @router.get("/{study_id}/series/{series_uid}/images", response_model=Page[ImagePublic])
 def list_series_images(
-    study_id: int, series_uid: str, session: SessionDep, _: Clinician, pagination: PaginationDep
+    study_id: RecordId,
+    series_uid: str,
+    session: SessionDep,
+    _: Clinician,
+    pagination: PaginationDep,
 ) -> dict[str, Any]:
     get_study_or_404(session, study_id)
     series = session.exec(
@@ -198,7 +210,7 @@ def list_series_images(
 
 @router.post("/{study_id}/link-order", response_model=StudyPublic)
 def link_order(
-    study_id: int, body: LinkOrder, session: SessionDep, user: StudyEditor, request: Request
+    study_id: RecordId, body: LinkOrder, session: SessionDep, user: StudyEditor, request: Request
 ) -> StudyPublic:
     """Links a study to an imaging order by hand (the study matched none by itself)."""
     study = get_study_or_404(session, study_id)

@@ -6,7 +6,7 @@ from fastapi import APIRouter, status
 from sqlmodel import col, select
 
 from sidecar import audit
-from sidecar.api.deps import Admin, PaginationDep, SessionDep, paginate
+from sidecar.api.deps import Admin, PaginationDep, RecordId, SessionDep, paginate
 from sidecar.errors import Conflict, NotFound
 from sidecar.models.common import Page, utcnow
 from sidecar.models.users import Role, User, UserCreate, UserPublic, UserUpdate
@@ -46,7 +46,7 @@ def list_users(session: SessionDep, _: Admin, pagination: PaginationDep) -> dict
 
 
 @router.patch("/{user_id}", response_model=UserPublic)
-def update_user(user_id: int, body: UserUpdate, session: SessionDep, admin: Admin) -> User:
+def update_user(user_id: RecordId, body: UserUpdate, session: SessionDep, admin: Admin) -> User:
     user = _get(session, user_id)
     changes = body.model_dump(exclude_unset=True)
     if user.id == admin.id and (
@@ -78,7 +78,7 @@ def update_user(user_id: int, body: UserUpdate, session: SessionDep, admin: Admi
 
 
 @router.post("/{user_id}/disable", response_model=UserPublic)
-def disable_user(user_id: int, session: SessionDep, admin: Admin) -> User:
+def disable_user(user_id: RecordId, session: SessionDep, admin: Admin) -> User:
     user = _get(session, user_id)
     if user.id == admin.id:
         raise Conflict("administrators cannot disable their own account")

@@ -20,7 +20,8 @@ from fastapi import APIRouter, Header, Query, Request, Response
 from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, RedirectResponse
 from sqlmodel import Session, select
 
-from sidecar.dicomweb_proxy import DicomWebProxy, OrthancUnavailable
+from sidecar.dicomweb_paths import METHOD_OVERRIDE_HEADERS, Verdict, request_target, verdict
+from sidecar.dicomweb_proxy import DicomWebProxy, NotForwardable, OrthancUnavailable
 from sidecar.errors import error_body
 from sidecar.models.users import User
 from sidecar.security import create_access_token, verify_password
@@ -32,6 +33,7 @@ from sidecar.viewer_access import (
     Viewer,
     ViewerAccess,
     credential_of,
+    study_in_path,
 )
 from sidecar.viewer_front import INSTALL_HINT, ViewerBundle
 from sidecar.viewer_login import login_page, safe_next
@@ -91,6 +93,41 @@ async def _authenticate(request: Request) -> Viewer:
     if viewer is None:
         viewer = await asyncio.to_thread(front.access.authenticate, credential)
     return viewer
+
+
+def _target(request: Request) -> str:
+    """The request target as the client sent it: raw path and query string, not decoded. An
+    ASGI server that gives no raw_path gets an empty path, which every check refuses."""
+    return request_target(request.scope.get("raw_path") or b"", request.scope["query_string"])
+
+
+def _refused_target(decided: Verdict) -> JSONResponse:
+    if decided is Verdict.MALFORMED:
+        message = (
+            "the path or a query parameter's name is malformed (percent-escapes, #, backslashes,"
+            " empty or dot segments, names other than letters, digits and dots)"
+        )
+        return JSONResponse(error_body("bad_request", message), 400)
+    return JSONResponse(error_body("not_found", "not found"), 404)
+
+
+async def _quarantine(request: Request, dicomweb_path: str) -> JSONResponse | None:
+    """403 for a study whose UID Orthanc holds under several patient ids: the viewer would
+    show them as one study (the study's API answer names the conflict)."""
+    uid = study_in_path(dicomweb_path)
+    if uid is None:
+        return None
+    access = _front(request).access
+    held = access.quarantined_from_memory(uid)
+    if held is None:
+        held = await asyncio.to_thread(access.quarantined, uid)
+    if not held:
+        return None
+    message = (
+        "this study is held under several patient ids and is not shown until the images "
+        "filed under the wrong patient are corrected (see the study's patientConflict)"
+    )
+    return JSONResponse(error_body("quarantined", message), 403)
 
 
 async def _audit_view(request: Request, viewer: Viewer, dicomweb_path: str) -> None:
@@ -190,6 +227,8 @@ async def authorize(
     except AccessRefused as refused:
         return _json_refusal(refused)
     if viewer_path:
+        if (kept := await _quarantine(request, viewer_path)) is not None:
+            return kept
         await _audit_view(request, viewer, viewer_path)
     authorization = _front(request).orthanc_authorization
     headers = {"X-Orthanc-Authorization": authorization} if authorization else None
@@ -199,7 +238,16 @@ async def authorize(
 # --- DICOMweb and WADO-URI ---------------------------------------------------------------------
 
 
-async def _proxy(request: Request, orthanc_path: str) -> Response:
+async def _proxy(request: Request) -> Response:
+    # Decided on the request as received, before the session or Orthanc is asked anything:
+    # the routes matched the decoded path, Orthanc is sent the raw one (sidecar.dicomweb_paths).
+    target = _target(request)
+    decided = verdict(target)
+    if decided is not Verdict.FORWARD:
+        return _refused_target(decided)
+    if any(request.headers.get(name) for name in METHOD_OVERRIDE_HEADERS):
+        message = "a method override header is refused: the viewer front only reads"
+        return JSONResponse(error_body("bad_request", message), 400)
     front = _front(request)
     if not front.enabled:
         return JSONResponse(error_body("viewer_unavailable", front.unavailable_reason), 503)
@@ -210,21 +258,27 @@ async def _proxy(request: Request, orthanc_path: str) -> Response:
         viewer = await _authenticate(request)
     except AccessRefused as refused:
         return _refusal(request, refused)
-    await _audit_view(request, viewer, orthanc_path)
+    path = target.partition("?")[0]
+    if (kept := await _quarantine(request, path)) is not None:
+        return kept
+    await _audit_view(request, viewer, path)
     try:
-        return await front.proxy.forward(request, orthanc_path)
+        return await front.proxy.forward(request, target)
+    except NotForwardable as exc:
+        return JSONResponse(error_body("bad_request", str(exc)), 400)
     except OrthancUnavailable as exc:
         return JSONResponse(error_body("unavailable", str(exc)), 502)
 
 
+# Both routes match the decoded path; _proxy decides on the raw one.
 @router.api_route("/dicom-web/{path:path}", methods=["GET", "HEAD"], include_in_schema=False)
-async def dicomweb(request: Request, path: str) -> Response:
-    return await _proxy(request, f"/dicom-web/{path}")
+async def dicomweb(request: Request) -> Response:
+    return await _proxy(request)
 
 
 @router.api_route("/wado", methods=["GET", "HEAD"], include_in_schema=False)
 async def wado_uri(request: Request) -> Response:
-    return await _proxy(request, "/wado")
+    return await _proxy(request)
 
 
 # --- the viewer's files and routes -------------------------------------------------------------
@@ -232,6 +286,11 @@ async def wado_uri(request: Request) -> Response:
 
 @router.get("/{file_path:path}", include_in_schema=False)
 async def viewer_file(request: Request, file_path: str) -> Response:
+    # A raw path that decodes or normalises into this route, or names DICOMweb in another
+    # case (/WADO, /dicom-web/../patients), is refused as the DICOMweb routes would.
+    decided = verdict(_target(request))
+    if decided is not Verdict.ELSEWHERE:
+        return _refused_target(decided)
     if _NOT_VIEWER.match(file_path):
         return JSONResponse(error_body("not_found", "not found"), 404)
     front = _front(request)

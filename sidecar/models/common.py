@@ -5,14 +5,17 @@ from __future__ import annotations
 import re
 from datetime import UTC, datetime
 from enum import StrEnum
-from typing import Any, Generic, TypeVar
+from typing import Any, ClassVar, Generic, TypeVar
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, ValidationInfo, field_validator
 from pydantic.alias_generators import to_camel
 from sqlalchemy import DateTime, String, Table
 from sqlalchemy.engine import Dialect
 from sqlalchemy.types import TypeDecorator
 from sqlmodel import SQLModel
+
+#: The largest id a record can have: PostgreSQL's integer primary keys (SQLite's are wider).
+MAX_RECORD_ID = 2**31 - 1
 
 
 def utcnow() -> datetime:
@@ -79,6 +82,23 @@ class ApiModel(BaseModel):
     model_config = ConfigDict(
         alias_generator=api_alias, populate_by_name=True, from_attributes=True, extra="forbid"
     )
+
+
+class ApiInput(ApiModel):
+    """A request body. No string may hold a NUL character (PostgreSQL cannot store one), and a
+    field named in `not_nullable` may be left out but not sent as null: its column holds no
+    null, so null can only mean a mistake."""
+
+    not_nullable: ClassVar[frozenset[str]] = frozenset()
+
+    @field_validator("*", mode="after")
+    @classmethod
+    def _storable(cls, value: Any, info: ValidationInfo) -> Any:
+        if value is None and info.field_name in cls.not_nullable:
+            raise ValueError("cannot be null: leave the field out to keep its value")
+        if isinstance(value, str) and "\x00" in value:
+            raise ValueError("must not contain a NUL character")
+        return value
 
 
 ItemT = TypeVar("ItemT")

@@ -16,7 +16,7 @@ from pydantic import model_validator
 from sqlalchemy import JSON, Integer, Text
 from sqlmodel import Column, Field, SQLModel
 
-from sidecar.models.common import ApiModel, EnumText, UTCDateTime, utcnow
+from sidecar.models.common import MAX_RECORD_ID, ApiInput, ApiModel, EnumText, UTCDateTime, utcnow
 
 
 class Severity(StrEnum):
@@ -147,15 +147,15 @@ class NotificationAttempt(SQLModel, table=True):
 _TEXT_MAX = 8000
 
 
-class FindingCreate(ApiModel):
-    study_id: int = PydanticField(ge=1)
-    report_id: int | None = PydanticField(default=None, ge=1)
+class FindingCreate(ApiInput):
+    study_id: int = PydanticField(ge=1, le=MAX_RECORD_ID)
+    report_id: int | None = PydanticField(default=None, ge=1, le=MAX_RECORD_ID)
     severity: Severity
     description: str = PydanticField(min_length=1, max_length=_TEXT_MAX)
     recommendation: str | None = PydanticField(default=None, max_length=_TEXT_MAX)
 
 
-class FindingUpdate(ApiModel):
+class FindingUpdate(ApiInput):
     """Clinical text and severity change only before acknowledgement; RESOLVED closes an
     acknowledged finding."""
 
@@ -172,7 +172,7 @@ class FindingUpdate(ApiModel):
         return self
 
 
-class FindingAcknowledge(ApiModel):
+class FindingAcknowledge(ApiInput):
     method: AcknowledgementMethod
     # Who received the result. A physician acknowledging for themself may leave it out; a
     # radiologist recording a phone call must say whom they spoke to.

@@ -4,14 +4,17 @@ from __future__ import annotations
 
 from datetime import date, datetime
 from enum import StrEnum
+from typing import Any, ClassVar
 
-from pydantic import AwareDatetime
+from pydantic import AwareDatetime, ValidationInfo, field_validator
 from pydantic import Field as PydanticField
 from sqlalchemy import Text, UniqueConstraint
 from sqlmodel import Column, Field, SQLModel
 
-from sidecar.models.common import ApiModel, EnumText, UTCDateTime, utcnow
+from sidecar.dicom_text import PN_MAX_LENGTH
+from sidecar.models.common import ApiInput, ApiModel, EnumText, UTCDateTime, utcnow
 from sidecar.models.studies import PatientSex
+from sidecar.order_fields import ORDER_TEXT_RULES
 
 
 class OrderStatus(StrEnum):
@@ -87,15 +90,17 @@ class ImagingOrder(SQLModel, table=True):
     )
 
 
-class OrderFields(ApiModel):
-    """What a client may set on an order (create and update share the limits)."""
+class OrderFields(ApiInput):
+    """What a client may set on an order (create and update share the limits). Text values are
+    checked by the same rules as orders from the HIS (sidecar.order_fields): what goes on the
+    worklist must fit its DICOM value representation."""
 
     patient_id: str | None = PydanticField(default=None, max_length=64, min_length=1)
     issuer_of_patient_id: str | None = PydanticField(default=None, max_length=64)
-    patient_name: str | None = PydanticField(default=None, max_length=324)
+    patient_name: str | None = PydanticField(default=None, max_length=PN_MAX_LENGTH)
     patient_birth_date: date | None = None
     patient_sex: PatientSex | None = None
-    referring_physician: str | None = PydanticField(default=None, max_length=324)
+    referring_physician: str | None = PydanticField(default=None, max_length=PN_MAX_LENGTH)
     ordering_provider: str | None = PydanticField(default=None, max_length=324)
     provider_id: str | None = PydanticField(default=None, max_length=64)
     facility_id: str | None = PydanticField(default=None, max_length=64)
@@ -113,6 +118,14 @@ class OrderFields(ApiModel):
     filler_order_number: str | None = PydanticField(default=None, max_length=64)
     requested_procedure_id: str | None = PydanticField(default=None, max_length=16)
 
+    @field_validator(*ORDER_TEXT_RULES, mode="after", check_fields=False)
+    @classmethod
+    def _fits(cls, value: Any, info: ValidationInfo) -> Any:
+        rule = ORDER_TEXT_RULES[info.field_name or ""]
+        if isinstance(value, str) and (problem := rule.problem(value)) is not None:
+            raise ValueError(problem)
+        return value
+
 
 class OrderCreate(OrderFields):
     patient_id: str = PydanticField(max_length=64, min_length=1)
@@ -124,6 +137,9 @@ class OrderCreate(OrderFields):
 
 
 class OrderUpdate(OrderFields):
+    # Their columns hold no null: left out keeps the value, null is refused.
+    not_nullable: ClassVar[frozenset[str]] = frozenset({"patient_id", "modality", "priority"})
+
     status: OrderStatus | None = None
 
 

@@ -20,7 +20,7 @@ from pydantic import Field as PydanticField
 from sqlalchemy import Integer, Text, UniqueConstraint
 from sqlmodel import Column, Field, SQLModel
 
-from sidecar.models.common import ApiModel, EnumText, UTCDateTime, utcnow
+from sidecar.models.common import MAX_RECORD_ID, ApiInput, ApiModel, EnumText, UTCDateTime, utcnow
 
 
 class ReportStatus(StrEnum):
@@ -97,7 +97,7 @@ class ReportRevision(SQLModel, table=True):
     reason: str | None = Field(default=None, max_length=1000)  # why it was amended
 
 
-class ReportSections(ApiModel):
+class ReportSections(ApiInput):
     technique: str | None = PydanticField(default=None, max_length=_SECTION_MAX)
     comparison: str | None = PydanticField(default=None, max_length=_SECTION_MAX)
     findings: str | None = PydanticField(default=None, max_length=_SECTION_MAX)
@@ -106,7 +106,7 @@ class ReportSections(ApiModel):
 
 
 class ReportCreate(ReportSections):
-    study_id: int = PydanticField(ge=1)
+    study_id: int = PydanticField(ge=1, le=MAX_RECORD_ID)
 
 
 class ReportUpdate(ReportSections):
@@ -114,7 +114,7 @@ class ReportUpdate(ReportSections):
     version: int | None = PydanticField(default=None, ge=1)
 
 
-class ReportSign(ApiModel):
+class ReportSign(ApiInput):
     version: int | None = PydanticField(default=None, ge=1)
 
 

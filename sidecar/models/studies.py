@@ -7,13 +7,28 @@ from enum import StrEnum
 from typing import Annotated
 
 from pydantic import Field as PydanticField
-from pydantic import StringConstraints, field_validator
+from pydantic import PlainSerializer, StringConstraints, WithJsonSchema, field_validator
 from sqlmodel import Column, Field, SQLModel
 
-from sidecar.models.common import ApiModel, EnumText, UTCDateTime, split_multi, utcnow
+from sidecar.models.common import ApiInput, ApiModel, EnumText, UTCDateTime, split_multi, utcnow
 
 # A DICOM Modality (0008,0060) code: CS, 16 characters at most.
 ModalityCode = Annotated[str, StringConstraints(pattern=r"^[A-Z0-9_]{1,16}$")]
+
+
+# A DICOM Study Time (TM): the modality's local time of day, with no time zone. JSON Schema's
+# "time" format requires an offset, which a TM does not have: declared as the text it is.
+LocalTime = Annotated[
+    time,
+    PlainSerializer(lambda value: value.isoformat(), return_type=str),
+    WithJsonSchema(
+        {
+            "type": "string",
+            "pattern": r"^[0-2][0-9]:[0-5][0-9]:[0-5][0-9](\.[0-9]{1,6})?$",
+            "description": "local time of day, without a time zone (DICOM TM)",
+        }
+    ),
+]
 
 
 class StudyStatus(StrEnum):
@@ -37,6 +52,9 @@ class Study(SQLModel, table=True):
     study_instance_uid: str = Field(max_length=64, unique=True, index=True)
     accession_number: str | None = Field(default=None, max_length=16, index=True)
     patient_id: str | None = Field(default=None, max_length=64, index=True)
+    # The patient id's assigning authority (DICOM IssuerOfPatientID, HL7 PID-3.4): patient 123
+    # of one hospital is not patient 123 of another.
+    issuer_of_patient_id: str | None = Field(default=None, max_length=64)
     patient_name: str | None = Field(default=None, max_length=324)
     patient_birth_date: date | None = None
     patient_sex: str | None = Field(default=None, max_length=16)
@@ -66,6 +84,10 @@ class Study(SQLModel, table=True):
     priority: str | None = Field(default=None, max_length=16)
     clinical_indication: str | None = Field(default=None, max_length=4000)
     order_match_issue: str | None = Field(default=None, max_length=200)
+    # Orthanc holds this Study Instance UID under these other patient ids too (backslash-
+    # separated, as DICOM separates values; a patient id cannot hold one): images of several
+    # patients under one UID, kept from the viewer until someone resolves it.
+    conflicting_patient_ids: str | None = Field(default=None, max_length=1000)
 
 
 class Series(SQLModel, table=True):
@@ -97,16 +119,28 @@ class Image(SQLModel, table=True):
     orthanc_id: str | None = Field(default=None, max_length=64)
 
 
+class PatientConflict(ApiModel):
+    """One Study Instance UID stored in Orthanc under several patient ids."""
+
+    other_patient_ids: list[str]
+    description: str = (
+        "Orthanc holds images under this Study Instance UID for other patient ids too: the "
+        "viewer does not show the study until the images filed under the wrong patient are "
+        "removed or corrected"
+    )
+
+
 class StudyPublic(ApiModel):
     id: int
     study_instance_uid: str
     accession_number: str | None
     patient_id: str | None
+    issuer_of_patient_id: str | None
     patient_name: str | None
     patient_birth_date: date | None
     patient_sex: str | None
     study_date: date | None
-    study_time: time | None
+    study_time: LocalTime | None
     study_description: str | None
     modalities: list[str]
     referring_physician: str | None
@@ -122,6 +156,10 @@ class StudyPublic(ApiModel):
     priority: str | None
     clinical_indication: str | None
     order_match_issue: str | None
+    # Null unless Orthanc holds this UID under other patient ids too (see Study).
+    patient_conflict: PatientConflict | None = PydanticField(
+        default=None, validation_alias="conflicting_patient_ids"
+    )
     # OHIF's link to this study (sidecar.viewer_front); None when no viewer is configured.
     viewer_url: str | None = None
 
@@ -130,8 +168,15 @@ class StudyPublic(ApiModel):
     def _split_modalities(cls, value: object) -> object:
         return split_multi(value) if isinstance(value, str) or value is None else value
 
+    @field_validator("patient_conflict", mode="before")
+    @classmethod
+    def _conflict(cls, value: object) -> object:
+        if isinstance(value, str):
+            return {"other_patient_ids": value.split("\\")}
+        return value
 
-class StudyCreate(ApiModel):
+
+class StudyCreate(ApiInput):
     """A study announced before its images (seed 001 `POST /api/studies`)."""
 
     study_instance_uid: str | None = PydanticField(
@@ -139,6 +184,7 @@ class StudyCreate(ApiModel):
     )
     accession_number: str | None = PydanticField(default=None, min_length=1, max_length=16)
     patient_id: str = PydanticField(min_length=1, max_length=64)
+    issuer_of_patient_id: str | None = PydanticField(default=None, min_length=1, max_length=64)
     patient_name: str | None = PydanticField(default=None, max_length=324)
     patient_birth_date: date | None = None
     patient_sex: PatientSex | None = None
@@ -149,7 +195,7 @@ class StudyCreate(ApiModel):
     body_part: str | None = PydanticField(default=None, max_length=64)
 
 
-class StudyUpdate(ApiModel):
+class StudyUpdate(ApiInput):
     """The clinical context a technologist or radiologist may correct; DICOM UIDs never change."""
 
     accession_number: str | None = PydanticField(default=None, min_length=1, max_length=16)
@@ -158,7 +204,7 @@ class StudyUpdate(ApiModel):
     body_part: str | None = PydanticField(default=None, max_length=64)
 
 
-class StudyStatusUpdate(ApiModel):
+class StudyStatusUpdate(ApiInput):
     status: StudyStatus
 
 

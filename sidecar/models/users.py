@@ -4,11 +4,12 @@ from __future__ import annotations
 
 from datetime import datetime
 from enum import StrEnum
+from typing import ClassVar
 
 from pydantic import Field as PydanticField
 from sqlmodel import Column, Field, SQLModel
 
-from sidecar.models.common import ApiModel, EnumText, UTCDateTime, utcnow
+from sidecar.models.common import ApiInput, ApiModel, EnumText, UTCDateTime, utcnow
 
 
 class Role(StrEnum):
@@ -37,14 +38,17 @@ class User(SQLModel, table=True):
     provider_id: str | None = Field(default=None, max_length=64, index=True)
 
 
-class UserCreate(ApiModel):
+class UserCreate(ApiInput):
     username: str = PydanticField(min_length=3, max_length=64, pattern=r"^[A-Za-z0-9._@-]+$")
     password: str = PydanticField(min_length=12, max_length=256)
     role: Role
     provider_id: str | None = PydanticField(default=None, min_length=1, max_length=64)
 
 
-class UserUpdate(ApiModel):
+class UserUpdate(ApiInput):
+    # provider_id may be null (the account is unlinked from its provider id); these may not.
+    not_nullable: ClassVar[frozenset[str]] = frozenset({"is_active", "role", "password"})
+
     is_active: bool | None = None
     role: Role | None = None
     provider_id: str | None = PydanticField(default=None, min_length=1, max_length=64)
@@ -60,7 +64,7 @@ class UserPublic(ApiModel):
     created_at: datetime
 
 
-class LoginRequest(ApiModel):
+class LoginRequest(ApiInput):
     username: str = PydanticField(min_length=1, max_length=64)
     password: str = PydanticField(min_length=1, max_length=256)
 
