@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | sha1sum | cut -c1-12)
 TEST_POSTGRES_URL ?= postgresql+psycopg://postgres@127.0.0.1:5432/postgres
 
-VIEWER_DIR := sidecar/viewer
+VIEWER_DIR := viewer
 BROWSER_DIR := tests/browser
 # npm ci runs again whenever a lockfile changes.
 VIEWER_STAMP := $(VIEWER_DIR)/node_modules/.installed-$(shell sha1sum < $(VIEWER_DIR)/package-lock.json | cut -c1-12)
@@ -28,7 +28,7 @@ venv: $(STAMP)
 system-deps:
 	@orthanc/install-packages.sh
 
-## The OHIF Viewer (npm @ohif/app, prebuilt, pinned in sidecar/viewer/package-lock.json).
+## The OHIF Viewer (npm @ohif/app, prebuilt, pinned in viewer/package-lock.json).
 viewer: $(VIEWER_STAMP)
 
 $(VIEWER_STAMP): $(VIEWER_DIR)/package-lock.json

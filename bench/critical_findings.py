@@ -2,7 +2,7 @@
 
 The sidecar runs for real in its own process (`python -m sidecar`) on a fresh PostgreSQL
 database (or SQLite with --sqlite), with NOTIFICATION_SERVICE_URL pointing at a loopback HTTP
-server in this process (tests/webhook_receiver.py). Latency is from just before the POST is
+server in this process (tests/support/webhook_receiver.py). Latency is from just before the POST is
 sent to the moment the notification service receives the finding's webhook: the request, the
 commit of finding + outbox row, the worker waking, and the delivery. Two scenarios: one finding
 at a time (each waits for its webhook), and a burst from eight concurrent clients (the outbox
@@ -22,7 +22,7 @@ import httpx
 import sqlalchemy as sa
 from sidecar_process import ADMIN_PASSWORD, SERVER, login, running_sidecar  # puts tests/ on path
 
-from sidecar.database import make_engine
+from sidecar.core.database import make_engine
 
 from builders import UID_ROOT, orthanc_study, seed_study
 from figures import percentile  # bench/, beside this script

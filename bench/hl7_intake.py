@@ -1,10 +1,10 @@
 """HL7 order intake benchmark: ORM^O01 -> ACK over MLLP, each order committed before its AA.
 
 The sidecar runs for real in its own process (`python -m sidecar`: uvicorn, its MLLP listener, the
-worklist publisher) on a fresh PostgreSQL database; the HIS is hl7.client.MllpClient in this one.
-Every message is a distinct new order
-(own control id, placer number, accession number, Study Instance UID). Reported: messages/s and
-send-to-ACK latency p50/p99, on one connection and on eight concurrent connections.
+worklist publisher) on a fresh PostgreSQL database; the HIS is hl7.mllp.client.MllpClient in this
+one. Every message is a distinct new order (own control id, placer number, accession number, Study
+Instance UID). Reported: messages/s and send-to-ACK latency p50/p99, on one connection and on eight
+concurrent connections.
 
     make bench                      # or: .venv/bin/python bench/hl7_intake.py --messages 2000
 """
@@ -19,10 +19,10 @@ import time
 from pathlib import Path
 
 import httpx
-from sidecar_process import SERVER, running_sidecar  # first: puts tests/ on sys.path
+from sidecar_process import SERVER, running_sidecar  # first: puts tests/support on sys.path
 
 from hl7.ack import parse_ack
-from hl7.client import MllpClient
+from hl7.mllp.client import MllpClient
 
 from figures import percentile  # bench/, beside this script
 from hl7_samples import ORM_NW_251, with_field

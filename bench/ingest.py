@@ -23,15 +23,18 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from figures import percentile  # bench/, beside this script
 
 REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO / "tests"))
+sys.path.insert(0, str(REPO / "tests" / "support"))
 
-from sidecar.orthanc_process import OrthancLayout, OrthancProcess  # noqa: E402
+from sidecar.core.dependencies import services_of  # noqa: E402
+from sidecar.ingest.sync import OrthancSync  # noqa: E402
+from sidecar.launcher.orthanc import OrthancLayout, OrthancProcess  # noqa: E402
 
 from dicom_factory import GeneratedStudy, make_study  # noqa: E402
 from dicom_senders import storescu_dcmtk  # noqa: E402
@@ -109,16 +112,17 @@ def stack_round(
     latencies: list[float] = []
     notices: dict[str, float] = {}
     assert stack.sidecar is not None
-    sync = stack.sidecar.app.state.sync
+    sync = services_of(stack.sidecar.app).get(OrthancSync)
     original_enqueue = sync.enqueue
 
-    def record_notice(orthanc_ids: list[str], source: str) -> None:
+    def record_notice(orthanc_ids: Iterable[str], source: str) -> None:
+        ids = list(orthanc_ids)
         if source == "plugin":
-            for orthanc_id in orthanc_ids:
+            for orthanc_id in ids:
                 notices.setdefault(orthanc_id, time.perf_counter())
-        original_enqueue(orthanc_ids, source)
+        original_enqueue(ids, source)
 
-    sync.enqueue = record_notice
+    sync.enqueue = record_notice  # type: ignore[method-assign]  # timing the notices
     stable_at: dict[str, float] = {}
     expected = {s.study_instance_uid: s.instance_count for s in load}
     monitor = threading.Thread(target=_monitor, args=(stack, expected, stable_at, latencies))

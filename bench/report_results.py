@@ -1,7 +1,7 @@
 """Report sign -> ORU^R01 received and acknowledged by a HIS on loopback.
 
 The sidecar runs in its own process on a fresh PostgreSQL database, its results going to a HIS
-simulator (tests/his_simulator.py) in this process, which answers AA at once. Each report is
+simulator (tests/support/his_simulator.py) in this process, which answers AA at once. Each report is
 prepared first (order, study with images arrived, linked, draft written); then:
 - latency: sign one report over HTTP, wait until the HIS has its ORU, next (p50/p99 of
   sign request sent -> ORU received);

@@ -17,7 +17,7 @@ import httpx
 import sqlalchemy as sa
 
 REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO / "tests"))
+sys.path.insert(0, str(REPO / "tests" / "support"))
 
 from stack import free_port, wait_for  # noqa: E402
 

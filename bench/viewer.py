@@ -11,7 +11,7 @@ interpreter), one load of studies. Then, in the same run:
   Browser start-up and login are not timed.
 - DICOMweb latency: QIDO-RS (the study list's query) and WADO-RS series metadata, each asked of
   Orthanc directly, through the nginx front (what `make run` and docker-compose serve:
-  sidecar/viewer/nginx.conf in Debian's nginx, sidecar.nginx_front, its auth_request answered
+  viewer/nginx.conf in Debian's nginx, sidecar.launcher.nginx, its auth_request answered
   by the same sidecar) and through the sidecar's own front (VIEWER_FRONT=sidecar, or no nginx),
   with a bearer token; strictly alternating, the order rotating each round, over one keep-alive
   connection per side.
@@ -34,7 +34,7 @@ import httpx
 from figures import percentile  # bench/, beside this script
 
 REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO / "tests"))
+sys.path.insert(0, str(REPO / "tests" / "support"))
 
 from dicom_factory import GeneratedStudy, make_study  # noqa: E402
 from dicom_senders import storescu_dcmtk  # noqa: E402

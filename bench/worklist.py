@@ -1,6 +1,6 @@
 """Worklist benchmark: C-FIND latency with 10,000 scheduled items, the plugin's in-memory cache
 (plugin/worklist_cache.py) against Orthanc's ModalityWorklists plugin, both serving the SAME
-directory of files written by sidecar.worklist, in the same run.
+directory of files written by sidecar.worklist.directory, in the same run.
 
 Both Orthancs run side by side; every round queries each once, alternating which goes first, so
 drift on a noisy machine hits both alike. The client is pynetdicom with TCP_NODELAY on its socket
@@ -31,14 +31,15 @@ from zoneinfo import ZoneInfo
 from figures import percentile  # bench/, beside this script
 
 REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO / "tests"))
+sys.path.insert(0, str(REPO / "tests" / "support"))
 
 from pydicom.dataset import Dataset  # noqa: E402
 from pynetdicom import AE, _config  # noqa: E402
 from pynetdicom.sop_class import ModalityWorklistInformationFind  # type: ignore[attr-defined]  # noqa: E402
 
-from sidecar.orthanc_process import OrthancLayout, OrthancProcess, WorklistMechanism  # noqa: E402
-from sidecar.worklist import WorklistDirectory, WorklistItem  # noqa: E402
+from sidecar.launcher.orthanc import OrthancLayout, OrthancProcess, WorklistMechanism  # noqa: E402
+from sidecar.worklist.directory import WorklistDirectory  # noqa: E402
+from sidecar.worklist.items import WorklistItem  # noqa: E402
 
 from dicom_senders import _nodelay_handlers  # noqa: E402
 from stack import free_port  # noqa: E402

@@ -8,12 +8,12 @@ MSA-1 AA/AE/AR, MSA-2 the inbound MSH-10. AE and AR add one ERR segment: from v2
 ERR-1 (ELD: SEG^seq^field^code&text&HL70357). MSA-3 carries the text too, for the many HIS
 consoles that show only MSA-3 (v2.5.1 keeps it for backward compatibility).
 
-Why a template: building an ACK with hl7apy costs about 5-8 ms (measured: `python -m
-hl7.measure`), a large part of the 5 ms per message that 200 messages/s on one connection allow
-for parse, commit and answer; filling the template costs about 0.01-0.03 ms. So hl7apy
-builds each ACK layout once per (version, with ERR) with placeholder tokens; every ACK is that
-template with the values, escaped by `hl7.er7.escape_text`, put in. The structure therefore comes
-from hl7apy; tests/test_hl7_ack.py checks that template output equals a full hl7apy build and that
+Why a template: building an ACK with hl7apy costs about 5-8 ms (measured: `python
+bench/hl7_parsing.py`), a large part of the 5 ms per message that 200 messages/s on one connection
+allow for parse, commit and answer; filling the template costs about 0.01-0.03 ms. So hl7apy builds
+each ACK layout once per (version, with ERR) with placeholder tokens; every ACK is that template
+with the values, escaped by `hl7.er7.escape_text`, put in. The structure therefore comes from
+hl7apy; tests/hl7/test_hl7_ack.py checks that template output equals a full hl7apy build and that
 hl7apy parses it back strictly.
 """
 

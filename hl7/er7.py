@@ -3,7 +3,7 @@
 Why not hl7apy here: hl7apy's `parse_message` builds an element tree field by field and costs
 10-20 ms for a five-segment ORM on the development machines (see the figures in hl7/orders.py);
 the MLLP benchmark needs each message parsed, committed and acknowledged in a few milliseconds.
-This module only splits and decodes what is read, lazily, and tests/test_hl7_orders.py checks it
+This module only splits and decodes what is read, lazily, and tests/hl7/test_hl7_orders.py checks it
 against hl7apy on every sample message (a differential test of every field the order mapping
 reads). hl7apy stays the reference and builds the outbound messages (hl7/ack.py).
 

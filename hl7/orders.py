@@ -4,12 +4,12 @@ Order of checks, so that the ACK is as useful as possible: the header is read fi
 own (an ACK can always echo MSH-10), then the message type and version (AR), then the content
 (AE, first problem found, with its location).
 
-Why a hand-written tokenizer and not hl7apy (measured with `python -m hl7.measure` on the
+Why a hand-written tokenizer and not hl7apy (measured with `python bench/hl7_parsing.py` on the
 development machine, 5-segment ORM^O01 v2.5.1, 2 cores shared with other work, so ranges over
 runs): hl7apy `parse_message` 9.4-15 ms per message with find_groups True or False and either
-validation level (../shared/NOTES.md saw about 20 ms), `parse_segment` on the five segments
+validation level (about 20 ms seen on other runs), `parse_segment` on the five segments
 8.7-12.5 ms; `parse_order_message` 0.08-0.1 ms, about a hundred times less. hl7apy
-stays the reference: tests/test_hl7_orders.py compares every field this mapping reads with
+stays the reference: tests/hl7/test_hl7_orders.py compares every field this mapping reads with
 hl7apy's parse of every sample message.
 
 Accepted structure: MSH, then PID (required), PV1 (optional), then order groups each starting

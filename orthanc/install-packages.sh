@@ -2,7 +2,7 @@
 # Installs the Debian packages the service runs on, when any is missing:
 # Orthanc with its Python, DICOMweb and PostgreSQL-index plugins, requests for the plugin's
 # embedded Python (Debian's python3, not the project's venv), dcmtk's DICOM tools, and nginx for
-# the viewer front (sidecar/nginx_front.py: the docker-compose front's configuration, locally).
+# the viewer front (sidecar/launcher/nginx.py: the docker-compose front's configuration, locally).
 set -euo pipefail
 
 need=()

@@ -12,9 +12,9 @@ reuse an inode, and file times tick coarsely, so (inode, mtime, size) can repeat
 reading its hundred bytes costs about what a stat() does. No network call, so the worklist
 answers while the sidecar is down, and after an Orthanc restart the directory is read again.
 
-The directory (written by ``sidecar/worklist.py``, which documents the format): ``<key>.wl``
-DICOM files, ``journal-<epoch>.jsonl`` (put/del lines with each item's pre-filter values), and
-the ``generation`` marker (lineage, epoch, committed journal length).
+The directory (written by ``sidecar/worklist/directory.py``, which documents the format):
+``<key>.wl`` DICOM files, ``journal-<epoch>.jsonl`` (put/del lines with each item's pre-filter
+values), and the ``generation`` marker (lineage, epoch, committed journal length).
 
 The pre-filter only narrows the candidates; Orthanc's ``WorklistIsMatch`` decides on each. It is
 conservative by construction: it may keep an item Orthanc then rejects, never drop one Orthanc

@@ -6,9 +6,9 @@ import os
 
 import uvicorn
 
-from sidecar.logging_setup import configure_logging
+from sidecar.core.logs import configure_logging
+from sidecar.core.settings import Settings
 from sidecar.main import create_app
-from sidecar.settings import Settings
 
 
 def main() -> None:

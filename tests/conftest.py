@@ -1,39 +1,38 @@
 """Shared fixtures. `--database sqlite|postgresql` picks the sidecar's database for the run.
 
-SQLite: a fresh file per test. PostgreSQL: a fresh database per test, cloned from a template
-migrated once per run (CREATE DATABASE ... TEMPLATE is much faster than migrating each time).
+Every test gets a database of its own, copied from a template migrated once per run: a file copy
+for SQLite, CREATE DATABASE ... TEMPLATE for PostgreSQL (both much faster than migrating each
+time). Support code lives in tests/support (on the path), the tests in one folder per package.
 """
 
 from __future__ import annotations
 
 import logging
 import os
-import uuid
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
-import sqlalchemy as sa
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
 
-from sidecar.database import make_engine, migrate
-from sidecar.logging_setup import PatientSafeFormatter, quiet_loggers_that_print_urls
+from sidecar.accounts.models import Role, User
+from sidecar.accounts.security import hash_password
+from sidecar.core.logs import PatientSafeFormatter, quiet_loggers_that_print_urls
+from sidecar.core.settings import Settings
 from sidecar.main import create_app
-from sidecar.models.users import Role, User
-from sidecar.security import hash_password
-from sidecar.settings import Settings
 
 import patient_data
 from stack import Stack
-
-TEST_JWT_SECRET = "test-jwt-secret-" + "x" * 40
-TEST_PLUGIN_TOKEN = "test-plugin-token-" + "y" * 30
-ADMIN_PASSWORD = "admin-password-for-tests"
-USER_PASSWORD = "user-password-for-tests"
-# A port nothing listens on: an Orthanc that is down.
-CLOSED_ORTHANC_URL = "http://127.0.0.1:9"
+from testapp import (
+    ADMIN_PASSWORD,
+    USER_PASSWORD,
+    app_settings,
+    engine_of,
+    fresh_database,
+    login,
+    template_database,
+)
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -56,13 +55,13 @@ def logs_hold_no_patient_data(tmp_path_factory: pytest.TempPathFactory) -> Itera
     """Every log record of the whole run, written as the service writes them (its formatter,
     INFO and up), then searched for the patient data the tests used: none may be there.
 
-    Orthanc's own logs are files of their own per test; tests/test_ingest_hostile.py reads
+    Orthanc's own logs are files of their own per test; tests/ingest/test_ingest_hostile.py reads
     them."""
     path = tmp_path_factory.mktemp("logs") / "service.log"
     handler = logging.FileHandler(path, encoding="utf-8")
     handler.setFormatter(PatientSafeFormatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
     handler.setLevel(logging.INFO)
-    quiet_loggers_that_print_urls()  # as the service does (sidecar.logging_setup)
+    quiet_loggers_that_print_urls()  # as the service does (sidecar.core.logs)
     root = logging.getLogger()
     level = root.level
     root.addHandler(handler)
@@ -75,55 +74,29 @@ def logs_hold_no_patient_data(tmp_path_factory: pytest.TempPathFactory) -> Itera
     assert not leaked, "patient data in the service's log lines:\n" + "\n".join(leaked)
 
 
-def _with_database(url: str, name: str) -> str:
-    return str(sa.engine.make_url(url).set(database=name))
-
-
-def _admin_execute(url: str, statement: str) -> None:
-    engine = sa.create_engine(url, isolation_level="AUTOCOMMIT")
-    try:
-        with engine.connect() as connection:
-            connection.execute(sa.text(statement))
-    finally:
-        engine.dispose()
-
-
 @pytest.fixture(scope="session")
-def postgres_template(request: pytest.FixtureRequest) -> Iterator[str | None]:
-    if request.config.getoption("--database") != "postgresql":
-        yield None
-        return
-    server = request.config.getoption("--postgres-url")
-    name = f"radtest_template_{uuid.uuid4().hex[:12]}"
-    _admin_execute(server, f'CREATE DATABASE "{name}"')
-    engine = make_engine(_with_database(server, name))
-    migrate(engine)
-    engine.dispose()
-    yield name
-    _admin_execute(server, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-
-
-@contextmanager
-def fresh_database(
-    request: pytest.FixtureRequest, directory: Path, postgres_template: str | None
+def database_template(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[str]:
-    """A database of its own: a SQLite file in `directory`, or a PostgreSQL clone of the
-    migrated template, dropped afterwards."""
-    if postgres_template is None:
-        yield f"sqlite:///{directory / 'sidecar.db'}"
-        return
-    server = request.config.getoption("--postgres-url")
-    name = f"radtest_{uuid.uuid4().hex[:16]}"
-    _admin_execute(server, f'CREATE DATABASE "{name}" TEMPLATE "{postgres_template}"')
-    yield _with_database(server, name)
-    _admin_execute(server, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    """Migrated once per run; every test's database is a copy (testapp.fresh_database)."""
+    with template_database(
+        request.config.getoption("--database"),
+        request.config.getoption("--postgres-url"),
+        tmp_path_factory.mktemp("template"),
+    ) as template:
+        yield template
 
 
 @pytest.fixture
 def database_url(
-    request: pytest.FixtureRequest, tmp_path: Path, postgres_template: str | None
+    request: pytest.FixtureRequest, tmp_path: Path, database_template: str
 ) -> Iterator[str]:
-    with fresh_database(request, tmp_path, postgres_template) as url:
+    with fresh_database(
+        request.config.getoption("--database"),
+        request.config.getoption("--postgres-url"),
+        database_template,
+        tmp_path,
+    ) as url:
         yield url
 
 
@@ -139,19 +112,7 @@ def stack(tmp_path: Path, database_url: str) -> Iterator[Stack]:
 
 @pytest.fixture
 def settings(database_url: str, tmp_path: Path) -> Settings:
-    return Settings(
-        environment="development",
-        data_dir=tmp_path / "var",
-        database_url=database_url,
-        jwt_secret=TEST_JWT_SECRET,
-        admin_password=ADMIN_PASSWORD,
-        sidecar_plugin_token=TEST_PLUGIN_TOKEN,
-        orthanc_url=CLOSED_ORTHANC_URL,
-        orthanc_timeout=2.0,
-        reconcile_enabled=False,
-        mllp_enabled=False,
-        timezone="Europe/Brussels",
-    )
+    return app_settings(database_url, tmp_path)
 
 
 @pytest.fixture
@@ -163,12 +124,6 @@ def app(settings: Settings) -> FastAPI:
 def client(app: FastAPI) -> Iterator[TestClient]:
     with TestClient(app) as test_client:
         yield test_client
-
-
-def login(client: TestClient, username: str, password: str) -> dict[str, str]:
-    response = client.post("/api/auth/login", json={"username": username, "password": password})
-    assert response.status_code == 200, response.text
-    return {"Authorization": f"Bearer {response.json()['accessToken']}"}
 
 
 @pytest.fixture
@@ -183,7 +138,7 @@ def headers_for(app: FastAPI, client: TestClient) -> Callable[[Role], dict[str, 
 
     def make(role: Role) -> dict[str, str]:
         username = f"{role.value}-user"
-        with Session(app.state.engine) as session:
+        with Session(engine_of(app)) as session:
             if session.exec(select(User).where(User.username == username)).first() is None:
                 session.add(
                     User(username=username, password_hash=hash_password(USER_PASSWORD), role=role)

@@ -1,5 +1,5 @@
 // Opens a study's viewer link in Debian's headless Chromium, as a radiologist would, and reports
-// what the viewport showed. Used by tests/test_viewer_browser.py and bench/viewer.py.
+// what the viewport showed. Used by tests/viewer/test_viewer_browser.py and bench/viewer.py.
 //
 //   node open_study.mjs '{"viewerUrl": ..., "username": ..., "password": ..., ...}'
 //

@@ -1,1 +1,0 @@
-"""HTTP routes, one router per resource (paths from seed 001)."""

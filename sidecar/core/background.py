@@ -1,0 +1,110 @@
+"""Background workers: one daemon thread each, woken on demand, retrying with back-off.
+
+A worker's `run_once` does one round of work and says when it wants the next (seconds, or None
+for "only when woken, or after the idle poll"). `wake()` is how request handlers say "there is
+something for you now" after they commit; the idle poll is only a safety net.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable
+from datetime import datetime
+from typing import Any
+
+from sqlmodel import Session, col, select
+
+from sidecar.core.models import utcnow
+
+log = logging.getLogger(__name__)
+
+
+def backoff_delay(attempts: int, *, cap: float, first: float = 1.0) -> float:
+    """Seconds before the next attempt after `attempts` failed ones: first, 2x, 4x ... capped."""
+    return min(cap, first * 2.0 ** max(0, attempts - 1))
+
+
+def seconds_until_next_attempt(
+    session: Session, next_attempt_at: Any, *conditions: Any, now: datetime
+) -> float | None:
+    """Seconds until the earliest row matching `conditions` is due again (its `next_attempt_at`
+    column after `now`); None when none is waiting."""
+    upcoming: datetime | None = session.exec(
+        select(next_attempt_at)
+        .where(*conditions, col(next_attempt_at) > now)
+        .order_by(col(next_attempt_at))
+        .limit(1)
+    ).first()
+    if upcoming is None:
+        return None
+    return max(0.0, (upcoming - now).total_seconds())
+
+
+Clock = Callable[[], datetime]
+
+
+class BackgroundWorker:
+    """One daemon thread doing rounds of work: `run_once` does one round and says when it wants
+    the next (seconds; None: only when woken, or after the idle poll). `wake()` asks for the
+    next round now. A round that raises is logged and tried again after a delay that doubles
+    with each failure in a row (`after_crash`, up to `max_after_crash`), so a worker whose
+    database is down neither stops nor spins. `clock` is the time the worker reads (tests
+    give it a clock they move by hand and call `run_once` themselves)."""
+
+    def __init__(
+        self,
+        name: str,
+        *,
+        clock: Clock = utcnow,
+        idle_poll: float = 30.0,
+        after_crash: float = 1.0,
+        max_after_crash: float = 60.0,
+    ) -> None:
+        self.name = name
+        self.clock = clock
+        self._idle_poll = idle_poll
+        self._after_crash = after_crash
+        self._max_after_crash = max_after_crash
+        self._wake = threading.Event()
+        self._stopping = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def run_once(self) -> float | None:
+        raise NotImplementedError
+
+    @property
+    def stopping(self) -> bool:
+        return self._stopping.is_set()
+
+    @property
+    def running(self) -> bool:
+        return self._thread is not None
+
+    def start(self) -> None:
+        self._stopping.clear()
+        self._thread = threading.Thread(target=self._run, name=self.name, daemon=True)
+        self._thread.start()
+
+    def stop(self, timeout: float = 15.0) -> None:
+        self._stopping.set()
+        self._wake.set()
+        if self._thread is not None:
+            self._thread.join(timeout)
+            self._thread = None
+
+    def wake(self) -> None:
+        self._wake.set()
+
+    def _run(self) -> None:
+        crashes = 0
+        while not self._stopping.is_set():
+            self._wake.clear()
+            try:
+                delay = self.run_once()
+                crashes = 0
+            except Exception:  # keep the worker alive whatever one round does
+                crashes += 1
+                delay = backoff_delay(crashes, cap=self._max_after_crash, first=self._after_crash)
+                log.exception("%s: round failed; trying again in %.0f s", self.name, delay)
+            self._wake.wait(self._idle_poll if delay is None else delay)

@@ -1,0 +1,71 @@
+"""ASGI middleware every request goes through: the access log (route templates only) and the
+refusal of NUL characters in paths and query strings."""
+
+from __future__ import annotations
+
+import logging
+import time
+
+from starlette.responses import JSONResponse
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from sidecar.core.api_errors import error_body
+
+log = logging.getLogger("sidecar.http")
+
+
+class AccessLog:
+    """Access log without patient data: the route template, never the path or query string
+    (they carry accession numbers and patient ids).
+
+    Plain ASGI rather than `app.middleware("http")`: that wrapper relays every body chunk
+    through an in-memory stream, a cost each proxied DICOMweb answer would pay. The time
+    logged runs to the end of the body."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = time.perf_counter()
+        status = 500
+
+        async def remember_status(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, remember_status)
+        finally:
+            log.info(
+                "%s %s -> %d in %.1f ms",
+                scope["method"],
+                getattr(scope.get("route"), "path", "<unmatched>"),
+                status,
+                (time.perf_counter() - started) * 1000,
+            )
+
+
+class RefuseNul:
+    """Answers 400 to a request whose path or query string holds a NUL character (%00), before
+    any route sees it: no record can hold one (PostgreSQL refuses it in text, so a lookup with
+    it would fail rather than find nothing). Request bodies are checked by sidecar.core.models.
+    ApiInput."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and (
+            "\x00" in scope["path"] or b"%00" in scope.get("query_string", b"")
+        ):
+            refusal = JSONResponse(
+                error_body("bad_request", "the path or query string holds a NUL character"), 400
+            )
+            await refusal(scope, receive, send)
+            return
+        await self.app(scope, receive, send)

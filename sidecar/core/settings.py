@@ -1,0 +1,146 @@
+"""Typed settings, read from the environment once, in the app factory (never at import time)."""
+
+from __future__ import annotations
+
+import secrets
+from pathlib import Path
+from typing import Literal
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+from pydantic import Field, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+# Values people paste from examples; refusing them in production beats a forged token later.
+_PLACEHOLDER_SECRETS = {"", "changethis", "change-me", "changeme", "secret", "jwt-secret", "xxx"}
+_MIN_SECRET_LENGTH = 32
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_file=None, extra="ignore", case_sensitive=False)
+
+    environment: Literal["development", "production"] = "development"
+    data_dir: Path = Path("./var")
+    database_url: str = ""
+    log_level: str = "INFO"
+
+    sidecar_host: str = "127.0.0.1"
+    sidecar_port: int = Field(default=3006, ge=1, le=65535)
+
+    orthanc_url: str = ""
+    orthanc_username: str = ""
+    orthanc_password: str = ""
+    orthanc_http_port: int = Field(default=8042, ge=1, le=65535)
+    orthanc_dicom_port: int = Field(default=4242, ge=1, le=65535)
+    orthanc_aet: str = Field(default="ORTHANC", min_length=1, max_length=16)
+    orthanc_timeout: float = Field(default=10.0, gt=0)
+    stable_age: int = Field(default=60, ge=1)
+    # Local Orthanc only (sidecar.launcher.run): network exposure and an optional PostgreSQL index.
+    orthanc_remote_access: bool = False
+    dicom_modalities: str = ""  # "AET@host:port,AET@host:port"
+    orthanc_index_url: str = ""  # postgresql://user:password@host:port/database
+
+    admin_password: str = ""
+    jwt_secret: str = ""
+    jwt_expire_minutes: int = Field(default=480, ge=1)
+    sidecar_plugin_token: str = ""
+
+    # HL7 v2 over MLLP from the hospital information system (orders in).
+    mllp_enabled: bool = True
+    mllp_host: str = "127.0.0.1"
+    mllp_port: int = Field(default=2575, ge=0, le=65535)
+    # The department's time zone (IANA name) for HL7 times without an offset and DICOM local
+    # dates and times; empty: this machine's zone.
+    timezone: str = ""
+    # The DICOM Modality Worklist, as files the Orthanc plugin serves (default DATA_DIR/worklist).
+    worklist_enabled: bool = True
+    worklist_dir: Path | None = None
+
+    # Results (ORU^R01) to the hospital information system over MLLP; no host: not sent, and
+    # an order completes when its report is signed.
+    his_mllp_host: str = ""
+    his_mllp_port: int = Field(default=2576, ge=1, le=65535)
+    his_mllp_timeout: float = Field(default=10.0, gt=0)
+    his_application: str = Field(default="", max_length=180)  # MSH-5; empty: the ORM's MSH-3
+    his_facility: str = Field(default="", max_length=180)  # MSH-6; empty: the ORM's MSH-4
+    hl7_application: str = Field(default="RADIOLOGY", min_length=1, max_length=180)  # MSH-3
+    hl7_facility: str = Field(default="", max_length=180)  # MSH-4
+    results_send_preliminary: bool = False
+    # Back-off between delivery attempts while the HIS is unreachable: doubling, capped.
+    result_retry_max_delay: float = Field(default=60.0, gt=0)
+
+    # Critical findings (sidecar.findings.service). Notifications go to a webhook (HTTP POST
+    # JSON); unset: each is recorded as not configured and escalation still runs.
+    notification_service_url: str = ""
+    # Sent as `Authorization: Bearer <token>` so the service can tell our webhooks from forgeries.
+    notification_service_token: str = ""
+    notification_timeout: float = Field(default=5.0, gt=0)
+    notification_retry_max_delay: float = Field(default=60.0, gt=0)
+    # The sidecar's address as clinicians reach it, for links in notifications; empty:
+    # http://SIDECAR_HOST:SIDECAR_PORT.
+    public_url: str = ""
+    # Minutes each severity has to be acknowledged before it escalates; 0: never escalates.
+    critical_finding_ack_minutes_critical: int = Field(default=30, ge=0)
+    critical_finding_ack_minutes_high: int = Field(default=120, ge=0)
+    critical_finding_ack_minutes_moderate: int = Field(default=1440, ge=0)
+    critical_finding_ack_minutes_low: int = Field(default=0, ge=0)
+    # Who is notified after the ordering provider, in order (comma-separated recipient ids,
+    # e.g. provider ids or on-call pager ids), and last of all the fail-safe recipient.
+    critical_finding_escalation_contacts: str = Field(default="", max_length=2000)
+    critical_finding_failsafe: str = Field(default="", max_length=64)
+    # The OHIF viewer front (sidecar.viewer.bundle): the viewer at the root of this origin, with
+    # /dicom-web and /wado proxied to Orthanc for users with a viewer session.
+    viewer_enabled: bool = True
+    viewer_dist: Path | None = None  # default: the npm install in sidecar/viewer
+    # Where users open the viewer, for the viewerUrl of studies; default: this sidecar, when it
+    # serves the viewer. Behind nginx (docker-compose) it is the front's public address.
+    public_viewer_url: str = ""
+    # `make run` only (sidecar.launcher.run): "nginx" serves the viewer and DICOMweb through
+    # Debian's nginx on VIEWER_PORT, with the docker-compose front's configuration; "sidecar",
+    # through the sidecar's own front on SIDECAR_PORT; "auto", nginx when it is installed.
+    viewer_front: Literal["auto", "nginx", "sidecar"] = "auto"
+    viewer_port: int = Field(default=8080, ge=1, le=65535)
+
+    # The /changes reconciler: how often it polls Orthanc when nothing wakes it sooner.
+    reconcile_enabled: bool = True
+    reconcile_interval: float = Field(default=5.0, gt=0)
+
+    @model_validator(mode="after")
+    def _derive_and_check(self) -> Settings:
+        if not self.database_url:
+            self.database_url = f"sqlite:///{(self.data_dir / 'sidecar.db').resolve()}"
+        if self.worklist_dir is None:
+            self.worklist_dir = self.data_dir / "worklist"
+        if self.timezone:
+            try:
+                ZoneInfo(self.timezone)
+            except (ZoneInfoNotFoundError, ValueError) as exc:
+                raise ValueError(f"TIMEZONE {self.timezone!r} is not an IANA time zone") from exc
+        if not self.orthanc_url:
+            self.orthanc_url = f"http://127.0.0.1:{self.orthanc_http_port}"
+        self.orthanc_url = self.orthanc_url.rstrip("/")
+        if not self.public_url:
+            self.public_url = f"http://{self.sidecar_host}:{self.sidecar_port}"
+        self.public_url = self.public_url.rstrip("/")
+        for contact in self.critical_finding_escalation_contacts.split(","):
+            if len(contact.strip()) > 64:
+                raise ValueError("CRITICAL_FINDING_ESCALATION_CONTACTS: ids are at most 64 long")
+        self.public_viewer_url = self.public_viewer_url.rstrip("/")
+        if self.public_viewer_url and not self.public_viewer_url.startswith(
+            ("http://", "https://")
+        ):
+            raise ValueError(f"PUBLIC_VIEWER_URL {self.public_viewer_url!r} is not an http(s) URL")
+        if self.environment == "production":
+            _require_secret("JWT_SECRET", self.jwt_secret)
+            _require_secret("SIDECAR_PLUGIN_TOKEN", self.sidecar_plugin_token)
+        elif not self.jwt_secret:
+            # Development only: tokens stop being valid when the process restarts.
+            self.jwt_secret = secrets.token_urlsafe(48)
+        return self
+
+
+def _require_secret(name: str, value: str) -> None:
+    if value.strip().lower() in _PLACEHOLDER_SECRETS or len(value) < _MIN_SECRET_LENGTH:
+        raise ValueError(
+            f"{name} must be set to a random value of at least {_MIN_SECRET_LENGTH} characters "
+            "in production (python3 -c 'import secrets; print(secrets.token_urlsafe(48))')"
+        )

@@ -1,0 +1,189 @@
+"""Health for monitoring: database and Orthanc reachability, and how far synchronisation lags.
+
+Unauthenticated on purpose (load balancers and monitors call it); it reveals counts only.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Depends
+from fastapi.responses import JSONResponse
+from sqlalchemy import Engine, text
+from sqlmodel import Session, col, func, select
+
+from sidecar.core.dependencies import EngineDep, SettingsDep, provide, provide_optional
+from sidecar.core.settings import Settings
+from sidecar.findings.escalation import FindingWorkersDep
+from sidecar.findings.models import DeliveryStatus, FindingNotification
+from sidecar.findings.notifications import FindingNotifier
+from sidecar.ingest.orthanc_client import OrthancClient, OrthancError
+from sidecar.ingest.sync import OrthancSync
+from sidecar.orders.listener import OrderListener
+from sidecar.results.message_log import Hl7Direction, Hl7Message, Hl7MessageStatus
+from sidecar.results.outbox import ResultOutbox, ResultOutboxDep
+from sidecar.studies.models import Study
+from sidecar.worklist.publisher import WorklistPublisher
+
+router = APIRouter(tags=["health"])
+
+
+def _database(engine: Engine) -> dict[str, Any]:
+    try:
+        with Session(engine) as session:
+            session.execute(text("SELECT 1"))
+        return {"status": "up"}
+    except Exception as exc:
+        return {"status": "down", "error": type(exc).__name__}
+
+
+def _orthanc(orthanc: OrthancClient) -> dict[str, Any]:
+    try:
+        system = orthanc.system()
+        return {"status": "up", "version": system.get("Version"), "aet": system.get("DicomAet")}
+    except OrthancError as exc:
+        return {"status": "down", "error": str(exc)}
+
+
+def _sync(sync: OrthancSync) -> dict[str, Any]:
+    status = sync.status
+    return {
+        "changesCursor": status.cursor,
+        "orthancLastChange": status.orthanc_last_seq,
+        "pendingStudies": status.pending,
+        "studiesRegistered": status.registered,
+        "lastError": status.last_error,
+        "lastPollAt": status.last_poll_at.isoformat() if status.last_poll_at else None,
+        "lastNoticeToVisibleMs": (
+            round(status.notice_to_visible[0] * 1000) if status.notice_to_visible else None
+        ),
+    }
+
+
+def _answer(checks: dict[str, dict[str, Any]], **extra: Any) -> JSONResponse:
+    healthy = all(check["status"] == "up" for check in checks.values())
+    body = {"status": "ok" if healthy else "unavailable", "checks": checks, **extra}
+    return JSONResponse(body, status_code=200 if healthy else 503)
+
+
+def _studies(engine: Engine) -> dict[str, Any]:
+    """Studies whose Study Instance UID Orthanc holds under several patient ids (kept from the
+    viewer until someone resolves them): a monitor should alert on any."""
+    try:
+        with Session(engine) as session:
+            conflicts = session.exec(
+                select(func.count())
+                .select_from(Study)
+                .where(col(Study.conflicting_patient_ids).is_not(None))
+            ).one()
+    except Exception as exc:
+        return {"error": type(exc).__name__}
+    return {"patientConflicts": conflicts}
+
+
+def _hl7(listener: OrderListener) -> dict[str, Any]:
+    mllp = listener.server
+    if mllp is None:
+        return {"listening": False}
+    return {"listening": True, "port": mllp.port, "connections": mllp.connection_count}
+
+
+def _worklist(publisher: WorklistPublisher | None) -> dict[str, Any]:
+    if publisher is None:
+        return {"enabled": False}
+    unfit = sorted(publisher.unfit)
+    try:
+        offered = len(publisher.directory.keys())
+    except Exception as exc:
+        return {"enabled": True, "error": type(exc).__name__}
+    # Scheduled orders the worklist cannot hold (a value DICOM cannot take): an alert, by id.
+    return {
+        "enabled": True,
+        "scheduledProcedureSteps": offered,
+        "ordersNotOffered": len(unfit),
+        "ordersNotOfferedIds": unfit[:20],
+    }
+
+
+def _results(engine: Engine, outbox: ResultOutbox | None, settings: Settings) -> dict[str, Any]:
+    """Results waiting for the HIS: pending (queued or retrying) and failed (refused by it)."""
+    backlog = _outbox_backlog(
+        engine,
+        outbox,
+        Hl7Message.status,
+        {Hl7MessageStatus.PENDING: "pending", Hl7MessageStatus.FAILED: "failed"},
+        Hl7Message.direction == Hl7Direction.OUTBOUND,
+    )
+    if backlog["enabled"]:
+        backlog["his"] = f"{settings.his_mllp_host}:{settings.his_mllp_port}"
+    return backlog
+
+
+def _notifications(engine: Engine, notifier: FindingNotifier | None) -> dict[str, Any]:
+    """Critical finding webhooks waiting for the notification service, and refused by it."""
+    return _outbox_backlog(
+        engine,
+        notifier,
+        FindingNotification.status,
+        {DeliveryStatus.PENDING: "pending", DeliveryStatus.REFUSED: "refused"},
+    )
+
+
+def _outbox_backlog(
+    engine: Engine, worker: Any, status: Any, labels: dict[str, str], *conditions: Any
+) -> dict[str, Any]:
+    """How many of an outbox's messages are in each labelled status, and the worker's last
+    delivery error; `worker` None: that outbox is not configured."""
+    if worker is None:
+        return {"enabled": False}
+    try:
+        with Session(engine) as session:
+            counts = dict(
+                session.exec(
+                    select(status, func.count())
+                    .where(*conditions, col(status).in_(labels))
+                    .group_by(col(status))
+                ).all()
+            )
+    except Exception as exc:
+        return {"enabled": True, "error": type(exc).__name__}
+    return {
+        "enabled": True,
+        **{label: counts.get(value, 0) for value, label in labels.items()},
+        "lastError": worker.last_error,
+    }
+
+
+OrthancDep = Annotated[OrthancClient, Depends(provide(OrthancClient))]
+
+
+@router.get("/health")
+def health(
+    engine: EngineDep,
+    settings: SettingsDep,
+    orthanc: OrthancDep,
+    sync: Annotated[OrthancSync, Depends(provide(OrthancSync))],
+    listener: Annotated[OrderListener, Depends(provide(OrderListener))],
+    publisher: Annotated[WorklistPublisher | None, Depends(provide_optional(WorklistPublisher))],
+    outbox: ResultOutboxDep,
+    findings: FindingWorkersDep,
+) -> JSONResponse:
+    return _answer(
+        {"database": _database(engine), "orthanc": _orthanc(orthanc)},
+        sync=_sync(sync),
+        studies=_studies(engine),
+        hl7=_hl7(listener),
+        worklist=_worklist(publisher),
+        results=_results(engine, outbox, settings),
+        notifications=_notifications(engine, findings.notifier),
+    )
+
+
+@router.get("/health/db")
+def health_database(engine: EngineDep) -> JSONResponse:
+    return _answer({"database": _database(engine)})
+
+
+@router.get("/health/orthanc")
+def health_orthanc(orthanc: OrthancDep) -> JSONResponse:
+    return _answer({"orthanc": _orthanc(orthanc)})

@@ -1,0 +1,46 @@
+"""What each text value of an imaging order may hold: one table for orders from the API and from
+the HIS, so that both refuse the same values (the API with 422, HL7 with AE naming the field).
+
+Values offered to modalities on the worklist follow their DICOM value representation; the others
+only have to fit their column. Every order is checked, whatever its status: a PENDING order can
+be scheduled later, and must then fit the worklist too.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from sidecar.core.dicom_text import AE, LO, PN, SH, UI, TextRule, stored
+
+ORDER_TEXT_RULES: dict[str, TextRule] = {
+    # On the worklist (sidecar.worklist.publisher.worklist_item).
+    "accession_number": SH,
+    "requested_procedure_id": SH,
+    "study_instance_uid": UI,
+    "patient_id": LO,
+    "issuer_of_patient_id": LO,
+    "patient_name": PN,
+    "referring_physician": PN,
+    "procedure_description": LO,
+    "scheduled_station_aet": AE,
+    # Kept by the sidecar, sent back in results (ORU^R01, where they are escaped).
+    "ordering_provider": stored(324),
+    "provider_id": stored(64),
+    "facility_id": stored(64),
+    "procedure_code": stored(64),
+    "body_part": stored(64),
+    "placer_order_number": stored(64),
+    "filler_order_number": stored(64),
+    "clinical_indication": stored(4000, multiline=True),
+}
+
+
+def order_value_problems(values: Mapping[str, Any]) -> list[tuple[str, str]]:
+    """(field, problem) for each text value that its rule refuses, in the table's order."""
+    problems = []
+    for name, rule in ORDER_TEXT_RULES.items():
+        value = values.get(name)
+        if isinstance(value, str) and (problem := rule.problem(value)) is not None:
+            problems.append((name, problem))
+    return problems

@@ -1,0 +1,135 @@
+"""An HL7 order group as order values (sidecar.orders.service), each checked against what
+will hold it before the AA (sidecar.orders.fields), and refused AE 102 naming the field it came
+from."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from hl7.datatypes import PersonName, Provider
+from hl7.errors import DataTypeError, ErrorLocation, RequiredFieldMissing, TableValueNotFound
+from hl7.order_message import ImagingOrder as OrderGroup
+from hl7.order_message import OrderMessage
+from sidecar.orders.fields import order_value_problems
+from sidecar.orders.models import Modality, Priority
+
+# DICOM modality codes for OBR-24 / IPC-5 values that are not our modality names.
+_MODALITY_ALIASES = {"PET": Modality.PT, "PETCT": Modality.PET_CT, "XR": Modality.DX}
+
+
+def order_values(message: OrderMessage, group: OrderGroup) -> dict[str, Any]:
+    """Domain values of an order group; absent values are left out. Not yet checked against
+    what will hold them: see checked_order_values."""
+    patient, visit = message.patient, message.visit
+    procedure = group.procedure
+    reason = group.reason_for_study
+    ordering = group.ordering_provider
+    values: dict[str, Any] = {
+        "patient_id": patient.identifier.id,
+        "issuer_of_patient_id": patient.identifier.assigning_authority.name or None,
+        "patient_name": person_name(patient.name),
+        "patient_birth_date": patient.birth_date,
+        "patient_sex": patient.sex.value if patient.sex and patient.sex.value in "MFO" else None,
+        "referring_physician": provider_name(visit.referring_provider if visit else None),
+        "ordering_provider": provider_name(ordering),
+        "provider_id": (ordering.id or None) if ordering else None,
+        "facility_id": message.header.sending_facility.name or None,
+        "procedure_code": (procedure.code or None) if procedure else None,
+        "procedure_description": (procedure.text or None) if procedure else None,
+        "modality": modality(group),
+        "clinical_indication": (reason.text or reason.code) if reason else None,
+        "priority": Priority(group.priority.value),
+        "scheduled_at": group.scheduled_start,
+        "placer_order_number": _entity(group.placer_order_number),
+        "filler_order_number": _entity(group.filler_order_number),
+        "requested_procedure_id": group.requested_procedure_id or None,
+        "accession_number": group.accession_number or None,
+        "study_instance_uid": group.study_instance_uid or None,
+    }
+    return {k: v for k, v in values.items() if v not in (None, "")}
+
+
+def checked_order_values(message: OrderMessage, group: OrderGroup) -> dict[str, Any]:
+    """order_values, refused with AE 102 naming the field when a value does not fit where it
+    goes: its column, or the worklist item a modality will read (sidecar.orders.fields)."""
+    values = order_values(message, group)
+    problems = order_value_problems(values)
+    if problems:
+        name, problem = problems[0]
+        location, label = value_source(name, group)
+        raise DataTypeError(f"{location} {label} {problem}", location)
+    return values
+
+
+FieldPosition = tuple[str, int, int | None]  # segment, field, component
+
+#: Where each order value comes from: the field read first, the one read when the group does not
+#: send the first (None: there is one source), and what HL7 calls it. As
+#: hl7.order_message.ImagingOrder reads them: ORC before OBR, IPC before OBR and ZDS.
+_SOURCES: dict[str, tuple[FieldPosition, FieldPosition | None, str]] = {
+    "patient_id": (("PID", 3, 1), None, "patient identifier"),
+    "issuer_of_patient_id": (("PID", 3, 4), None, "assigning authority"),
+    "patient_name": (("PID", 5, None), None, "patient name"),
+    "referring_physician": (("PV1", 8, None), None, "referring doctor"),
+    "facility_id": (("MSH", 4, None), None, "sending facility"),
+    "procedure_code": (("OBR", 4, 1), None, "procedure code"),
+    "procedure_description": (("OBR", 4, 2), None, "procedure text"),
+    "clinical_indication": (("OBR", 31, None), None, "reason for study"),
+    "ordering_provider": (("ORC", 12, None), ("OBR", 16, None), "ordering provider"),
+    "provider_id": (("ORC", 12, 1), ("OBR", 16, 1), "ordering provider id"),
+    "placer_order_number": (("ORC", 2, 1), ("OBR", 2, 1), "placer order number"),
+    "filler_order_number": (("ORC", 3, 1), ("OBR", 3, 1), "filler order number"),
+    "accession_number": (("IPC", 1, 1), ("OBR", 18, None), "accession number"),
+    "requested_procedure_id": (("IPC", 2, 1), ("OBR", 19, None), "requested procedure id"),
+    "study_instance_uid": (("IPC", 3, 1), ("ZDS", 1, 1), "study instance UID"),
+}
+_ONCE_PER_MESSAGE = frozenset({"MSH", "PID", "PV1"})
+
+
+def value_source(name: str, group: OrderGroup) -> tuple[ErrorLocation, str]:
+    """Where an order value came from in the message, and what HL7 calls that field."""
+    first, fallback, label = _SOURCES[name]
+    segment, field, component = first if fallback is None or _sends(group, first) else fallback
+    sequence = 1 if segment in _ONCE_PER_MESSAGE else group.sequence
+    return ErrorLocation(segment, sequence, field, component), label
+
+
+def _sends(group: OrderGroup, position: FieldPosition) -> bool:
+    """Whether the group's value is read from `position` (an ORC or IPC field)."""
+    common, ipc = group.common_order, group.procedure_control
+    sent = {
+        ("ORC", 12): common.ordering_provider is not None,
+        ("ORC", 2): common.placer_order_number is not None,
+        ("ORC", 3): common.filler_order_number is not None,
+        ("IPC", 1): bool(ipc and ipc.accession_number),
+        ("IPC", 2): bool(ipc and ipc.requested_procedure_id),
+        ("IPC", 3): bool(ipc and ipc.study_instance_uid),
+    }
+    return sent[position[:2]]
+
+
+def modality(group: OrderGroup) -> Modality:
+    code = group.modality.strip().upper()
+    location = ErrorLocation("OBR", group.sequence, 24)
+    if not code:
+        raise RequiredFieldMissing("OBR-24 (modality) is required to schedule the order", location)
+    try:
+        return _MODALITY_ALIASES.get(code) or Modality(code)
+    except ValueError as exc:
+        raise TableValueNotFound(
+            f"modality {code} is not one the department performs", location
+        ) from exc
+
+
+def person_name(name: PersonName) -> str | None:
+    """XPN/XCN to DICOM PN: family^given^middle^prefix^suffix, trailing empties dropped."""
+    parts = [name.family_name, name.given_name, name.middle_name, name.prefix, name.suffix]
+    return "^".join(parts).rstrip("^") or None
+
+
+def provider_name(provider: Provider | None) -> str | None:
+    return person_name(provider.name) if provider else None
+
+
+def _entity(identifier: Any) -> str | None:
+    return (identifier.entity_id or None) if identifier else None

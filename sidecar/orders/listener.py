@@ -1,0 +1,33 @@
+"""The MLLP listener orders arrive on (HL7 from the HIS), started and stopped with the service."""
+
+from __future__ import annotations
+
+import logging
+
+from hl7.mllp.server import MllpServer
+from sidecar.orders.intake import OrderIntake
+
+log = logging.getLogger(__name__)
+
+
+class OrderListener:
+    """The intake's MLLP server, when MLLP_ENABLED; `server` is None until started."""
+
+    def __init__(self, intake: OrderIntake, *, enabled: bool, host: str, port: int) -> None:
+        self.intake = intake
+        self.enabled = enabled
+        self.host = host
+        self._port = port
+        self.server: MllpServer | None = None
+
+    async def start(self) -> None:
+        if not self.enabled:
+            return
+        self.server = MllpServer(self.intake, host=self.host, port=self._port)
+        await self.server.start()
+        log.info("HL7 MLLP listener on %s:%d", self.host, self.server.port)
+
+    async def stop(self) -> None:
+        if self.server is not None:
+            await self.server.stop()
+            self.server = None

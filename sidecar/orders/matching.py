@@ -1,0 +1,93 @@
+"""Linking an arriving study to its imaging order (IHE Scheduled Workflow).
+
+By accession number first, then by Study Instance UID (the one the worklist handed the modality).
+A patient that differs between study and order (its id, or the id's issuer when both name one)
+is flagged on the study and not linked: images of one patient must never be filed under another
+patient's order. A linked study takes its order's patient, issuer included.
+"""
+
+from __future__ import annotations
+
+from sqlmodel import Session, select
+
+from sidecar.core import audit
+from sidecar.orders import service as orders
+from sidecar.orders.models import ORDER_WORKFLOW, ImagingOrder, OrderStatus
+from sidecar.studies.models import Study
+
+PATIENT_MISMATCH = "patient id differs from the order's"
+
+
+class PatientMismatch(Exception):
+    pass
+
+
+def find_order(session: Session, study: Study) -> ImagingOrder | None:
+    if study.accession_number:
+        order = session.exec(
+            select(ImagingOrder).where(ImagingOrder.accession_number == study.accession_number)
+        ).first()
+        if order is not None:
+            return order
+    return session.exec(
+        select(ImagingOrder).where(ImagingOrder.study_instance_uid == study.study_instance_uid)
+    ).first()
+
+
+def link(session: Session, study: Study, order: ImagingOrder, *, actor: str) -> bool:
+    """Links study and order; returns whether the order's status changed. The caller commits.
+
+    Raises PatientMismatch (and leaves both unchanged) when the patient ids differ.
+    """
+    if study.patient_id and order.patient_id != study.patient_id:
+        raise PatientMismatch(PATIENT_MISMATCH)
+    issuers = (study.issuer_of_patient_id, order.issuer_of_patient_id)
+    if all(issuers) and issuers[0] != issuers[1]:
+        raise PatientMismatch(PATIENT_MISMATCH)
+    study.issuer_of_patient_id = order.issuer_of_patient_id or study.issuer_of_patient_id
+    study.order_id = order.id
+    study.order_match_issue = None
+    # The study takes the order's clinical context.
+    study.priority = order.priority.value
+    study.clinical_indication = order.clinical_indication
+    study.referring_physician = order.referring_physician or study.referring_physician
+    session.add(study)
+    audit.record(
+        session,
+        actor=actor,
+        action="study.linked_to_order",
+        entity_type="study",
+        entity_id=study.id,
+        order_id=order.id,
+    )
+    # Images acquired: the order is under way (it completes when its result is delivered).
+    if ORDER_WORKFLOW.can(OrderStatus(order.status), OrderStatus.IN_PROGRESS):
+        orders.change_status(session, order, OrderStatus.IN_PROGRESS, actor=actor)
+        return True
+    return False
+
+
+def match(session: Session, study: Study, *, actor: str) -> ImagingOrder | None:
+    """Links an unlinked study to its order when one matches; returns the order if its status
+    changed (listeners must hear of it). A mismatch is flagged on the study."""
+    if study.order_id is not None:
+        return None
+    order = find_order(session, study)
+    if order is None:
+        return None
+    try:
+        changed = link(session, study, order, actor=actor)
+    except PatientMismatch:
+        if study.order_match_issue != PATIENT_MISMATCH:
+            study.order_match_issue = PATIENT_MISMATCH
+            session.add(study)
+            audit.record(
+                session,
+                actor=actor,
+                action="study.order_mismatch",
+                entity_type="study",
+                entity_id=study.id,
+                order_id=order.id,
+            )
+        return None
+    return order if changed else None

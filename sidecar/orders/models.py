@@ -1,0 +1,190 @@
+"""Imaging orders (seed 001): the table, the values clients send and read, the status workflow."""
+
+from __future__ import annotations
+
+from datetime import date, datetime
+from enum import StrEnum
+from typing import Any, ClassVar
+
+from pydantic import AwareDatetime, ValidationInfo, field_validator
+from pydantic import Field as PydanticField
+from sqlalchemy import Text
+from sqlmodel import Column, Field, SQLModel
+
+from sidecar.core.dicom_text import PN_MAX_LENGTH
+from sidecar.core.models import ApiInput, ApiModel, EnumText, UTCDateTime, utcnow
+from sidecar.core.workflow import Workflow
+from sidecar.orders.fields import ORDER_TEXT_RULES
+from sidecar.studies.models import PatientSex
+
+
+class OrderStatus(StrEnum):
+    PENDING = "PENDING"
+    SCHEDULED = "SCHEDULED"
+    IN_PROGRESS = "IN_PROGRESS"
+    COMPLETED = "COMPLETED"
+    CANCELLED = "CANCELLED"
+    ON_HOLD = "ON_HOLD"
+
+
+class Priority(StrEnum):
+    STAT = "STAT"
+    URGENT = "URGENT"
+    ROUTINE = "ROUTINE"
+
+
+class Modality(StrEnum):
+    """The modalities seed 001 lists; PET_CT is sent to modalities as DICOM PT."""
+
+    CR = "CR"
+    CT = "CT"
+    MR = "MR"
+    US = "US"
+    XA = "XA"
+    DX = "DX"
+    MG = "MG"
+    NM = "NM"
+    PT = "PT"
+    PET_CT = "PET_CT"
+    RF = "RF"
+    OT = "OT"
+
+
+class ImagingOrder(SQLModel, table=True):
+    __tablename__ = "imaging_order"
+
+    id: int | None = Field(default=None, primary_key=True)
+    accession_number: str = Field(max_length=16, unique=True, index=True)
+    study_instance_uid: str = Field(max_length=64, unique=True, index=True)
+    requested_procedure_id: str | None = Field(default=None, max_length=16)
+    placer_order_number: str | None = Field(default=None, max_length=64, index=True)
+    filler_order_number: str | None = Field(default=None, max_length=64, index=True)
+    patient_id: str = Field(max_length=64, index=True)
+    issuer_of_patient_id: str | None = Field(default=None, max_length=64)
+    patient_name: str | None = Field(default=None, max_length=324)
+    patient_birth_date: date | None = None
+    patient_sex: str | None = Field(default=None, max_length=16)
+    referring_physician: str | None = Field(default=None, max_length=324)
+    ordering_provider: str | None = Field(default=None, max_length=324)
+    provider_id: str | None = Field(default=None, max_length=64)
+    facility_id: str | None = Field(default=None, max_length=64)
+    procedure_code: str | None = Field(default=None, max_length=64)
+    procedure_description: str | None = Field(default=None, max_length=64)
+    modality: Modality = Field(sa_column=Column(EnumText(Modality, 16), nullable=False))
+    body_part: str | None = Field(default=None, max_length=64)
+    clinical_indication: str | None = Field(default=None, sa_column=Column(Text))
+    priority: Priority = Field(
+        default=Priority.ROUTINE, sa_column=Column(EnumText(Priority, 16), nullable=False)
+    )
+    status: OrderStatus = Field(
+        default=OrderStatus.PENDING,
+        sa_column=Column(EnumText(OrderStatus, 16), nullable=False, index=True),
+    )
+    scheduled_at: datetime | None = Field(default=None, sa_column=Column(UTCDateTime, index=True))
+    scheduled_station_aet: str | None = Field(default=None, max_length=16)
+    source: str = Field(default="api", max_length=8)  # "api" or "hl7"
+    created_at: datetime = Field(
+        default_factory=utcnow, sa_column=Column(UTCDateTime, nullable=False)
+    )
+    updated_at: datetime = Field(
+        default_factory=utcnow, sa_column=Column(UTCDateTime, nullable=False)
+    )
+
+
+class OrderFields(ApiInput):
+    """What a client may set on an order (create and update share the limits). Text values are
+    checked by the same rules as orders from the HIS (sidecar.orders.fields): what goes on the
+    worklist must fit its DICOM value representation."""
+
+    patient_id: str | None = PydanticField(default=None, max_length=64, min_length=1)
+    issuer_of_patient_id: str | None = PydanticField(default=None, max_length=64)
+    patient_name: str | None = PydanticField(default=None, max_length=PN_MAX_LENGTH)
+    patient_birth_date: date | None = None
+    patient_sex: PatientSex | None = None
+    referring_physician: str | None = PydanticField(default=None, max_length=PN_MAX_LENGTH)
+    ordering_provider: str | None = PydanticField(default=None, max_length=324)
+    provider_id: str | None = PydanticField(default=None, max_length=64)
+    facility_id: str | None = PydanticField(default=None, max_length=64)
+    procedure_code: str | None = PydanticField(default=None, max_length=64)
+    procedure_description: str | None = PydanticField(default=None, max_length=64)
+    modality: Modality | None = None
+    body_part: str | None = PydanticField(default=None, max_length=64)
+    clinical_indication: str | None = PydanticField(default=None, max_length=4000)
+    priority: Priority | None = None
+    scheduled_at: AwareDatetime | None = None
+    scheduled_station_aet: str | None = PydanticField(
+        default=None, max_length=16, pattern=r"^[\x20-\x5b\x5d-\x7e]*$"
+    )
+    placer_order_number: str | None = PydanticField(default=None, max_length=64)
+    filler_order_number: str | None = PydanticField(default=None, max_length=64)
+    requested_procedure_id: str | None = PydanticField(default=None, max_length=16)
+
+    @field_validator(*ORDER_TEXT_RULES, mode="after", check_fields=False)
+    @classmethod
+    def _fits(cls, value: Any, info: ValidationInfo) -> Any:
+        rule = ORDER_TEXT_RULES[info.field_name or ""]
+        if isinstance(value, str) and (problem := rule.problem(value)) is not None:
+            raise ValueError(problem)
+        return value
+
+
+class OrderCreate(OrderFields):
+    patient_id: str = PydanticField(max_length=64, min_length=1)
+    modality: Modality
+    accession_number: str | None = PydanticField(default=None, max_length=16, min_length=1)
+    study_instance_uid: str | None = PydanticField(
+        default=None, max_length=64, pattern=r"^[0-9]+(\.[0-9]+)*$"
+    )
+
+
+class OrderUpdate(OrderFields):
+    # Their columns hold no null: left out keeps the value, null is refused.
+    not_nullable: ClassVar[frozenset[str]] = frozenset({"patient_id", "modality", "priority"})
+
+    status: OrderStatus | None = None
+
+
+class OrderPublic(ApiModel):
+    id: int
+    accession_number: str
+    study_instance_uid: str
+    requested_procedure_id: str | None
+    placer_order_number: str | None
+    filler_order_number: str | None
+    patient_id: str
+    issuer_of_patient_id: str | None
+    patient_name: str | None
+    patient_birth_date: date | None
+    patient_sex: str | None
+    referring_physician: str | None
+    ordering_provider: str | None
+    provider_id: str | None
+    facility_id: str | None
+    procedure_code: str | None
+    procedure_description: str | None
+    modality: Modality
+    body_part: str | None
+    clinical_indication: str | None
+    priority: Priority
+    status: OrderStatus
+    scheduled_at: datetime | None
+    scheduled_station_aet: str | None
+    source: str
+    created_at: datetime
+    updated_at: datetime
+
+
+# The status workflow (sidecar.core.workflow moves records through it).
+_O = OrderStatus
+ORDER_WORKFLOW: Workflow[OrderStatus] = Workflow(
+    "order",
+    "order",
+    {
+        _O.PENDING: {_O.SCHEDULED, _O.IN_PROGRESS, _O.CANCELLED, _O.ON_HOLD},
+        _O.SCHEDULED: {_O.PENDING, _O.IN_PROGRESS, _O.CANCELLED, _O.ON_HOLD},
+        _O.IN_PROGRESS: {_O.COMPLETED, _O.CANCELLED, _O.ON_HOLD},
+        _O.ON_HOLD: {_O.PENDING, _O.SCHEDULED, _O.IN_PROGRESS, _O.CANCELLED},
+        _O.COMPLETED: set(),
+        _O.CANCELLED: set(),
+    },
+)

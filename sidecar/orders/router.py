@@ -1,0 +1,139 @@
+"""Imaging orders (seed 001 paths). Orders from the HIS over HL7 are the same kind of thing."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Depends, Query, status
+from pydantic import AwareDatetime
+from sqlmodel import Session, col
+
+from sidecar.accounts.dependencies import require_roles
+from sidecar.accounts.models import Role, User
+from sidecar.core.dependencies import SessionDep, provide
+from sidecar.core.errors import ConflictingState, UnknownRecord
+from sidecar.core.models import Page
+from sidecar.core.pagination import Pagination, PaginationDep, RecordId, equal_to, paginate
+from sidecar.orders import service as orders
+from sidecar.orders.events import OrderEvents
+from sidecar.orders.models import (
+    ImagingOrder,
+    Modality,
+    OrderCreate,
+    OrderPublic,
+    OrderStatus,
+    OrderUpdate,
+    Priority,
+)
+
+router = APIRouter(prefix="/api/imaging-orders", tags=["imaging orders"])
+
+_R = Role
+OrderReader = Annotated[
+    User,
+    Depends(require_roles(_R.ADMIN, _R.TECHNOLOGIST, _R.RADIOLOGIST, _R.PHYSICIAN, _R.INTEGRATION)),
+]
+OrderEditor = Annotated[User, Depends(require_roles(_R.ADMIN, _R.TECHNOLOGIST, _R.INTEGRATION))]
+
+
+OrderEventsDep = Annotated[OrderEvents, Depends(provide(OrderEvents))]
+
+
+@router.post("", response_model=OrderPublic, status_code=status.HTTP_201_CREATED)
+def create_order(
+    body: OrderCreate, session: SessionDep, user: OrderEditor, events: OrderEventsDep
+) -> ImagingOrder:
+    order = orders.create_order(session, body.model_dump(), actor=user.username, source="api")
+    session.commit()
+    session.refresh(order)
+    events.announce(order)  # the worklist follows the committed change
+    return order
+
+
+@router.get("", response_model=Page[OrderPublic])
+def list_orders(
+    session: SessionDep,
+    _: OrderReader,
+    pagination: PaginationDep,
+    patient_id: Annotated[str | None, Query(alias="patientId", max_length=64)] = None,
+    accession_number: Annotated[str | None, Query(alias="accessionNumber", max_length=16)] = None,
+    order_status: Annotated[OrderStatus | None, Query(alias="status")] = None,
+    modality: Modality | None = None,
+    priority: Priority | None = None,
+    scheduled_from: Annotated[AwareDatetime | None, Query(alias="scheduledFrom")] = None,
+    scheduled_to: Annotated[AwareDatetime | None, Query(alias="scheduledTo")] = None,
+) -> dict[str, Any]:
+    conditions = equal_to(
+        (ImagingOrder.patient_id, patient_id),
+        (ImagingOrder.accession_number, accession_number),
+        (ImagingOrder.status, order_status),
+        (ImagingOrder.modality, modality),
+        (ImagingOrder.priority, priority),
+    )
+    if scheduled_from:
+        conditions.append(col(ImagingOrder.scheduled_at) >= scheduled_from)
+    if scheduled_to:
+        conditions.append(col(ImagingOrder.scheduled_at) <= scheduled_to)
+    return _page(session, conditions, pagination)
+
+
+@router.get("/patient/{patient_id}", response_model=Page[OrderPublic])
+def list_patient_orders(
+    patient_id: str, session: SessionDep, _: OrderReader, pagination: PaginationDep
+) -> dict[str, Any]:
+    return _page(session, [ImagingOrder.patient_id == patient_id], pagination)
+
+
+@router.get("/{order_id}", response_model=OrderPublic)
+def get_order(order_id: RecordId, session: SessionDep, _: OrderReader) -> ImagingOrder:
+    return get_order_or_404(session, order_id)
+
+
+@router.patch("/{order_id}", response_model=OrderPublic)
+def update_order(
+    order_id: RecordId,
+    body: OrderUpdate,
+    session: SessionDep,
+    user: OrderEditor,
+    events: OrderEventsDep,
+) -> ImagingOrder:
+    order = get_order_or_404(session, order_id)
+    changes = body.model_dump(exclude_unset=True)
+    target = changes.pop("status", None)
+    if OrderStatus(order.status) in (OrderStatus.COMPLETED, OrderStatus.CANCELLED) and changes:
+        raise ConflictingState(
+            f"order {order_id} is {order.status.value} and can no longer be edited"
+        )
+    if changes:
+        orders.update_order(session, order, changes, actor=user.username)
+    if target is not None:
+        orders.change_status(session, order, target, actor=user.username)
+    session.commit()
+    session.refresh(order)
+    events.announce(order)  # the worklist follows the committed change
+    return order
+
+
+@router.delete("/{order_id}", response_model=OrderPublic)
+def cancel_order(
+    order_id: RecordId, session: SessionDep, user: OrderEditor, events: OrderEventsDep
+) -> ImagingOrder:
+    """Cancels the order; the row stays, for the record."""
+    order = get_order_or_404(session, order_id)
+    orders.change_status(session, order, OrderStatus.CANCELLED, actor=user.username)
+    session.commit()
+    session.refresh(order)
+    events.announce(order)  # the worklist follows the committed change
+    return order
+
+
+def get_order_or_404(session: Session, order_id: int) -> ImagingOrder:
+    order = session.get(ImagingOrder, order_id)
+    if order is None:
+        raise UnknownRecord(f"imaging order {order_id} not found")
+    return order
+
+
+def _page(session: Session, conditions: list[Any], pagination: Pagination) -> dict[str, Any]:
+    newest_first = [col(ImagingOrder.scheduled_at).desc().nulls_last(), col(ImagingOrder.id).desc()]
+    return paginate(session, ImagingOrder, conditions, newest_first, pagination)

@@ -1,0 +1,302 @@
+"""Radiology reports (seed 001 paths), their signed revisions and a readable rendering.
+
+Only radiologists write, sign, amend and delete. Physicians read signed reports of the patients
+of their own orders (their account's provider id); other clinicians read every report.
+Optimistic concurrency: every answer carries `ETag: "<version>"`; a write may send the version it
+read (`version` in the body, or `If-Match`), and a stale one answers 409.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Depends, Header, Query, Response, status
+from fastapi.responses import HTMLResponse, PlainTextResponse
+from sqlmodel import Session, col, select
+
+from sidecar.access.care_scope import CareScope, CareScopeDep
+from sidecar.accounts.dependencies import require_roles
+from sidecar.accounts.models import Role, User
+from sidecar.core.dependencies import SessionDep
+from sidecar.core.errors import InvalidRequest, UnknownRecord
+from sidecar.core.models import Page
+from sidecar.core.pagination import (
+    Pagination,
+    PaginationDep,
+    RecordId,
+    equal_to,
+    paginate,
+    record_id_query,
+)
+from sidecar.orders.models import ImagingOrder
+from sidecar.reports import service as reports
+from sidecar.reports.models import (
+    RadiologyReport,
+    ReportAmend,
+    ReportCreate,
+    ReportPublic,
+    ReportRevisionPublic,
+    ReportSign,
+    ReportStatus,
+    ReportUpdate,
+)
+from sidecar.reports.rendering import render_html, render_text
+from sidecar.results import service as results
+from sidecar.results.outbox import ResultOutbox, ResultOutboxDep
+from sidecar.results.service import ResultRoutingDep
+from sidecar.studies.models import Study
+
+router = APIRouter(prefix="/api/reports", tags=["reports"])
+
+_R = Role
+Radiologist = Annotated[User, Depends(require_roles(_R.RADIOLOGIST))]
+ReportReader = Annotated[
+    User, Depends(require_roles(_R.ADMIN, _R.RADIOLOGIST, _R.TECHNOLOGIST, _R.PHYSICIAN))
+]
+IfMatch = Annotated[str | None, Header(alias="If-Match")]
+
+
+@router.post("", response_model=ReportPublic, status_code=status.HTTP_201_CREATED)
+def create_report(
+    body: ReportCreate,
+    session: SessionDep,
+    user: Radiologist,
+    routing: ResultRoutingDep,
+    outbox: ResultOutboxDep,
+    response: Response,
+) -> RadiologyReport:
+    study = session.get(Study, body.study_id)
+    if study is None:
+        raise UnknownRecord(f"study {body.study_id} not found")
+    values = body.model_dump(exclude={"study_id"}, exclude_unset=True)
+    report = reports.create_report(session, study, user, values)
+    _queue_result(routing, session, report, user)
+    return _commit(session, report, outbox, response)
+
+
+@router.get("", response_model=Page[ReportPublic])
+def list_reports(
+    session: SessionDep,
+    _: ReportReader,
+    scope: CareScopeDep,
+    pagination: PaginationDep,
+    report_status: Annotated[ReportStatus | None, Query(alias="status")] = None,
+    study_id: Annotated[int | None, record_id_query("studyId")] = None,
+    order_id: Annotated[int | None, record_id_query("orderId")] = None,
+    patient_id: Annotated[str | None, Query(alias="patientId", max_length=64)] = None,
+) -> dict[str, Any]:
+    """Reports newest first; a physician sees the signed reports of their own patients."""
+    conditions = equal_to(
+        (RadiologyReport.status, report_status),
+        (RadiologyReport.study_id, study_id),
+        (RadiologyReport.order_id, order_id),
+    )
+    if patient_id is not None:
+        conditions.append(
+            col(RadiologyReport.study_id).in_(
+                select(Study.id).where(Study.patient_id == patient_id)
+            )
+        )
+    return _page(session, scope, conditions, pagination)
+
+
+@router.get("/study/{study_id}", response_model=Page[ReportPublic])
+def list_study_reports(
+    study_id: RecordId,
+    session: SessionDep,
+    _: ReportReader,
+    scope: CareScopeDep,
+    pagination: PaginationDep,
+) -> dict[str, Any]:
+    return _page(session, scope, [RadiologyReport.study_id == study_id], pagination)
+
+
+@router.get("/radiologist/{radiologist_id}", response_model=Page[ReportPublic])
+def list_radiologist_reports(
+    radiologist_id: RecordId,
+    session: SessionDep,
+    _: ReportReader,
+    scope: CareScopeDep,
+    pagination: PaginationDep,
+) -> dict[str, Any]:
+    return _page(session, scope, [RadiologyReport.radiologist_id == radiologist_id], pagination)
+
+
+@router.get("/{report_id}", response_model=ReportPublic)
+def get_report(
+    report_id: RecordId,
+    session: SessionDep,
+    _: ReportReader,
+    scope: CareScopeDep,
+    response: Response,
+) -> RadiologyReport:
+    report = readable_report(session, report_id, scope)
+    response.headers["ETag"] = etag(report)
+    return report
+
+
+@router.get("/{report_id}/versions", response_model=list[ReportRevisionPublic])
+def list_versions(
+    report_id: RecordId, session: SessionDep, _: ReportReader, scope: CareScopeDep
+) -> list[Any]:
+    """Every signed revision, oldest first: what was signed, by whom, when and why amended."""
+    readable_report(session, report_id, scope)
+    return list(reports.revisions(session, report_id))
+
+
+@router.get(
+    "/{report_id}/rendering",
+    response_class=PlainTextResponse,
+    responses={200: {"content": {"text/plain": {}, "text/html": {}}}},
+)
+def render_report(
+    report_id: RecordId,
+    session: SessionDep,
+    _: ReportReader,
+    scope: CareScopeDep,
+    format: Annotated[str, Query(pattern="^(text|html)$")] = "text",
+) -> Response:
+    """The report as a clinician reads it: plain text (default) or HTML."""
+    report = readable_report(session, report_id, scope)
+    study = session.get(Study, report.study_id)
+    order = session.get(ImagingOrder, report.order_id) if report.order_id else None
+    signer = session.get(User, report.signed_by_id) if report.signed_by_id else None
+    assert study is not None
+    if format == "html":
+        return HTMLResponse(render_html(report, study, order, signer))
+    return PlainTextResponse(render_text(report, study, order, signer))
+
+
+@router.patch("/{report_id}", response_model=ReportPublic)
+def update_report(
+    report_id: RecordId,
+    body: ReportUpdate,
+    session: SessionDep,
+    user: Radiologist,
+    routing: ResultRoutingDep,
+    outbox: ResultOutboxDep,
+    response: Response,
+    if_match: IfMatch = None,
+) -> RadiologyReport:
+    report = _get(session, report_id)
+    values = body.model_dump(exclude={"version"}, exclude_unset=True)
+    reports.update_report(
+        session, report, values, actor=user, expected_version=_expected(body.version, if_match)
+    )
+    _queue_result(routing, session, report, user)
+    return _commit(session, report, outbox, response)
+
+
+@router.post("/{report_id}/sign", response_model=ReportPublic)
+def sign_report(
+    report_id: RecordId,
+    session: SessionDep,
+    user: Radiologist,
+    routing: ResultRoutingDep,
+    outbox: ResultOutboxDep,
+    response: Response,
+    body: ReportSign | None = None,
+    if_match: IfMatch = None,
+) -> RadiologyReport:
+    report = _get(session, report_id)
+    expected = _expected(body.version if body else None, if_match)
+    reports.sign_report(session, report, user, expected_version=expected)
+    _queue_result(routing, session, report, user)
+    return _commit(session, report, outbox, response)
+
+
+@router.post("/{report_id}/amend", response_model=ReportPublic)
+def amend_report(
+    report_id: RecordId,
+    body: ReportAmend,
+    session: SessionDep,
+    user: Radiologist,
+    routing: ResultRoutingDep,
+    outbox: ResultOutboxDep,
+    response: Response,
+    if_match: IfMatch = None,
+) -> RadiologyReport:
+    report = _get(session, report_id)
+    sections = body.model_dump(exclude={"version", "kind", "reason"}, exclude_unset=True)
+    reports.amend_report(
+        session,
+        report,
+        user,
+        sections,
+        kind=body.kind,
+        reason=body.reason,
+        expected_version=_expected(body.version, if_match),
+    )
+    _queue_result(routing, session, report, user)
+    return _commit(session, report, outbox, response)
+
+
+@router.delete("/{report_id}", status_code=status.HTTP_204_NO_CONTENT)
+def delete_report(
+    report_id: RecordId, session: SessionDep, user: Radiologist, if_match: IfMatch = None
+) -> None:
+    """Deletes a preliminary report (kept on record, out of every list)."""
+    report = _get(session, report_id)
+    reports.discard_report(session, report, user, expected_version=_expected(None, if_match))
+    session.commit()
+
+
+def etag(report: RadiologyReport) -> str:
+    return f'"{report.version}"'
+
+
+def readable_report(session: Session, report_id: int, scope: CareScope) -> RadiologyReport:
+    report = _get(session, report_id)
+    if (
+        scope.limited
+        and not session.exec(
+            select(RadiologyReport.id).where(RadiologyReport.id == report_id, *scope.reports())
+        ).first()
+    ):
+        # Not "forbidden": whether a report exists is itself not theirs to know.
+        raise UnknownRecord(f"report {report_id} not found")
+    return report
+
+
+def _get(session: Session, report_id: int) -> RadiologyReport:
+    report = session.get(RadiologyReport, report_id)
+    if report is None or report.deleted_at is not None:
+        raise UnknownRecord(f"report {report_id} not found")
+    return report
+
+
+def _page(
+    session: Session, scope: CareScope, conditions: list[Any], pagination: Pagination
+) -> dict[str, Any]:
+    conditions = [*conditions, col(RadiologyReport.deleted_at).is_(None), *scope.reports()]
+    newest_first = [col(RadiologyReport.updated_at).desc(), col(RadiologyReport.id).desc()]
+    return paginate(session, RadiologyReport, conditions, newest_first, pagination)
+
+
+def _expected(body_version: int | None, if_match: str | None) -> int | None:
+    if body_version is not None:
+        return body_version
+    if if_match is None or if_match.strip() == "*":
+        return None
+    tag = if_match.strip().removeprefix("W/").strip('"')
+    if not tag.isdigit():
+        raise InvalidRequest(f'If-Match must be an ETag this API gave, like "3", not {if_match!r}')
+    return int(tag)
+
+
+def _queue_result(
+    routing: results.ResultRouting, session: Session, report: RadiologyReport, user: User
+) -> None:
+    session.flush()
+    results.queue_result(session, report, routing, actor=user.username)
+
+
+def _commit(
+    session: Session, report: RadiologyReport, outbox: ResultOutbox | None, response: Response
+) -> RadiologyReport:
+    session.commit()
+    session.refresh(report)
+    if outbox is not None:
+        outbox.wake()
+    response.headers["ETag"] = etag(report)
+    return report

@@ -1,0 +1,322 @@
+"""Studies and their images (seed 001): listing and reading what Orthanc holds, correcting
+clinical context (`router`); one image's attributes (`images_router`)."""
+
+from __future__ import annotations
+
+from datetime import date
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Query, status
+from pydantic import Field
+from sqlalchemy import literal
+from sqlmodel import Session, col, func, select
+
+from sidecar.accounts.dependencies import Clinician, Scheduler, StudyEditor
+from sidecar.core import audit
+from sidecar.core.dependencies import SessionDep
+from sidecar.core.errors import ConflictingState, UnknownRecord
+from sidecar.core.models import MAX_RECORD_ID, ApiInput, Page, join_multi, utcnow
+from sidecar.core.pagination import Pagination, PaginationDep, RecordId, page, paginate
+from sidecar.orders import matching as order_matching
+from sidecar.orders.events import OrderEventsDep
+from sidecar.orders.identifiers import new_accession_number, new_study_instance_uid
+from sidecar.orders.models import ImagingOrder
+from sidecar.results import service as results
+from sidecar.results.outbox import ResultOutboxDep
+from sidecar.results.service import ResultRoutingDep
+from sidecar.studies import registry as study_registry
+from sidecar.studies.models import (
+    Image,
+    ImagePublic,
+    Series,
+    Study,
+    StudyCreate,
+    StudyDetail,
+    StudyPublic,
+    StudyStatus,
+    StudyStatusUpdate,
+    StudyUpdate,
+)
+from sidecar.viewer.front import ViewerLinks, ViewerLinksDep
+
+router = APIRouter(prefix="/api/studies", tags=["studies"])
+
+
+class LinkOrder(ApiInput):
+    order_id: int = Field(ge=1, le=MAX_RECORD_ID)
+
+
+@router.get("", response_model=Page[StudyPublic])
+def list_studies(
+    links: ViewerLinksDep,
+    session: SessionDep,
+    _: Clinician,
+    pagination: PaginationDep,
+    patient_id: Annotated[str | None, Query(alias="patientId", max_length=64)] = None,
+    accession_number: Annotated[str | None, Query(alias="accessionNumber", max_length=16)] = None,
+    modality: Annotated[str | None, Query(max_length=16, pattern=r"^[A-Z0-9_]{1,16}$")] = None,
+    study_status: Annotated[StudyStatus | None, Query(alias="status")] = None,
+    date_from: Annotated[date | None, Query(alias="studyDateFrom")] = None,
+    date_to: Annotated[date | None, Query(alias="studyDateTo")] = None,
+    matched: Annotated[
+        bool | None, Query(description="true: linked to an imaging order; false: not linked")
+    ] = None,
+) -> dict[str, Any]:
+    conditions: list[Any] = []
+    if matched is not None:
+        linked = col(Study.order_id)
+        conditions.append(linked.is_not(None) if matched else linked.is_(None))
+    if patient_id:
+        conditions.append(Study.patient_id == patient_id)
+    if accession_number:
+        conditions.append(Study.accession_number == accession_number)
+    if modality:
+        # modalities is "CT,MR": wrap in commas so CT never matches CTA-like codes.
+        wrapped = literal(",") + col(Study.modalities) + literal(",")
+        # "_" is LIKE's one-character wildcard (and PET_CT has one): match it literally.
+        literal_code = modality.replace("/", "//").replace("_", "/_").replace("%", "/%")
+        conditions.append(wrapped.like(f"%,{literal_code},%", escape="/"))
+    if study_status:
+        conditions.append(Study.status == study_status)
+    if date_from:
+        conditions.append(col(Study.study_date) >= date_from)
+    if date_to:
+        conditions.append(col(Study.study_date) <= date_to)
+    newest_first = [col(Study.study_date).desc().nulls_last(), col(Study.id).desc()]
+    found = paginate(session, Study, conditions, newest_first, pagination)
+    found["items"] = [public_study(links, study) for study in found["items"]]
+    return found
+
+
+@router.post("", response_model=StudyPublic, status_code=status.HTTP_201_CREATED)
+def create_study(
+    body: StudyCreate, session: SessionDep, user: Scheduler, links: ViewerLinksDep
+) -> StudyPublic:
+    values = body.model_dump(exclude={"modalities"})
+    uid = values.pop("study_instance_uid") or new_study_instance_uid()
+    if session.exec(select(Study.id).where(Study.study_instance_uid == uid)).first():
+        raise ConflictingState(f"a study with StudyInstanceUID {uid} already exists")
+    study = Study(
+        **values,
+        study_instance_uid=uid,
+        modalities=join_multi(body.modalities),
+        status=StudyStatus.SCHEDULED,
+    )
+    study.accession_number = study.accession_number or new_accession_number(session)
+    session.add(study)
+    session.flush()
+    audit.record(
+        session,
+        actor=user.username,
+        action="study.created",
+        entity_type="study",
+        entity_id=study.id,
+        status=study.status,
+    )
+    session.commit()
+    session.refresh(study)
+    return public_study(links, study)
+
+
+@router.get("/accession/{accession_number}", response_model=StudyDetail)
+def get_study_by_accession(
+    accession_number: str, session: SessionDep, _: Clinician, links: ViewerLinksDep
+) -> StudyDetail:
+    matches = session.exec(
+        select(Study).where(Study.accession_number == accession_number).limit(2)
+    ).all()
+    if not matches:
+        raise UnknownRecord(f"no study with accession number {accession_number}")
+    if len(matches) > 1:
+        raise ConflictingState(
+            f"several studies carry accession number {accession_number}; "
+            "list them with GET /api/studies?accessionNumber=..."
+        )
+    return _detail(session, matches[0], links)
+
+
+@router.get("/{study_id}", response_model=StudyDetail)
+def get_study(
+    study_id: RecordId, session: SessionDep, _: Clinician, links: ViewerLinksDep
+) -> StudyDetail:
+    return _detail(session, get_study_or_404(session, study_id), links)
+
+
+@router.patch("/{study_id}", response_model=StudyPublic)
+def update_study(
+    study_id: RecordId,
+    body: StudyUpdate,
+    session: SessionDep,
+    user: StudyEditor,
+    links: ViewerLinksDep,
+) -> StudyPublic:
+    study = get_study_or_404(session, study_id)
+    changes = body.model_dump(exclude_unset=True)
+    if not changes:
+        return public_study(links, study)
+    for name, value in changes.items():
+        setattr(study, name, value)
+    study.updated_at = utcnow()
+    session.add(study)
+    audit.record(
+        session,
+        actor=user.username,
+        action="study.updated",
+        entity_type="study",
+        entity_id=study.id,
+        fields=sorted(changes),
+    )
+    session.commit()
+    session.refresh(study)
+    return public_study(links, study)
+
+
+@router.patch("/{study_id}/status", response_model=StudyPublic)
+def update_study_status(
+    study_id: RecordId,
+    body: StudyStatusUpdate,
+    session: SessionDep,
+    user: StudyEditor,
+    links: ViewerLinksDep,
+) -> StudyPublic:
+    study = get_study_or_404(session, study_id)
+    study_registry.change_status(session, study, body.status, actor=user.username)
+    session.commit()
+    session.refresh(study)
+    return public_study(links, study)
+
+
+@router.get("/{study_id}/images", response_model=Page[ImagePublic])
+def list_study_images(
+    study_id: RecordId, session: SessionDep, _: Clinician, pagination: PaginationDep
+) -> dict[str, Any]:
+    get_study_or_404(session, study_id)
+    return image_page(session, pagination, Image.study_id == study_id)
+
+
+@router.get("/{study_id}/series/{series_uid}/images", response_model=Page[ImagePublic])
+def list_series_images(
+    study_id: RecordId,
+    series_uid: str,
+    session: SessionDep,
+    _: Clinician,
+    pagination: PaginationDep,
+) -> dict[str, Any]:
+    get_study_or_404(session, study_id)
+    series = session.exec(
+        select(Series).where(Series.study_id == study_id, Series.series_instance_uid == series_uid)
+    ).first()
+    if series is None:
+        raise UnknownRecord(f"study {study_id} has no series {series_uid}")
+    return image_page(session, pagination, Image.series_id == series.id)
+
+
+@router.post("/{study_id}/link-order", response_model=StudyPublic)
+def link_order(
+    study_id: RecordId,
+    body: LinkOrder,
+    session: SessionDep,
+    user: StudyEditor,
+    links: ViewerLinksDep,
+    routing: ResultRoutingDep,
+    outbox: ResultOutboxDep,
+    events: OrderEventsDep,
+) -> StudyPublic:
+    """Links a study to an imaging order by hand (the study matched none by itself)."""
+    study = get_study_or_404(session, study_id)
+    order = session.get(ImagingOrder, body.order_id)
+    if order is None:
+        raise UnknownRecord(f"imaging order {body.order_id} not found")
+    if study.order_id is not None:
+        raise ConflictingState(f"study {study_id} is already linked to order {study.order_id}")
+    taken = session.exec(select(Study.id).where(Study.order_id == order.id)).first()
+    if taken is not None:
+        raise ConflictingState(f"order {order.id} is already linked to study {taken}")
+    try:
+        moved = order_matching.link(session, study, order, actor=user.username)
+    except order_matching.PatientMismatch as exc:
+        raise ConflictingState(
+            f"study {study_id} and order {order.id} belong to different patient ids; "
+            "correct the patient id first"
+        ) from exc
+    queued = results.report_joins_order(session, study_id, order, routing, actor=user.username)
+    session.commit()
+    session.refresh(study)
+    if queued and outbox is not None:
+        outbox.wake()
+    if moved:
+        session.refresh(order)
+        events.announce(order)
+    return public_study(links, study)
+
+
+def get_study_or_404(session: Session, study_id: int) -> Study:
+    study = session.get(Study, study_id)
+    if study is None:
+        raise UnknownRecord(f"study {study_id} not found")
+    return study
+
+
+def public_study(links: ViewerLinks, study: Study) -> StudyPublic:
+    """The study as the API shows it, with its viewer link when a viewer is configured."""
+    shown = StudyPublic.model_validate(study)
+    shown.viewer_url = links.study(study.study_instance_uid)
+    return shown
+
+
+def _detail(session: Session, study: Study, links: ViewerLinks) -> StudyDetail:
+    series = session.exec(
+        select(Series)
+        .where(Series.study_id == study.id)
+        .order_by(col(Series.series_number).nulls_last(), col(Series.id))
+    ).all()
+    return StudyDetail.model_validate({**public_study(links, study).model_dump(), "series": series})
+
+
+# --- images ------------------------------------------------------------------------------------
+
+images_router = APIRouter(prefix="/api/images", tags=["images"])
+
+
+@images_router.get("/{image_id}", response_model=ImagePublic)
+def get_image(image_id: RecordId, session: SessionDep, _: Clinician) -> ImagePublic:
+    row = session.exec(
+        select(Image, Series.series_instance_uid)
+        .join(Series, col(Series.id) == col(Image.series_id))
+        .where(Image.id == image_id)
+    ).first()
+    if row is None:
+        raise UnknownRecord(f"image {image_id} not found")
+    return to_public(*row)
+
+
+def to_public(image: Image, series_uid: str) -> ImagePublic:
+    spacing = (
+        [image.pixel_spacing_row, image.pixel_spacing_column]
+        if image.pixel_spacing_row is not None and image.pixel_spacing_column is not None
+        else None
+    )
+    return ImagePublic.model_validate(
+        {
+            **image.model_dump(exclude={"pixel_spacing_row", "pixel_spacing_column"}),
+            "series_instance_uid": series_uid,
+            "pixel_spacing": spacing,
+        }
+    )
+
+
+def image_page(session: Session, pagination: Pagination, condition: Any) -> dict[str, Any]:
+    total = session.exec(select(func.count()).select_from(Image).where(condition)).one()
+    rows = session.exec(
+        select(Image, Series.series_instance_uid)
+        .join(Series, col(Series.id) == col(Image.series_id))
+        .where(condition)
+        .order_by(
+            col(Series.series_number).nulls_last(),
+            col(Image.instance_number).nulls_last(),
+            col(Image.id),
+        )
+        .offset(pagination.offset)
+        .limit(pagination.limit)
+    ).all()
+    return page([to_public(image, uid) for image, uid in rows], total, pagination)

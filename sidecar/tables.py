@@ -1,0 +1,32 @@
+"""Every table model, imported here so that `metadata` (and so Alembic) holds them all."""
+
+from sqlmodel import SQLModel
+
+from sidecar.accounts.models import User
+from sidecar.core.audit import AuditEvent
+from sidecar.findings.models import CriticalFinding, FindingNotification, NotificationAttempt
+from sidecar.ingest.models import ChangesCursor, PendingStudy
+from sidecar.orders.models import ImagingOrder
+from sidecar.reports.models import RadiologyReport, ReportRevision
+from sidecar.results.message_log import Hl7Message
+from sidecar.studies.models import Image, Series, Study
+
+metadata = SQLModel.metadata
+
+__all__ = [
+    "AuditEvent",
+    "ChangesCursor",
+    "CriticalFinding",
+    "FindingNotification",
+    "Hl7Message",
+    "Image",
+    "ImagingOrder",
+    "NotificationAttempt",
+    "PendingStudy",
+    "RadiologyReport",
+    "ReportRevision",
+    "Series",
+    "Study",
+    "User",
+    "metadata",
+]

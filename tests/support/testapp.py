@@ -1,0 +1,125 @@
+"""What the tests share about the app under test: its secrets and passwords, a database of each
+test's own (a copy of a template migrated once per run), and the services an app was built with."""
+
+from __future__ import annotations
+
+import shutil
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, TypeVar
+
+import sqlalchemy as sa
+from fastapi import FastAPI
+from fastapi.testclient import TestClient
+from sqlalchemy import Engine
+
+from sidecar.core.database import make_engine, migrate
+from sidecar.core.dependencies import services_of
+from sidecar.core.settings import Settings
+from sidecar.tables import metadata
+
+T = TypeVar("T")
+
+TEST_JWT_SECRET = "test-jwt-secret-" + "x" * 40
+TEST_PLUGIN_TOKEN = "test-plugin-token-" + "y" * 30
+ADMIN_PASSWORD = "admin-password-for-tests"
+USER_PASSWORD = "user-password-for-tests"
+# A port nothing listens on: an Orthanc that is down.
+CLOSED_ORTHANC_URL = "http://127.0.0.1:9"
+
+
+def app_settings(database_url: str, directory: Path, **changes: Any) -> Settings:
+    """An app under test: Orthanc down (a closed port), no /changes polling, no MLLP listener,
+    the department in Brussels; `changes` override any of it."""
+    values: dict[str, Any] = {
+        "environment": "development",
+        "data_dir": directory / "var",
+        "database_url": database_url,
+        "jwt_secret": TEST_JWT_SECRET,
+        "admin_password": ADMIN_PASSWORD,
+        "sidecar_plugin_token": TEST_PLUGIN_TOKEN,
+        "orthanc_url": CLOSED_ORTHANC_URL,
+        "orthanc_timeout": 2.0,
+        "reconcile_enabled": False,
+        "mllp_enabled": False,
+        "timezone": "Europe/Brussels",
+    }
+    return Settings(**{**values, **changes})
+
+
+def login(client: TestClient, username: str, password: str) -> dict[str, str]:
+    response = client.post("/api/auth/login", json={"username": username, "password": password})
+    assert response.status_code == 200, response.text
+    return {"Authorization": f"Bearer {response.json()['accessToken']}"}
+
+
+def service_of(app: FastAPI, kind: type[T]) -> T:
+    """The service of that type the app was built with (sidecar.main.build_services)."""
+    return services_of(app).get(kind)
+
+
+def engine_of(app: FastAPI) -> Engine:
+    return service_of(app, Engine)
+
+
+def migrated(engine: Engine) -> Engine:
+    migrate(engine, metadata)
+    return engine
+
+
+# --- databases --------------------------------------------------------------------------------
+
+
+def with_database(url: str, name: str) -> str:
+    return str(sa.engine.make_url(url).set(database=name))
+
+
+def admin_execute(url: str, statement: str) -> None:
+    engine = sa.create_engine(url, isolation_level="AUTOCOMMIT")
+    try:
+        with engine.connect() as connection:
+            connection.execute(sa.text(statement))
+    finally:
+        engine.dispose()
+
+
+@contextmanager
+def template_database(kind: str, server_url: str, directory: Path) -> Iterator[str]:
+    """A database migrated once, that every test's database is copied from: a SQLite file
+    (copied), or a PostgreSQL database (CREATE DATABASE ... TEMPLATE). Both are much faster
+    than migrating per test."""
+    if kind == "sqlite":
+        path = directory / "template.db"
+        engine = migrated(make_engine(f"sqlite:///{path}"))
+        with engine.connect() as connection:  # one file, no -wal beside it, to copy
+            connection.exec_driver_sql("PRAGMA wal_checkpoint(TRUNCATE)")
+        engine.dispose()
+        yield str(path)
+        return
+    name = f"radtest_template_{uuid.uuid4().hex[:12]}"
+    admin_execute(server_url, f'CREATE DATABASE "{name}"')
+    engine = migrated(make_engine(with_database(server_url, name)))
+    engine.dispose()
+    try:
+        yield name
+    finally:
+        admin_execute(server_url, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@contextmanager
+def fresh_database(kind: str, server_url: str, template: str, directory: Path) -> Iterator[str]:
+    """A migrated database of its own: a copy of the template, dropped afterwards."""
+    if kind == "sqlite":
+        target = directory / "sidecar.db"
+        shutil.copyfile(template, target)
+        target.chmod(0o600)
+        yield f"sqlite:///{target}"
+        return
+    name = f"radtest_{uuid.uuid4().hex[:16]}"
+    admin_execute(server_url, f'CREATE DATABASE "{name}" TEMPLATE "{template}"')
+    try:
+        yield with_database(server_url, name)
+    finally:
+        admin_execute(server_url, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')

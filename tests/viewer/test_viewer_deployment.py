@@ -1,0 +1,302 @@
+"""The viewer in docker-compose.yml: the services as Compose reads them, and the front's nginx
+configuration run for real (Debian's nginx) against a real Orthanc and sidecar on loopback, with
+the compose service names pointed at them. No Docker engine needed."""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+import sidecar.launcher.nginx
+from sidecar.viewer.access import SESSION_COOKIE
+from sidecar.viewer.bundle import APP_CONFIG, VIEWER_PACKAGE_DIR
+from sidecar.viewer.front import ViewerFront
+from sidecar.viewer.paths import nginx_maps
+
+from compose import Rendered
+from compose import config as config
+from compose import render as render
+from dicom_factory import GeneratedStudy, make_study
+from dicom_senders import storescu_dcmtk
+from hostile_paths import (
+    EXACT_TARGETS,
+    HOSTILE,
+    KEPT_FROM_ORTHANC,
+    SAMPLE,
+    RecordingOrthanc,
+    answers_that_failed,
+    refusals_that_failed,
+    send_raw,
+    store_study,
+    unexpected_upstream_headers,
+    viewer_credentials,
+)
+from nginx_front import NGINX_CONF, NginxFront, start_nginx_front
+from stack import STACK_ADMIN_PASSWORD, Stack, wait_for
+from testapp import service_of
+
+# --- docker-compose.yml ------------------------------------------------------------------------
+
+
+def test_viewer_image_is_the_release_the_sidecar_serves(config: Rendered) -> None:
+    pinned = json.loads((VIEWER_PACKAGE_DIR / "package.json").read_text())["dependencies"]
+    assert config.service("viewer")["image"] == f"ohif/app:v{pinned['@ohif/app']}"
+    [mount] = config.service("viewer")["volumes"]
+    assert Path(mount["source"]) == APP_CONFIG
+    assert mount["target"] == "/usr/share/nginx/html/app-config.js"
+    assert mount["read_only"] is True
+    # Only the front reaches the viewer container.
+    assert not config.service("viewer").get("ports")
+
+
+def test_front_serves_viewer_and_dicomweb_on_one_published_origin(config: Rendered) -> None:
+    front = config.service("front")
+    [mount] = front["volumes"]
+    assert Path(mount["source"]) == NGINX_CONF
+    assert mount["target"] == "/etc/nginx/conf.d/default.conf"
+    assert [int(p["target"]) for p in front["ports"]] == [8080]
+    for service in ("viewer", "sidecar", "orthanc"):
+        assert front["depends_on"][service]["condition"] == "service_healthy"
+    text = NGINX_CONF.read_text()
+    for upstream in ("orthanc:8042", "sidecar:3006", "viewer:80"):
+        assert f"server {upstream};" in text
+
+
+def test_sidecar_links_to_the_front_and_leaves_serving_to_it(config: Rendered) -> None:
+    env = config.environment("sidecar")
+    assert env["VIEWER_ENABLED"] == "false"
+    assert env["PUBLIC_VIEWER_URL"] == "http://localhost:8080"
+
+
+def test_orthanc_answers_viewer_metadata_as_the_local_configuration_does(
+    config: Rendered,
+) -> None:
+    env = config.environment("orthanc")
+    local = json.loads((VIEWER_PACKAGE_DIR.parent / "orthanc" / "orthanc.json").read_text())
+    dicomweb = local["DicomWeb"]
+    assert env["ORTHANC__DICOM_WEB__SERIES_METADATA"] == dicomweb["SeriesMetadata"]
+    assert env["ORTHANC__DICOM_WEB__STUDIES_METADATA"] == dicomweb["StudiesMetadata"]
+    tags = json.loads(env["ORTHANC__DICOM_WEB__SERIES_METADATA_EXTRAPOLATED_TAGS"] or "[]")
+    assert tags == dicomweb["SeriesMetadataExtrapolatedTags"]
+
+
+# --- nginx running the front's configuration ---------------------------------------------------
+
+
+@pytest.fixture
+def front(stack: Stack, tmp_path: Path) -> Iterator[NginxFront]:
+    running = start_nginx_front(
+        tmp_path / "nginx",
+        orthanc=f"127.0.0.1:{stack.layout.http_port}",
+        sidecar=f"127.0.0.1:{stack.sidecar_port}",
+    )
+    yield running
+    running.stop()
+
+
+@pytest.fixture
+def stored(stack: Stack, tmp_path: Path) -> GeneratedStudy:
+    generated = make_study(tmp_path / "dicom", series_count=1, instances_per_series=1)
+    assert storescu_dcmtk(generated.files, *stack.dicom_address).all_success
+    stack.wait_for_study(generated.study_instance_uid, instances=1)
+    return generated
+
+
+@pytest.mark.orthanc
+def test_nginx_front_checks_sessions_with_the_sidecar_and_serves_dicomweb(
+    stack: Stack, front: NginxFront, stored: GeneratedStudy
+) -> None:
+    uid = stored.study_instance_uid
+    query = {"StudyInstanceUID": uid, "PatientName": "SECRET^NAME"}
+    assert httpx.get(f"{front.url}/dicom-web/studies", params=query).status_code == 401
+    link = f"{front.url}/viewer?StudyInstanceUIDs={uid}"
+    page = httpx.get(link, headers={"Accept": "text/html"})
+    assert page.status_code == 401
+    assert '<form method="post" action="/login"' in page.text
+
+    with httpx.Client(base_url=front.url) as browser:
+        logged_in = browser.post(
+            "/login", data={"username": "admin", "password": STACK_ADMIN_PASSWORD, "next": "/"}
+        )
+        assert logged_in.status_code == 303
+        assert SESSION_COOKIE in browser.cookies
+        studies = browser.get("/dicom-web/studies", params={"StudyInstanceUID": uid})
+        assert studies.status_code == 200
+        # Built by Orthanc from the Host and Forwarded headers nginx passed on.
+        assert studies.json()[0]["00081190"]["Value"] == [f"{front.url}/dicom-web/studies/{uid}"]
+        # A client's own Forwarded header is replaced by the front's, never passed on.
+        forged = browser.get(
+            "/dicom-web/studies",
+            params={"StudyInstanceUID": uid},
+            headers={"Forwarded": "proto=https;host=evil.example"},
+        )
+        assert forged.json()[0]["00081190"]["Value"] == [f"{front.url}/dicom-web/studies/{uid}"]
+        series = browser.get(f"/dicom-web/studies/{uid}/series")
+        assert series.status_code == 200
+        assert browser.get(link).status_code == 200
+        assert browser.post("/dicom-web/studies", content=b"x").status_code == 403
+        assert browser.get("/dicom-web/studies", params=query).status_code == 200
+
+    audit = stack.api("GET", "/api/audit", params={"action": "study.viewed"}).json()["items"]
+    assert [(e["actor"], e["entityType"]) for e in audit] == [("admin", "study")]
+    logged = wait_for(lambda: front.access_log.read_text(), timeout=5, what="access log")
+    assert '"GET /dicom-web/*" 200' in logged
+    for leaked in ("SECRET", "PatientName", uid):
+        assert leaked not in logged, leaked
+    assert not re.search(r"\?", logged)
+
+
+@pytest.mark.orthanc
+def test_nginx_front_answers_502_without_logging_the_request_when_orthanc_is_down(
+    stack: Stack, front: NginxFront
+) -> None:
+    with httpx.Client(base_url=front.url) as browser:
+        logged_in = browser.post(
+            "/login", data={"username": "admin", "password": STACK_ADMIN_PASSWORD, "next": "/"}
+        )
+        assert logged_in.status_code == 303
+        stack.orthanc.stop()
+        answer = browser.get("/dicom-web/studies", params={"PatientName": "SECRET^NAME"})
+    assert answer.status_code == 502
+    error_log = front.access_log.with_name("error.log")
+    assert "SECRET" not in (error_log.read_text() if error_log.exists() else "")
+    assert "SECRET" not in front.access_log.read_text()
+
+
+@pytest.mark.orthanc
+def test_nginx_front_refuses_a_disabled_account_once_its_kept_session_check_expires(
+    stack: Stack, front: NginxFront, stored: GeneratedStudy
+) -> None:
+    """Session checks are kept 10 s and renewed in the background (no request waits for the
+    sidecar); a renewal that refuses must end the session, not leave the old answer in use."""
+    created = stack.api(
+        "POST",
+        "/api/users",
+        json={"username": "dr.leaving", "password": "leaving-password-1", "role": "radiologist"},
+    )
+    assert created.status_code == 201, created.text
+    studies = f"/dicom-web/studies/{stored.study_instance_uid}/series"
+    with httpx.Client(base_url=front.url) as browser:
+        logged_in = browser.post(
+            "/login", data={"username": "dr.leaving", "password": "leaving-password-1"}
+        )
+        assert logged_in.status_code == 303
+        assert browser.get(studies).status_code == 200
+
+        disabled = stack.api("POST", f"/api/users/{created.json()['id']}/disable")
+        assert disabled.status_code == 200
+        # The sidecar keeps account checks a few seconds too; this test is about nginx's.
+        assert stack.sidecar is not None
+        service_of(stack.sidecar.app, ViewerFront).access._accounts.clear()
+
+        def refused() -> bool:
+            return browser.get(studies).status_code == 401
+
+        wait_for(refused, timeout=30, interval=0.25, what="the disabled account refused")
+        # And it stays refused: the refusal replaced the kept permission.
+        assert [browser.get(studies).status_code for _ in range(5)] == [401] * 5
+
+
+# --- what reaches Orthanc through nginx --------------------------------------------------------
+
+
+@pytest.mark.orthanc
+def test_nginx_front_refuses_hostile_requests_and_orthanc_keeps_its_data(
+    stack: Stack, front: NginxFront, tmp_path: Path
+) -> None:
+    """The shared hostile list (tests/support/hostile_paths.py) against nginx, with an admin's, a
+    physician's, a technologist's and no token; then what the viewer asks for."""
+    stored = store_study(stack, tmp_path / "canary")
+    credentials = viewer_credentials(stack)
+    assert refusals_that_failed(front.url, stack.orthanc.url, stored, credentials) == []
+    assert answers_that_failed(front.url, stored, credentials) == []
+    # Refused before the session check: the sidecar audited the allowed requests only.
+    audit = stack.api("GET", "/api/audit", params={"action": "study.viewed"}).json()["items"]
+    assert sorted(e["actor"] for e in audit) == ["admin", "dr.physician", "dr.technologist"]
+    logged = wait_for(lambda: front.access_log.read_text(), timeout=5, what="access log")
+    assert '"GET refused" 400' in logged
+    assert '"GET refused" 404' in logged
+    for leaked in ("%2e", "_method", "patients", stored.study_uid, stored.orthanc_id):
+        assert leaked not in logged, leaked
+
+
+@pytest.mark.orthanc
+def test_the_sidecar_behind_nginxs_catch_all_refuses_them_by_itself(
+    stack: Stack, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Under `make run` the catch-all's upstream is the sidecar: without nginx's checks before
+    location matching, /dicom-web/%2e%2e/studies/{id} normalises into `location /` and reaches
+    the sidecar with its raw path, which must refuse it as well."""
+    render = sidecar.launcher.nginx.render_server
+
+    def without_server_checks(layout: sidecar.launcher.nginx.FrontLayout) -> str:
+        conf = render(layout)
+        checks = re.compile(
+            r"^    if \(\$dicomweb_verdict = 40[04]\) \{\n.*?\n    \}\n", re.M | re.S
+        )
+        unguarded, removed = checks.subn("", conf)
+        assert removed == 2
+        return unguarded
+
+    monkeypatch.setattr(sidecar.launcher.nginx, "render_server", without_server_checks)
+    unguarded = start_nginx_front(
+        tmp_path / "nginx",
+        orthanc=f"127.0.0.1:{stack.layout.http_port}",
+        sidecar=f"127.0.0.1:{stack.sidecar_port}",
+    )
+    try:
+        stored = store_study(stack, tmp_path / "canary")
+        credentials = viewer_credentials(stack)
+        failures = refusals_that_failed(
+            unguarded.url, stack.orthanc.url, stored, credentials, exact=False
+        )
+        assert failures == []
+        logged = unguarded.access_log.read_text()
+    finally:
+        unguarded.stop()
+    # Some of them did go to the catch-all, hence to the sidecar.
+    assert '"GET /*" 400' in logged
+
+
+@pytest.mark.orthanc
+def test_nginx_front_sends_orthanc_exactly_the_target_it_checked(
+    stack: Stack, tmp_path: Path
+) -> None:
+    """Path and query as the client sent them (nginx passes $request_uri, not the path it
+    decoded), and none of the client's other headers."""
+    assert stack.sidecar is not None
+    token = httpx.post(
+        f"{stack.sidecar.url}/api/auth/login",
+        json={"username": "admin", "password": STACK_ADMIN_PASSWORD},
+    ).json()["accessToken"]
+    headers = {"Authorization": f"Bearer {token}", **KEPT_FROM_ORTHANC}
+    with RecordingOrthanc() as orthanc:
+        nginx = start_nginx_front(
+            tmp_path / "nginx", orthanc=orthanc.address, sidecar=f"127.0.0.1:{stack.sidecar_port}"
+        )
+        try:
+            for target in EXACT_TARGETS:
+                answer = send_raw(nginx.url, target, headers)
+                assert answer.status == 200, (target, answer)
+            for probe in HOSTILE:
+                target = SAMPLE.fill(probe.target)
+                refused = send_raw(nginx.url, target, {**headers, **probe.headers}, probe.method)
+                assert 400 <= refused.status < 500, (target, refused.status)
+        finally:
+            nginx.stop()
+    assert [r.target for r in orthanc.received] == list(EXACT_TARGETS)
+    host = nginx.url.removeprefix("http://")
+    assert [unexpected_upstream_headers(r, host) for r in orthanc.received] == [[]] * len(
+        EXACT_TARGETS
+    )
+
+
+def test_nginx_conf_decides_with_the_sidecars_rules() -> None:
+    """The full check is tests/viewer/test_dicomweb_paths.py; this one keeps the deployment's
+    file."""
+    assert nginx_maps() in NGINX_CONF.read_text()
