@@ -10,12 +10,12 @@ from sqlmodel import Session, col
 
 from sidecar.accounts.dependencies import require_roles
 from sidecar.accounts.models import Role, User
-from sidecar.core.dependencies import SessionDep, provide
+from sidecar.core.dependencies import SessionDep
 from sidecar.core.errors import ConflictingState, UnknownRecord
 from sidecar.core.models import Page
 from sidecar.core.pagination import Pagination, PaginationDep, RecordId, equal_to, paginate
 from sidecar.orders import service as orders
-from sidecar.orders.events import OrderEvents
+from sidecar.orders.events import OrderEventsDep
 from sidecar.orders.models import (
     ImagingOrder,
     Modality,
@@ -34,9 +34,6 @@ OrderReader = Annotated[
     Depends(require_roles(_R.ADMIN, _R.TECHNOLOGIST, _R.RADIOLOGIST, _R.PHYSICIAN, _R.INTEGRATION)),
 ]
 OrderEditor = Annotated[User, Depends(require_roles(_R.ADMIN, _R.TECHNOLOGIST, _R.INTEGRATION))]
-
-
-OrderEventsDep = Annotated[OrderEvents, Depends(provide(OrderEvents))]
 
 
 @router.post("", response_model=OrderPublic, status_code=status.HTTP_201_CREATED)
