@@ -35,6 +35,9 @@ class MessageHeader:
     processing_id: str  # MSH-11.1: P production, T training, D debugging
     version: str  # MSH-12.1
     character_set: str  # MSH-18, first repetition ('' means the HL7 default, ASCII)
+    # MSH-10 is ST, one value: False when it was sent with components, subcomponents or
+    # repetitions (`control_id` is then only its first part, which other ids may share).
+    control_id_is_single: bool = True
 
     @property
     def message_code(self) -> str:
@@ -57,6 +60,16 @@ def header_from_segment(msh: Segment) -> MessageHeader:
         processing_id=msh.value(11).strip(),
         version=msh.value(12).strip(),
         character_set=msh.value(18).strip(),
+        control_id_is_single=_is_single_value(msh, 10),
+    )
+
+
+def _is_single_value(segment: Segment, number: int) -> bool:
+    encoding = segment.encoding
+    raw = segment.raw_field(number)
+    return not any(
+        delimiter in raw
+        for delimiter in (encoding.component, encoding.subcomponent, encoding.repetition)
     )
 
 

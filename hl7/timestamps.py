@@ -11,7 +11,7 @@ is right for each date. Missing trailing parts take their first value (a date al
 from __future__ import annotations
 
 import re
-from datetime import date, datetime, timedelta, timezone, tzinfo
+from datetime import UTC, date, datetime, timedelta, timezone, tzinfo
 
 _TIMESTAMP = re.compile(
     r"(?P<year>\d{4})(?:(?P<month>\d{2})(?:(?P<day>\d{2})(?:(?P<hour>\d{2})(?:(?P<minute>\d{2})"
@@ -42,10 +42,26 @@ def parse_timestamp(text: str, default_zone: tzinfo | None = None) -> datetime:
         if hours > 14 or minutes > 59:
             raise ValueError("time zone offset out of range")
         delta = timedelta(hours=hours, minutes=minutes)
-        return value.replace(tzinfo=timezone(-delta if offset[0] == "-" else delta))
-    if default_zone is None:
-        return value.astimezone()  # naive means local time of this process
-    return value.replace(tzinfo=default_zone)
+        return _in_range(value.replace(tzinfo=timezone(-delta if offset[0] == "-" else delta)))
+    try:
+        if default_zone is None:
+            return _in_range(value.astimezone())  # naive means local time of this process
+        return _in_range(value.replace(tzinfo=default_zone))
+    except (OverflowError, ValueError) as exc:
+        raise ValueError(_OUT_OF_RANGE) from exc
+
+
+_OUT_OF_RANGE = "outside the range of times that can be converted to UTC"
+
+
+def _in_range(value: datetime) -> datetime:
+    """`value`, when it has a UTC equivalent (at the edges of years 1 and 9999 it has none: its
+    conversion would overflow wherever the time is used)."""
+    try:
+        value.astimezone(UTC)
+    except (OverflowError, ValueError) as exc:
+        raise ValueError(_OUT_OF_RANGE) from exc
+    return value
 
 
 def parse_date(text: str) -> date:

@@ -8,6 +8,9 @@ written is an order lost to the modality.
 - A backslash separates the values of a multi-valued DICOM element and has no escape.
 - Control characters are not in the repertoire of these VRs (ESC only switches character sets,
   which the sidecar never does: it declares UTF-8 instead), and PostgreSQL cannot store NUL.
+  That is C0, DEL and C1 (U+0080-U+009F: Orthanc converts the worklist to Latin-1 for a
+  modality that asks, where they become raw control bytes), and the Unicode line and paragraph
+  separators, which break lines on screens as CR and LF do.
 - A person name (PN) is at most three component groups (alphabetic, ideographic, phonetic,
   separated by `=`) of at most 64 characters each, each of at most five `^`-separated parts.
 """
@@ -17,8 +20,8 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
-_CONTROL_EXCEPT_LINES = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
+_CONTROL = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029]")
+_CONTROL_EXCEPT_LINES = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f\u2028\u2029]")
 _UID = re.compile(r"(0|[1-9][0-9]*)(\.(0|[1-9][0-9]*))*\Z")
 
 PN_GROUP_LENGTH = 64

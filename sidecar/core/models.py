@@ -5,9 +5,16 @@ from __future__ import annotations
 import re
 from datetime import UTC, datetime
 from enum import StrEnum
-from typing import Any, ClassVar, Generic, TypeVar
+from typing import Annotated, Any, ClassVar, Generic, TypeVar
 
-from pydantic import BaseModel, ConfigDict, ValidationInfo, field_validator
+from pydantic import (
+    AfterValidator,
+    AwareDatetime,
+    BaseModel,
+    ConfigDict,
+    ValidationInfo,
+    field_validator,
+)
 from pydantic.alias_generators import to_camel
 from sqlalchemy import DateTime, String, Table
 from sqlalchemy.engine import Dialect
@@ -20,6 +27,35 @@ MAX_RECORD_ID = 2**31 - 1
 
 def utcnow() -> datetime:
     return datetime.now(UTC)
+
+
+#: The times the sidecar accepts from outside (the API, HL7): from 1900 to the end of 9998 in
+#: UTC. A day's margin on either side of what Python and DICOM can write means any time zone
+#: can show the time (a worklist item is written in the department's local time), and no
+#: conversion between zones can overflow.
+EARLIEST_TIME = datetime(1900, 1, 1, tzinfo=UTC)
+LATEST_TIME = datetime(9999, 1, 1, tzinfo=UTC)  # exclusive
+
+
+def time_problem(value: datetime) -> str | None:
+    """Why an aware `value` is not a time the sidecar can hold and write; None when it is."""
+    try:
+        in_utc = value.astimezone(UTC)
+    except (OverflowError, ValueError):
+        in_utc = None
+    if in_utc is None or not EARLIEST_TIME <= in_utc < LATEST_TIME:
+        return "is outside the supported range of times (years 1900 to 9998)"
+    return None
+
+
+def _supported(value: datetime) -> datetime:
+    if (problem := time_problem(value)) is not None:
+        raise ValueError(problem)
+    return value
+
+
+#: An aware date and time within the supported range: the type of every time the API is given.
+SupportedTime = Annotated[AwareDatetime, AfterValidator(_supported)]
 
 
 class UTCDateTime(TypeDecorator[datetime]):

@@ -16,7 +16,6 @@ from __future__ import annotations
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Query, status
-from pydantic import AwareDatetime
 from sqlmodel import Session, col, select
 
 from sidecar.access.care_scope import CareScope, CareScopeDep
@@ -24,7 +23,7 @@ from sidecar.accounts.dependencies import require_roles
 from sidecar.accounts.models import Role, User
 from sidecar.core.dependencies import ClockDep, SessionDep
 from sidecar.core.errors import UnknownRecord
-from sidecar.core.models import Page
+from sidecar.core.models import Page, SupportedTime
 from sidecar.core.pagination import Pagination, PaginationDep, RecordId, paginate
 from sidecar.findings import service as findings
 from sidecar.findings.escalation import FindingWorkers, FindingWorkersDep
@@ -119,7 +118,7 @@ def metrics(
     user: QualityReviewer,
     policy: FindingPolicyDep,
     clock: ClockDep,
-    since: Annotated[AwareDatetime | None, Query(description="findings raised from")] = None,
+    since: Annotated[SupportedTime | None, Query(description="findings raised from")] = None,
 ) -> FindingMetrics:
     """Per severity: counts, pending, overdue, and minutes to acknowledge (median, p90)."""
     return finding_metrics(session, policy, now=clock(), since=since)

@@ -36,11 +36,26 @@ ORDER_TEXT_RULES: dict[str, TextRule] = {
 }
 
 
+#: Identifiers a worklist item must have (type 1 in the worklist answer). Left out, the sidecar
+#: provides one (the accession number, the study UID) or refuses the order; sent, they must say
+#: something: DICOM drops the padding spaces, so a value of spaces is an empty one.
+IDENTIFIERS = frozenset(
+    {"accession_number", "requested_procedure_id", "study_instance_uid", "patient_id"}
+)
+
+
+def order_value_problem(name: str, value: str) -> str | None:
+    """Why the order value `name` cannot hold `value`, or None."""
+    if name in IDENTIFIERS and not value.strip(" "):
+        return "is blank (only spaces)"
+    return ORDER_TEXT_RULES[name].problem(value)
+
+
 def order_value_problems(values: Mapping[str, Any]) -> list[tuple[str, str]]:
     """(field, problem) for each text value that its rule refuses, in the table's order."""
     problems = []
-    for name, rule in ORDER_TEXT_RULES.items():
+    for name in ORDER_TEXT_RULES:
         value = values.get(name)
-        if isinstance(value, str) and (problem := rule.problem(value)) is not None:
+        if isinstance(value, str) and (problem := order_value_problem(name, value)) is not None:
             problems.append((name, problem))
     return problems

@@ -10,6 +10,7 @@ from hl7.datatypes import PersonName, Provider
 from hl7.errors import DataTypeError, ErrorLocation, RequiredFieldMissing, TableValueNotFound
 from hl7.order_message import ImagingOrder as OrderGroup
 from hl7.order_message import OrderMessage
+from sidecar.core.models import time_problem
 from sidecar.orders.fields import order_value_problems
 from sidecar.orders.models import Modality, Priority
 
@@ -58,7 +59,21 @@ def checked_order_values(message: OrderMessage, group: OrderGroup) -> dict[str, 
         name, problem = problems[0]
         location, label = value_source(name, group)
         raise DataTypeError(f"{location} {label} {problem}", location)
+    start = values.get("scheduled_at")
+    if start is not None and (time_refused := time_problem(start)) is not None:
+        where = _scheduled_start_source(group)
+        raise DataTypeError(f"{where} start date/time {time_refused}", where)
     return values
+
+
+def _scheduled_start_source(group: OrderGroup) -> ErrorLocation:
+    """Where the group's scheduled start was read (hl7.order_message.ImagingOrder's order)."""
+    obr = group.observation_request
+    if group.timing_quantity and group.timing_quantity.start:
+        return ErrorLocation("TQ1", group.sequence, 7)
+    if obr and obr.quantity_timing and obr.quantity_timing.start:
+        return ErrorLocation("OBR", group.sequence, 27, 4)
+    return ErrorLocation("ORC", group.sequence, 7, 4)
 
 
 FieldPosition = tuple[str, int, int | None]  # segment, field, component
@@ -110,7 +125,12 @@ def _sends(group: OrderGroup, position: FieldPosition) -> bool:
 
 def modality(group: OrderGroup) -> Modality:
     code = group.modality.strip().upper()
-    location = ErrorLocation("OBR", group.sequence, 24)
+    ipc = group.procedure_control
+    location = (
+        ErrorLocation("IPC", group.sequence, 5)
+        if ipc and ipc.modality
+        else ErrorLocation("OBR", group.sequence, 24)
+    )
     if not code:
         raise RequiredFieldMissing("OBR-24 (modality) is required to schedule the order", location)
     try:

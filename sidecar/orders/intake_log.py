@@ -46,7 +46,15 @@ _HEADER_NAME = stored(99)
 
 
 def check_header(header: MessageHeader) -> None:
-    """AE 102 for an MSH-10, MSH-3 or MSH-4 the message log cannot hold as sent."""
+    """AE 102 for an MSH-10, MSH-3 or MSH-4 the message log cannot hold as sent, and for an
+    MSH-10 of several parts: only its first part would be echoed and compared, so `K^1` and
+    `K^2` would be taken for the same message."""
+    if not header.control_id_is_single:
+        raise DataTypeError(
+            "MSH-10 message control id is one value (ST): it holds a component, subcomponent "
+            "or repetition separator",
+            ErrorLocation("MSH", 1, 10),
+        )
     for value, field, label in (
         (header.control_id, 10, "message control id"),
         (header.sending_application.name, 3, "sending application"),

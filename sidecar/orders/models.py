@@ -6,15 +6,22 @@ from datetime import date, datetime
 from enum import StrEnum
 from typing import Any, ClassVar
 
-from pydantic import AwareDatetime, ValidationInfo, field_validator
 from pydantic import Field as PydanticField
+from pydantic import ValidationInfo, field_validator
 from sqlalchemy import Text
 from sqlmodel import Column, Field, SQLModel
 
 from sidecar.core.dicom_text import PN_MAX_LENGTH
-from sidecar.core.models import ApiInput, ApiModel, EnumText, UTCDateTime, utcnow
+from sidecar.core.models import (
+    ApiInput,
+    ApiModel,
+    EnumText,
+    SupportedTime,
+    UTCDateTime,
+    utcnow,
+)
 from sidecar.core.workflow import Workflow
-from sidecar.orders.fields import ORDER_TEXT_RULES
+from sidecar.orders.fields import ORDER_TEXT_RULES, order_value_problem
 from sidecar.studies.models import PatientSex
 
 
@@ -111,7 +118,7 @@ class OrderFields(ApiInput):
     body_part: str | None = PydanticField(default=None, max_length=64)
     clinical_indication: str | None = PydanticField(default=None, max_length=4000)
     priority: Priority | None = None
-    scheduled_at: AwareDatetime | None = None
+    scheduled_at: SupportedTime | None = None
     scheduled_station_aet: str | None = PydanticField(
         default=None, max_length=16, pattern=r"^[\x20-\x5b\x5d-\x7e]*$"
     )
@@ -122,8 +129,8 @@ class OrderFields(ApiInput):
     @field_validator(*ORDER_TEXT_RULES, mode="after", check_fields=False)
     @classmethod
     def _fits(cls, value: Any, info: ValidationInfo) -> Any:
-        rule = ORDER_TEXT_RULES[info.field_name or ""]
-        if isinstance(value, str) and (problem := rule.problem(value)) is not None:
+        name = info.field_name or ""
+        if isinstance(value, str) and (problem := order_value_problem(name, value)) is not None:
             raise ValueError(problem)
         return value
 

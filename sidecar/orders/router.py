@@ -5,14 +5,13 @@ from __future__ import annotations
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Query, status
-from pydantic import AwareDatetime
 from sqlmodel import Session, col
 
 from sidecar.accounts.dependencies import require_roles
 from sidecar.accounts.models import Role, User
 from sidecar.core.dependencies import SessionDep
 from sidecar.core.errors import ConflictingState, UnknownRecord
-from sidecar.core.models import Page
+from sidecar.core.models import Page, SupportedTime
 from sidecar.core.pagination import Pagination, PaginationDep, RecordId, equal_to, paginate
 from sidecar.orders import service as orders
 from sidecar.orders.events import OrderEventsDep
@@ -57,8 +56,8 @@ def list_orders(
     order_status: Annotated[OrderStatus | None, Query(alias="status")] = None,
     modality: Modality | None = None,
     priority: Priority | None = None,
-    scheduled_from: Annotated[AwareDatetime | None, Query(alias="scheduledFrom")] = None,
-    scheduled_to: Annotated[AwareDatetime | None, Query(alias="scheduledTo")] = None,
+    scheduled_from: Annotated[SupportedTime | None, Query(alias="scheduledFrom")] = None,
+    scheduled_to: Annotated[SupportedTime | None, Query(alias="scheduledTo")] = None,
 ) -> dict[str, Any]:
     conditions = equal_to(
         (ImagingOrder.patient_id, patient_id),

@@ -5,14 +5,13 @@ from __future__ import annotations
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Query
-from pydantic import AwareDatetime
 from sqlmodel import col
 
 from sidecar.accounts.dependencies import Admin, require_roles
 from sidecar.accounts.models import Role, User
 from sidecar.core.dependencies import SessionDep, provide_optional
 from sidecar.core.errors import ConflictingState, UnknownRecord
-from sidecar.core.models import Page, utcnow
+from sidecar.core.models import Page, SupportedTime, utcnow
 from sidecar.core.pagination import PaginationDep, RecordId, equal_to, paginate, record_id_query
 from sidecar.results import outbox as result_outbox
 from sidecar.results.message_log import (
@@ -39,8 +38,8 @@ def list_messages(
     control_id: Annotated[str | None, Query(alias="controlId", max_length=199)] = None,
     sender: Annotated[str | None, Query(max_length=200)] = None,
     order_id: Annotated[int | None, record_id_query("orderId")] = None,
-    received_from: Annotated[AwareDatetime | None, Query(alias="receivedFrom")] = None,
-    received_to: Annotated[AwareDatetime | None, Query(alias="receivedTo")] = None,
+    received_from: Annotated[SupportedTime | None, Query(alias="receivedFrom")] = None,
+    received_to: Annotated[SupportedTime | None, Query(alias="receivedTo")] = None,
 ) -> dict[str, Any]:
     conditions = equal_to(
         (Hl7Message.direction, direction),

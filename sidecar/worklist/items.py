@@ -16,6 +16,7 @@ from pydicom.sequence import Sequence
 from pydicom.uid import UID, ExplicitVRLittleEndian, generate_uid
 
 from sidecar.core import dicom_text
+from sidecar.core.models import time_problem
 
 MODALITY_WORKLIST_FIND = UID("1.2.840.10008.5.1.4.31")
 # Keys become file names: no path separators, no leading dot (temporary and lock files).
@@ -71,6 +72,8 @@ class WorklistItem:
             raise ValueError(f"priority {self.priority!r}: one of {', '.join(_PRIORITIES)}")
         if self.scheduled_start.utcoffset() is None:
             raise ValueError("scheduled_start must be timezone-aware")
+        if (problem := time_problem(self.scheduled_start)) is not None:
+            raise ValueError(f"scheduled_start {problem}")
 
 
 # Each text attribute and its DICOM value representation (sidecar.core.dicom_text: the same rules

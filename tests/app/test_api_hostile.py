@@ -132,6 +132,11 @@ def test_a_user_update_cannot_null_what_an_account_needs(
         ("accessionNumber", "ACC\\1"),
         ("studyInstanceUID", "1.2.03.4"),  # no leading zeros in a UID component
         ("procedureDescription", "D" * 65),
+        ("patientId", "   "),  # DICOM drops padding spaces: an empty, type 1 identifier
+        ("accessionNumber", " "),
+        ("requestedProcedureId", "  "),
+        ("patientName", "DOE\u0085^JO"),  # C1 control (NEL): a raw byte once in Latin-1
+        ("patientName", "DOE\u2028^JO"),  # a line separator
     ],
 )
 def test_order_values_the_worklist_cannot_hold_are_refused(
@@ -140,6 +145,52 @@ def test_order_values_the_worklist_cannot_hold_are_refused(
     answer = client.post("/api/imaging-orders", json={**ORDER, field: value}, headers=technologist)
     assert answer.status_code == 422, answer.text
     assert answer.json()["error"]["details"][0]["location"] == f"body.{field}"
+
+
+OUT_OF_RANGE_TIMES = [
+    "9999-12-31T23:30:00Z",  # past year 9999 in the department's time zone
+    "9999-12-31T23:59:59-14:00",  # past year 9999 in UTC
+    "0001-01-01T00:30:00+01:00",  # before year 1 in UTC
+    "1899-12-31T23:59:59Z",
+]
+
+
+@pytest.mark.parametrize("when", OUT_OF_RANGE_TIMES)
+def test_times_no_zone_can_show_are_refused_not_failed(
+    client: TestClient, technologist: Headers, admin_headers: Headers, order_id: int, when: str
+) -> None:
+    """An order scheduled beyond year 9998 was accepted and then failed every worklist update
+    (and the next start); a time beyond UTC's range failed its insert with a 500."""
+    created = client.post(
+        "/api/imaging-orders", json={**ORDER, "scheduledAt": when}, headers=technologist
+    )
+    assert created.status_code == 422, created.text
+    assert created.json()["error"]["details"][0]["location"] == "body.scheduledAt"
+    changed = client.patch(
+        f"/api/imaging-orders/{order_id}", json={"scheduledAt": when}, headers=technologist
+    )
+    assert changed.status_code == 422, changed.text
+    for path, name in (
+        ("/api/imaging-orders", "scheduledFrom"),
+        ("/api/imaging-orders", "scheduledTo"),
+        ("/api/critical-findings/metrics", "since"),
+        ("/api/hl7/messages", "receivedFrom"),
+    ):
+        answer = client.get(path, params={name: when}, headers=admin_headers)
+        assert answer.status_code == 422, (path, name, answer.text)
+        assert answer.json()["error"]["details"][0]["location"] == f"query.{name}"
+    kept = client.get(f"/api/imaging-orders/{order_id}", headers=technologist).json()
+    assert kept["scheduledAt"] is None
+
+
+def test_times_at_the_edges_of_the_range_are_accepted(
+    client: TestClient, technologist: Headers
+) -> None:
+    for when in ("1900-01-01T00:00:00Z", "9998-12-31T23:59:59Z"):
+        created = client.post(
+            "/api/imaging-orders", json={**ORDER, "scheduledAt": when}, headers=technologist
+        )
+        assert created.status_code == 201, (when, created.text)
 
 
 def test_study_time_is_written_as_the_document_says(

@@ -14,7 +14,16 @@ import pytest
 
 from sidecar.worklist.publisher import WorklistPublisher
 
-from hl7_samples import CR, ORM_NW_251, message, with_field, without_segment
+from hl7_samples import (
+    CR,
+    OMI_NW_251,
+    ORM_NW_23,
+    ORM_NW_251,
+    ORM_XO_251,
+    message,
+    with_field,
+    without_segment,
+)
 from hospital import Hospital
 from stack import wait_for
 from testapp import service_of
@@ -45,6 +54,21 @@ HOSTILE: list[tuple[str, str, str]] = [
     ("OBR-4.2 over 64", with_field(ORM_NW_251, "OBR", 4, "CT1^" + LONG + "^L"), "OBR^1^4"),
     ("OBR-18 backslash", with_field(ORM_NW_251, "OBR", 18, "ACC\\E\\1"), "OBR^1^18"),
     ("OBR-31 over 4000", with_field(ORM_NW_251, "OBR", 31, "R^" + "r" * 4100), "OBR^1^31"),
+    ("PID-3.1 only spaces", with_field(ORM_NW_251, "PID", 3, "   ^^^GENHOSP^MR"), "PID^1^3"),
+    ("PID-5 raw C1 control", with_field(ORM_NW_251, "PID", 5, "Doe\x85^Jo"), "PID^1^5"),
+    ("PID-5 escaped C1 (UTF-8)", with_field(ORM_NW_251, "PID", 5, "Doe\\XC285\\^Jo"), "PID^1^5"),
+    ("PID-5 escaped C1 (Latin-1)", with_field(ORM_NW_251, "PID", 5, "D\\XEDA080\\^J"), "PID^1^5"),
+    ("PID-5 line separator", with_field(ORM_NW_251, "PID", 5, "Doe\u2028^Jo"), "PID^1^5"),
+    ("MSH-10 of two components", with_field(ORM_NW_251, "MSH", 10, "K^1"), "MSH^1^10"),
+    ("TQ1-7 past 9999 locally", with_field(ORM_NW_251, "TQ1", 7, "99991231233000+0000"), "TQ1^1^7"),
+    ("TQ1-7 beyond UTC", with_field(ORM_NW_251, "TQ1", 7, "99991231235959-1400"), "TQ1^1^7"),
+    ("TQ1-7 year 1, local", with_field(ORM_NW_251, "TQ1", 7, "00010101000000"), "TQ1^1^7"),
+    ("TQ1-7 before 1900", with_field(ORM_NW_251, "TQ1", 7, "18991231120000+0000"), "TQ1^1^7"),
+    (
+        "OBR-27.4 year 9999",
+        with_field(ORM_NW_23, "OBR", 27, "^^^99991231233000+0000^^R"),
+        "OBR^1^27",
+    ),
     (
         "NTE raw NUL (a field not kept)",
         message(*ORM_NW_251.rstrip(CR).split(CR), "NTE|1|P|binary\x00data"),
@@ -159,3 +183,25 @@ def test_unusable_header_keys_are_logged_storable(
     logged: list[dict[str, Any]] = hospital.get("/api/hl7/messages")["items"]
     assert len(logged) == rows
     assert all("\x00" not in m["controlId"] + m["sender"] for m in logged)
+
+
+def test_an_unknown_modality_in_ipc_5_is_refused_naming_ipc_5(hospital: Hospital) -> None:
+    ack = hospital.send(with_field(OMI_NW_251, "IPC", 5, "ZZ"))
+    assert (ack.code, ack.error_code) == ("AE", 103)
+    assert ack.error_location.startswith("IPC^1^5"), ack.error_location
+
+
+def test_a_change_to_a_blank_patient_id_is_refused_and_the_order_keeps_its_step(
+    hospital: Hospital,
+) -> None:
+    """An XO is checked as a new order is: the order stays as it was, offered."""
+    assert hospital.send(ORM_NW_251).code == "AA"
+    order = hospital.order("ACC-24-0001")
+    wait_for(partial(offered, hospital, order["id"]), timeout=10, what="the order offered")
+    blank = with_field(ORM_XO_251, "PID", 3, "  ^^^GENHOSP^MR")
+    ack = hospital.send(blank)
+    assert (ack.code, ack.error_code) == ("AE", 102), ack.text
+    assert ack.error_location.startswith("PID^1^3")
+    after = hospital.order("ACC-24-0001")
+    assert (after["patientId"], after["status"]) == (order["patientId"], order["status"])
+    assert offered(hospital, order["id"])

@@ -265,3 +265,24 @@ def test_a_scheduled_order_the_worklist_cannot_hold_is_counted_not_hidden(
         assert wl_files(tmp_path / "worklist") == {"1.wl", "2.wl"}
     finally:
         publisher.close()
+
+
+def test_a_scheduled_time_no_zone_can_show_leaves_the_other_orders_on_the_worklist(
+    tmp_path: Path, database: tuple[str, Engine]
+) -> None:
+    """Stored before the API and the intake refused such times: 23:30 UTC on 31 December 9999
+    is year 10000 in Brussels. Once it failed every batch it was in, and the start-up rewrite
+    too, so the sidecar did not start."""
+    url, engine = database
+    fit, unfit, after = make_order(1), make_order(2), make_order(3)
+    unfit.scheduled_at = datetime(9999, 12, 31, 23, 30, tzinfo=UTC)
+    publisher = WorklistPublisher(WorklistDirectory(tmp_path / "worklist", BRUSSELS), url)
+    try:
+        publisher.publish_changes(commit(engine, fit, unfit))
+        publisher.publish_changes(commit(engine, after))
+        assert wl_files(tmp_path / "worklist") == {"1.wl", "3.wl"}
+        assert publisher.unfit == {2}
+        assert publisher.reconcile() == 2
+        assert publisher.unfit == {2}
+    finally:
+        publisher.close()
