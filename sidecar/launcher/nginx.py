@@ -14,7 +14,6 @@ so the folder is private to this user).
 from __future__ import annotations
 
 import contextlib
-import itertools
 import os
 import pwd
 import shutil
@@ -62,17 +61,47 @@ class FrontLayout:
         return default_base_url(self.host, self.port)
 
 
+def front_command(binary: str, work_dir: Path) -> list[str]:
+    """The command NginxFront starts nginx with: everything in `work_dir`."""
+    work = str(work_dir)
+    # -e: errors met before the configuration is read go there too, not to /var/log/nginx.
+    return [binary, "-p", work, "-e", f"{work}/error.log", "-c", f"{work}/nginx.conf"]
+
+
+# What nginx makes of its master's command line once running: one string, the title and the
+# arguments it was started with joined by spaces (ngx_master_process_cycle, ngx_setproctitle).
+MASTER_TITLE = "nginx: master process "
+
+
 def is_front_command(argv: Sequence[str], work_dir: Path) -> bool:
-    """Whether a command line is the nginx master of the front in `work_dir` (started with
-    `-p work_dir`): what proves a process is the front of one DATA_DIR, whatever pid files say.
-    Once running, nginx rewrites its master's command line as one string, `nginx: master
-    process <the command>`; its workers' name no folder, and end with their master."""
-    words = " ".join(argv).split()
-    return (
-        bool(words)
-        and Path(words[0]).name.startswith("nginx")
-        and any(a == "-p" and b == str(work_dir) for a, b in itertools.pairwise(words))
-    )
+    """Whether a command line is the nginx master of the front in `work_dir` (as NginxFront
+    starts it, whichever nginx binary): what proves a process is the front of one DATA_DIR,
+    whatever pid files say. Its workers' name no folder, and end with their master.
+
+    `argv` is the argument vector (/proc/<pid>/cmdline, NUL-separated), compared whole: folder
+    names may hold spaces. The running master's title joins its arguments with spaces, so it is
+    compared as one string with the arguments expected, whose length fixes `work_dir`'s."""
+    arguments = front_command("nginx", work_dir)[1:]
+    if len(argv) == len(arguments) + 1:
+        binary = argv[0]
+        matches = list(argv[1:]) == arguments
+    elif len(argv) == 1:
+        suffix = " " + " ".join(arguments)
+        title = argv[0]
+        binary = title.removeprefix(MASTER_TITLE).removesuffix(suffix)
+        matches = title == MASTER_TITLE + binary + suffix
+    else:
+        return False
+    return matches and bool(binary) and Path(binary).name.startswith("nginx")
+
+
+def config_path(path: Path) -> str:
+    """`path` as one argument of nginx's configuration, quoted: spaces, ";" and quotes in it
+    stay in the path. "$" cannot: nginx reads variables in some paths (access_log), quoted or
+    not."""
+    if "$" in str(path):
+        raise FrontStartError(f"nginx cannot take a folder whose path holds '$': {path}")
+    return '"' + str(path).replace("\\", "\\\\").replace('"', '\\"') + '"'
 
 
 def render_server(layout: FrontLayout) -> str:
@@ -86,9 +115,9 @@ def render_server(layout: FrontLayout) -> str:
         conf = conf.replace(f"server {service};", f"server {address};")
     replacements = {
         "listen 8080;": f"listen {layout.host}:{layout.port};",
-        "/var/log/nginx/access.log": str(layout.work_dir / "access.log"),
-        "/var/log/nginx/error.log": str(layout.work_dir / "error.log"),
-        "/var/cache/nginx/viewer-sessions": str(layout.work_dir / "viewer-sessions"),
+        "/var/log/nginx/access.log": config_path(layout.work_dir / "access.log"),
+        "/var/log/nginx/error.log": config_path(layout.work_dir / "error.log"),
+        "/var/cache/nginx/viewer-sessions": config_path(layout.work_dir / "viewer-sessions"),
     }
     for compose, local in replacements.items():
         if compose not in conf:
@@ -107,15 +136,15 @@ def render_main(layout: FrontLayout) -> str:
     lines += [
         "daemon off;",
         "worker_processes 1;",
-        f"pid {work / 'nginx.pid'};",  # NginxFront.pid_path
-        f"error_log {work / 'error.log'} warn;",
+        f"pid {config_path(work / 'nginx.pid')};",  # NginxFront.pid_path
+        f"error_log {config_path(work / 'error.log')} warn;",
         "events {}",
         "http {",
         *(
-            f"  {kind}_temp_path {work / kind};"
+            f"  {kind}_temp_path {config_path(work / kind)};"
             for kind in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi")
         ),
-        f"  include {work / 'front.conf'};",
+        f"  include {config_path(work / 'front.conf')};",
         "}",
     ]
     return "\n".join(lines) + "\n"
@@ -160,12 +189,10 @@ class NginxFront:
             raise FrontStartError(
                 f"nginx not found at {self._binary}: run orthanc/install-packages.sh"
             )
-        main = self.write_configuration()
-        work = str(self.layout.work_dir)
+        self.write_configuration()
         self._output = self.output_path.open("ab")
-        # -e: errors met before the configuration is read go here too, not to /var/log/nginx.
         self._process = subprocess.Popen(
-            [self._binary, "-p", work, "-e", f"{work}/error.log", "-c", str(main)],
+            front_command(self._binary, self.layout.work_dir),
             stdout=self._output,
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,

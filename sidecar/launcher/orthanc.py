@@ -188,30 +188,65 @@ def render_ingress_filter(layout: OrthancLayout) -> str:
     return f"{source}\nREGISTERED_MODALITIES = {{ {table} }}\n"
 
 
-# Orthanc's own messages quote patient attributes: a refused C-STORE's error names the
-# instance's PatientID (DicomMap.cpp: "... for the following instance: PatientID=..., ..."), and
-# higher verbosities print tags as JSON. Their values never reach the log file.
+# Orthanc's own messages quote patient attributes. A refused C-STORE's error names the instance's
+# PatientID, then its UIDs (DicomMap::LogMissingTagsForStore), as one line:
+#   E1130 11:40:27.938541 DicomMap.cpp:1015] Store has failed because required tags
+#   (StudyInstanceUID) are missing for the following instance: PatientID=<value>,
+#   SeriesInstanceUID=<uid>, SOPInstanceUID=<uid>
+# The value is written as the file holds it, unquoted: a PatientID may hold ", ", "=", ";" and
+# spaces (a malformed one anything, line breaks too), so nothing after "PatientID=" can be told
+# apart from it. The rest of the line is withheld, and the lines continuing it (those not
+# starting as Orthanc's lines do: severity, date, time). Higher verbosities print tags as JSON,
+# where a value is quoted and withheld alone.
 _PATIENT_ATTRIBUTES = (
-    rb"(PatientID|PatientName|PatientBirthDate|PatientBirthTime|PatientSex|OtherPatientIDs"
+    rb"(?:PatientID|PatientName|PatientBirthDate|PatientBirthTime|PatientSex|OtherPatientIDs"
     rb"|OtherPatientNames|IssuerOfPatientID|PatientAddress|AccessionNumber"
     rb"|ReferringPhysicianName)"
 )
-_AS_KEY_VALUE = re.compile(_PATIENT_ATTRIBUTES + rb"=[^,;\r\n]*")
-_AS_JSON = re.compile(rb'"' + _PATIENT_ATTRIBUTES + rb'"(\s*:\s*)"(?:[^"\\]|\\.)*"')
+# Left to right: a JSON value is withheld and the search goes on after it; the first unquoted
+# value takes the rest of the line.
+_PATIENT_VALUE = re.compile(
+    rb'(?P<json>"' + _PATIENT_ATTRIBUTES + rb'"\s*:\s*)"(?:[^"\\]|\\.)*"'
+    rb"|(?P<unquoted>" + _PATIENT_ATTRIBUTES + rb"=).*",
+    re.DOTALL,
+)
+_ORTHANC_LINE = re.compile(rb"[EWIT?][0-9]{4} [0-9]{2}:[0-9]{2}:[0-9]{2}\.[0-9]{6} ")
 WITHHELD = b"(withheld)"
 
 
+class PatientDataRedactor:
+    """Orthanc's output, line by line, with the values of patient attributes withheld."""
+
+    def __init__(self) -> None:
+        # An unquoted value ran to the end of the last line: it may go on in the next ones.
+        self._value_open = False
+
+    def __call__(self, line: bytes) -> bytes:
+        body = line.rstrip(b"\r\n")
+        ending = line[len(body) :]
+        if self._value_open and not _ORTHANC_LINE.match(body):
+            return WITHHELD + ending
+        self._value_open = False
+        return _PATIENT_VALUE.sub(self._withhold, body) + ending
+
+    def _withhold(self, match: re.Match[bytes]) -> bytes:
+        if match["json"] is not None:
+            return match["json"] + b'"' + WITHHELD + b'"'
+        self._value_open = True
+        return match["unquoted"] + WITHHELD
+
+
 def redact_patient_data(line: bytes) -> bytes:
-    """A line of Orthanc's output with the values of patient attributes withheld."""
-    line = _AS_KEY_VALUE.sub(rb"\1=" + WITHHELD, line)
-    return _AS_JSON.sub(rb'"\1"\2"' + WITHHELD + rb'"', line)
+    """One line of Orthanc's output with the values of patient attributes withheld."""
+    return PatientDataRedactor()(line)
 
 
 def copy_redacted(source: IO[bytes], sink: IO[bytes]) -> None:
-    """Copies Orthanc's output to its log, line by line, through redact_patient_data, until
+    """Copies Orthanc's output to its log, line by line, through a PatientDataRedactor, until
     Orthanc closes it (it ends)."""
+    redact = PatientDataRedactor()
     for line in iter(source.readline, b""):
-        sink.write(redact_patient_data(line))
+        sink.write(redact(line))
         sink.flush()
     source.close()
 
@@ -266,7 +301,7 @@ class OrthancProcess:
         self._process = subprocess.Popen(
             [self._binary, str(self.config_path)],
             env=env,
-            # Through redact_patient_data on its way to the log (OrthancLog).
+            # Through copy_redacted on its way to the log, patient data withheld.
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,

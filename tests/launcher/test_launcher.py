@@ -4,6 +4,7 @@ started and stopped as `make run` does, on free ports."""
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import os
 import signal
 import socket
@@ -22,6 +23,8 @@ from sidecar.launcher import run as launcher
 from sidecar.launcher.nginx import (
     COMPOSE_UPSTREAMS,
     FrontLayout,
+    FrontStartError,
+    NginxFront,
     is_front_command,
     render_main,
     render_server,
@@ -116,6 +119,22 @@ def test_the_front_runs_the_compose_configuration_with_local_addresses(tmp_path:
     assert str(layout.work_dir / "viewer-sessions") in server
     assert "daemon off;" in main
     assert layout.url == "http://127.0.0.1:8100"
+
+
+def test_the_front_s_paths_are_quoted_in_its_configuration(tmp_path: Path) -> None:
+    work = tmp_path / 'my "front"; \\x'
+    layout = FrontLayout(
+        work_dir=work, host="127.0.0.1", port=8100, orthanc="a:1", sidecar="b:2", viewer="b:2"
+    )
+    quoted = '"' + str(work).replace("\\", "\\\\").replace('"', '\\"')
+    assert f'pid {quoted}/nginx.pid";' in render_main(layout)
+    assert f'include {quoted}/front.conf";' in render_main(layout)
+    assert f'access_log {quoted}/access.log" viewer_front;' in render_server(layout)
+    assert str(work) not in render_main(layout) + render_server(layout)
+    # nginx reads "$" in a log's path as a variable, quoted or not.
+    dollar = dataclasses.replace(layout, work_dir=tmp_path / "$front")
+    with pytest.raises(FrontStartError, match="nginx cannot take"):
+        render_server(dollar)
 
 
 # --- the whole service, as `make run` starts it ------------------------------------------------
@@ -420,22 +439,88 @@ def test_only_processes_proven_to_be_the_data_dir_s_own_are_stopped(tmp_path: Pa
             process.wait(10)
 
 
-def test_orthanc_and_nginx_are_recognised_by_their_command_lines(tmp_path: Path) -> None:
-    config = tmp_path / "var" / "orthanc" / "orthanc.json"
+def test_leftovers_are_found_in_a_data_dir_with_spaces(tmp_path: Path) -> None:
+    # The command lines are argument vectors (/proc/<pid>/cmdline), not strings to split on
+    # spaces: nginx's master and an Orthanc (Python under that name, running a script at the
+    # configuration's path) left in "my data/var" are found and stopped.
+    settings = Settings(data_dir=tmp_path / "my data" / "var")
+    config = OrthancProcess(launcher.orthanc_layout(settings)).config_path
+    config.parent.mkdir(parents=True)
+    config.write_text("import time\ntime.sleep(600)\n")
+    binary = tmp_path / "bin" / "Orthanc"
+    binary.parent.mkdir()
+    binary.symlink_to(sys.executable)
+    orthanc = subprocess.Popen([str(binary), str(config)])
+    front = NginxFront(
+        FrontLayout(
+            work_dir=launcher.front_dir(settings),
+            host="127.0.0.1",
+            port=free_port(),
+            orthanc=f"127.0.0.1:{free_port()}",
+            sidecar=f"127.0.0.1:{free_port()}",
+            viewer=f"127.0.0.1:{free_port()}",
+        )
+    )
+    try:
+        wait_for(
+            lambda: is_orthanc_command(info(orthanc.pid).argv, config),
+            timeout=10,
+            what="the stand-in Orthanc",
+        )
+        front.start()
+        master = int(front.pid_path.read_text())
+        assert " " in str(front.layout.work_dir)
+
+        assert launcher.stop_leftovers(settings) == [orthanc.pid, master]
+        assert orthanc.wait(10) == -signal.SIGTERM
+        wait_for(lambda: not front.running(), timeout=10, what="nginx stopped")
+    finally:
+        front.stop()
+        orthanc.kill()
+        orthanc.wait(10)
+
+
+def info(pid: int) -> ProcessInfo:
+    found = child_process.process_info(pid)
+    assert found is not None
+    return found
+
+
+@pytest.mark.parametrize("folder", ["var", "my data/var"])
+def test_orthanc_and_nginx_are_recognised_by_their_command_lines(
+    tmp_path: Path, folder: str
+) -> None:
+    config = tmp_path / folder / "orthanc" / "orthanc.json"
     assert is_orthanc_command(["/usr/sbin/Orthanc", str(config)], config)
     assert not is_orthanc_command(["/usr/sbin/Orthanc", str(config) + ".old"], config)
     assert not is_orthanc_command(["/usr/sbin/Orthanc", "--verbose", str(config)], config)
+    if " " in folder:  # the words of the path are no argument vector of Orthanc's
+        assert not is_orthanc_command(["/usr/sbin/Orthanc", *str(config).split(" ")], config)
     assert not is_orthanc_command(["/usr/bin/less", str(config)], config)
     assert not is_orthanc_command([], config)
 
-    front = tmp_path / "var" / "front"
-    started = ["/usr/sbin/nginx", "-p", str(front), "-e", f"{front}/error.log", "-c", "x.conf"]
-    assert is_front_command(started, front)
-    # Once running, the master's command line is one string: nginx rewrites it.
-    assert is_front_command([f"nginx: master process {' '.join(started)}"], front)
+    front = tmp_path / folder / "front"
+
+    def started(work: Path, binary: str = "/usr/sbin/nginx") -> list[str]:
+        return [binary, "-p", str(work), "-e", f"{work}/error.log", "-c", f"{work}/nginx.conf"]
+
+    def titled(argv: list[str]) -> list[str]:
+        # Once running, the master's command line is one string: nginx rewrites it.
+        return [f"nginx: master process {' '.join(argv)}"]
+
+    assert is_front_command(started(front), front)
+    assert is_front_command(started(front, "/opt/my nginx/sbin/nginx"), front)
+    assert is_front_command(titled(started(front)), front)
+    assert is_front_command(titled(started(front, "/opt/my nginx/sbin/nginx")), front)
     assert not is_front_command(["nginx: worker process"], front)
-    assert not is_front_command(["/usr/sbin/nginx", "-p", f"{front}-other"], front)
-    assert not is_front_command(["/usr/bin/python3", "-p", str(front)], front)
+    # Other folders: one that starts with this one's name, up to a space or not.
+    for other in (Path(f"{front}-other"), Path(f"{front} other"), tmp_path / "my" / "front"):
+        assert not is_front_command(started(other), front)
+        assert not is_front_command(titled(started(other)), front)
+    assert not is_front_command(["/usr/sbin/nginx", "-p", str(front)], front)
+    assert not is_front_command(["/usr/bin/python3", *started(front)[1:]], front)
+    assert not is_front_command(titled(["/usr/bin/python3", *started(front)[1:]]), front)
+    assert not is_front_command([" ".join(started(front))], front)
     assert not is_front_command([], front)
 
 
