@@ -72,6 +72,7 @@ class Patient:
 @dataclass(frozen=True)
 class Visit:
     patient_class: str  # PV1-2 (I inpatient, O outpatient, E emergency ...)
+    facility: str  # PV1-3.4 (PL-4, HD-1): the facility of the patient's assigned location
     referring_provider: Provider | None  # PV1-8, first repetition naming someone
     visit_number: str  # PV1-19, CX-1
 

@@ -179,6 +179,7 @@ def _patient(pid: Segment) -> Patient:
 def _visit(pv1: Segment) -> Visit:
     return Visit(
         patient_class=pv1.value(2),
+        facility=pv1.value(3, 4),
         referring_provider=first_xcn(pv1.repetitions(8)),
         visit_number=pv1.value(19),
     )

@@ -21,6 +21,7 @@ from sqlalchemy import Engine
 
 from hl7.mllp.client import MllpClient
 from sidecar import tables
+from sidecar.access.emergency import router as emergency_access_router
 from sidecar.accounts.audit_router import router as audit_router
 from sidecar.accounts.router import auth_router, users_router
 from sidecar.accounts.service import bootstrap_admin
@@ -67,6 +68,7 @@ ROUTERS = (
     results_router,
     ingest_router,
     audit_router,
+    emergency_access_router,
     health_router,
 )
 
@@ -138,6 +140,7 @@ def build_services(
         make_engine(settings.database_url, pre_ping=False),
         zone=zone,
         announce=order_events.announce_id,
+        facility_field=settings.order_facility_field,
     )
     services.add(
         OrderListener(
@@ -178,6 +181,7 @@ def build_services(
             on_order_changed=order_events.announce,
             result_routing=routing,
             on_result_queued=outbox.wake if outbox is not None else None,
+            modality_facilities=settings.modality_facility_map(),
         )
     )
     # Critical findings: notified through a webhook outbox, escalated by deadline.
@@ -198,7 +202,7 @@ def build_services(
         engine, policy, clock=clock, on_queued=notifier.wake if notifier else None
     )
     services.add(FindingWorkers(notifier, escalation))
-    front = services.add(build_viewer_front(settings, engine), ViewerFront)
+    front = services.add(build_viewer_front(settings, engine, clock=clock), ViewerFront)
     services.add(viewer_links(settings, front), ViewerLinks)
     return services
 

@@ -2,6 +2,7 @@
 
 from sqlmodel import SQLModel
 
+from sidecar.access.models import EmergencyAccess
 from sidecar.accounts.models import User
 from sidecar.core.audit import AuditEvent
 from sidecar.findings.models import CriticalFinding, FindingNotification, NotificationAttempt
@@ -17,6 +18,7 @@ __all__ = [
     "AuditEvent",
     "ChangesCursor",
     "CriticalFinding",
+    "EmergencyAccess",
     "FindingNotification",
     "Hl7Message",
     "Image",

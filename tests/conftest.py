@@ -26,6 +26,7 @@ import patient_data
 from stack import Stack
 from testapp import (
     ADMIN_PASSWORD,
+    PHYSICIAN_PROVIDER_ID,
     USER_PASSWORD,
     app_settings,
     engine_of,
@@ -140,8 +141,15 @@ def headers_for(app: FastAPI, client: TestClient) -> Callable[[Role], dict[str, 
         username = f"{role.value}-user"
         with Session(engine_of(app)) as session:
             if session.exec(select(User).where(User.username == username)).first() is None:
+                # A physician is known by the provider id orders name (PHYSICIAN_PROVIDER_ID).
+                provider_id = PHYSICIAN_PROVIDER_ID if role == Role.PHYSICIAN else None
                 session.add(
-                    User(username=username, password_hash=hash_password(USER_PASSWORD), role=role)
+                    User(
+                        username=username,
+                        password_hash=hash_password(USER_PASSWORD),
+                        role=role,
+                        provider_id=provider_id,
+                    )
                 )
                 session.commit()
         return login(client, username, USER_PASSWORD)

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from datetime import datetime
 from enum import StrEnum
-from typing import ClassVar
+from typing import Annotated, ClassVar
 
 from pydantic import Field as PydanticField
-from sqlmodel import Column, Field, SQLModel
+from sqlmodel import JSON, Column, Field, SQLModel
 
 from sidecar.core.models import ApiInput, ApiModel, EnumText, UTCDateTime, utcnow
 
@@ -36,6 +36,15 @@ class User(SQLModel, table=True):
     # For a physician: the provider id orders carry (ORC-12/OBR-16 from the HIS, `providerId`
     # over REST). It scopes which patients' results the physician reads.
     provider_id: str | None = Field(default=None, max_length=64, index=True)
+    # The facilities whose records the user reads (sidecar.access.care_scope); empty: all.
+    facilities: list[str] = Field(default_factory=list, sa_column=Column(JSON, nullable=False))
+
+
+# A facility id as orders carry it (MSH-4 or PV1-3.4 namespace id, `facilityId`).
+FacilityId = Annotated[
+    str, PydanticField(min_length=1, max_length=64, pattern=r"^[^\x00-\x1f\x7f,]+$")
+]
+Facilities = Annotated[list[FacilityId], PydanticField(max_length=100)]
 
 
 class UserCreate(ApiInput):
@@ -43,15 +52,19 @@ class UserCreate(ApiInput):
     password: str = PydanticField(min_length=12, max_length=256)
     role: Role
     provider_id: str | None = PydanticField(default=None, min_length=1, max_length=64)
+    facilities: Facilities = PydanticField(default_factory=list)
 
 
 class UserUpdate(ApiInput):
     # provider_id may be null (the account is unlinked from its provider id); these may not.
-    not_nullable: ClassVar[frozenset[str]] = frozenset({"is_active", "role", "password"})
+    not_nullable: ClassVar[frozenset[str]] = frozenset(
+        {"is_active", "role", "password", "facilities"}
+    )
 
     is_active: bool | None = None
     role: Role | None = None
     provider_id: str | None = PydanticField(default=None, min_length=1, max_length=64)
+    facilities: Facilities | None = None
     password: str | None = PydanticField(default=None, min_length=12, max_length=256)
 
 
@@ -61,6 +74,7 @@ class UserPublic(ApiModel):
     role: Role
     is_active: bool
     provider_id: str | None
+    facilities: list[str]
     created_at: datetime
 
 

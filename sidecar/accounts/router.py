@@ -39,6 +39,7 @@ def create_user(body: UserCreate, session: SessionDep, admin: Admin) -> User:
         password_hash=hash_password(body.password),
         role=body.role,
         provider_id=body.provider_id,
+        facilities=sorted(set(body.facilities)),
     )
     session.add(user)
     session.flush()
@@ -49,6 +50,7 @@ def create_user(body: UserCreate, session: SessionDep, admin: Admin) -> User:
         entity_type="user",
         entity_id=user.id,
         role=user.role,
+        **({"facilities": user.facilities} if user.facilities else {}),
     )
     session.commit()
     session.refresh(user)
@@ -76,6 +78,8 @@ def update_user(user_id: RecordId, body: UserUpdate, session: SessionDep, admin:
             setattr(user, name, changes[name])
     if "provider_id" in changes:  # null unlinks the account from its provider id
         user.provider_id = changes["provider_id"]
+    if changes.get("facilities") is not None:  # [] opens every facility
+        user.facilities = changes["facilities"] = sorted(set(changes["facilities"]))
     if "password_changed" in changes or changes.get("role") is not None:
         user.credentials_changed_at = utcnow()
     session.add(user)

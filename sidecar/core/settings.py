@@ -64,6 +64,12 @@ class Settings(BaseSettings):
     his_facility: str = Field(default="", max_length=180)  # MSH-6; empty: the ORM's MSH-4
     hl7_application: str = Field(default="RADIOLOGY", min_length=1, max_length=180)  # MSH-3
     hl7_facility: str = Field(default="", max_length=180)  # MSH-4
+    # Where an order from the HIS names its facility: MSH-4 (sending facility) or PV1-3
+    # (the facility of the patient's assigned location, PV1-3.4).
+    order_facility_field: Literal["MSH-4", "PV1-3"] = "MSH-4"
+    # The facility each registered modality belongs to, by calling AE title: studies without an
+    # order take it. "CT01=NORTH,MR01=SOUTH".
+    modality_facilities: str = Field(default="", max_length=4000)
     results_send_preliminary: bool = False
     # Back-off between delivery attempts while the HIS is unreachable: doubling, capped.
     result_retry_max_delay: float = Field(default=60.0, gt=0)
@@ -87,6 +93,11 @@ class Settings(BaseSettings):
     # e.g. provider ids or on-call pager ids), and last of all the fail-safe recipient.
     critical_finding_escalation_contacts: str = Field(default="", max_length=2000)
     critical_finding_failsafe: str = Field(default="", max_length=64)
+    # Break the glass (sidecar.access.emergency): how long a physician's emergency access to a
+    # patient lasts, and who is told of each one (a recipient id of the notification service,
+    # e.g. the privacy officer's; empty: each grant is recorded as not notified).
+    emergency_access_minutes: int = Field(default=60, ge=1, le=1440)
+    privacy_contact: str = Field(default="", max_length=64)
     # The OHIF viewer front (sidecar.viewer.bundle): the viewer at the root of this origin, with
     # /dicom-web and /wado proxied to Orthanc for users with a viewer session.
     viewer_enabled: bool = True
@@ -124,6 +135,7 @@ class Settings(BaseSettings):
         for contact in self.critical_finding_escalation_contacts.split(","):
             if len(contact.strip()) > 64:
                 raise ValueError("CRITICAL_FINDING_ESCALATION_CONTACTS: ids are at most 64 long")
+        self.modality_facility_map()  # refuses a malformed MODALITY_FACILITIES at start
         self.public_viewer_url = self.public_viewer_url.rstrip("/")
         if self.public_viewer_url and not self.public_viewer_url.startswith(
             ("http://", "https://")
@@ -136,6 +148,19 @@ class Settings(BaseSettings):
             # Development only: tokens stop being valid when the process restarts.
             self.jwt_secret = secrets.token_urlsafe(48)
         return self
+
+    def modality_facility_map(self) -> dict[str, str]:
+        """MODALITY_FACILITIES as calling AE title -> facility."""
+        facilities: dict[str, str] = {}
+        for entry in filter(None, (e.strip() for e in self.modality_facilities.split(","))):
+            aet, equals, facility = (part.strip() for part in entry.partition("="))
+            if not equals or not 1 <= len(aet) <= 16 or not 1 <= len(facility) <= 64:
+                raise ValueError(
+                    f"MODALITY_FACILITIES: {entry!r} is not AET=FACILITY (an AE title of up to"
+                    " 16 characters, a facility of up to 64)"
+                )
+            facilities[aet] = facility
+        return facilities
 
 
 def _require_secret(name: str, value: str) -> None:

@@ -48,6 +48,9 @@ class AcknowledgementMethod(StrEnum):
 class NotificationKind(StrEnum):
     RAISED = "RAISED"  # to the ordering provider, when the finding is raised
     ESCALATED = "ESCALATED"  # to the next contact in the escalation chain
+    # To the privacy contact, when a physician breaks the glass (sidecar.access.emergency):
+    # no finding, the same outbox and delivery.
+    EMERGENCY_ACCESS = "EMERGENCY_ACCESS"
 
 
 class DeliveryStatus(StrEnum):
@@ -107,13 +110,18 @@ class CriticalFinding(SQLModel, table=True):
 
 class FindingNotification(SQLModel, table=True):
     """The webhook outbox: one row per message to the notification service, written in the same
-    transaction as the change it announces. `payload` is fixed when queued, so every retry
-    sends the same body with the same `notificationId` (a receiver deduplicates on it)."""
+    transaction as the change it announces (a critical finding's, or an emergency access).
+    `payload` is fixed when queued, so every retry sends the same body with the same
+    `notificationId` (a receiver deduplicates on it)."""
 
     __tablename__ = "critical_finding_notification"
 
     id: int | None = Field(default=None, primary_key=True)
-    finding_id: int = Field(foreign_key="critical_finding.id", index=True)
+    # One of these two says what the notification is about.
+    finding_id: int | None = Field(default=None, foreign_key="critical_finding.id", index=True)
+    emergency_access_id: int | None = Field(
+        default=None, foreign_key="emergency_access.id", index=True
+    )
     kind: NotificationKind = Field(sa_column=Column(EnumText(NotificationKind, 16), nullable=False))
     escalation_level: int = 0
     recipient: str | None = Field(default=None, max_length=64, index=True)

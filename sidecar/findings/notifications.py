@@ -228,27 +228,29 @@ class FindingNotifier(BackgroundWorker):
             if status is not None and 200 <= status < 300:
                 row.status = DeliveryStatus.DELIVERED
                 row.delivered_at, row.next_attempt_at, row.last_error = now, None, None
-                action = "critical_finding.notification_delivered"
+                outcome = "delivered"
             elif status is None or status >= 500 or status in _RETRYABLE:
                 delay = backoff_delay(row.attempts, cap=self._max_delay)
                 row.next_attempt_at = now + timedelta(seconds=delay)
                 row.last_error = error or f"HTTP {status}"
                 # The attempts table has every try; the audit trail marks the outage's start.
-                action = "critical_finding.notification_retrying" if row.attempts == 1 else ""
+                outcome = "retrying" if row.attempts == 1 else ""
             else:
                 row.status, row.next_attempt_at = DeliveryStatus.REFUSED, None
                 row.last_error = f"HTTP {status}: refused by the notification service"
-                action = "critical_finding.notification_refused"
+                outcome = "refused"
             session.add(row)
             if row.status == DeliveryStatus.DELIVERED and row.kind == NotificationKind.RAISED:
+                assert row.finding_id is not None
                 mark_notified(session, row.finding_id, now)
-            if action:
+            if outcome:
+                entity_type, entity_id = subject_of(row)
                 audit.record(
                     session,
                     actor=NOTIFIER_ACTOR,
-                    action=action,
-                    entity_type="critical_finding",
-                    entity_id=row.finding_id,
+                    action=f"{entity_type}.notification_{outcome}",
+                    entity_type=entity_type,
+                    entity_id=entity_id,
                     notification_id=row.id,
                     http_status=status,
                     attempts=row.attempts,
@@ -262,6 +264,13 @@ class FindingNotifier(BackgroundWorker):
                 delay,
             )
         return delay
+
+
+def subject_of(row: FindingNotification) -> tuple[str, int | None]:
+    """What a notification is about, as the audit trail names it."""
+    if row.kind == NotificationKind.EMERGENCY_ACCESS:
+        return "emergency_access", row.emergency_access_id
+    return "critical_finding", row.finding_id
 
 
 def mark_notified(session: Session, finding_id: int, now: datetime) -> None:

@@ -106,6 +106,19 @@ class OrthancClient:
                 found[str(resource["ID"])] = str(patient.get("PatientID", "")).strip()
         return found
 
+    def calling_ae_title(self, instance_id: str) -> str | None:
+        """The AE title that sent the instance (Orthanc's RemoteAET metadata); None when it
+        came another way (REST, the API)."""
+        try:
+            response = self._http.get(f"/instances/{instance_id}/metadata/RemoteAET")
+        except httpx.HTTPError as exc:
+            raise OrthancUnavailable(f"GET instance metadata: {type(exc).__name__}") from exc
+        if response.status_code == 404:
+            return None
+        if response.status_code >= 400:
+            raise OrthancUnavailable(f"GET instance metadata: HTTP {response.status_code}")
+        return response.text.strip() or None
+
     def parent_study_of_instance(self, instance_id: str) -> str:
         study = self._get(f"/instances/{instance_id}/study")
         return str(study["ID"])

@@ -16,9 +16,10 @@ from __future__ import annotations
 import logging
 import time
 from collections import deque
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
+from typing import Any
 
 from sqlalchemy import Engine
 from sqlmodel import Session
@@ -83,6 +84,7 @@ class OrthancSync(BackgroundWorker):
         on_order_changed: Callable[[ImagingOrder], None] | None = None,
         result_routing: ResultRouting | None = None,
         on_result_queued: Callable[[], None] | None = None,
+        modality_facilities: Mapping[str, str] | None = None,
     ) -> None:
         # The idle poll is the interval: the change log is read that often when nothing wakes
         # the worker sooner (a plugin notice does).
@@ -95,6 +97,8 @@ class OrthancSync(BackgroundWorker):
         # A study matched to its order after it was reported: the signed result is sent.
         self._result_routing = result_routing
         self._on_result_queued = on_result_queued
+        # Calling AE title -> facility (MODALITY_FACILITIES), for studies without an order.
+        self._modality_facilities = dict(modality_facilities or {})
         self.status = SyncStatus()
         # When each plugin notice arrived (monotonic clock): for the latency figures only.
         self.noticed_at: dict[str, float] = {}
@@ -228,6 +232,7 @@ class OrthancSync(BackgroundWorker):
         record = study_record(study_json, series_json)
         same_uid = self._orthanc.studies_with_uid(record.study_instance_uid)
         same_uid[orthanc_id] = record.patient_id or ""
+        modality_facility = self._modality_facility(series_json)
         with Session(self._engine) as session:
             study = register_study(session, record, same_uid)
             if study.orthanc_id != orthanc_id:
@@ -235,6 +240,8 @@ class OrthancSync(BackgroundWorker):
                 return _DONE
             was_linked = study.order_id is not None
             moved_order = order_matching.match(session, study, actor=audit.ORTHANC_SYNC_ACTOR)
+            if study.facility_id is None and modality_facility is not None:
+                study.facility_id = modality_facility  # no order, or one without a facility
             result_queued = False
             if not was_linked and study.order_id is not None and self._result_routing:
                 assert study.id is not None
@@ -255,6 +262,17 @@ class OrthancSync(BackgroundWorker):
             known = known_image_orthanc_ids(session, study_id)
         expected = {i for series in series_json for i in series.get("Instances", [])}
         return _DONE if expected <= known else study_id
+
+    def _modality_facility(self, series_json: list[dict[str, Any]]) -> str | None:
+        """The facility of the modality that sent the study (its first instance's calling AE
+        title, in MODALITY_FACILITIES), else None. Asks Orthanc only when facilities are set."""
+        if not self._modality_facilities:
+            return None
+        instances = [i for series in series_json for i in series.get("Instances", [])]
+        if not instances:
+            return None
+        calling = self._orthanc.calling_ae_title(str(instances[0]))
+        return self._modality_facilities.get(calling) if calling else None
 
     def _register_images(self, orthanc_id: str, study_id: int) -> object:
         """Image level: every instance's tags, read from disk by Orthanc."""

@@ -27,6 +27,7 @@ ORDER_TEXT_RULES: dict[str, TextRule] = {
     # Kept by the sidecar, sent back in results (ORU^R01, where they are escaped).
     "ordering_provider": stored(324),
     "provider_id": stored(64),
+    "referring_provider_id": stored(64),
     "facility_id": stored(64),
     "procedure_code": stored(64),
     "body_part": stored(64),

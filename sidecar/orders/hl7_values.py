@@ -18,10 +18,17 @@ from sidecar.orders.models import Modality, Priority
 _MODALITY_ALIASES = {"PET": Modality.PT, "PETCT": Modality.PET_CT, "XR": Modality.DX}
 
 
-def order_values(message: OrderMessage, group: OrderGroup) -> dict[str, Any]:
+def order_values(
+    message: OrderMessage, group: OrderGroup, *, facility_field: str = "MSH-4"
+) -> dict[str, Any]:
     """Domain values of an order group; absent values are left out. Not yet checked against
     what will hold them: see checked_order_values."""
     patient, visit = message.patient, message.visit
+    # ORDER_FACILITY_FIELD: the sending facility, or that of the patient's assigned location.
+    if facility_field == "PV1-3":
+        facility = visit.facility if visit else ""
+    else:
+        facility = message.header.sending_facility.name
     procedure = group.procedure
     reason = group.reason_for_study
     ordering = group.ordering_provider
@@ -33,8 +40,9 @@ def order_values(message: OrderMessage, group: OrderGroup) -> dict[str, Any]:
         "patient_sex": patient.sex.value if patient.sex and patient.sex.value in "MFO" else None,
         "referring_physician": provider_name(visit.referring_provider if visit else None),
         "ordering_provider": provider_name(ordering),
-        "provider_id": (ordering.id or None) if ordering else None,
-        "facility_id": message.header.sending_facility.name or None,
+        "provider_id": _provider_id(ordering),
+        "referring_provider_id": _provider_id(visit.referring_provider if visit else None),
+        "facility_id": facility or None,
         "procedure_code": (procedure.code or None) if procedure else None,
         "procedure_description": (procedure.text or None) if procedure else None,
         "modality": modality(group),
@@ -50,14 +58,18 @@ def order_values(message: OrderMessage, group: OrderGroup) -> dict[str, Any]:
     return {k: v for k, v in values.items() if v not in (None, "")}
 
 
-def checked_order_values(message: OrderMessage, group: OrderGroup) -> dict[str, Any]:
+def checked_order_values(
+    message: OrderMessage, group: OrderGroup, *, facility_field: str = "MSH-4"
+) -> dict[str, Any]:
     """order_values, refused with AE 102 naming the field when a value does not fit where it
     goes: its column, or the worklist item a modality will read (sidecar.orders.fields)."""
-    values = order_values(message, group)
+    values = order_values(message, group, facility_field=facility_field)
     problems = order_value_problems(values)
     if problems:
         name, problem = problems[0]
         location, label = value_source(name, group)
+        if name == "facility_id" and facility_field == "PV1-3":
+            location, label = ErrorLocation("PV1", 1, 3, 4), "assigned location facility"
         raise DataTypeError(f"{location} {label} {problem}", location)
     start = values.get("scheduled_at")
     if start is not None and (time_refused := time_problem(start)) is not None:
@@ -92,6 +104,7 @@ _SOURCES: dict[str, tuple[FieldPosition, FieldPosition | None, str]] = {
     "clinical_indication": (("OBR", 31, None), None, "reason for study"),
     "ordering_provider": (("ORC", 12, None), ("OBR", 16, None), "ordering provider"),
     "provider_id": (("ORC", 12, 1), ("OBR", 16, 1), "ordering provider id"),
+    "referring_provider_id": (("PV1", 8, 1), None, "referring doctor id"),
     "placer_order_number": (("ORC", 2, 1), ("OBR", 2, 1), "placer order number"),
     "filler_order_number": (("ORC", 3, 1), ("OBR", 3, 1), "filler order number"),
     "accession_number": (("IPC", 1, 1), ("OBR", 18, None), "accession number"),
@@ -149,6 +162,10 @@ def person_name(name: PersonName) -> str | None:
 
 def provider_name(provider: Provider | None) -> str | None:
     return person_name(provider.name) if provider else None
+
+
+def _provider_id(provider: Provider | None) -> str | None:
+    return (provider.id or None) if provider else None
 
 
 def _entity(identifier: Any) -> str | None:

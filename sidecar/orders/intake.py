@@ -95,9 +95,11 @@ class OrderIntake:
         zone: tzinfo,
         announce: Callable[[int], None],
         now: Callable[[], datetime] = utcnow,
+        facility_field: str = "MSH-4",
     ) -> None:
         self._engine = engine
         self._zone = zone
+        self._facility_field = facility_field  # ORDER_FACILITY_FIELD
         self._announce = announce
         self._now = now
 
@@ -286,7 +288,7 @@ class OrderIntake:
                 ErrorLocation("ORC", group.sequence, 5),
             )
         if control == OrderControl.NEW_ORDER:
-            values = checked_order_values(message, group)
+            values = checked_order_values(message, group, facility_field=self._facility_field)
             # A taken accession number or Study Instance UID fails the unique constraints at
             # commit: answered AE 205 by _apply, one query fewer than asking first.
             return orders.insert_order(session, values, actor=actor, source="hl7")
@@ -297,7 +299,9 @@ class OrderIntake:
                     raise InvalidTransition("order", order.status, order.status, ())
                 changes = {
                     k: v
-                    for k, v in checked_order_values(message, group).items()
+                    for k, v in checked_order_values(
+                        message, group, facility_field=self._facility_field
+                    ).items()
                     if k not in ("accession_number", "study_instance_uid")
                 }
                 orders.update_order(session, order, changes, actor=actor)

@@ -47,6 +47,7 @@ def link(session: Session, study: Study, order: ImagingOrder, *, actor: str) -> 
     study.issuer_of_patient_id = order.issuer_of_patient_id or study.issuer_of_patient_id
     study.order_id = order.id
     study.order_match_issue = None
+    study.facility_id = order.facility_id or study.facility_id
     # The study takes the order's clinical context.
     study.priority = order.priority.value
     study.clinical_indication = order.clinical_indication

@@ -73,8 +73,11 @@ class ImagingOrder(SQLModel, table=True):
     patient_sex: str | None = Field(default=None, max_length=16)
     referring_physician: str | None = Field(default=None, max_length=324)
     ordering_provider: str | None = Field(default=None, max_length=324)
-    provider_id: str | None = Field(default=None, max_length=64)
-    facility_id: str | None = Field(default=None, max_length=64)
+    provider_id: str | None = Field(default=None, max_length=64, index=True)
+    # The referring physician's provider id (PV1-8.1; `referringProviderId` over REST): with
+    # the ordering provider's, it says which physicians care for the order's patient.
+    referring_provider_id: str | None = Field(default=None, max_length=64, index=True)
+    facility_id: str | None = Field(default=None, max_length=64, index=True)
     procedure_code: str | None = Field(default=None, max_length=64)
     procedure_description: str | None = Field(default=None, max_length=64)
     modality: Modality = Field(sa_column=Column(EnumText(Modality, 16), nullable=False))
@@ -111,6 +114,7 @@ class OrderFields(ApiInput):
     referring_physician: str | None = PydanticField(default=None, max_length=PN_MAX_LENGTH)
     ordering_provider: str | None = PydanticField(default=None, max_length=324)
     provider_id: str | None = PydanticField(default=None, max_length=64)
+    referring_provider_id: str | None = PydanticField(default=None, max_length=64)
     facility_id: str | None = PydanticField(default=None, max_length=64)
     procedure_code: str | None = PydanticField(default=None, max_length=64)
     procedure_description: str | None = PydanticField(default=None, max_length=64)
@@ -166,6 +170,7 @@ class OrderPublic(ApiModel):
     referring_physician: str | None
     ordering_provider: str | None
     provider_id: str | None
+    referring_provider_id: str | None
     facility_id: str | None
     procedure_code: str | None
     procedure_description: str | None

@@ -5,8 +5,9 @@ from __future__ import annotations
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Query, status
-from sqlmodel import Session, col
+from sqlmodel import Session, col, select
 
+from sidecar.access.care_scope import CareScopeDep
 from sidecar.accounts.dependencies import require_roles
 from sidecar.accounts.models import Role, User
 from sidecar.core.dependencies import SessionDep
@@ -50,6 +51,7 @@ def create_order(
 def list_orders(
     session: SessionDep,
     _: OrderReader,
+    scope: CareScopeDep,
     pagination: PaginationDep,
     patient_id: Annotated[str | None, Query(alias="patientId", max_length=64)] = None,
     accession_number: Annotated[str | None, Query(alias="accessionNumber", max_length=16)] = None,
@@ -66,6 +68,7 @@ def list_orders(
         (ImagingOrder.modality, modality),
         (ImagingOrder.priority, priority),
     )
+    conditions.extend(scope.orders())
     if scheduled_from:
         conditions.append(col(ImagingOrder.scheduled_at) >= scheduled_from)
     if scheduled_to:
@@ -75,14 +78,26 @@ def list_orders(
 
 @router.get("/patient/{patient_id}", response_model=Page[OrderPublic])
 def list_patient_orders(
-    patient_id: str, session: SessionDep, _: OrderReader, pagination: PaginationDep
+    patient_id: str,
+    session: SessionDep,
+    _: OrderReader,
+    scope: CareScopeDep,
+    pagination: PaginationDep,
 ) -> dict[str, Any]:
-    return _page(session, [ImagingOrder.patient_id == patient_id], pagination)
+    return _page(session, [ImagingOrder.patient_id == patient_id, *scope.orders()], pagination)
 
 
 @router.get("/{order_id}", response_model=OrderPublic)
-def get_order(order_id: RecordId, session: SessionDep, _: OrderReader) -> ImagingOrder:
-    return get_order_or_404(session, order_id)
+def get_order(
+    order_id: RecordId, session: SessionDep, _: OrderReader, scope: CareScopeDep
+) -> ImagingOrder:
+    """An order, when the caller may read it (404 otherwise, as for one that does not exist)."""
+    order = session.exec(
+        select(ImagingOrder).where(ImagingOrder.id == order_id, *scope.orders())
+    ).first()
+    if order is None:
+        raise UnknownRecord(f"imaging order {order_id} not found")
+    return order
 
 
 @router.patch("/{order_id}", response_model=OrderPublic)

@@ -89,6 +89,9 @@ class Study(SQLModel, table=True):
     # separated, as DICOM separates values; a patient id cannot hold one): images of several
     # patients under one UID, kept from the viewer until someone resolves it.
     conflicting_patient_ids: str | None = Field(default=None, max_length=1000)
+    # Where the study was done: its order's facility, else that of the modality that sent it
+    # (MODALITY_FACILITIES). Users limited to facilities see their facilities' studies only.
+    facility_id: str | None = Field(default=None, max_length=64, index=True)
 
 
 class Series(SQLModel, table=True):
@@ -154,6 +157,7 @@ class StudyPublic(ApiModel):
     updated_at: datetime
     images_received_at: datetime | None
     order_id: int | None
+    facility_id: str | None
     priority: str | None
     clinical_indication: str | None
     order_match_issue: str | None

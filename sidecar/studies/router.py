@@ -11,6 +11,7 @@ from pydantic import Field
 from sqlalchemy import literal
 from sqlmodel import Session, col, func, select
 
+from sidecar.access.care_scope import CareScope, CareScopeDep
 from sidecar.accounts.dependencies import Clinician, Scheduler, StudyEditor
 from sidecar.core import audit
 from sidecar.core.dependencies import SessionDep
@@ -51,6 +52,7 @@ def list_studies(
     links: ViewerLinksDep,
     session: SessionDep,
     _: Clinician,
+    scope: CareScopeDep,
     pagination: PaginationDep,
     patient_id: Annotated[str | None, Query(alias="patientId", max_length=64)] = None,
     accession_number: Annotated[str | None, Query(alias="accessionNumber", max_length=16)] = None,
@@ -62,7 +64,7 @@ def list_studies(
         bool | None, Query(description="true: linked to an imaging order; false: not linked")
     ] = None,
 ) -> dict[str, Any]:
-    conditions: list[Any] = []
+    conditions: list[Any] = scope.studies()
     if matched is not None:
         linked = col(Study.order_id)
         conditions.append(linked.is_not(None) if matched else linked.is_(None))
@@ -120,10 +122,14 @@ def create_study(
 
 @router.get("/accession/{accession_number}", response_model=StudyDetail)
 def get_study_by_accession(
-    accession_number: str, session: SessionDep, _: Clinician, links: ViewerLinksDep
+    accession_number: str,
+    session: SessionDep,
+    _: Clinician,
+    scope: CareScopeDep,
+    links: ViewerLinksDep,
 ) -> StudyDetail:
     matches = session.exec(
-        select(Study).where(Study.accession_number == accession_number).limit(2)
+        select(Study).where(Study.accession_number == accession_number, *scope.studies()).limit(2)
     ).all()
     if not matches:
         raise UnknownRecord(f"no study with accession number {accession_number}")
@@ -137,9 +143,13 @@ def get_study_by_accession(
 
 @router.get("/{study_id}", response_model=StudyDetail)
 def get_study(
-    study_id: RecordId, session: SessionDep, _: Clinician, links: ViewerLinksDep
+    study_id: RecordId,
+    session: SessionDep,
+    _: Clinician,
+    scope: CareScopeDep,
+    links: ViewerLinksDep,
 ) -> StudyDetail:
-    return _detail(session, get_study_or_404(session, study_id), links)
+    return _detail(session, readable_study(session, study_id, scope), links)
 
 
 @router.patch("/{study_id}", response_model=StudyPublic)
@@ -188,9 +198,13 @@ def update_study_status(
 
 @router.get("/{study_id}/images", response_model=Page[ImagePublic])
 def list_study_images(
-    study_id: RecordId, session: SessionDep, _: Clinician, pagination: PaginationDep
+    study_id: RecordId,
+    session: SessionDep,
+    _: Clinician,
+    scope: CareScopeDep,
+    pagination: PaginationDep,
 ) -> dict[str, Any]:
-    get_study_or_404(session, study_id)
+    readable_study(session, study_id, scope)
     return image_page(session, pagination, Image.study_id == study_id)
 
 
@@ -200,9 +214,10 @@ def list_series_images(
     series_uid: str,
     session: SessionDep,
     _: Clinician,
+    scope: CareScopeDep,
     pagination: PaginationDep,
 ) -> dict[str, Any]:
-    get_study_or_404(session, study_id)
+    readable_study(session, study_id, scope)
     series = session.exec(
         select(Series).where(Series.study_id == study_id, Series.series_instance_uid == series_uid)
     ).first()
@@ -257,6 +272,16 @@ def get_study_or_404(session: Session, study_id: int) -> Study:
     return study
 
 
+def readable_study(session: Session, study_id: int, scope: CareScope) -> Study:
+    """The study, when the caller may read it; 404 otherwise, as for one that does not exist."""
+    if not scope.limited:
+        return get_study_or_404(session, study_id)
+    study = session.exec(select(Study).where(Study.id == study_id, *scope.studies())).first()
+    if study is None:
+        raise UnknownRecord(f"study {study_id} not found")
+    return study
+
+
 def public_study(links: ViewerLinks, study: Study) -> StudyPublic:
     """The study as the API shows it, with its viewer link when a viewer is configured."""
     shown = StudyPublic.model_validate(study)
@@ -279,11 +304,13 @@ images_router = APIRouter(prefix="/api/images", tags=["images"])
 
 
 @images_router.get("/{image_id}", response_model=ImagePublic)
-def get_image(image_id: RecordId, session: SessionDep, _: Clinician) -> ImagePublic:
+def get_image(
+    image_id: RecordId, session: SessionDep, _: Clinician, scope: CareScopeDep
+) -> ImagePublic:
     row = session.exec(
         select(Image, Series.series_instance_uid)
         .join(Series, col(Series.id) == col(Image.series_id))
-        .where(Image.id == image_id)
+        .where(Image.id == image_id, *scope.images())
     ).first()
     if row is None:
         raise UnknownRecord(f"image {image_id} not found")

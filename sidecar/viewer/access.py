@@ -7,27 +7,30 @@ radiologist, technologist, physician, the roles that read studies through the AP
 integration role is a machine account and may not.
 
 Every proxied request is checked, so the account lookup that catches a disabled user or a changed
-password is cached for a few seconds instead of costing a database read per image frame.
+password is cached for a few seconds instead of costing a database read per image frame. So is
+a physician's care relationship with each study they open (sidecar.access.care_scope): their
+viewer shows the studies of the patients they care for, and answers for any other as for a study
+that does not exist.
 """
 
 from __future__ import annotations
 
-import re
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import dataclass
 from datetime import datetime
 
 from sqlalchemy import Engine
 from sqlmodel import Session, col, select
 
+from sidecar.access.care_scope import CARE_LIMITED_ROLES, CareScope
 from sidecar.accounts.models import Role, User
 from sidecar.accounts.security import InvalidToken, decode_access_token, verify_password
 from sidecar.core import audit
 from sidecar.core.errors import NotAuthenticated, NotPermitted
+from sidecar.core.models import utcnow
 from sidecar.studies.models import Study
-from sidecar.viewer.paths import UID
 
 SESSION_COOKIE = "viewer_session"
 VIEWER_ROLES = frozenset({Role.ADMIN, Role.RADIOLOGIST, Role.TECHNOLOGIST, Role.PHYSICIAN})
@@ -37,16 +40,15 @@ ACCOUNT_CHECK_SECONDS = 10.0
 # requests, and the trail must say who looked at what, not count frames.
 VIEW_AUDIT_WINDOW_SECONDS = 3600.0
 
-# A DICOMweb path naming a study (QIDO series of a study, WADO-RS metadata, frames, rendered);
-# the fronts pass on only paths sidecar.viewer.paths allows, whose UIDs are this UID.
-_STUDY_IN_PATH = re.compile(rf"^/?(?:dicom-web/)?studies/({UID})(?:/|$)")
-
 
 @dataclass(frozen=True)
 class Viewer:
     user_id: int
     username: str
     role: Role
+    # Some studies are out of reach: a physician's (care relationship) or a user limited to
+    # facilities (sidecar.access.care_scope).
+    limited: bool = False
 
 
 @dataclass(frozen=True)
@@ -54,6 +56,7 @@ class _Account:
     active: bool
     credentials_changed_at: datetime | None
     checked_at: float
+    facility_limited: bool = False
 
 
 def credential_of(authorization: str | None, cookie: str | None) -> str | None:
@@ -65,18 +68,23 @@ def credential_of(authorization: str | None, cookie: str | None) -> str | None:
     return cookie or None
 
 
-def study_in_path(path: str) -> str | None:
-    match = _STUDY_IN_PATH.match(path)
-    return match.group(1) if match else None
-
-
 class ViewerAccess:
     def __init__(
-        self, engine: Engine, jwt_secret: str, *, clock: Callable[[], float] = time.monotonic
+        self,
+        engine: Engine,
+        jwt_secret: str,
+        *,
+        clock: Callable[[], float] = time.monotonic,
+        now: Callable[[], datetime] = utcnow,
     ) -> None:
         self._engine = engine
         self._secret = jwt_secret
-        self._clock = clock
+        self._clock = clock  # for the caches
+        self._now = now  # the time emergency accesses expire by (the app's clock)
+        # (user id, StudyInstanceUID) -> when the study was last read to be in the user's care.
+        # Only answers that allow are kept (an image's frames): a refusal is read again, so that
+        # an emergency access opens the study at once.
+        self._in_care: dict[tuple[int, str], float] = {}
         self._accounts: dict[int, _Account] = {}
         self._viewed: dict[tuple[int, str], float] = {}
         self._lock = threading.Lock()
@@ -122,50 +130,98 @@ class ViewerAccess:
             raise NotAuthenticated("the password or role changed: log in again")
         if claims.role not in VIEWER_ROLES:
             raise NotPermitted("this account's role may not view images")
-        return Viewer(claims.user_id, claims.username, claims.role)
+        limited = claims.role in CARE_LIMITED_ROLES or account.facility_limited
+        return Viewer(claims.user_id, claims.username, claims.role, limited)
 
-    def study_to_audit(self, viewer: Viewer, dicomweb_path: str) -> str | None:
-        """The StudyInstanceUID in `dicomweb_path` when this is the viewer's first request for
-        it in the window (then pass it to record_view), else None. Memory only."""
-        uid = study_in_path(dicomweb_path)
-        return uid if uid is not None and self.first_view(viewer, uid) else None
+    def studies_to_audit(self, viewer: Viewer, uids: Collection[str]) -> list[str]:
+        """Those of the studies a request targets (sidecar.viewer.targets) that the viewer asks
+        for the first time in the window: pass them to record_views. Memory only."""
+        return [uid for uid in sorted(uids) if self.first_view(viewer, uid)]
 
-    def record_view(self, viewer: Viewer, uid: str) -> None:
-        """Audits that `viewer` opened the study. The study is named by its sidecar id when
+    def record_views(self, viewer: Viewer, uids: Collection[str]) -> None:
+        """Audits that `viewer` opened the studies. A study is named by its sidecar id when
         registered, else by its StudyInstanceUID (an identifier, not patient data)."""
         with Session(self._engine) as session:
-            study_id = session.exec(select(Study.id).where(Study.study_instance_uid == uid)).first()
-            audit.record(
-                session,
-                actor=viewer.username,
-                action="study.viewed",
-                entity_type="study" if study_id is not None else "dicom_study",
-                entity_id=study_id if study_id is not None else uid,
-                role=viewer.role,
+            registered = dict(
+                session.exec(
+                    select(Study.study_instance_uid, Study.id).where(
+                        col(Study.study_instance_uid).in_(uids)
+                    )
+                ).all()
             )
+            for uid in uids:
+                study_id = registered.get(uid)
+                audit.record(
+                    session,
+                    actor=viewer.username,
+                    action="study.viewed",
+                    entity_type="study" if study_id is not None else "dicom_study",
+                    entity_id=study_id if study_id is not None else uid,
+                    role=viewer.role,
+                )
             session.commit()
 
-    def quarantined_from_memory(self, uid: str) -> bool | None:
-        """Whether the study is kept from the viewer (its UID is held under several patient
-        ids: the viewer would mix them); None when the list must be read again first."""
+    def quarantined_from_memory(self, uids: Collection[str]) -> bool | None:
+        """Whether any of the studies is kept from the viewer (its UID is held under several
+        patient ids: the viewer would mix them); None when the list must be read again first."""
         read_at = self._quarantine_read_at
         if read_at is None or self._clock() - read_at > ACCOUNT_CHECK_SECONDS:
             return None
-        return uid in self._quarantined
+        return not self._quarantined.isdisjoint(uids)
 
-    def quarantined(self, uid: str) -> bool:
+    def quarantined(self, uids: Collection[str]) -> bool:
         """As quarantined_from_memory, reading the list from the database when it is due."""
-        known = self.quarantined_from_memory(uid)
+        known = self.quarantined_from_memory(uids)
         if known is not None:
             return known
         with Session(self._engine) as session:
-            uids = session.exec(
+            quarantined = session.exec(
                 select(Study.study_instance_uid).where(
                     col(Study.conflicting_patient_ids).is_not(None)
                 )
             ).all()
-        self._quarantined, self._quarantine_read_at = frozenset(uids), self._clock()
-        return uid in self._quarantined
+        self._quarantined = frozenset(quarantined)
+        self._quarantine_read_at = self._clock()
+        return not self._quarantined.isdisjoint(uids)
+
+    def out_of_care_from_memory(self, viewer: Viewer, uids: Collection[str]) -> bool | None:
+        """Whether one of the studies is out of the viewer's reach: not of a patient they care
+        for, or of a facility they are not limited to (always False for users who read the whole
+        department); None when that must be read first."""
+        if not viewer.limited:
+            return False
+        now = self._clock()
+        for uid in uids:
+            read_at = self._in_care.get((viewer.user_id, uid))
+            if read_at is None or now - read_at > ACCOUNT_CHECK_SECONDS:
+                return None
+        return False
+
+    def out_of_care(self, viewer: Viewer, uids: Collection[str]) -> bool:
+        """As out_of_care_from_memory, reading the care relationship from the database. A study
+        the sidecar has not registered is in no one's care (its patient is not known yet)."""
+        known = self.out_of_care_from_memory(viewer, uids)
+        if known is not None:
+            return known
+        with Session(self._engine) as session:
+            user = session.get(User, viewer.user_id)
+            if user is None:
+                return True
+            scope = CareScope(user, self._now())
+            in_care = set(
+                session.exec(
+                    select(Study.study_instance_uid).where(
+                        col(Study.study_instance_uid).in_(uids), *scope.studies()
+                    )
+                ).all()
+            )
+        read_at = self._clock()
+        with self._lock:
+            if len(self._in_care) > 100_000:  # bounded memory; a dropped entry is read again
+                self._in_care.clear()
+            for uid in in_care:
+                self._in_care[(viewer.user_id, uid)] = read_at
+        return not in_care.issuperset(uids)
 
     def first_view(self, viewer: Viewer, uid: str) -> bool:
         now = self._clock()
@@ -192,6 +248,7 @@ class ViewerAccess:
                 active=user is not None and user.is_active,
                 credentials_changed_at=user.credentials_changed_at if user else None,
                 checked_at=self._clock(),
+                facility_limited=bool(user and user.facilities),
             )
         self._accounts[user_id] = account
         return account

@@ -5,13 +5,16 @@ from __future__ import annotations
 
 import base64
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Annotated
 
 from fastapi import Depends
 from sqlalchemy import Engine
 
 from sidecar.core.dependencies import provide
+from sidecar.core.models import utcnow
 from sidecar.core.settings import Settings
 from sidecar.viewer.access import ViewerAccess
 from sidecar.viewer.bundle import INSTALL_HINT, ViewerBundle, ViewerNotInstalled, default_base_url
@@ -47,7 +50,9 @@ class ViewerLinks:
         return _viewer_url(self.base_url, study_instance_uid) if self.base_url else None
 
 
-def build_viewer_front(settings: Settings, engine: Engine) -> ViewerFront:
+def build_viewer_front(
+    settings: Settings, engine: Engine, *, clock: Callable[[], datetime] = utcnow
+) -> ViewerFront:
     bundle: ViewerBundle | None = None
     error: Exception | None = None
     if settings.viewer_enabled:
@@ -62,7 +67,7 @@ def build_viewer_front(settings: Settings, engine: Engine) -> ViewerFront:
         else None
     )
     return ViewerFront(
-        access=ViewerAccess(engine, settings.jwt_secret),
+        access=ViewerAccess(engine, settings.jwt_secret, now=clock),
         proxy=DicomWebProxy(
             settings.orthanc_url,
             username=settings.orthanc_username,

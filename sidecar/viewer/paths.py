@@ -71,6 +71,10 @@ _NAME: Final = "[A-Za-z0-9.]+"
 _PARAMETER: Final = f"{_NAME}(?:=[^&]*)?"
 ALLOWED_QUERY: Final = f"(?:{_PARAMETER}(?:&{_PARAMETER})*)?"
 
+# What a Host header may hold: a name or an IPv4 address, or a bracketed IPv6 one, and a port.
+# Both fronts copy it into the Forwarded header Orthanc writes absolute URLs from (RetrieveURL,
+# BulkDataURI), so separators (; , " =) must not get through: `a.test";host=x` would add a host.
+HOST: Final = "^(?:[A-Za-z0-9.-]+|\\x5b[0-9A-Fa-f:.]+\\x5d)(?::[0-9]{1,5})?$"
 # Headers that would make Orthanc 1.10 run another method than the request's (it honours the
 # first; the others are refused as well, in case a later version or a proxy honours them).
 METHOD_OVERRIDE_HEADERS: Final = ("x-http-method-override", "x-http-method", "x-method-override")
@@ -149,6 +153,11 @@ def nginx_maps() -> str:
         "",
         f'map "{overrides}" $dicomweb_method_override {{',
         '    "" "";',
+        '    default "400";',
+        "}",
+        "",
+        "map $http_host $dicomweb_host_verdict {",
+        f'    "~{HOST}" "";',
         '    default "400";',
         "}",
     ]

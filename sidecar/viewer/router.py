@@ -23,17 +23,12 @@ from sidecar.core.api_errors import error_body, refusal_response
 from sidecar.core.dependencies import provide
 from sidecar.core.errors import NotAuthenticated, NotPermitted, Refusal
 from sidecar.ingest.orthanc_client import OrthancUnavailable
-from sidecar.viewer.access import (
-    SESSION_COOKIE,
-    VIEWER_ROLES,
-    Viewer,
-    credential_of,
-    study_in_path,
-)
+from sidecar.viewer.access import SESSION_COOKIE, VIEWER_ROLES, Viewer, credential_of
 from sidecar.viewer.front import ViewerFront
 from sidecar.viewer.login import login_page, safe_next
-from sidecar.viewer.paths import METHOD_OVERRIDE_HEADERS, Verdict, request_target, verdict
+from sidecar.viewer.paths import HOST, METHOD_OVERRIDE_HEADERS, Verdict, request_target, verdict
 from sidecar.viewer.proxy import NotForwardable
+from sidecar.viewer.targets import UncheckableTarget, targeted_studies
 
 log = logging.getLogger(__name__)
 router = APIRouter(tags=["viewer"])
@@ -41,10 +36,14 @@ router = APIRouter(tags=["viewer"])
 # Paths the catch-all must leave to their own routes (an unknown /api/... is a 404, never the
 # viewer's index.html).
 _NOT_VIEWER = re.compile(r"^(api|health|docs|redoc|openapi\.json|dicom-web|wado)(/|$)")
-# What a Host header may hold: a name or address and a port. It is copied into the Forwarded
-# header Orthanc builds URLs from, so separators (; , ") must not get through.
-_HOST = re.compile(r"^[A-Za-z0-9.\-]+(:[0-9]{1,5})?$|^\[[0-9A-Fa-f:.]+\](:[0-9]{1,5})?$")
+# A host[:port], as nginx's front checks it too (sidecar.viewer.paths.HOST).
+_HOST = re.compile(HOST)
 _MAX_FORM_BYTES = 4096
+# nginx's longest request line (large_client_header_buffers): the target its session check sends.
+_MAX_TARGET = 8192
+# How the session check tells nginx to answer 400 where the sidecar's front does: an auth
+# subrequest may only allow (2xx) or refuse (401, 403); viewer/nginx.conf maps this one back.
+REFUSAL_HEADER = "X-Viewer-Refusal"
 
 
 FrontDep = Annotated[ViewerFront, Depends(provide(ViewerFront))]
@@ -87,16 +86,16 @@ def _refused_target(decided: Verdict) -> JSONResponse:
     return JSONResponse(error_body("not_found", "not found"), 404)
 
 
-async def _quarantine(front: ViewerFront, dicomweb_path: str) -> JSONResponse | None:
-    """403 for a study whose UID Orthanc holds under several patient ids: the viewer would
-    show them as one study (the study's API answer names the conflict)."""
-    uid = study_in_path(dicomweb_path)
-    if uid is None:
+async def _quarantine(front: ViewerFront, studies: frozenset[str]) -> JSONResponse | None:
+    """403 when a study the request targets (sidecar.viewer.targets) has a UID Orthanc holds
+    under several patient ids: the viewer would show them as one study (the study's API answer
+    names the conflict)."""
+    if not studies:
         return None
     access = front.access
-    held = access.quarantined_from_memory(uid)
+    held = access.quarantined_from_memory(studies)
     if held is None:
-        held = await asyncio.to_thread(access.quarantined, uid)
+        held = await asyncio.to_thread(access.quarantined, studies)
     if not held:
         return None
     message = (
@@ -106,12 +105,35 @@ async def _quarantine(front: ViewerFront, dicomweb_path: str) -> JSONResponse | 
     return JSONResponse(error_body("quarantined", message), 403)
 
 
-async def _audit_view(front: ViewerFront, viewer: Viewer, dicomweb_path: str) -> None:
+async def _care(
+    front: ViewerFront, viewer: Viewer, studies: frozenset[str], *, dicom_read: bool
+) -> JSONResponse | None:
+    """For a physician or a user limited to facilities (sidecar.access.care_scope): 404 when a
+    study the request targets is out of their reach, as for a study that does not exist; 403
+    for a search that names no study, which Orthanc would answer from the whole archive."""
+    if not dicom_read or not viewer.limited:
+        return None
     access = front.access
-    uid = access.study_to_audit(viewer, dicomweb_path)
-    if uid is not None:
+    if not studies:
+        message = (
+            "name the study (StudyInstanceUID): the viewer shows this account only the studies"
+            " of the patients in its care"
+        )
+        return JSONResponse(error_body("forbidden", message), 403)
+    outside = access.out_of_care_from_memory(viewer, studies)
+    if outside is None:
+        outside = await asyncio.to_thread(access.out_of_care, viewer, studies)
+    if not outside:
+        return None
+    return JSONResponse(error_body("not_found", "study not found"), 404)
+
+
+async def _audit_view(front: ViewerFront, viewer: Viewer, studies: frozenset[str]) -> None:
+    access = front.access
+    first_views = access.studies_to_audit(viewer, studies) if studies else []
+    if first_views:
         # Before the data goes out: a view that could not be recorded is not served.
-        await asyncio.to_thread(access.record_view, viewer, uid)
+        await asyncio.to_thread(access.record_views, viewer, first_views)
 
 
 # --- login -------------------------------------------------------------------------------------
@@ -186,19 +208,36 @@ def logout(front: FrontDep) -> Response:
 async def authorize(
     request: Request,
     front: FrontDep,
-    viewer_path: Annotated[str | None, Header(alias="X-Viewer-Path", max_length=512)] = None,
+    viewer_path: Annotated[
+        str | None, Header(alias="X-Viewer-Path", max_length=_MAX_TARGET)
+    ] = None,
 ) -> Response:
-    """For a reverse proxy's auth_request: 204 when the cookie or bearer token may view images,
-    else 401/403. The answer's X-Orthanc-Authorization is what the proxy sends to Orthanc; the
-    proxy passes the viewed path (never its query string) in X-Viewer-Path for the audit."""
+    """For a reverse proxy's auth_request: 204 when the cookie or bearer token may view images
+    and the study the request targets is not quarantined, else 401/403. The answer's
+    X-Orthanc-Authorization is what the proxy sends to Orthanc. The proxy passes the request
+    target as it received it (path and query: nginx's $request_uri) in X-Viewer-Path, from which
+    the studies it targets are found (sidecar.viewer.targets), for the quarantine and the audit.
+    A target whose study cannot be checked is refused with 403 and X-Viewer-Refusal: 400, which
+    the proxy answers with 400, as the sidecar's own front does; a study outside a physician's
+    care with 403 and X-Viewer-Refusal: 404, answered 404."""
+    try:
+        studies = targeted_studies(viewer_path) if viewer_path else frozenset[str]()
+    except UncheckableTarget as refused:
+        body = error_body("bad_request", str(refused))
+        return JSONResponse(body, 403, headers={REFUSAL_HEADER: "400"})
     try:
         viewer = await _authenticate(request, front)
     except (NotAuthenticated, NotPermitted) as refused:
         return refusal_response(refused)
-    if viewer_path:
-        if (kept := await _quarantine(front, viewer_path)) is not None:
-            return kept
-        await _audit_view(front, viewer, viewer_path)
+    dicom_read = viewer_path is not None and verdict(viewer_path) is Verdict.FORWARD
+    if (outside := await _care(front, viewer, studies, dicom_read=dicom_read)) is not None:
+        if outside.status_code == 404:  # an auth subrequest may only answer 2xx, 401 or 403
+            outside.status_code = 403
+            outside.headers[REFUSAL_HEADER] = "404"
+        return outside
+    if (kept := await _quarantine(front, studies)) is not None:
+        return kept
+    await _audit_view(front, viewer, studies)
     authorization = front.orthanc_authorization
     headers = {"X-Orthanc-Authorization": authorization} if authorization else None
     return Response(status_code=204, headers=headers)
@@ -220,16 +259,21 @@ async def _proxy(request: Request, front: ViewerFront) -> Response:
     if not front.enabled:
         return JSONResponse(error_body("viewer_unavailable", front.unavailable_reason), 503)
     host = request.headers.get("host", "")
-    if not _HOST.match(host):
+    if not _HOST.fullmatch(host):
         return JSONResponse(error_body("bad_request", "the Host header is not a host[:port]"), 400)
+    try:
+        studies = targeted_studies(target)
+    except UncheckableTarget as refused:
+        return JSONResponse(error_body("bad_request", str(refused)), 400)
     try:
         viewer = await _authenticate(request, front)
     except (NotAuthenticated, NotPermitted) as refused:
         return _refusal(request, refused)
-    path = target.partition("?")[0]
-    if (kept := await _quarantine(front, path)) is not None:
+    if (outside := await _care(front, viewer, studies, dicom_read=True)) is not None:
+        return outside
+    if (kept := await _quarantine(front, studies)) is not None:
         return kept
-    await _audit_view(front, viewer, path)
+    await _audit_view(front, viewer, studies)
     try:
         return await front.proxy.forward(request, target)
     except NotForwardable as exc:

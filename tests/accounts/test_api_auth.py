@@ -24,6 +24,7 @@ from sidecar.main import create_app
 
 from testapp import (
     ADMIN_PASSWORD,
+    PHYSICIAN_PROVIDER_ID,
     TEST_JWT_SECRET,
     TEST_PLUGIN_TOKEN,
     USER_PASSWORD,
@@ -290,6 +291,8 @@ def test_physician_can_read_studies_but_not_change_them(
     client: TestClient, admin_headers: dict[str, str], headers_for: HeadersFor
 ) -> None:
     study = client.post("/api/studies", headers=admin_headers, json={"patientId": "P1"}).json()
+    order = {"patientId": "P1", "modality": "CT", "providerId": PHYSICIAN_PROVIDER_ID}
+    assert client.post("/api/imaging-orders", headers=admin_headers, json=order).status_code == 201
     physician = headers_for(Role.PHYSICIAN)
 
     assert client.get(f"/api/studies/{study['id']}", headers=physician).status_code == 200
@@ -355,7 +358,15 @@ def test_admin_creates_a_user_who_can_log_in(
 
     assert response.status_code == 201, response.text
     body = response.json()
-    assert set(body) == {"id", "username", "role", "isActive", "providerId", "createdAt"}
+    assert set(body) == {
+        "id",
+        "username",
+        "role",
+        "isActive",
+        "providerId",
+        "facilities",
+        "createdAt",
+    }
     assert (body["username"], body["role"], body["isActive"]) == ("rad.smith", "radiologist", True)
     headers = login(client, "rad.smith", USER_PASSWORD)
     assert client.get("/api/auth/me", headers=headers).json()["role"] == "radiologist"

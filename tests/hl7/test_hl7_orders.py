@@ -96,6 +96,7 @@ def test_orm_v251_patient_and_visit() -> None:
     )
     assert message.visit == Visit(
         patient_class="O",
+        facility="GENHOSP",  # PV1-3.4
         referring_provider=Provider("5678", PersonName("Kildare", "James", prefix="Dr")),
         visit_number="V-2024-00042",
     )
@@ -147,7 +148,7 @@ def test_orm_v23_reads_obr_27_and_obr_16_and_uses_the_default_zone() -> None:
     assert patient.identifier == PatientIdentifier("900123", HierarchicDesignator("GENHOSP"), "MR")
     assert patient.birth_date == date(1985, 12, 24)  # from 198512241530
     assert (patient.sex, patient.name) == (Sex.FEMALE, PersonName("Smith", "Anna", "Marie"))
-    assert message.visit == Visit("E", None, "V23-1")
+    assert message.visit == Visit("E", "", None, "V23-1")
     (order,) = message.orders
     assert order.timing_quantity is None
     assert order.priority is Priority.URGENT  # OBR-27.6 "A"
@@ -500,6 +501,7 @@ MAPPED_FIELDS: dict[tuple[str, int], list[tuple[int, int]]] = {
     ("PID", 7): [(1, 1)],
     ("PID", 8): [(1, 1)],
     ("PV1", 2): [(1, 1)],
+    ("PV1", 3): [(4, 1)],
     ("PV1", 8): [(1, 1), (2, 1), (3, 1), (4, 1), (5, 1), (6, 1)],
     ("PV1", 19): [(1, 1)],
     ("ORC", 1): [(1, 1)],

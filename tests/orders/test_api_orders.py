@@ -18,7 +18,7 @@ from sidecar.orders.events import OrderEvents
 from sidecar.orders.models import ImagingOrder
 from sidecar.studies.models import Study, StudyStatus
 
-from testapp import engine_of, service_of
+from testapp import PHYSICIAN_PROVIDER_ID, engine_of, service_of
 
 ORDER = {
     "patientId": "MRN-1001",
@@ -152,7 +152,7 @@ def test_lists_filter_and_page(client, admin_headers):
 
 
 def test_roles(client, admin_headers, headers_for):
-    order = create(client, headers_for(Role.TECHNOLOGIST))
+    order = create(client, headers_for(Role.TECHNOLOGIST), providerId=PHYSICIAN_PROVIDER_ID)
     physician = headers_for(Role.PHYSICIAN)
     assert client.get(f"/api/imaging-orders/{order['id']}", headers=physician).status_code == 200
     assert client.post("/api/imaging-orders", json=ORDER, headers=physician).status_code == 403

@@ -832,12 +832,18 @@ def test_unknown_image_is_not_found(client: TestClient, admin_headers: dict[str,
     assert locations(error) == ["path.image_id"]
 
 
-def test_images_are_readable_by_every_clinician_role(
+def test_images_are_readable_department_wide_and_by_the_patients_physicians(
     client: TestClient, headers_for: HeadersFor, two_series_study: int
 ) -> None:
-    for role in (Role.RADIOLOGIST, Role.TECHNOLOGIST, Role.PHYSICIAN):
+    for role in (Role.RADIOLOGIST, Role.TECHNOLOGIST):
         response = client.get(f"/api/studies/{two_series_study}/images", headers=headers_for(role))
         assert response.status_code == 200, (role, response.text)
+    # A physician with no order for this patient: as if the study did not exist (the care
+    # relationship itself is tested in tests/access).
+    response = client.get(
+        f"/api/studies/{two_series_study}/images", headers=headers_for(Role.PHYSICIAN)
+    )
+    assert response.status_code == 404, response.text
 
 
 # -- error format -----------------------------------------------------------------------------

@@ -3,15 +3,19 @@ sidecar's API to check what became of each message."""
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
 from typing import Any
 
 import httpx
 
 from hl7.ack import parse_ack
 from hl7.mllp.client import MllpClient
+from sidecar.core.settings import Settings
 
-from stack import LiveSidecar
-from testapp import ADMIN_PASSWORD
+from stack import LiveSidecar, free_port
+from testapp import ADMIN_PASSWORD, CLOSED_ORTHANC_URL, TEST_JWT_SECRET, TEST_PLUGIN_TOKEN
 
 
 class Hospital:
@@ -38,3 +42,31 @@ class Hospital:
         assert len(items) == 1, items
         found: dict[str, Any] = items[0]
         return found
+
+
+@contextmanager
+def running_hospital(tmp_path: Path, database_url: str, **settings: Any) -> Iterator[Hospital]:
+    """A live sidecar with its MLLP listener (Orthanc down), and the HIS side of it; `settings`
+    changes the sidecar's."""
+    values: dict[str, Any] = {
+        "data_dir": tmp_path / "var",
+        "database_url": database_url,
+        "jwt_secret": TEST_JWT_SECRET,
+        "admin_password": ADMIN_PASSWORD,
+        "sidecar_plugin_token": TEST_PLUGIN_TOKEN,
+        "sidecar_port": free_port(),
+        "orthanc_url": CLOSED_ORTHANC_URL,
+        "reconcile_enabled": False,
+        "mllp_port": free_port(),
+        "timezone": "Europe/Brussels",
+    }
+    sidecar = LiveSidecar(Settings(**{**values, **settings}))
+    sidecar.start()
+    try:
+        his = Hospital(sidecar)
+        try:
+            yield his
+        finally:
+            his.mllp.close()
+    finally:
+        sidecar.stop()

@@ -163,6 +163,30 @@ HOSTILE: tuple[Probe, ...] = (
         "method override header on WADO-URI",
         headers=_DELETE,
     ),
+    # A study named so that the fronts could not tell which (sidecar.viewer.targets): WADO-URI
+    # without its study serves any instance, whatever study it is in.
+    Probe(
+        "/wado?requestType=WADO&seriesUID={series}&objectUID={sop}&contentType=application/dicom",
+        400,
+        "WADO-URI without the study",
+    ),
+    Probe("/wado?requestType=WADO&studyUID=&objectUID={sop}", 400, "WADO-URI, an empty study"),
+    Probe("/wado?requestType=WADO&StudyUID={uid}&objectUID={sop}", 400, "a study Orthanc ignores"),
+    Probe("/dicom-web/series?StudyInstanceUID={uid}*", 400, "a wildcard for the study"),
+    Probe("/dicom-web/instances?0020000D=%31{uid}", 400, "a percent-escaped study UID"),
+    # A Host that adds elements to the Forwarded header Orthanc writes URLs from.
+    Probe(
+        "/dicom-web/studies",
+        400,
+        "a Host smuggling Forwarded elements",
+        headers={"Host": 'evil.example";host=x;proto=javascript'},
+    ),
+    Probe(
+        "/wado?requestType=WADO&studyUID={uid}&seriesUID={series}&objectUID={sop}",
+        400,
+        "a Host smuggling a Forwarded element into WADO-URI",
+        headers={"Host": "a.test;proto=https"},
+    ),
     # Methods other than GET and HEAD.
     Probe("/dicom-web/studies/{uid}", None, "DELETE", method="DELETE"),
     Probe("/dicom-web/%2e%2e/studies/{orthanc_id}", None, "DELETE, encoded", method="DELETE"),
@@ -235,12 +259,14 @@ class Answer:
 def send_raw(
     base_url: str, target: str, headers: Mapping[str, str] = {}, method: str = "GET"
 ) -> Answer:
-    """One request with `target` sent byte for byte as written."""
+    """One request with `target` sent byte for byte as written (and `headers`' Host, if any,
+    instead of the address's)."""
     address = urlsplit(base_url)
     assert address.hostname is not None and address.port is not None
     connection = http.client.HTTPConnection(address.hostname, address.port, timeout=30)
+    own_host = any(name.lower() == "host" for name in headers)
     try:
-        connection.putrequest(method, target, skip_accept_encoding=True)
+        connection.putrequest(method, target, skip_host=own_host, skip_accept_encoding=True)
         for name, value in headers.items():
             connection.putheader(name, value)
         connection.endheaders()
@@ -272,18 +298,28 @@ def store_study(stack: Stack, directory: Path) -> StoredStudy:
     )
 
 
-def viewer_credentials(stack: Stack) -> dict[str, dict[str, str]]:
-    """Bearer headers of an admin, a physician and a technologist, and of nobody."""
+def viewer_credentials(stack: Stack, stored: StoredStudy) -> dict[str, dict[str, str]]:
+    """Bearer headers of an admin, a physician and a technologist, and of nobody. The physician
+    orders for the stored study's patient: the study is in their care."""
     tokens = {"admin": STACK_ADMIN_PASSWORD}
+    provider_id = f"DR-{secrets.token_hex(4).upper()}"
     for role in ("physician", "technologist"):
         password = f"{role}-password-{secrets.token_hex(4)}"
-        created = stack.api(
-            "POST",
-            "/api/users",
-            json={"username": f"dr.{role}", "password": password, "role": role},
-        )
+        user: dict[str, Any] = {"username": f"dr.{role}", "password": password, "role": role}
+        if role == "physician":
+            user["providerId"] = provider_id
+        created = stack.api("POST", "/api/users", json=user)
         assert created.status_code == 201, created.text
         tokens[f"dr.{role}"] = password
+    order = {
+        "patientId": stored.patient_id,
+        "patientName": stored.patient_name,
+        "modality": "CT",
+        "procedureDescription": "CT head",
+        "providerId": provider_id,
+    }
+    ordered = stack.api("POST", "/api/imaging-orders", json=order)
+    assert ordered.status_code == 201, ordered.text
     assert stack.sidecar is not None
     headers: dict[str, dict[str, str]] = {"nobody": {}}
     for username, password in tokens.items():
@@ -354,15 +390,19 @@ def refusals_that_failed(
 def answers_that_failed(
     front_url: str, stored: StoredStudy, credentials: Mapping[str, Mapping[str, str]]
 ) -> list[str]:
-    """Every request the viewer makes, with every credential but nobody's: all answered 200."""
+    """Every request the viewer makes, with every credential but nobody's: all answered 200,
+    but a physician's search that names no study (it would search the whole archive), 403."""
     failures = []
     for probe in POSITIVE:
         target = stored.fill(probe.target)
         for who, auth in credentials.items():
             if not auth:
                 continue
+            expected = probe.status
+            if who == "dr.physician" and "{uid}" not in probe.target:
+                expected = 403
             answer = send_raw(front_url, target, {**auth, **probe.headers}, probe.method)
-            if answer.status != probe.status:
+            if answer.status != expected:
                 failures.append(
                     f"{target} ({probe.why}) as {who}: {answer.status} {answer.body[:200]!r}"
                 )

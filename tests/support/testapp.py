@@ -26,6 +26,9 @@ TEST_JWT_SECRET = "test-jwt-secret-" + "x" * 40
 TEST_PLUGIN_TOKEN = "test-plugin-token-" + "y" * 30
 ADMIN_PASSWORD = "admin-password-for-tests"
 USER_PASSWORD = "user-password-for-tests"
+#: The provider id of the physician `headers_for(Role.PHYSICIAN)` logs in as: orders naming it
+#: (providerId or referringProviderId) put their patient in that physician's care.
+PHYSICIAN_PROVIDER_ID = "DR-PHYS-1"
 # A port nothing listens on: an Orthanc that is down.
 CLOSED_ORTHANC_URL = "http://127.0.0.1:9"
 

@@ -212,7 +212,7 @@ def test_nginx_front_refuses_hostile_requests_and_orthanc_keeps_its_data(
     """The shared hostile list (tests/support/hostile_paths.py) against nginx, with an admin's, a
     physician's, a technologist's and no token; then what the viewer asks for."""
     stored = store_study(stack, tmp_path / "canary")
-    credentials = viewer_credentials(stack)
+    credentials = viewer_credentials(stack, stored)
     assert refusals_that_failed(front.url, stack.orthanc.url, stored, credentials) == []
     assert answers_that_failed(front.url, stored, credentials) == []
     # Refused before the session check: the sidecar audited the allowed requests only.
@@ -251,7 +251,7 @@ def test_the_sidecar_behind_nginxs_catch_all_refuses_them_by_itself(
     )
     try:
         stored = store_study(stack, tmp_path / "canary")
-        credentials = viewer_credentials(stack)
+        credentials = viewer_credentials(stack, stored)
         failures = refusals_that_failed(
             unguarded.url, stack.orthanc.url, stored, credentials, exact=False
         )

@@ -23,6 +23,7 @@ from sidecar.core.audit import AuditEvent
 from sidecar.core.logs import configure_logging
 from sidecar.core.settings import Settings
 from sidecar.main import create_app
+from sidecar.studies.models import Study
 from sidecar.viewer.access import SESSION_COOKIE
 from sidecar.viewer.front import ViewerFront
 from sidecar.viewer.login import safe_next
@@ -339,6 +340,61 @@ def test_authorize_answers_the_orthanc_credential_and_audits_the_study_once(
     assert [(e.actor, e.entity_type, e.entity_id) for e in viewed] == [
         ("admin", "study", str(created["id"]))
     ]
+
+
+def test_authorize_finds_the_studies_in_the_query_nginx_passes_on(
+    app: FastAPI, client: TestClient, admin_headers: dict[str, str]
+) -> None:
+    """nginx sends the session check the target as received ($request_uri): a quarantined study
+    named in its query is refused as one named in its path; one the sidecar cannot check is
+    refused with the 400 the sidecar's own front answers, before any session is asked for."""
+    created = client.post(
+        "/api/studies", headers=admin_headers, json={"patientId": "P1", "studyInstanceUID": UID}
+    )
+    assert created.status_code == 201, created.text
+    with Session(engine_of(app)) as session:
+        row = session.get(Study, created.json()["id"])
+        assert row is not None
+        row.conflicting_patient_ids = "P2"
+        session.add(row)
+        session.commit()
+
+    def authorize(target: str, headers: dict[str, str]) -> httpx.Response:
+        answer: httpx.Response = client.get(
+            "/api/viewer/authorize", headers={**headers, "X-Viewer-Path": target}
+        )
+        return answer
+
+    for target in (
+        f"/dicom-web/studies?StudyInstanceUID={UID}",
+        f"/dicom-web/series?0020000D=1.2.3,{UID}",
+        f"/wado?requestType=WADO&studyUID={UID}&objectUID=1.2.3&contentType=application/dicom",
+    ):
+        kept = authorize(target, admin_headers)
+        assert kept.status_code == 403, target
+        assert kept.json()["error"]["code"] == "quarantined"
+        assert "x-viewer-refusal" not in kept.headers
+    for target in (
+        "/wado?requestType=WADO&objectUID=1.2.3&contentType=application/dicom",
+        f"/dicom-web/series?StudyInstanceUID={UID}*",
+    ):
+        for headers in (admin_headers, {}):
+            refused = authorize(target, headers)
+            assert (refused.status_code, refused.headers["x-viewer-refusal"]) == (403, "400")
+            assert refused.json()["error"]["code"] == "bad_request"
+    assert authorize("/dicom-web/series?StudyInstanceUID=1.2.3", admin_headers).status_code == 204
+    assert authorize(f"/viewer?StudyInstanceUIDs={UID}", admin_headers).status_code == 204
+
+
+def test_the_sidecars_front_refuses_an_uncheckable_study_before_the_session_and_orthanc(
+    viewer_session: TestClient,
+) -> None:
+    target = "/wado?requestType=WADO&objectUID=1.2.3&contentType=application/dicom"
+    answer = viewer_session.get(target)
+    assert answer.status_code == 400  # Orthanc is down here: it was not asked (502)
+    assert "studyUID" in answer.json()["error"]["message"]
+    viewer_session.cookies.clear()
+    assert viewer_session.get(target).status_code == 400
 
 
 # --- logs ------------------------------------------------------------------------------------

@@ -64,7 +64,8 @@ def test_dicomweb_needs_a_session_and_then_answers_as_orthanc_does(
     refused = httpx.get(f"{front}/dicom-web/studies", params=query)
     assert refused.status_code == 401
     assert refused.json()["error"]["code"] == "unauthorized"
-    assert httpx.get(f"{front}/wado", params={"requestType": "WADO"}).status_code == 401
+    wado = {"requestType": "WADO", "studyUID": stored.study_instance_uid}
+    assert httpx.get(f"{front}/wado", params=wado).status_code == 401
     forged = httpx.get(f"{front}/dicom-web/studies", cookies={SESSION_COOKIE: "forged"})
     assert forged.status_code == 401
 
@@ -162,7 +163,7 @@ def test_hostile_requests_are_refused_and_orthanc_keeps_its_data(
     admin's, a physician's, a technologist's and no token; then what the viewer asks for."""
     assert stack.sidecar is not None
     stored = store_study(stack, tmp_path / "dicom")
-    credentials = viewer_credentials(stack)
+    credentials = viewer_credentials(stack, stored)
     assert refusals_that_failed(stack.sidecar.url, stack.orthanc.url, stored, credentials) == []
     assert answers_that_failed(stack.sidecar.url, stored, credentials) == []
     # Refused before the session was asked: only the allowed requests were audited.
