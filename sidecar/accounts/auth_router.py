@@ -96,7 +96,7 @@ def _audit_refused(session: Session, refused: refresh.RefreshRefused) -> None:
         log.warning("a used refresh token was presented again: its session is revoked")
         audit.record(
             session,
-            actor=f"user:{refused.user_id}",
+            actor=_username(session, refused.user_id),
             action="auth.refresh_reused",
             entity_type="user",
             entity_id=refused.user_id,
@@ -113,13 +113,18 @@ def logout(body: RefreshRequest, session: SessionDep, clock: ClockDep) -> Respon
         raise NotAuthenticated(_REFRESH_REFUSED) from None
     audit.record(
         session,
-        actor=f"user:{row.user_id}",
+        actor=_username(session, row.user_id),
         action="auth.logout",
         entity_type="user",
         entity_id=row.user_id,
     )
     session.commit()
     return Response(status_code=status.HTTP_204_NO_CONTENT)
+
+
+def _username(session: Session, user_id: int) -> str:
+    user = session.get(User, user_id)
+    return user.username if user is not None else f"user:{user_id}"
 
 
 @auth_router.get("/me", response_model=UserPublic)

@@ -20,7 +20,8 @@ from sidecar.core.models import table_of
 
 
 class RefreshRefused(Exception):
-    """The token is unknown, expired, revoked or reused; `reused` says which family it was."""
+    """The token is unknown, expired, revoked or reused (`reason`); `user_id` is its account's,
+    when the token is known."""
 
     def __init__(self, reason: str, *, user_id: int | None = None) -> None:
         super().__init__(reason)
