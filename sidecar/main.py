@@ -23,7 +23,8 @@ from hl7.mllp.client import MllpClient
 from sidecar import tables
 from sidecar.access.emergency import router as emergency_access_router
 from sidecar.accounts.audit_router import router as audit_router
-from sidecar.accounts.router import auth_router, users_router
+from sidecar.accounts.auth_router import auth_router
+from sidecar.accounts.router import users_router
 from sidecar.accounts.service import bootstrap_admin
 from sidecar.core.api_errors import document_error_format, install_error_handlers
 from sidecar.core.database import make_engine, migrate

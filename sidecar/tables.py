@@ -3,7 +3,7 @@
 from sqlmodel import SQLModel
 
 from sidecar.access.models import EmergencyAccess
-from sidecar.accounts.models import User
+from sidecar.accounts.models import LoginAttempt, RefreshToken, User
 from sidecar.core.audit import AuditEvent
 from sidecar.findings.models import CriticalFinding, FindingNotification, NotificationAttempt
 from sidecar.ingest.models import ChangesCursor, PendingStudy
@@ -23,9 +23,11 @@ __all__ = [
     "Hl7Message",
     "Image",
     "ImagingOrder",
+    "LoginAttempt",
     "NotificationAttempt",
     "PendingStudy",
     "RadiologyReport",
+    "RefreshToken",
     "ReportRevision",
     "Series",
     "Study",

@@ -1,19 +1,37 @@
-"""Who is calling: the authenticated user of a request, and the roles a route requires."""
+"""Who is calling: the authenticated user of a request, and the roles a route requires.
+
+A token's scope (sidecar.accounts.models.TokenScope) limits what it may do: a restricted token
+(a password to change, two-factor authentication to set up) opens only the routes that take
+that step, and is refused everywhere else with 403 and a message saying what to do.
+"""
 
 from __future__ import annotations
 
 from collections.abc import Callable
 from typing import Annotated
 
-from fastapi import Depends
+from fastapi import Depends, Request
 
-from sidecar.accounts.models import Role, User
+from sidecar.accounts.models import Role, TokenScope, User
 from sidecar.accounts.security import InvalidToken, decode_access_token
 from sidecar.core.dependencies import BearerDep, SessionDep, SettingsDep
 from sidecar.core.errors import NotAuthenticated, NotPermitted
 
+SCOPE_REFUSALS = {
+    TokenScope.PASSWORD_CHANGE: (
+        "the password must be changed before anything else: POST /api/auth/password with "
+        "currentPassword and newPassword"
+    ),
+    TokenScope.TOTP_ENROLMENT: (
+        "administrators must set up two-factor authentication before anything else: "
+        "POST /api/auth/totp/enroll, then POST /api/auth/totp/verify with a code"
+    ),
+}
 
-def current_user(session: SessionDep, settings: SettingsDep, credentials: BearerDep) -> User:
+
+def _authenticated(
+    session: SessionDep, settings: SettingsDep, credentials: BearerDep
+) -> tuple[User, TokenScope]:
     if credentials is None:
         raise NotAuthenticated("authentication required: send 'Authorization: Bearer <token>'")
     try:
@@ -27,10 +45,46 @@ def current_user(session: SessionDep, settings: SettingsDep, credentials: Bearer
         raise NotAuthenticated(
             "the password or role changed since this token was issued: log in again"
         )
+    return user, claims.scope
+
+
+Authenticated = Annotated[tuple[User, TokenScope], Depends(_authenticated)]
+
+
+def current_user(authenticated: Authenticated) -> User:
+    """The caller, with a full token."""
+    user, scope = authenticated
+    if scope is not TokenScope.FULL:
+        raise NotPermitted(SCOPE_REFUSALS[scope])
     return user
 
 
+def _user_with_scope(*allowed: TokenScope) -> Callable[..., User]:
+    def check(authenticated: Authenticated) -> User:
+        user, scope = authenticated
+        if scope is not TokenScope.FULL and scope not in allowed:
+            raise NotPermitted(SCOPE_REFUSALS[scope])
+        return user
+
+    return check
+
+
 CurrentUser = Annotated[User, Depends(current_user)]
+# Any valid token, restricted or not: who am I.
+AnyScopeUser = Annotated[
+    User, Depends(_user_with_scope(TokenScope.PASSWORD_CHANGE, TokenScope.TOTP_ENROLMENT))
+]
+PasswordChanger = Annotated[User, Depends(_user_with_scope(TokenScope.PASSWORD_CHANGE))]
+TotpEnroller = Annotated[User, Depends(_user_with_scope(TokenScope.TOTP_ENROLMENT))]
+
+
+def client_address(request: Request) -> str:
+    """The caller's address as this server sees it (behind a reverse proxy, the proxy's,
+    unless the server is run to trust its forwarded headers)."""
+    return request.client.host if request.client else "unknown"
+
+
+ClientAddress = Annotated[str, Depends(client_address)]
 
 
 def require_roles(*roles: Role) -> Callable[..., User]:

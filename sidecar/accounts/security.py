@@ -9,7 +9,7 @@ from datetime import UTC, datetime, timedelta
 import jwt
 from pwdlib import PasswordHash
 
-from sidecar.accounts.models import Role
+from sidecar.accounts.models import Role, TokenScope
 from sidecar.core.models import utcnow
 
 _ALGORITHM = "HS256"
@@ -37,6 +37,7 @@ class TokenClaims:
     role: Role
     issued_at: datetime
     expires_at: datetime
+    scope: TokenScope = TokenScope.FULL
 
 
 class InvalidToken(Exception):
@@ -44,10 +45,16 @@ class InvalidToken(Exception):
 
 
 def create_access_token(
-    *, user_id: int, username: str, role: Role, secret: str, lifetime: timedelta
+    *,
+    user_id: int,
+    username: str,
+    role: Role,
+    secret: str,
+    lifetime: timedelta,
+    scope: TokenScope = TokenScope.FULL,
 ) -> tuple[str, int]:
     now = utcnow()
-    payload = {
+    payload: dict[str, object] = {
         "sub": str(user_id),
         "name": username,
         "role": role.value,
@@ -56,6 +63,8 @@ def create_access_token(
         "iat": now.timestamp(),
         "exp": int((now + lifetime).timestamp()),
     }
+    if scope is not TokenScope.FULL:
+        payload["scope"] = scope.value
     return jwt.encode(payload, secret, algorithm=_ALGORITHM), int(lifetime.total_seconds())
 
 
@@ -73,6 +82,8 @@ def decode_access_token(token: str, secret: str) -> TokenClaims:
             role=Role(payload["role"]),
             issued_at=datetime.fromtimestamp(float(payload["iat"]), UTC),
             expires_at=datetime.fromtimestamp(payload["exp"], UTC),
+            # A token without a scope is a full one (every token issued before scopes existed).
+            scope=TokenScope(payload.get("scope", TokenScope.FULL.value)),
         )
     except (jwt.PyJWTError, ValueError, KeyError) as exc:
         raise InvalidToken(str(exc)) from exc

@@ -69,12 +69,15 @@ _STATUS_CODES = {
     409: "conflict",
     413: "payload_too_large",
     415: "unsupported_media_type",
+    429: "too_many_requests",
     503: "unavailable",
 }
 
 
 def refusal_response(refusal: Refusal) -> JSONResponse:
-    headers = {"WWW-Authenticate": "Bearer"} if refusal.status_code == 401 else None
+    headers = dict(refusal.headers)
+    if refusal.status_code == 401:
+        headers["WWW-Authenticate"] = "Bearer"
     return JSONResponse(
         error_body(refusal.code, refusal.message, refusal.details), refusal.status_code, headers
     )

@@ -10,6 +10,9 @@ format, with the status each names, at one seam. The HL7 intake catches the ones
       NotPermitted             403     forbidden        the role (or the record) does not allow it
       UnknownRecord            404     not_found        a record the request names does not exist
       ConflictingState         409     conflict         the record's state does not allow the change
+      UnacceptableValue        422     validation_error a value breaks a rule its field alone
+                                                        cannot tell (a password with the user name)
+      TooManyAttempts          429     too_many_requests  failed attempts: wait (Retry-After)
       Unavailable              503     unavailable      a part the request needs is off or down
 """
 
@@ -26,6 +29,7 @@ class Refusal(Exception):
         super().__init__(message)
         self.message = message
         self.details = details or []
+        self.headers: dict[str, str] = {}
 
 
 class InvalidRequest(Refusal):
@@ -55,3 +59,25 @@ class ConflictingState(Refusal):
 class Unavailable(Refusal):
     status_code = 503
     code = "unavailable"
+
+
+class UnacceptableValue(Refusal):
+    """422 in the shape of a request validation error: `location` names the field."""
+
+    status_code = 422
+    code = "validation_error"
+
+    def __init__(self, location: str, message: str) -> None:
+        super().__init__(
+            "the request is not valid", details=[{"location": location, "message": message}]
+        )
+
+
+class TooManyAttempts(Refusal):
+    status_code = 429
+    code = "too_many_requests"
+
+    def __init__(self, message: str, *, retry_after: int) -> None:
+        super().__init__(message)
+        self.retry_after = max(1, retry_after)
+        self.headers = {"Retry-After": str(self.retry_after)}

@@ -41,7 +41,19 @@ class Settings(BaseSettings):
 
     admin_password: str = ""
     jwt_secret: str = ""
-    jwt_expire_minutes: int = Field(default=480, ge=1)
+    # Access tokens are short; a client keeps its session with the refresh token (rotated on
+    # each use, sidecar.accounts.refresh). The viewer's cookie session has its own lifetime.
+    jwt_expire_minutes: int = Field(default=15, ge=1)
+    refresh_token_days: int = Field(default=7, ge=1, le=365)
+    viewer_session_minutes: int = Field(default=480, ge=1)
+    # Login throttling (sidecar.accounts.throttle): this many failures for one user name within
+    # the window lock it (429) until the window has passed or an administrator unlocks it; a
+    # client address gets a higher limit of its own, counting failures only.
+    login_max_failures: int = Field(default=5, ge=1)
+    login_window_minutes: int = Field(default=15, ge=1)
+    login_max_failures_per_address: int = Field(default=20, ge=1)
+    # Administrators must use two-factor authentication (TOTP); unset: on in production only.
+    require_admin_2fa: bool | None = None
     sidecar_plugin_token: str = ""
 
     # HL7 v2 over MLLP from the hospital information system (orders in).
@@ -141,6 +153,8 @@ class Settings(BaseSettings):
             ("http://", "https://")
         ):
             raise ValueError(f"PUBLIC_VIEWER_URL {self.public_viewer_url!r} is not an http(s) URL")
+        if self.require_admin_2fa is None:
+            self.require_admin_2fa = self.environment == "production"
         if self.environment == "production":
             _require_secret("JWT_SECRET", self.jwt_secret)
             _require_secret("SIDECAR_PLUGIN_TOKEN", self.sidecar_plugin_token)

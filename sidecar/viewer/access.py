@@ -25,11 +25,14 @@ from sqlalchemy import Engine
 from sqlmodel import Session, col, select
 
 from sidecar.access.care_scope import CARE_LIMITED_ROLES, CareScope
-from sidecar.accounts.models import Role, User
-from sidecar.accounts.security import InvalidToken, decode_access_token, verify_password
+from sidecar.accounts.dependencies import SCOPE_REFUSALS
+from sidecar.accounts.login import authenticate
+from sidecar.accounts.models import Role, TokenScope, User
+from sidecar.accounts.security import InvalidToken, decode_access_token
 from sidecar.core import audit
 from sidecar.core.errors import NotAuthenticated, NotPermitted
 from sidecar.core.models import utcnow
+from sidecar.core.settings import Settings
 from sidecar.studies.models import Study
 
 SESSION_COOKIE = "viewer_session"
@@ -99,13 +102,29 @@ class ViewerAccess:
         assert viewer is not None  # with the database at hand there is always an answer
         return viewer
 
-    def check_password(self, username: str, password: str) -> User | None:
-        """The active account these credentials open (the viewer's login form), else None.
-        Hashes a password: call it off the event loop."""
-        with Session(self._engine) as session:
-            user = session.exec(select(User).where(User.username == username)).first()
-            valid = verify_password(password, user.password_hash if user else None)
-            return user if user is not None and valid and user.is_active else None
+    def log_in(
+        self,
+        settings: Settings,
+        username: str,
+        password: str,
+        totp_code: str | None,
+        address: str,
+        now: datetime,
+    ) -> User:
+        """The account these credentials open (the viewer's login form), by the API's rules;
+        raises as sidecar.accounts.login.authenticate does. Hashes a password: call it off the
+        event loop."""
+        with Session(self._engine, expire_on_commit=False) as session:
+            return authenticate(
+                session,
+                settings,
+                username=username,
+                password=password,
+                totp_code=totp_code,
+                address=address,
+                now=now,
+                channel="viewer",
+            )
 
     def authenticate_from_memory(self, credential: str | None) -> Viewer | None:
         """As authenticate(), but None when the account must be read from the database first
@@ -128,6 +147,8 @@ class ViewerAccess:
             raise NotAuthenticated("the account is disabled or no longer exists")
         if account.credentials_changed_at and claims.issued_at < account.credentials_changed_at:
             raise NotAuthenticated("the password or role changed: log in again")
+        if claims.scope is not TokenScope.FULL:
+            raise NotPermitted(SCOPE_REFUSALS[claims.scope])
         if claims.role not in VIEWER_ROLES:
             raise NotPermitted("this account's role may not view images")
         limited = claims.role in CARE_LIMITED_ROLES or account.facility_limited

@@ -35,7 +35,7 @@ class ViewerFront:
     unavailable_reason: str
     secure_cookie: bool
     orthanc_authorization: str | None  # for nginx's auth_request answer (docker-compose)
-    session_minutes: int  # the viewer session's lifetime (JWT_EXPIRE_MINUTES)
+    session_minutes: int  # the viewer session's lifetime (VIEWER_SESSION_MINUTES)
     jwt_secret: str
 
 
@@ -78,7 +78,7 @@ def build_viewer_front(
         unavailable_reason=unavailable_reason(settings, error),
         secure_cookie=settings.public_viewer_url.startswith("https://"),
         orthanc_authorization=f"Basic {credentials.decode()}" if credentials else None,
-        session_minutes=settings.jwt_expire_minutes,
+        session_minutes=settings.viewer_session_minutes,
         jwt_secret=settings.jwt_secret,
     )
 

@@ -1,5 +1,9 @@
 """The viewer's login page: a plain HTML form, no script needed to log in.
 
+The same rules as the API's login apply (sidecar.accounts.login): lockout (429), a two-factor
+code field once the account turns out to need one, and a refusal for an account that must first
+change its password or, as an administrator, set up two-factor authentication.
+
 It is answered with 401 at whatever viewer URL was asked for without a session, so the browser
 keeps that URL; a one-line script copies it into the form's `next` field when the server could
 not (nginx in docker-compose serves this page for any path).
@@ -27,7 +31,7 @@ button{{margin-top:1.5rem;width:100%;padding:.5rem}} .error{{color:#ff8a80}}
 <label>User name <input name="username" autocomplete="username" required maxlength="64"></label>
 <label>Password <input name="password" type="password" autocomplete="current-password" required
 maxlength="256"></label>
-<input type="hidden" name="next" value="{next}">
+{totp}<input type="hidden" name="next" value="{next}">
 <button type="submit">Log in</button>
 </form>
 <script>
@@ -38,9 +42,19 @@ if (!n.value && location.pathname !== '/login') n.value = location.pathname + lo
 """
 
 
-def login_page(*, next_url: str = "", error: str = "") -> str:
+# Shown once the account turns out to need it (the form is sent again with the code).
+_TOTP_FIELD = """<label>Two-factor code <input name="totp_code" autocomplete="one-time-code"
+inputmode="numeric" pattern="[0-9]{6}" maxlength="6" required autofocus></label>
+"""
+
+
+def login_page(*, next_url: str = "", error: str = "", ask_totp: bool = False) -> str:
     shown = f'<p class="error" role="alert">{escape(error)}</p>' if error else ""
-    return _PAGE.format(error=shown, next=escape(safe_next(next_url) if next_url else ""))
+    return _PAGE.format(
+        error=shown,
+        next=escape(safe_next(next_url) if next_url else ""),
+        totp=_TOTP_FIELD if ask_totp else "",
+    )
 
 
 def safe_next(next_url: str) -> str:

@@ -18,10 +18,12 @@ from urllib.parse import parse_qs
 from fastapi import APIRouter, Depends, Header, Query, Request, Response
 from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, RedirectResponse
 
+from sidecar.accounts.login import TotpNeeded, token_scope
+from sidecar.accounts.models import TokenScope
 from sidecar.accounts.security import create_access_token
 from sidecar.core.api_errors import error_body, refusal_response
-from sidecar.core.dependencies import provide
-from sidecar.core.errors import NotAuthenticated, NotPermitted, Refusal
+from sidecar.core.dependencies import ClockDep, SettingsDep, provide
+from sidecar.core.errors import NotAuthenticated, NotPermitted, Refusal, TooManyAttempts
 from sidecar.ingest.orthanc_client import OrthancUnavailable
 from sidecar.viewer.access import SESSION_COOKIE, VIEWER_ROLES, Viewer, credential_of
 from sidecar.viewer.front import ViewerFront
@@ -44,6 +46,17 @@ _MAX_TARGET = 8192
 # How the session check tells nginx to answer 400 where the sidecar's front does: an auth
 # subrequest may only allow (2xx) or refuse (401, 403); viewer/nginx.conf maps this one back.
 REFUSAL_HEADER = "X-Viewer-Refusal"
+_TOTP_CODE = re.compile(r"^[0-9]{6}$")
+_SCOPE_MESSAGES = {
+    TokenScope.PASSWORD_CHANGE: (
+        "your password was reset by an administrator: choose a new one "
+        "(POST /api/auth/password) before opening the viewer"
+    ),
+    TokenScope.TOTP_ENROLMENT: (
+        "administrators must set up two-factor authentication "
+        "(POST /api/auth/totp/enroll) before opening the viewer"
+    ),
+}
 
 
 FrontDep = Annotated[ViewerFront, Depends(provide(ViewerFront))]
@@ -147,22 +160,47 @@ def login_form(
 
 
 @router.post("/login", include_in_schema=False)
-async def login_submit(request: Request, front: FrontDep) -> Response:
+async def login_submit(
+    request: Request, front: FrontDep, settings: SettingsDep, clock: ClockDep
+) -> Response:
     """Form login for the viewer: sets the session cookie and returns to `next`."""
     body = await request.body()
     if len(body) > _MAX_FORM_BYTES:
         return HTMLResponse(login_page(error="the form is too large"), status_code=413)
     fields = {k: v[0] for k, v in parse_qs(body.decode("utf-8", "replace")).items()}
     username, password = fields.get("username", ""), fields.get("password", "")
+    totp_code = fields.get("totp_code") or None
     next_url = safe_next(fields.get("next", "/"))
     if not username or not password:
         page = login_page(next_url=next_url, error="enter a user name and a password")
         return HTMLResponse(page, status_code=400)
-    user = await asyncio.to_thread(front.access.check_password, username, password)
-    if user is None:
-        log.info("viewer login refused")
+    if len(username) > 64 or len(password) > 256 or "\x00" in username + password:
+        page = login_page(next_url=next_url, error="the user name or password is too long")
+        return HTMLResponse(page, status_code=400)
+    if totp_code is not None and not _TOTP_CODE.match(totp_code):
+        page = login_page(next_url=next_url, error="the two-factor code is 6 digits", ask_totp=True)
+        return HTMLResponse(page, status_code=400)
+    address = request.client.host if request.client else "unknown"
+    try:
+        user = await asyncio.to_thread(
+            front.access.log_in, settings, username, password, totp_code, address, clock()
+        )
+    except TooManyAttempts as locked:
+        page = login_page(next_url=next_url, error=locked.message)
+        return HTMLResponse(page, status_code=429, headers=locked.headers)
+    except TotpNeeded as needed:
+        message = "enter the code from your authenticator app"
+        if totp_code is not None:
+            message = needed.message
+        page = login_page(next_url=next_url, error=message, ask_totp=True)
+        return HTMLResponse(page, status_code=401)
+    except NotAuthenticated:
         page = login_page(next_url=next_url, error="unknown user name or wrong password")
         return HTMLResponse(page, status_code=401)
+    scope = token_scope(user, settings)
+    if scope is not TokenScope.FULL:
+        page = login_page(next_url=next_url, error=_SCOPE_MESSAGES[scope])
+        return HTMLResponse(page, status_code=403)
     if user.role not in VIEWER_ROLES:
         page = login_page(next_url=next_url, error="this account's role may not view images")
         return HTMLResponse(page, status_code=403)

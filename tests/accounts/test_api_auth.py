@@ -112,9 +112,11 @@ def test_login_returns_a_bearer_token_for_the_user(client: TestClient) -> None:
 
     assert response.status_code == 200, response.text
     body = response.json()
-    assert set(body) == {"accessToken", "tokenType", "expiresIn"}
+    assert set(body) == {"accessToken", "tokenType", "expiresIn", "refreshToken", "scope"}
     assert body["tokenType"] == "bearer"
-    assert body["expiresIn"] == 480 * 60
+    assert body["expiresIn"] == 15 * 60  # short: the refresh token keeps the session
+    assert body["scope"] == "full"
+    assert isinstance(body["refreshToken"], str) and len(body["refreshToken"]) >= 40
     claims = decode_access_token(body["accessToken"], TEST_JWT_SECRET)
     assert claims.username == "admin"
     assert claims.role is Role.ADMIN
@@ -200,8 +202,14 @@ def test_role_comes_from_the_database_not_from_the_token(
 
 # -- every /api route needs a token -----------------------------------------------------------
 
-# Routes with their own credential or none by design.
-PUBLIC_API_ROUTES = {("POST", "/api/auth/login"), ("POST", "/api/orthanc/stable-studies")}
+# Routes with their own credential or none by design (a refresh token is the credential of
+# refresh and logout).
+PUBLIC_API_ROUTES = {
+    ("POST", "/api/auth/login"),
+    ("POST", "/api/auth/refresh"),
+    ("POST", "/api/auth/logout"),
+    ("POST", "/api/orthanc/stable-studies"),
+}
 
 
 def flat_routes(app: FastAPI) -> list[Any]:
@@ -366,7 +374,10 @@ def test_admin_creates_a_user_who_can_log_in(
         "providerId",
         "facilities",
         "createdAt",
+        "mustChangePassword",
+        "totpEnabled",
     }
+    assert (body["mustChangePassword"], body["totpEnabled"]) == (False, False)
     assert (body["username"], body["role"], body["isActive"]) == ("rad.smith", "radiologist", True)
     headers = login(client, "rad.smith", USER_PASSWORD)
     assert client.get("/api/auth/me", headers=headers).json()["role"] == "radiologist"
@@ -485,7 +496,10 @@ def test_admin_resets_a_password(client: TestClient, admin_headers: dict[str, st
     )
 
     assert response.status_code == 200
-    assert "password" not in json.dumps(response.json()).lower()
+    shown = dict(response.json())
+    assert shown.pop("mustChangePassword") is True  # a reset: the user must choose their own
+    assert "password" not in json.dumps(shown).lower()
+    assert NEW_PASSWORD not in response.text
     assert login_response(client, "tech.one", USER_PASSWORD).status_code == 401
     login(client, "tech.one", NEW_PASSWORD)
 
@@ -616,7 +630,7 @@ def test_every_user_change_is_audited_without_secrets(
     assert all(e["actor"] == "admin" and e["entityType"] == "user" for e in events)
     assert events[0]["detail"] == {"role": "technologist"}
     assert events[1]["detail"] == {"role": "radiologist"}
-    assert events[2]["detail"] == {"password_changed": True}
+    assert events[2]["detail"] == {"password_changed": True, "must_change_password": True}
     assert events[3]["detail"] == {"is_active": False}
     rendered = json.dumps([e["detail"] for e in events])
     for secret in (USER_PASSWORD, NEW_PASSWORD, "$argon2", "password_hash", '"password"'):
