@@ -15,8 +15,10 @@ then hands over to the orthancteam image's own entrypoint.
 The image reads every /etc/orthanc/*.json before its ORTHANC__* variables (generateConfiguration.py
 in orthanc-builder), so none of these keys may also be set as a variable in docker-compose.yml.
 
-Stdlib only: it runs on the image's system Python. A value that cannot be used stops the
-container with a message naming the variable, never a secret's value.
+The image substitutes ${VARIABLES} in those files, so a password holding "$" is mangled:
+generated ones (docker.env.example) never do. Stdlib only: it runs on the image's system
+Python. A value that cannot be used stops the container with a message naming the variable,
+never a secret's value.
 """
 
 from __future__ import annotations
