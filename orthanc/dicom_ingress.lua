@@ -15,7 +15,25 @@
 -- modality, which would then believe the image is archived. Never do that. Error texts name no
 -- patient data: Orthanc writes them to its log.
 --
--- The launcher appends the line defining REGISTERED_MODALITIES (AE title -> host).
+-- The registered modalities are Orthanc's own DicomModalities, read once when the script
+-- loads: `make run` (sidecar/launcher/orthanc.py) and the docker-compose container
+-- (orthanc/configure.py) both write them from DICOM_MODALITIES, and load this same file.
+
+-- AE title -> set of hosts. An entry is {"AET", "Host", "Port"} or [AET, host, port].
+local function registered_modalities()
+  local registered = {}
+  for _, modality in pairs(GetOrthancConfiguration()["DicomModalities"] or {}) do
+    local aet = modality["AET"] or modality[1]
+    local host = modality["Host"] or modality[2]
+    if aet ~= nil and host ~= nil then
+      registered[aet] = registered[aet] or {}
+      registered[aet][host] = true
+    end
+  end
+  return registered
+end
+
+local REGISTERED_MODALITIES = registered_modalities()
 
 local function is_loopback(ip)
   return ip == "::1" or string.sub(ip, 1, 4) == "127." or string.sub(ip, 1, 7) == "::ffff:127."
@@ -29,8 +47,8 @@ local function may_send(origin)
   if is_loopback(ip) then
     return true
   end
-  local host = REGISTERED_MODALITIES[origin["RemoteAet"] or ""]
-  return host ~= nil and host == ip
+  local hosts = REGISTERED_MODALITIES[origin["RemoteAet"] or ""]
+  return hosts ~= nil and hosts[ip] == true
 end
 
 -- The patient id each Study Instance UID was last accepted under, so that a study's later

@@ -41,7 +41,8 @@ class BridgeConfig:
 
 
 def config_from_env(environ: Mapping[str, str]) -> BridgeConfig:
-    """Read ``SIDECAR_URL``, ``SIDECAR_PLUGIN_TOKEN`` and ``SIDECAR_NOTIFY_TIMEOUT``.
+    """Read ``SIDECAR_URL``, ``SIDECAR_PLUGIN_TOKEN`` (or ``SIDECAR_PLUGIN_TOKEN_FILE``, a file
+    holding it, as the sidecar's settings accept) and ``SIDECAR_NOTIFY_TIMEOUT``.
 
     Raises ConfigError rather than guessing: a bridge posting without a token, or with a mistyped
     timeout, would fail on every study while looking configured.
@@ -49,7 +50,7 @@ def config_from_env(environ: Mapping[str, str]) -> BridgeConfig:
     url = environ.get("SIDECAR_URL", "").strip() or DEFAULT_SIDECAR_URL
     if not url.startswith(("http://", "https://")):
         raise ConfigError(f"SIDECAR_URL must start with http:// or https://, got {url!r}")
-    token = environ.get("SIDECAR_PLUGIN_TOKEN", "").strip()
+    token = _token(environ)
     if not token:
         raise ConfigError("SIDECAR_PLUGIN_TOKEN is empty or unset")
     raw_timeout = environ.get("SIDECAR_NOTIFY_TIMEOUT", "").strip()
@@ -64,6 +65,25 @@ def config_from_env(environ: Mapping[str, str]) -> BridgeConfig:
                 f"SIDECAR_NOTIFY_TIMEOUT must be a positive number of seconds, got {raw_timeout!r}"
             )
     return BridgeConfig(sidecar_url=url.rstrip("/"), token=token, timeout_seconds=timeout)
+
+
+def _token(environ: Mapping[str, str]) -> str:
+    """The token from the environment or from the file SIDECAR_PLUGIN_TOKEN_FILE names (a
+    Docker secret), never both; messages name the file, never the value."""
+    token = environ.get("SIDECAR_PLUGIN_TOKEN", "").strip()
+    path = environ.get("SIDECAR_PLUGIN_TOKEN_FILE", "").strip()
+    if not path:
+        return token
+    if token:
+        raise ConfigError("SIDECAR_PLUGIN_TOKEN and SIDECAR_PLUGIN_TOKEN_FILE are both set")
+    try:
+        with open(path, encoding="utf-8") as file:
+            token = file.read().strip()
+    except (OSError, UnicodeDecodeError):
+        raise ConfigError(f"SIDECAR_PLUGIN_TOKEN_FILE: cannot read {path}") from None
+    if not token:
+        raise ConfigError(f"SIDECAR_PLUGIN_TOKEN_FILE: {path} is empty")
+    return token
 
 
 class HttpResponse(Protocol):

@@ -7,14 +7,17 @@ import os
 import uvicorn
 
 from sidecar.core.logs import configure_logging
-from sidecar.core.settings import Settings
+from sidecar.core.settings import SecretFileError, Settings
 from sidecar.main import create_app
 
 
 def main() -> None:
     # First: the database and the worklist files are this user's only.
     os.umask(0o077)
-    settings = Settings()
+    try:
+        settings = Settings()
+    except SecretFileError as exc:
+        raise SystemExit(f"sidecar: {exc}") from None
     configure_logging(settings.log_level)
     uvicorn.run(
         create_app(settings),

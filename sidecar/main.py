@@ -29,7 +29,7 @@ from sidecar.accounts.service import bootstrap_admin
 from sidecar.core.api_errors import document_error_format, install_error_handlers
 from sidecar.core.database import make_engine, migrate
 from sidecar.core.dependencies import Clock, Services, attach
-from sidecar.core.http import AccessLog, RefuseNul
+from sidecar.core.http import AccessLog, RefuseNul, SecurityHeaders
 from sidecar.core.models import utcnow
 from sidecar.core.settings import Settings
 from sidecar.findings.escalation import FindingEscalation, FindingWorkers
@@ -52,6 +52,7 @@ from sidecar.results.service import ResultRouting
 from sidecar.studies.router import images_router
 from sidecar.studies.router import router as studies_router
 from sidecar.viewer.front import ViewerFront, ViewerLinks, build_viewer_front, viewer_links
+from sidecar.viewer.headers import sidecar_headers
 from sidecar.viewer.router import router as viewer_router
 from sidecar.worklist.directory import WorklistDirectory
 from sidecar.worklist.publisher import WorklistPublisher, zone_of
@@ -82,7 +83,8 @@ def create_app(
 ) -> FastAPI:
     """`orthanc` may be injected (tests pass a client over a mock transport); `clock` is what
     critical findings read the time from (tests advance a fake one)."""
-    services = build_services(settings or Settings(), orthanc=orthanc, clock=clock)
+    settings = settings or Settings()
+    services = build_services(settings, orthanc=orthanc, clock=clock)
     app = FastAPI(
         title="Radiology integration sidecar",
         summary="Studies, orders, reports and audit beside Orthanc",
@@ -93,6 +95,8 @@ def create_app(
     install_error_handlers(app)
     app.openapi = lambda: _openapi(app)  # type: ignore[method-assign]
     app.add_middleware(RefuseNul)
+    # Outside RefuseNul: its refusals carry the headers too.
+    app.add_middleware(SecurityHeaders, headers=sidecar_headers(settings.public_viewer_url))
     app.add_middleware(AccessLog)
     for router in ROUTERS:
         app.include_router(router)

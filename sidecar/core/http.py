@@ -1,10 +1,11 @@
-"""ASGI middleware every request goes through: the access log (route templates only) and the
-refusal of NUL characters in paths and query strings."""
+"""ASGI middleware every request goes through: the access log (route templates only), the
+refusal of NUL characters in paths and query strings, and the security headers."""
 
 from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Sequence
 
 from starlette.responses import JSONResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -69,3 +70,27 @@ class RefuseNul:
             await refusal(scope, receive, send)
             return
         await self.app(scope, receive, send)
+
+
+class SecurityHeaders:
+    """Adds `headers` to every answer that does not set them itself, whatever its status or
+    type: the viewer's pages, DICOMweb answers, API JSON, refusals. Plain ASGI, as AccessLog,
+    so that streamed answers are not relayed."""
+
+    def __init__(self, app: ASGIApp, headers: Sequence[tuple[str, str]]) -> None:
+        self.app = app
+        self.headers = [(name.lower().encode(), value.encode()) for name, value in headers]
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+
+        async def add_headers(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                present = {name.lower() for name, _ in message.get("headers", [])}
+                extra = [(name, value) for name, value in self.headers if name not in present]
+                message["headers"] = [*message.get("headers", []), *extra]
+            await send(message)
+
+        await self.app(scope, receive, add_headers)

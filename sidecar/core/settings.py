@@ -2,21 +2,98 @@
 
 from __future__ import annotations
 
+import os
 import secrets
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from pydantic import Field, model_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic.fields import FieldInfo
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 # Values people paste from examples; refusing them in production beats a forged token later.
 _PLACEHOLDER_SECRETS = {"", "changethis", "change-me", "changeme", "secret", "jwt-secret", "xxx"}
 _MIN_SECRET_LENGTH = 32
 
+# Settings that may also be given as <NAME>_FILE: the path of a file holding the value (Docker
+# secrets, /run/secrets/...), so that the value stays out of the container's environment.
+SECRET_SETTINGS = (
+    "jwt_secret",
+    "admin_password",
+    "sidecar_plugin_token",
+    "orthanc_password",
+    "notification_service_token",
+    "database_url",
+    "orthanc_index_url",
+)
+
+
+class SecretFileError(ValueError):
+    """A secret given as <NAME>_FILE that cannot be used. The message names the variable and
+    the file, never the value."""
+
+
+def read_secret_files(environ: Mapping[str, str]) -> dict[str, str]:
+    """The secret settings given as <NAME>_FILE in `environ`, read from their files.
+
+    The file's content is the value, without its trailing line break. Refused: both NAME and
+    NAME_FILE set (which one would win is a guess), a file that cannot be read, an empty one."""
+    # Variable names are case-insensitive, as for the settings themselves.
+    env = {key.upper(): value for key, value in environ.items()}
+    values: dict[str, str] = {}
+    for name in SECRET_SETTINGS:
+        variable = name.upper()
+        path = env.get(f"{variable}_FILE", "")
+        if not path:
+            continue
+        if env.get(variable):
+            raise SecretFileError(
+                f"{variable} and {variable}_FILE are both set: give {variable} one way only"
+            )
+        try:
+            text = Path(path).read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as exc:
+            reason = exc.strerror if isinstance(exc, OSError) else "not UTF-8 text"
+            raise SecretFileError(f"{variable}_FILE: cannot read {path} ({reason})") from None
+        value = text.rstrip("\r\n")
+        if not value.strip():
+            raise SecretFileError(f"{variable}_FILE: {path} is empty")
+        values[name] = value
+    return values
+
+
+class _SecretFilesSource(PydanticBaseSettingsSource):
+    """<NAME>_FILE variables for the settings in SECRET_SETTINGS."""
+
+    def get_field_value(self, field: FieldInfo, field_name: str) -> tuple[Any, str, bool]:
+        return None, field_name, False  # unused: __call__ reads every secret at once
+
+    def __call__(self) -> dict[str, Any]:
+        return dict(read_secret_files(os.environ))
+
 
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_file=None, extra="ignore", case_sensitive=False)
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        # NAME and NAME_FILE together are refused, so the order of these two does not matter.
+        return (
+            init_settings,
+            _SecretFilesSource(settings_cls),
+            env_settings,
+            dotenv_settings,
+            file_secret_settings,
+        )
 
     environment: Literal["development", "production"] = "development"
     data_dir: Path = Path("./var")

@@ -27,6 +27,7 @@ from sidecar.launcher import processes as child_process
 REPO_ROOT = Path(__file__).resolve().parents[2]
 ORTHANC_DIR = REPO_ROOT / "orthanc"
 PLUGIN_SCRIPT = REPO_ROOT / "plugin" / "sidecar_bridge.py"
+INGRESS_FILTER = ORTHANC_DIR / "dicom_ingress.lua"
 DEFAULT_BINARY = "/usr/sbin/Orthanc"
 DEFAULT_PLUGINS_DIR = Path("/usr/share/orthanc/plugins")
 
@@ -109,7 +110,8 @@ def render_configuration(layout: OrthancLayout) -> dict[str, Any]:
         DicomAet=layout.aet,
         StableAge=layout.stable_age,
         Plugins=plugins,
-        LuaScripts=[str(layout.work_dir / "dicom_ingress.lua")],
+        # Reads the registered modalities from DicomModalities (as in the compose container).
+        LuaScripts=[str(INGRESS_FILTER)],
         DicomModalities={
             m.aet: {"AET": m.aet, "Host": m.host, "Port": m.port} for m in layout.modalities
         },
@@ -180,12 +182,6 @@ def is_orthanc_command(argv: Sequence[str], config_path: Path) -> bool:
     """Whether a command line is an Orthanc started on `config_path`, as OrthancProcess starts
     it: what proves a process is the Orthanc of one DATA_DIR, whatever pid files say."""
     return len(argv) == 2 and Path(argv[0]).name == "Orthanc" and argv[1] == str(config_path)
-
-
-def render_ingress_filter(layout: OrthancLayout) -> str:
-    table = ", ".join(f'["{m.aet}"] = "{m.host}"' for m in layout.modalities)
-    source = (ORTHANC_DIR / "dicom_ingress.lua").read_text()
-    return f"{source}\nREGISTERED_MODALITIES = {{ {table} }}\n"
 
 
 # Orthanc's own messages quote patient attributes. A refused C-STORE's error names the instance's
@@ -286,7 +282,6 @@ class OrthancProcess:
         if self.layout.worklist_dir is not None:
             # ModalityWorklists fails every C-FIND on a missing folder; an empty one answers.
             self.layout.worklist_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
-        (self.layout.work_dir / "dicom_ingress.lua").write_text(render_ingress_filter(self.layout))
         self.config_path.write_text(json.dumps(render_configuration(self.layout), indent=2))
         self.config_path.chmod(0o600)  # it may hold credentials
 

@@ -26,7 +26,7 @@ from pathlib import Path
 import uvicorn
 
 from sidecar.core.logs import configure_logging
-from sidecar.core.settings import Settings
+from sidecar.core.settings import SecretFileError, Settings
 from sidecar.launcher import processes as child_process
 from sidecar.launcher.nginx import FrontLayout, NginxFront, is_front_command, nginx_binary
 from sidecar.launcher.orthanc import (
@@ -147,7 +147,10 @@ def main() -> None:
     # First: the database, Orthanc's storage, the worklist and every log are this user's only;
     # Orthanc and nginx inherit it.
     os.umask(0o077)
-    settings = Settings()
+    try:
+        settings = Settings()
+    except SecretFileError as exc:
+        raise SystemExit(f"make run: {exc}") from None
     configure_logging(settings.log_level)
     with claim_data_dir(settings.data_dir):
         stop_leftovers(settings)

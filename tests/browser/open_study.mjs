@@ -94,7 +94,10 @@ const profile = mkdtempSync(join(tmpdir(), 'viewer-chromium-'));
 const failures = [];
 const consoleErrors = [];
 let loggedIn = false;
-const result = { ok: false, steps, timings: {}, httpFailures: failures, consoleErrors };
+// Content-Security-Policy violations: the page's securitypolicyviolation events (recorded by
+// an init script in every document) and Chromium's console reports (workers' included).
+const cspViolations = [];
+const result = { ok: false, steps, timings: {}, httpFailures: failures, consoleErrors, cspViolations };
 let context;
 try {
   context = await chromium.launchPersistentContext(profile, {
@@ -105,9 +108,20 @@ try {
   });
   const page = context.pages()[0] ?? (await context.newPage());
   page.setDefaultTimeout(timeoutMs);
-  page.on('console', (message) => {
-    if (message.type() === 'error' || options.debug) consoleErrors.push(message.text().slice(0, 300));
+  await context.addInitScript(() => {
+    document.addEventListener('securitypolicyviolation', (event) => {
+      console.error(
+        `CSP violation: ${event.violatedDirective} blocked ${event.blockedURI} at ${event.sourceFile}`,
+      );
+    });
   });
+  const onConsole = (message) => {
+    const text = message.text();
+    if (/Content Security Policy|CSP violation/.test(text)) cspViolations.push(text.slice(0, 500));
+    if (message.type() === 'error' || options.debug) consoleErrors.push(text.slice(0, 300));
+  };
+  page.on('console', onConsole);
+  page.on('worker', (worker) => worker.on('console', onConsole));
   page.on('response', (answer) => {
     if (options.debug && new URL(answer.url()).pathname.startsWith('/dicom-web')) {
       failures.push(`debug ${answer.status()} ${answer.url().slice(0, 160)}`);

@@ -9,21 +9,21 @@ engine or the network.
 from __future__ import annotations
 
 import ipaddress
-import json
 import re
 from collections.abc import Iterator
 from pathlib import Path, PurePosixPath
 from typing import Any
 from urllib.parse import urlsplit
 
-import pytest
+from sidecar.core.settings import SECRET_SETTINGS
+from sidecar.viewer.headers import nginx_add_headers
 
 from compose import (
     ORTHANC_HTTP_PORT,
     ORTHANC_IMAGE,
     ORTHANC_TAG,
     REPO,
-    SECRETS,
+    SECRET_MOUNTS,
     Render,
     Rendered,
 )
@@ -65,38 +65,112 @@ def test_the_stack_has_its_services(config: Rendered) -> None:
     assert set(config.model["services"]) == {"orthanc", "postgres", "sidecar", "viewer", "front"}
 
 
-@pytest.mark.parametrize("unset", ["missing", "empty"])
-@pytest.mark.parametrize("secret", sorted(SECRETS))
-def test_every_secret_is_required_and_has_no_default(
-    render: Render, secret: str, unset: str
-) -> None:
-    env = dict(SECRETS)
-    if unset == "missing":
-        del env[secret]
-    else:
-        env[secret] = ""
-    rendered = render(env)
-    assert not rendered.ok, f"docker-compose.yml renders with {secret} {unset}: a default leaks"
-    assert secret in rendered.error
+# Variables that would carry a secret's value: none may be in any service's environment.
+SECRET_VALUE_VARIABLES = {
+    *(name.upper() for name in SECRET_SETTINGS),
+    "POSTGRES_PASSWORD",
+    "ORTHANC__POSTGRESQL__PASSWORD",
+    "ORTHANC__REGISTERED_USERS",
+}
+EXAMPLE_ENV = REPO / "orthanc" / "docker.env.example"
+
+
+def _secret_file(config: Rendered, name: str) -> Path:
+    path = Path(config.model["secrets"][name]["file"])
+    return path if path.is_absolute() else (REPO / path).resolve()
+
+
+def test_secrets_are_files_never_values_in_the_environment(config: Rendered) -> None:
+    assert set(config.model["secrets"]) == set(SECRET_MOUNTS)
+    for name in SECRET_MOUNTS:
+        assert _secret_file(config, name) == REPO / "secrets" / name
+    for service in config.model["services"]:
+        env = config.environment(service)
+        leaked = SECRET_VALUE_VARIABLES & set(env)
+        assert not {v for v in leaked if env[v]}, f"{service} has secret values: {leaked}"
+
+
+def test_the_secrets_folder_can_be_moved(render: Render) -> None:
+    rendered = render({"SECRETS_DIR": "/srv/radiology-secrets"})
+    assert rendered.ok, rendered.error
+    assert _secret_file(rendered, "jwt_secret") == Path("/srv/radiology-secrets/jwt_secret")
+
+
+def test_each_service_mounts_the_secrets_it_names(config: Rendered) -> None:
+    """Every <NAME>_FILE (and the Orthanc image's <SETTING>_SECRET) names a secret mounted in
+    its own service, and each secret is mounted where it is needed."""
+    for name, services in SECRET_MOUNTS.items():
+        for service in services:
+            assert name in config.secrets_of(service), (service, name)
+    for service in config.model["services"]:
+        mounted = config.secrets_of(service)
+        for variable, value in config.environment(service).items():
+            if variable.endswith("_FILE"):
+                assert value in mounted.values(), (service, variable, value)
+            if variable.endswith("_SECRET"):  # orthanc-builder: a file name in /run/secrets
+                assert value in mounted and mounted[value] == f"/run/secrets/{value}"
 
 
 def test_secrets_reach_the_services_that_share_them(config: Rendered) -> None:
     sidecar = config.environment("sidecar")
     orthanc = config.environment("orthanc")
     postgres = config.environment("postgres")
+    secret_at = {**config.secrets_of("sidecar"), **config.secrets_of("orthanc")}
 
-    for name in ("JWT_SECRET", "ADMIN_PASSWORD", "SIDECAR_PLUGIN_TOKEN", "ORTHANC_PASSWORD"):
-        assert sidecar.get(name) == SECRETS[name], name
-    # The plugin authenticates to the sidecar with the token the sidecar checks.
-    assert orthanc.get("SIDECAR_PLUGIN_TOKEN") == sidecar["SIDECAR_PLUGIN_TOKEN"]
-    # The sidecar's Orthanc credentials are a user Orthanc accepts.
+    def file_of(env: dict[str, str | None], variable: str) -> str:
+        value = env.get(variable)
+        assert value, variable
+        return value
+
+    # The sidecar reads each of its secrets as <SETTING>_FILE (sidecar.core.settings).
+    for variable in (v for v in sidecar if v.endswith("_FILE")):
+        assert variable.removesuffix("_FILE").lower() in SECRET_SETTINGS, variable
+    for variable, secret in {
+        "JWT_SECRET_FILE": "jwt_secret",
+        "ADMIN_PASSWORD_FILE": "admin_password",
+        "SIDECAR_PLUGIN_TOKEN_FILE": "sidecar_plugin_token",
+        "ORTHANC_PASSWORD_FILE": "orthanc_password",
+        "DATABASE_URL_FILE": "database_url",
+    }.items():
+        assert file_of(sidecar, variable) == secret_at[secret], variable
+    # The plugin authenticates with the token the sidecar checks: the same file.
+    assert file_of(orthanc, "SIDECAR_PLUGIN_TOKEN_FILE") == file_of(
+        sidecar, "SIDECAR_PLUGIN_TOKEN_FILE"
+    )
+    # Orthanc's REST user (orthanc/configure.py) is the sidecar's, with the same password file.
     assert orthanc.get("ORTHANC__AUTHENTICATION_ENABLED") == "true"
-    users = json.loads(orthanc["ORTHANC__REGISTERED_USERS"] or "{}")
-    assert users.get(sidecar["ORTHANC_USERNAME"]) == SECRETS["ORTHANC_PASSWORD"]
-    # One PostgreSQL role, one password, wherever it is used.
-    assert postgres.get("POSTGRES_PASSWORD") == SECRETS["POSTGRES_PASSWORD"]
-    assert orthanc.get("ORTHANC__POSTGRESQL__PASSWORD") == SECRETS["POSTGRES_PASSWORD"]
-    assert urlsplit(sidecar["DATABASE_URL"] or "").password == SECRETS["POSTGRES_PASSWORD"]
+    assert orthanc.get("ORTHANC_USERNAME") == sidecar.get("ORTHANC_USERNAME")
+    assert file_of(orthanc, "ORTHANC_PASSWORD_FILE") == file_of(sidecar, "ORTHANC_PASSWORD_FILE")
+    # One PostgreSQL password file, for the server and for Orthanc's index.
+    assert postgres.get("POSTGRES_PASSWORD_FILE") == "/run/secrets/postgres_password"
+    assert orthanc.get("ORTHANC__POSTGRESQL__PASSWORD_SECRET") == "postgres_password"
+
+
+def test_orthanc_applies_make_runs_dicom_ingress_policy(render: Render, config: Rendered) -> None:
+    """DICOM_MODALITIES reaches orthanc/configure.py (the image's entry point, which writes
+    DicomModalities, the worklist restriction and the Lua filter: tests/launcher/
+    test_dicom_ingress.py); nothing in the environment overrides what it writes."""
+    orthanc = config.service("orthanc")
+    assert Path(orthanc["build"]["context"]) == REPO / "orthanc"
+    assert config.environment("orthanc").get("DICOM_MODALITIES") == ""
+    registered = render({"DICOM_MODALITIES": "CT01@10.0.0.5:104,MR01@10.0.0.6:104"})
+    assert registered.ok, registered.error
+    modalities = registered.environment("orthanc").get("DICOM_MODALITIES")
+    assert modalities == "CT01@10.0.0.5:104,MR01@10.0.0.6:104"
+    for written_by_configure in (
+        "ORTHANC__DICOM_MODALITIES",
+        "ORTHANC__LUA_SCRIPTS",
+        "ORTHANC__DICOM_ALWAYS_ALLOW_FIND_WORKLIST",
+        "ORTHANC__DICOM_CHECK_MODALITY_HOST",
+        "ORTHANC__REGISTERED_USERS",
+        "ORTHANC_JSON",
+    ):
+        assert written_by_configure not in config.environment("orthanc"), written_by_configure
+
+
+def test_the_front_sends_the_security_headers(config: Rendered) -> None:
+    [mount] = config.service("front")["volumes"]
+    assert nginx_add_headers() in Path(mount["source"]).read_text()
 
 
 def test_images_are_pinned_and_orthanc_is_the_python_311_tag(config: Rendered) -> None:
@@ -139,7 +213,10 @@ def test_databases_are_on_the_postgres_service_and_created_by_its_init_script(
     sidecar_env = config.environment("sidecar")
     orthanc_env = config.environment("orthanc")
 
-    url = urlsplit(sidecar_env.get("DATABASE_URL") or "")
+    # The URL is a secret file's content; its form is the example's.
+    assert sidecar_env.get("DATABASE_URL_FILE") == "/run/secrets/database_url"
+    [example] = re.findall(r'"(postgresql\+psycopg://[^"]+)"', EXAMPLE_ENV.read_text())
+    url = urlsplit(example.replace("$(cat postgres_password)", "password"))
     assert url.scheme == "postgresql+psycopg", url.scheme
     assert url.hostname == "postgres" and "postgres" in services
     assert url.port in (None, 5432)

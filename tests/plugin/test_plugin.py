@@ -9,6 +9,7 @@ import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -194,6 +195,27 @@ def test_config_is_frozen_and_its_repr_hides_the_token() -> None:
 def test_config_without_token_is_refused(environ: dict[str, str]) -> None:
     with pytest.raises(ssn.ConfigError, match="SIDECAR_PLUGIN_TOKEN"):
         ssn.config_from_env(environ)
+
+
+def test_config_reads_the_token_from_a_file(tmp_path: Path) -> None:
+    secret = tmp_path / "token"
+    secret.write_text(TOKEN + "\n")
+    config = ssn.config_from_env({"SIDECAR_PLUGIN_TOKEN_FILE": str(secret)})
+    assert config.token == TOKEN
+
+
+def test_config_refuses_a_token_given_twice_or_an_unusable_file(tmp_path: Path) -> None:
+    secret = tmp_path / "token"
+    secret.write_text(TOKEN)
+    both = {"SIDECAR_PLUGIN_TOKEN": TOKEN, "SIDECAR_PLUGIN_TOKEN_FILE": str(secret)}
+    with pytest.raises(ssn.ConfigError, match="both set") as refused:
+        ssn.config_from_env(both)
+    assert TOKEN not in str(refused.value)
+    with pytest.raises(ssn.ConfigError, match="SIDECAR_PLUGIN_TOKEN_FILE: cannot read"):
+        ssn.config_from_env({"SIDECAR_PLUGIN_TOKEN_FILE": str(tmp_path / "absent")})
+    (tmp_path / "empty").write_text("\n")
+    with pytest.raises(ssn.ConfigError, match=r"SIDECAR_PLUGIN_TOKEN_FILE: .* is empty"):
+        ssn.config_from_env({"SIDECAR_PLUGIN_TOKEN_FILE": str(tmp_path / "empty")})
 
 
 @pytest.mark.parametrize("timeout", ["abc", "0", "-1", "nan", "inf", "3s"])

@@ -77,3 +77,5 @@ def test_a_study_opens_from_its_viewer_link_and_shows_its_image(
     assert report["studyListShowsStudy"] is True
     # Nothing the viewer asked for was refused or missing once logged in.
     assert report["httpFailures"] == [], report["httpFailures"]
+    # And it all ran under the fronts' Content-Security-Policy (sidecar.viewer.headers).
+    assert report["cspViolations"] == [], report["cspViolations"]

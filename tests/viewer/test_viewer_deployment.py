@@ -16,6 +16,7 @@ import sidecar.launcher.nginx
 from sidecar.viewer.access import SESSION_COOKIE
 from sidecar.viewer.bundle import APP_CONFIG, VIEWER_PACKAGE_DIR
 from sidecar.viewer.front import ViewerFront
+from sidecar.viewer.headers import COMMON_HEADERS, STRICT_TRANSPORT_SECURITY
 from sidecar.viewer.paths import nginx_maps
 
 from compose import Rendered
@@ -200,6 +201,63 @@ def test_nginx_front_refuses_a_disabled_account_once_its_kept_session_check_expi
         wait_for(refused, timeout=30, interval=0.25, what="the disabled account refused")
         # And it stays refused: the refusal replaced the kept permission.
         assert [browser.get(studies).status_code for _ in range(5)] == [401] * 5
+
+
+@pytest.mark.orthanc
+@pytest.mark.parametrize("which", ["nginx", "sidecar"])
+def test_both_fronts_send_the_security_headers_with_every_answer(
+    stack: Stack, stored: GeneratedStudy, tmp_path: Path, which: str
+) -> None:
+    """The index page, a DICOMweb answer from Orthanc, a 401, a 404, a 400 and a 502: each
+    with one copy of each header (nginx drops the sidecar's own copies under `make run`).
+    Strict-Transport-Security only for a request that came over https (nginx: its TLS proxy
+    says so in X-Forwarded-Proto; the sidecar: PUBLIC_VIEWER_URL, http here)."""
+    assert stack.sidecar is not None
+    nginx = (
+        start_nginx_front(
+            tmp_path / "nginx",
+            orthanc=f"127.0.0.1:{stack.layout.http_port}",
+            sidecar=f"127.0.0.1:{stack.sidecar_port}",
+        )
+        if which == "nginx"
+        else None
+    )
+    url = nginx.url if nginx is not None else stack.sidecar.url
+    uid = stored.study_instance_uid
+    try:
+        with httpx.Client(base_url=url) as browser:
+            answers = {
+                "401": browser.get("/dicom-web/studies"),
+                "404": browser.get("/dicom-web/servers"),
+                "400": browser.get("/dicom-web/%2e%2e/studies"),
+            }
+            logged_in = browser.post(
+                "/login", data={"username": "admin", "password": STACK_ADMIN_PASSWORD}
+            )
+            assert logged_in.status_code == 303
+            answers["index"] = browser.get("/")
+            answers["dicomweb"] = browser.get(f"/dicom-web/studies/{uid}/series")
+            forwarded_https = browser.get("/", headers={"X-Forwarded-Proto": "https"})
+            stack.orthanc.stop()
+            answers["502"] = browser.get(f"/dicom-web/studies/{uid}/series")
+    finally:
+        if nginx is not None:
+            nginx.stop()
+    assert {what: a.status_code for what, a in answers.items()} == {
+        "401": 401,
+        "404": 404,
+        "400": 400,
+        "index": 200,
+        "dicomweb": 200,
+        "502": 502,
+    }
+    hsts, hsts_value = STRICT_TRANSPORT_SECURITY
+    for what, answer in answers.items():
+        for name, value in COMMON_HEADERS:
+            assert answer.headers.get_list(name) == [value], (what, name)
+        assert answer.headers.get_list(hsts) == [], what
+    expected = [hsts_value] if which == "nginx" else []
+    assert forwarded_https.headers.get_list(hsts) == expected
 
 
 # --- what reaches Orthanc through nginx --------------------------------------------------------
