@@ -45,6 +45,7 @@ from sidecar.orders.events import OrderEvents
 from sidecar.orders.intake import OrderIntake
 from sidecar.orders.listener import OrderListener
 from sidecar.orders.router import router as orders_router
+from sidecar.procedures.router import router as procedures_router
 from sidecar.reports.router import router as reports_router
 from sidecar.results.outbox import ResultOutbox
 from sidecar.results.router import router as results_router
@@ -65,6 +66,7 @@ ROUTERS = (
     studies_router,
     images_router,
     orders_router,
+    procedures_router,
     reports_router,
     findings_router,
     results_router,

@@ -8,6 +8,7 @@ from sidecar.core.audit import AuditEvent
 from sidecar.findings.models import CriticalFinding, FindingNotification, NotificationAttempt
 from sidecar.ingest.models import ChangesCursor, PendingStudy
 from sidecar.orders.models import ImagingOrder
+from sidecar.procedures.models import Procedure
 from sidecar.reports.models import RadiologyReport, ReportRevision
 from sidecar.results.message_log import Hl7Message
 from sidecar.studies.models import Image, Series, Study
@@ -26,6 +27,7 @@ __all__ = [
     "LoginAttempt",
     "NotificationAttempt",
     "PendingStudy",
+    "Procedure",
     "RadiologyReport",
     "RefreshToken",
     "ReportRevision",

@@ -13,6 +13,9 @@ from typing import Any
 
 from sidecar.core.dicom_text import AE, LO, PN, SH, UI, TextRule, stored
 
+#: A procedure code: up to its column's 64 characters, and nothing DICOM cannot hold.
+CODE = TextRule("DICOM code value", 64)
+
 ORDER_TEXT_RULES: dict[str, TextRule] = {
     # On the worklist (sidecar.worklist.publisher.worklist_item).
     "accession_number": SH,
@@ -24,12 +27,18 @@ ORDER_TEXT_RULES: dict[str, TextRule] = {
     "referring_physician": PN,
     "procedure_description": LO,
     "scheduled_station_aet": AE,
+    "scheduled_station_name": SH,
+    # Requested Procedure Code Sequence: Code Value (SH) when it fits, else Long Code Value
+    # (UC, sidecar.worklist.items); either way no backslash. Coding Scheme Designator (SH).
+    "procedure_code": CODE,
+    "procedure_coding_system": SH,
+    # Scheduled Protocol Code Sequence, Code Value.
+    "protocol_code": SH,
     # Kept by the sidecar, sent back in results (ORU^R01, where they are escaped).
     "ordering_provider": stored(324),
     "provider_id": stored(64),
     "referring_provider_id": stored(64),
     "facility_id": stored(64),
-    "procedure_code": stored(64),
     "body_part": stored(64),
     "placer_order_number": stored(64),
     "filler_order_number": stored(64),

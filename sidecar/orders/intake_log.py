@@ -120,6 +120,7 @@ def log_row(
     order_id: int | None,
     now: datetime,
     error: str | None = None,
+    note: str | None = None,
     repeat: bool = False,
 ) -> dict[str, Any]:
     """The hl7_message row of an inbound message, every column but the id. Whatever the
@@ -136,6 +137,7 @@ def log_row(
         "status": status,
         "ack_code": ack_code,
         "error_text": storable(error)[:1000] if error else None,
+        "note": note[:1000] if note else None,
         "raw": storable(text),
         "ack_raw": ack,
         "order_id": order_id,

@@ -79,9 +79,11 @@ class ImagingOrder(SQLModel, table=True):
     referring_provider_id: str | None = Field(default=None, max_length=64, index=True)
     facility_id: str | None = Field(default=None, max_length=64, index=True)
     procedure_code: str | None = Field(default=None, max_length=64)
+    procedure_coding_system: str | None = Field(default=None, max_length=16)
     procedure_description: str | None = Field(default=None, max_length=64)
     modality: Modality = Field(sa_column=Column(EnumText(Modality, 16), nullable=False))
     body_part: str | None = Field(default=None, max_length=64)
+    protocol_code: str | None = Field(default=None, max_length=16)
     clinical_indication: str | None = Field(default=None, sa_column=Column(Text))
     priority: Priority = Field(
         default=Priority.ROUTINE, sa_column=Column(EnumText(Priority, 16), nullable=False)
@@ -92,6 +94,7 @@ class ImagingOrder(SQLModel, table=True):
     )
     scheduled_at: datetime | None = Field(default=None, sa_column=Column(UTCDateTime, index=True))
     scheduled_station_aet: str | None = Field(default=None, max_length=16)
+    scheduled_station_name: str | None = Field(default=None, max_length=16)
     source: str = Field(default="api", max_length=8)  # "api" or "hl7"
     created_at: datetime = Field(
         default_factory=utcnow, sa_column=Column(UTCDateTime, nullable=False)
@@ -117,15 +120,18 @@ class OrderFields(ApiInput):
     referring_provider_id: str | None = PydanticField(default=None, max_length=64)
     facility_id: str | None = PydanticField(default=None, max_length=64)
     procedure_code: str | None = PydanticField(default=None, max_length=64)
+    procedure_coding_system: str | None = PydanticField(default=None, max_length=16)
     procedure_description: str | None = PydanticField(default=None, max_length=64)
     modality: Modality | None = None
     body_part: str | None = PydanticField(default=None, max_length=64)
+    protocol_code: str | None = PydanticField(default=None, max_length=16)
     clinical_indication: str | None = PydanticField(default=None, max_length=4000)
     priority: Priority | None = None
     scheduled_at: SupportedTime | None = None
     scheduled_station_aet: str | None = PydanticField(
         default=None, max_length=16, pattern=r"^[\x20-\x5b\x5d-\x7e]*$"
     )
+    scheduled_station_name: str | None = PydanticField(default=None, max_length=16)
     placer_order_number: str | None = PydanticField(default=None, max_length=64)
     filler_order_number: str | None = PydanticField(default=None, max_length=64)
     requested_procedure_id: str | None = PydanticField(default=None, max_length=16)
@@ -173,14 +179,17 @@ class OrderPublic(ApiModel):
     referring_provider_id: str | None
     facility_id: str | None
     procedure_code: str | None
+    procedure_coding_system: str | None
     procedure_description: str | None
     modality: Modality
     body_part: str | None
+    protocol_code: str | None
     clinical_indication: str | None
     priority: Priority
     status: OrderStatus
     scheduled_at: datetime | None
     scheduled_station_aet: str | None
+    scheduled_station_name: str | None
     source: str
     created_at: datetime
     updated_at: datetime

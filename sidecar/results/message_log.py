@@ -50,6 +50,8 @@ class Hl7Message(SQLModel, table=True):
     )
     ack_code: str | None = Field(default=None, max_length=2)
     error_text: str | None = Field(default=None, max_length=1000)
+    # What the intake read differently from the message as sent (an order group without ORC).
+    note: str | None = Field(default=None, max_length=1000)
     raw: str = Field(sa_column=Column(Text, nullable=False))
     ack_raw: str | None = Field(default=None, sa_column=Column(Text))
     order_id: int | None = Field(default=None, foreign_key="imaging_order.id", index=True)
@@ -75,6 +77,7 @@ class Hl7MessageSummary(ApiModel):
     status: Hl7MessageStatus
     ack_code: str | None
     error_text: str | None
+    note: str | None
     order_id: int | None
     received_at: datetime
     processed_at: datetime | None

@@ -223,6 +223,8 @@ NOT_PATIENT_RECORDS = {
     "/api/hl7/messages/{message_id}": "administrators and integrations only",
     "/api/critical-findings/metrics": "aggregate counts, administrators and radiologists",
     "/health": "counts only, no patient",
+    "/api/procedures": "the procedure catalog: codes and rooms, no patient",
+    "/api/procedures/{procedure_id}": "a procedure catalog entry, no patient",
 }
 
 

@@ -1,0 +1,148 @@
+"""The procedure catalog's operations: entries created, changed and removed by administrators,
+imported from a CSV file all at once, and looked up by code when an order arrives.
+
+Every change is audited in the transaction that makes it.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from sqlalchemy import insert
+from sqlalchemy.exc import IntegrityError
+from sqlmodel import Session, select
+
+from sidecar.core import audit
+from sidecar.core.errors import ConflictingState
+from sidecar.core.models import table_of, utcnow
+from sidecar.orders.models import Modality, Priority
+from sidecar.procedures.models import ImportOutcome, Procedure
+
+#: Order values a catalog entry provides, by the entry's field that holds each.
+_ORDER_DEFAULTS = {
+    "procedure_coding_system": "coding_system",
+    "procedure_description": "description",
+    "modality": "modality",
+    "body_part": "body_part",
+    "scheduled_station_aet": "station_ae_title",
+    "scheduled_station_name": "station_name",
+    "protocol_code": "protocol_code",
+}
+_STATEMENT = select(Procedure)
+
+
+class DuplicateCode(ConflictingState):
+    """Another catalog entry has this code."""
+
+
+def find(session: Session, code: str) -> Procedure | None:
+    """The entry for a procedure code (exactly as sent: codes are case-sensitive)."""
+    return session.exec(_STATEMENT.where(Procedure.code == code)).first()
+
+
+def order_defaults(entry: Procedure) -> dict[str, Any]:
+    """The order values the entry provides (those it holds), for an order to take where it
+    says nothing itself: `{**order_defaults(entry), **sent}`. The default priority is not
+    among them: an order always has one, so the caller decides (hl7 `priority_sent`)."""
+    values = {name: getattr(entry, field) for name, field in _ORDER_DEFAULTS.items()}
+    values["modality"] = Modality(entry.modality)
+    return {name: value for name, value in values.items() if value not in (None, "")}
+
+
+def default_priority(entry: Procedure) -> Priority | None:
+    return Priority(entry.priority) if entry.priority else None
+
+
+def create(session: Session, values: dict[str, Any], *, actor: str) -> Procedure:
+    if find(session, values["code"]) is not None:
+        raise DuplicateCode(f"procedure code {values['code']} is already in the catalog")
+    entry = Procedure(**values)
+    session.add(entry)
+    _flush(session, values["code"])
+    _audit(session, "procedure.created", entry, actor=actor)
+    return entry
+
+
+def update(session: Session, entry: Procedure, changes: dict[str, Any], *, actor: str) -> Procedure:
+    code = changes.get("code")
+    if code is not None and code != entry.code and find(session, code) is not None:
+        raise DuplicateCode(f"procedure code {code} is already in the catalog")
+    for name, value in changes.items():
+        setattr(entry, name, value)
+    entry.updated_at = utcnow()
+    session.add(entry)
+    _flush(session, entry.code)
+    _audit(session, "procedure.updated", entry, actor=actor, fields=sorted(changes))
+    return entry
+
+
+def delete(session: Session, entry: Procedure, *, actor: str) -> None:
+    """Orders keep what they took from the entry: they hold their own copy."""
+    _audit(session, "procedure.deleted", entry, actor=actor)
+    session.delete(entry)
+
+
+def import_rows(
+    session: Session, rows: list[dict[str, Any]], columns: list[str], *, actor: str
+) -> ImportOutcome:
+    """Creates the codes not in the catalog and updates those that are, in the caller's
+    transaction: the columns the file has replace the entry's values (an empty cell clears an
+    optional one), the others are kept. Rows are checked already (sidecar.procedures.csv_file)."""
+    existing = {entry.code: entry for entry in session.exec(select(Procedure)).all()}
+    now = utcnow()
+    new_rows = []
+    updated = 0
+    for row in rows:
+        entry = existing.get(row["code"])
+        if entry is None:
+            new_rows.append({**row, "created_at": now, "updated_at": now})
+            continue
+        changed = {name: row.get(name) for name in columns if getattr(entry, name) != row.get(name)}
+        if changed:
+            for name, value in changed.items():
+                setattr(entry, name, value)
+            entry.updated_at = now
+            session.add(entry)
+            updated += 1
+    if new_rows:
+        # One statement for every new entry (5,000 rows: one round trip, not 5,000).
+        keys = sorted({key for row in new_rows for key in row})
+        session.connection().execute(
+            insert(table_of(Procedure)), [{key: row.get(key) for key in keys} for row in new_rows]
+        )
+    _flush(session, "in the file")
+    outcome = ImportOutcome(rows=len(rows), created=len(new_rows), updated=updated)
+    audit.record(
+        session,
+        actor=actor,
+        action="procedure.imported",
+        entity_type="procedure_catalog",
+        entity_id="import",
+        rows=outcome.rows,
+        created=outcome.created,
+        updated=outcome.updated,
+    )
+    return outcome
+
+
+def _flush(session: Session, code: str) -> None:
+    """Flushes; a code another transaction took meanwhile is a conflict (409), not a 500."""
+    try:
+        session.flush()
+    except IntegrityError as exc:
+        session.rollback()
+        raise DuplicateCode(
+            f"procedure code {code} was added to the catalog at the same time: try again"
+        ) from exc
+
+
+def _audit(session: Session, action: str, entry: Procedure, *, actor: str, **detail: Any) -> None:
+    audit.record(
+        session,
+        actor=actor,
+        action=action,
+        entity_type="procedure",
+        entity_id=entry.id,
+        code=entry.code,
+        **detail,
+    )
