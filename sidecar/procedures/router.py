@@ -13,7 +13,7 @@ from starlette.datastructures import UploadFile
 from sidecar.accounts.dependencies import Admin, require_roles
 from sidecar.accounts.models import Role, User
 from sidecar.core.dependencies import SessionDep
-from sidecar.core.errors import UnacceptableValue, UnknownRecord
+from sidecar.core.errors import Refusal, UnacceptableValue, UnknownRecord
 from sidecar.core.models import Page
 from sidecar.core.pagination import PaginationDep, RecordId, equal_to, paginate
 from sidecar.orders.models import Modality
@@ -51,6 +51,16 @@ _IMPORT_BODY = {
 }
 
 
+class TooLarge(Refusal):
+    status_code = 413
+    code = "payload_too_large"
+
+
+class LengthRequired(Refusal):
+    status_code = 411
+    code = "length_required"
+
+
 @router.get("", response_model=Page[ProcedurePublic])
 def list_procedures(
     session: SessionDep,
@@ -80,16 +90,21 @@ def create_procedure(body: ProcedureCreate, session: SessionDep, user: Admin) ->
     "/import",
     response_model=ImportOutcome,
     openapi_extra=_IMPORT_BODY,
-    responses={413: {"description": "the file is larger than the import accepts"}},
+    responses={
+        411: {"description": "the request has no Content-Length"},
+        413: {"description": "the file is larger than the import accepts"},
+    },
 )
 async def import_procedures(request: Request, session: SessionDep, user: Admin) -> ImportOutcome:
     """A CSV file as the multipart field `file`: every row imported, or none (422 naming each
-    row and column at fault). Codes not in the catalog are created, the others updated."""
+    row and column at fault). Codes not in the catalog are created, the others updated.
+    The size is checked on Content-Length before the body is read (413), and again on the
+    file itself (422)."""
     length = request.headers.get("content-length", "")
     if not length.isdigit():
-        raise UnacceptableValue("file", "send the file with a Content-Length")
+        raise LengthRequired("send the file with a Content-Length (no chunked upload)")
     if int(length) > MAX_BYTES + _ENVELOPE:
-        raise UnacceptableValue("file", f"is larger than {MAX_BYTES} bytes")
+        raise TooLarge(f"the file is larger than the import accepts ({MAX_BYTES} bytes)")
     async with request.form(max_files=1, max_fields=8) as form:
         upload = form.get("file")
         if not isinstance(upload, UploadFile):

@@ -162,7 +162,8 @@ def test_a_catalog_of_five_thousand_codes_imports_in_one_request(
     assert page["items"][0]["stationAeTitle"] == "CT01"  # 4999 % 7
 
 
-HUGE = ("code,modality,description\n" + "C1,CT," + "x" * 60 + "\n") * (MAX_BYTES // 70 + 10)
+#: Over the limit by a little: within the multipart envelope's allowance, refused on the file.
+JUST_OVER = "code,modality\n" + "".join(f"C{n:07d},CT\n" for n in range(MAX_BYTES // 12 + 10))
 
 
 @pytest.mark.parametrize(
@@ -192,7 +193,7 @@ HUGE = ("code,modality,description\n" + "C1,CT," + "x" * 60 + "\n") * (MAX_BYTES
         ("code,modality\n", "file", "no row"),
         ("code,modality,description\nA1,CT,caf\xe9\n".encode("latin-1"), "file.row[2]", "UTF-8"),
         ("code,modality\n".encode("utf-16"), "file.row[1]", "UTF-8"),
-        (HUGE, "file", "larger than"),
+        (JUST_OVER, "file", "larger than"),
     ],
     ids=lambda value: value if isinstance(value, str) and len(value) < 30 else None,
 )
@@ -207,6 +208,22 @@ def test_a_bad_file_is_refused_naming_row_and_column_and_imports_nothing(
     assert details[0]["location"] == location, details
     assert words in details[0]["message"], details
     assert set(catalog(client, admin_headers)) == {"KEEP"}
+
+
+def test_a_huge_upload_is_refused_before_it_is_read(
+    client: TestClient, admin_headers: Headers
+) -> None:
+    huge = ("code,modality\n" + "C1,CT\n" * (MAX_BYTES // 6 + 1)) * 4
+    answer = upload(client, admin_headers, huge)
+    assert answer.status_code == 413, answer.text
+    assert answer.json()["error"]["code"] == "payload_too_large"
+    chunked = client.post(
+        "/api/procedures/import",
+        content=iter([b"--x\r\n", b"code,modality\r\n"]),
+        headers={**admin_headers, "Content-Type": "multipart/form-data; boundary=x"},
+    )
+    assert chunked.status_code == 411, chunked.text
+    assert catalog(client, admin_headers) == {}
 
 
 def test_every_problem_of_a_file_is_named_at_once(
