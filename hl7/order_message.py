@@ -105,6 +105,9 @@ class CommonOrder:
     order_status: str  # ORC-5, table 0038 ('' when absent)
     quantity_timing: QuantityTiming | None  # ORC-7 (v2.3/2.4 senders schedule here)
     ordering_provider: Provider | None  # ORC-12
+    # No ORC was sent: the group began at its OBR and is read as ORC-1 NW (the message log
+    # says so). Some HIS feeds send ORM^O01 that way.
+    implied: bool = False
 
 
 @dataclass(frozen=True)
@@ -224,6 +227,11 @@ class ImagingOrder:
     def priority(self) -> Priority:
         """TQ1-9, else OBR-27.6, else ORC-7.6, else ROUTINE."""
         return next((t.priority for t in self._timings() if t.priority), Priority.ROUTINE)
+
+    @property
+    def priority_sent(self) -> bool:
+        """Whether TQ1-9, OBR-27.6 or ORC-7.6 named a priority (else `priority` is a default)."""
+        return any(t.priority for t in self._timings())
 
     @property
     def scheduled_start(self) -> datetime | None:

@@ -13,7 +13,9 @@ stays the reference: tests/hl7/test_hl7_orders.py compares every field this mapp
 hl7apy's parse of every sample message.
 
 Accepted structure: MSH, then PID (required), PV1 (optional), then order groups each starting
-with ORC; inside a group the first TQ1, the OBR, the first IPC and ZDS are read. Other segments
+with ORC; inside a group the first TQ1, the OBR, the first IPC and ZDS are read. An OBR with no
+ORC before it (seed 002's example) opens a group of its own, read as a new order (ORC-1 NW,
+`CommonOrder.implied`). Other segments
 (NTE, DG1, OBX, IN1 ...) are allowed and ignored.
 """
 
@@ -193,6 +195,10 @@ def _orders(message: Er7Message, default_zone: tzinfo | None) -> tuple[ImagingOr
     for segment in message.segments:
         if segment.name == "ORC":
             groups.append([segment])
+        elif segment.name == "OBR" and (not groups or _implied_with_obr(groups[-1])):
+            # An order group without its ORC (seed 002's ORM^O01): read as a new order. Once a
+            # group opened by ORC is under way, a second OBR stays in it, as before.
+            groups.append([segment])
         elif segment.name in _ORDER_SEGMENTS:
             if not groups:
                 raise SegmentSequenceError(
@@ -204,9 +210,26 @@ def _orders(message: Er7Message, default_zone: tzinfo | None) -> tuple[ImagingOr
     return tuple(_order(index, group, default_zone) for index, group in enumerate(groups, start=1))
 
 
+def _implied_with_obr(group: list[Segment]) -> bool:
+    """Whether `group` has no ORC and already its OBR: the next OBR opens a group of its own."""
+    return group[0].name == "OBR"
+
+
+#: What a group without ORC is read as: a new order with nothing else the ORC would say.
+_IMPLIED_ORC = CommonOrder(
+    order_control=OrderControl.NEW_ORDER,
+    placer_order_number=None,
+    filler_order_number=None,
+    order_status="",
+    quantity_timing=None,
+    ordering_provider=None,
+    implied=True,
+)
+
+
 def _order(sequence: int, group: list[Segment], default_zone: tzinfo | None) -> ImagingOrder:
     orc = group[0]
-    common = _common_order(orc, default_zone)
+    common = _IMPLIED_ORC if orc.name == "OBR" else _common_order(orc, default_zone)
     obr = _first(group, "OBR")
     if obr is None and common.order_control in _NEEDS_OBSERVATION_REQUEST:
         raise SegmentSequenceError(

@@ -4,15 +4,21 @@ from."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from hl7.datatypes import PersonName, Provider
-from hl7.errors import DataTypeError, ErrorLocation, RequiredFieldMissing, TableValueNotFound
+from hl7.errors import DataTypeError, ErrorLocation, TableValueNotFound
 from hl7.order_message import ImagingOrder as OrderGroup
 from hl7.order_message import OrderMessage
 from sidecar.core.models import time_problem
 from sidecar.orders.fields import order_value_problems
 from sidecar.orders.models import Modality, Priority
+from sidecar.procedures.catalog import default_priority, order_defaults
+from sidecar.procedures.models import Procedure
+
+#: Finds the catalog entry of a procedure code (sidecar.procedures.catalog.find in a session).
+Catalog = Callable[[str], Procedure | None]
 
 # DICOM modality codes for OBR-24 / IPC-5 values that are not our modality names.
 _MODALITY_ALIASES = {"PET": Modality.PT, "PETCT": Modality.PET_CT, "XR": Modality.DX}
@@ -44,6 +50,7 @@ def order_values(
         "referring_provider_id": _provider_id(visit.referring_provider if visit else None),
         "facility_id": facility or None,
         "procedure_code": (procedure.code or None) if procedure else None,
+        "procedure_coding_system": (procedure.coding_system or None) if procedure else None,
         "procedure_description": (procedure.text or None) if procedure else None,
         "modality": modality(group),
         "clinical_indication": (reason.text or reason.code) if reason else None,
@@ -59,10 +66,15 @@ def order_values(
 
 
 def checked_order_values(
-    message: OrderMessage, group: OrderGroup, *, facility_field: str = "MSH-4"
+    message: OrderMessage,
+    group: OrderGroup,
+    *,
+    facility_field: str = "MSH-4",
+    catalog: Catalog = lambda code: None,
 ) -> dict[str, Any]:
     """order_values, refused with AE 102 naming the field when a value does not fit where it
-    goes: its column, or the worklist item a modality will read (sidecar.orders.fields)."""
+    goes: its column, or the worklist item a modality will read (sidecar.orders.fields); then
+    completed from the procedure catalog (with_catalog)."""
     values = order_values(message, group, facility_field=facility_field)
     problems = order_value_problems(values)
     if problems:
@@ -75,6 +87,27 @@ def checked_order_values(
     if start is not None and (time_refused := time_problem(start)) is not None:
         where = _scheduled_start_source(group)
         raise DataTypeError(f"{where} start date/time {time_refused}", where)
+    return with_catalog(values, group, catalog)
+
+
+def with_catalog(values: dict[str, Any], group: OrderGroup, catalog: Catalog) -> dict[str, Any]:
+    """The order values completed from the catalog entry of the procedure code: what the
+    message says wins; the entry's default priority applies when the message names none. A
+    code the catalog does not know is fine when the message names the modality; otherwise AE
+    103 naming OBR-4 and the code (its value was checked before: nothing unfit is echoed)."""
+    code = values.get("procedure_code")
+    entry = catalog(code) if code else None
+    if entry is not None:
+        values = {**order_defaults(entry), **values}
+        priority = default_priority(entry)
+        if priority is not None and not group.priority_sent:
+            values["priority"] = priority
+    if "modality" not in values:
+        raise TableValueNotFound(
+            # The code first: the ACK's text is cut at 80 characters (hl7.ack).
+            f"OBR-4 procedure code {code} is not in the catalog and OBR-24 (modality) is empty",
+            ErrorLocation("OBR", group.sequence, 4, 1),
+        )
     return values
 
 
@@ -100,6 +133,7 @@ _SOURCES: dict[str, tuple[FieldPosition, FieldPosition | None, str]] = {
     "referring_physician": (("PV1", 8, None), None, "referring doctor"),
     "facility_id": (("MSH", 4, None), None, "sending facility"),
     "procedure_code": (("OBR", 4, 1), None, "procedure code"),
+    "procedure_coding_system": (("OBR", 4, 3), None, "procedure coding system"),
     "procedure_description": (("OBR", 4, 2), None, "procedure text"),
     "clinical_indication": (("OBR", 31, None), None, "reason for study"),
     "ordering_provider": (("ORC", 12, None), ("OBR", 16, None), "ordering provider"),
@@ -136,7 +170,8 @@ def _sends(group: OrderGroup, position: FieldPosition) -> bool:
     return sent[position[:2]]
 
 
-def modality(group: OrderGroup) -> Modality:
+def modality(group: OrderGroup) -> Modality | None:
+    """The modality the group names (None when it names none: the catalog may know it)."""
     code = group.modality.strip().upper()
     ipc = group.procedure_control
     location = (
@@ -145,7 +180,7 @@ def modality(group: OrderGroup) -> Modality:
         else ErrorLocation("OBR", group.sequence, 24)
     )
     if not code:
-        raise RequiredFieldMissing("OBR-24 (modality) is required to schedule the order", location)
+        return None
     try:
         return _MODALITY_ALIASES.get(code) or Modality(code)
     except ValueError as exc:

@@ -17,6 +17,7 @@ silently dropped.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 from collections.abc import Callable
 from datetime import datetime, tzinfo
@@ -57,6 +58,7 @@ from sidecar.orders.intake_log import (
     storable,
 )
 from sidecar.orders.models import ImagingOrder, OrderStatus
+from sidecar.procedures import catalog as procedures
 from sidecar.results.message_log import Hl7Direction, Hl7Message, Hl7MessageStatus
 
 log = logging.getLogger(__name__)
@@ -167,6 +169,7 @@ class OrderIntake:
                         ack=ack.text,
                         order_id=changed[0] if changed else None,
                         now=self._now(),
+                        note=_implied_orc_note(message),
                     ),
                 )
                 session.commit()
@@ -288,7 +291,12 @@ class OrderIntake:
                 ErrorLocation("ORC", group.sequence, 5),
             )
         if control == OrderControl.NEW_ORDER:
-            values = checked_order_values(message, group, facility_field=self._facility_field)
+            values = checked_order_values(
+                message,
+                group,
+                facility_field=self._facility_field,
+                catalog=functools.partial(procedures.find, session),
+            )
             # A taken accession number or Study Instance UID fails the unique constraints at
             # commit: answered AE 205 by _apply, one query fewer than asking first.
             return orders.insert_order(session, values, actor=actor, source="hl7")
@@ -300,7 +308,10 @@ class OrderIntake:
                 changes = {
                     k: v
                     for k, v in checked_order_values(
-                        message, group, facility_field=self._facility_field
+                        message,
+                        group,
+                        facility_field=self._facility_field,
+                        catalog=functools.partial(procedures.find, session),
                     ).items()
                     if k not in ("accession_number", "study_instance_uid")
                 }
@@ -318,6 +329,14 @@ class OrderIntake:
                 "cannot apply",
                 where,
             ) from exc
+
+
+def _implied_orc_note(message: OrderMessage) -> str | None:
+    """What the message log says of order groups sent without ORC (read as new orders)."""
+    implied = [str(group.sequence) for group in message.orders if group.common_order.implied]
+    if not implied:
+        return None
+    return f"ORC segment missing: order group {', '.join(implied)} read as a new order (ORC-1 NW)"
 
 
 def find_order(session: Session, group: OrderGroup) -> ImagingOrder:

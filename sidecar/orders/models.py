@@ -146,8 +146,10 @@ class OrderFields(ApiInput):
 
 
 class OrderCreate(OrderFields):
+    """`modality` may be left out when `procedureCode` is in the procedure catalog: the order
+    takes the catalog's modality, station and protocol where it names none itself."""
+
     patient_id: str = PydanticField(max_length=64, min_length=1)
-    modality: Modality
     accession_number: str | None = PydanticField(default=None, max_length=16, min_length=1)
     study_instance_uid: str | None = PydanticField(
         default=None, max_length=64, pattern=r"^[0-9]+(\.[0-9]+)*$"

@@ -40,7 +40,8 @@ OrderEditor = Annotated[User, Depends(require_roles(_R.ADMIN, _R.TECHNOLOGIST, _
 def create_order(
     body: OrderCreate, session: SessionDep, user: OrderEditor, events: OrderEventsDep
 ) -> ImagingOrder:
-    order = orders.create_order(session, body.model_dump(), actor=user.username, source="api")
+    values = orders.with_catalog(session, body.model_dump())
+    order = orders.create_order(session, values, actor=user.username, source="api")
     session.commit()
     session.refresh(order)
     events.announce(order)  # the worklist follows the committed change

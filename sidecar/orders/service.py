@@ -13,11 +13,12 @@ from sqlalchemy import insert
 from sqlmodel import Session, select
 
 from sidecar.core import audit
-from sidecar.core.errors import ConflictingState
+from sidecar.core.errors import ConflictingState, UnacceptableValue
 from sidecar.core.models import table_of, utcnow
 from sidecar.core.workflow import move
 from sidecar.orders.identifiers import new_accession_number, new_study_instance_uid
 from sidecar.orders.models import ORDER_WORKFLOW, ImagingOrder, OrderStatus, Priority
+from sidecar.procedures import catalog
 
 # Values go as parameters of one statement, not into it: compiled once per set of columns.
 _INSERT_ORDER = insert(table_of(ImagingOrder)).returning(table_of(ImagingOrder).c.id)
@@ -34,6 +35,27 @@ def initial_status(order: ImagingOrder) -> OrderStatus:
 
 def _initial_status(scheduled_at: datetime | None) -> OrderStatus:
     return OrderStatus.SCHEDULED if scheduled_at is not None else OrderStatus.PENDING
+
+
+def with_catalog(session: Session, values: dict[str, Any]) -> dict[str, Any]:
+    """A new order's values (from the API) completed from the catalog entry of its procedure
+    code where they say nothing (None): modality, body part, station, protocol, coding system,
+    description, priority. Without a modality and a code the catalog knows: 422 on modality."""
+    code = values.get("procedure_code")
+    entry = catalog.find(session, code) if code else None
+    if entry is not None:
+        for name, value in catalog.order_defaults(entry).items():
+            if values.get(name) is None:
+                values[name] = value
+        if values.get("priority") is None:
+            values["priority"] = catalog.default_priority(entry)
+    if values.get("modality") is None:
+        known = f" (procedure code {code} is not)" if code else ""
+        raise UnacceptableValue(
+            "body.modality",
+            f"is required unless procedureCode is in the procedure catalog{known}",
+        )
+    return values
 
 
 def create_order(

@@ -25,6 +25,11 @@ _CODE_STRING = re.compile(r"[A-Z0-9_ ]{1,16}\Z")
 # (0040,1003) Requested Procedure Priority has the defined terms STAT, HIGH, ROUTINE, MEDIUM, LOW.
 _PRIORITIES = {"STAT": "STAT", "URGENT": "HIGH", "ROUTINE": "ROUTINE"}
 _SEXES = {"M", "F", "O", ""}
+#: The Coding Scheme Designator of a code whose scheme the order does not name: a local scheme
+#: (PS3.16 8.2: private coding schemes begin with 99).
+LOCAL_CODING_SCHEME = "99LOCAL"
+#: Code Value (0008,0100) is SH; a longer code goes in Long Code Value (0008,0119), UC.
+_CODE_VALUE_LENGTH = 16
 
 
 @dataclass(frozen=True)
@@ -54,6 +59,12 @@ class WorklistItem:
     step_description: str
     step_id: str
     priority: str = "ROUTINE"  # STAT, URGENT or ROUTINE
+    # The Requested Procedure Code Sequence (when the order names a code), the Scheduled
+    # Protocol Code Sequence (when it names a protocol) and the Scheduled Station Name.
+    procedure_code: str = ""
+    procedure_coding_system: str = ""
+    protocol_code: str = ""
+    scheduled_station_name: str = ""
 
     def __post_init__(self) -> None:
         if not KEY.match(self.key):
@@ -90,6 +101,10 @@ _OPTIONAL_TEXTS = {
     "requested_procedure_description": dicom_text.LO,
     "step_description": dicom_text.LO,
     "scheduled_station_aet": dicom_text.AE,
+    "scheduled_station_name": dicom_text.SH,
+    "procedure_code": dicom_text.TextRule("DICOM code value", 64),
+    "procedure_coding_system": dicom_text.SH,
+    "protocol_code": dicom_text.SH,
     "patient_name": dicom_text.PN,
     "referring_physician": dicom_text.PN,
 }
@@ -133,9 +148,19 @@ def worklist_dataset(item: WorklistItem, tz: tzinfo) -> Dataset:
     ds.RequestedProcedureDescription = item.requested_procedure_description
     ds.RequestedProcedureID = item.requested_procedure_id
     ds.RequestedProcedurePriority = _PRIORITIES[item.priority]
+    if item.procedure_code:
+        meaning = item.requested_procedure_description or item.procedure_code
+        ds.RequestedProcedureCodeSequence = Sequence(
+            [_code(item.procedure_code, item.procedure_coding_system, meaning)]
+        )
     step = Dataset()
     step.Modality = item.modality
     step.ScheduledStationAETitle = item.scheduled_station_aet
+    step.ScheduledStationName = item.scheduled_station_name
+    if item.protocol_code:
+        step.ScheduledProtocolCodeSequence = Sequence(
+            [_code(item.protocol_code, "", item.protocol_code)]
+        )
     step.ScheduledProcedureStepStartDate = _da(start.date())
     step.ScheduledProcedureStepStartTime = f"{start.hour:02d}{start.minute:02d}{start.second:02d}"
     step.ScheduledPerformingPhysicianName = ""
@@ -144,6 +169,18 @@ def worklist_dataset(item: WorklistItem, tz: tzinfo) -> Dataset:
     step.ScheduledProcedureStepStatus = "SCHEDULED"
     ds.ScheduledProcedureStepSequence = Sequence([step])
     return ds
+
+
+def _code(value: str, scheme: str, meaning: str) -> Dataset:
+    """A code sequence item (PS3.3 table 8.8-1): the value, its scheme, its meaning."""
+    code = Dataset()
+    if len(value) > _CODE_VALUE_LENGTH:
+        code.LongCodeValue = value
+    else:
+        code.CodeValue = value
+    code.CodingSchemeDesignator = scheme or LOCAL_CODING_SCHEME
+    code.CodeMeaning = meaning
+    return code
 
 
 def encode(item: WorklistItem, tz: tzinfo) -> bytes:

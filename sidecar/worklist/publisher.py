@@ -64,6 +64,10 @@ def worklist_item(order: ImagingOrder) -> WorklistItem | None:
         step_description=order.procedure_description or "",
         step_id=order.accession_number,
         priority=Priority(order.priority).value,
+        procedure_code=order.procedure_code or "",
+        procedure_coding_system=order.procedure_coding_system or "",
+        protocol_code=order.protocol_code or "",
+        scheduled_station_name=order.scheduled_station_name or "",
     )
 
 

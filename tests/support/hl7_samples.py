@@ -191,3 +191,14 @@ UNKNOWN_OBR27_PRIORITY = with_field(ORM_NW_23, "OBR", 27, "^^^20240306141500^^Z"
 BAD_STUDY_UID = with_field(ORM_NW_251, "ZDS", 1, "1.2.03.abc^HIS^Application^DICOM")
 LONG_ACCESSION_NUMBER = with_field(ORM_NW_251, "OBR", 18, "ACC-2024-000000001")
 SECOND_ORDER_WITHOUT_PROCEDURE = with_field(ORM_NW_TWO_ORDERS, "OBR", 4, "", occurrence=2)
+
+
+# --- seed 002 -------------------------------------------------------------------------------
+
+#: The example ORM of seed 002 (section 8.2), as written there: no ORC, no PV1, the procedure
+#: only as a code in OBR-4 (no OBR-24), the filler order number in OBR-3.
+SEED_002_ORM = message(
+    "MSH|^~\\&|EMR|UnifiedHealth|PACS|Radiology|20241219140000||ORM^O01|MSG123|P|2.5",
+    "PID|1||PAT123456||Doe^John||19800101|M",
+    "OBR|1||ORD789012|CR^Chest X-Ray^LOINC|||20241220100000",
+)
