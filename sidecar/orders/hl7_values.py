@@ -14,11 +14,10 @@ from hl7.order_message import OrderMessage
 from sidecar.core.models import time_problem
 from sidecar.orders.fields import order_value_problems
 from sidecar.orders.models import Modality, Priority
-from sidecar.procedures.catalog import default_priority, order_defaults
-from sidecar.procedures.models import Procedure
+from sidecar.procedures.catalog import CatalogDefaults
 
-#: Finds the catalog entry of a procedure code (sidecar.procedures.catalog.find in a session).
-Catalog = Callable[[str], Procedure | None]
+#: The catalog's values for a procedure code (sidecar.procedures.catalog.defaults_for).
+Catalog = Callable[[str], CatalogDefaults | None]
 
 # DICOM modality codes for OBR-24 / IPC-5 values that are not our modality names.
 _MODALITY_ALIASES = {"PET": Modality.PT, "PETCT": Modality.PET_CT, "XR": Modality.DX}
@@ -98,10 +97,9 @@ def with_catalog(values: dict[str, Any], group: OrderGroup, catalog: Catalog) ->
     code = values.get("procedure_code")
     entry = catalog(code) if code else None
     if entry is not None:
-        values = {**order_defaults(entry), **values}
-        priority = default_priority(entry)
-        if priority is not None and not group.priority_sent:
-            values["priority"] = priority
+        values = {**entry.values, **values}
+        if entry.priority is not None and not group.priority_sent:
+            values["priority"] = entry.priority
     if "modality" not in values:
         raise TableValueNotFound(
             # The code first: the ACK's text is cut at 80 characters (hl7.ack).

@@ -295,7 +295,7 @@ class OrderIntake:
                 message,
                 group,
                 facility_field=self._facility_field,
-                catalog=functools.partial(procedures.find, session),
+                catalog=functools.partial(procedures.defaults_for, session),
             )
             # A taken accession number or Study Instance UID fails the unique constraints at
             # commit: answered AE 205 by _apply, one query fewer than asking first.
@@ -311,7 +311,7 @@ class OrderIntake:
                         message,
                         group,
                         facility_field=self._facility_field,
-                        catalog=functools.partial(procedures.find, session),
+                        catalog=functools.partial(procedures.defaults_for, session),
                     ).items()
                     if k not in ("accession_number", "study_instance_uid")
                 }

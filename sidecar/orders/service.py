@@ -42,13 +42,13 @@ def with_catalog(session: Session, values: dict[str, Any]) -> dict[str, Any]:
     code where they say nothing (None): modality, body part, station, protocol, coding system,
     description, priority. Without a modality and a code the catalog knows: 422 on modality."""
     code = values.get("procedure_code")
-    entry = catalog.find(session, code) if code else None
+    entry = catalog.defaults_for(session, code) if code else None
     if entry is not None:
-        for name, value in catalog.order_defaults(entry).items():
+        for name, value in entry.values.items():
             if values.get(name) is None:
                 values[name] = value
         if values.get("priority") is None:
-            values["priority"] = catalog.default_priority(entry)
+            values["priority"] = entry.priority
     if values.get("modality") is None:
         known = f" (procedure code {code} is not)" if code else ""
         raise UnacceptableValue(

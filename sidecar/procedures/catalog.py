@@ -6,11 +6,13 @@ Every change is audited in the transaction that makes it.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import insert
+from sqlalchemy import bindparam, insert, select
 from sqlalchemy.exc import IntegrityError
-from sqlmodel import Session, select
+from sqlmodel import Session
+from sqlmodel import select as select_model
 
 from sidecar.core import audit
 from sidecar.core.errors import ConflictingState
@@ -28,7 +30,7 @@ _ORDER_DEFAULTS = {
     "scheduled_station_name": "station_name",
     "protocol_code": "protocol_code",
 }
-_STATEMENT = select(Procedure)
+_STATEMENT = select_model(Procedure)
 
 
 class DuplicateCode(ConflictingState):
@@ -40,17 +42,39 @@ def find(session: Session, code: str) -> Procedure | None:
     return session.exec(_STATEMENT.where(Procedure.code == code)).first()
 
 
-def order_defaults(entry: Procedure) -> dict[str, Any]:
-    """The order values the entry provides (those it holds), for an order to take where it
-    says nothing itself: `{**order_defaults(entry), **sent}`. The default priority is not
-    among them: an order always has one, so the caller decides (hl7 `priority_sent`)."""
-    values = {name: getattr(entry, field) for name, field in _ORDER_DEFAULTS.items()}
-    values["modality"] = Modality(entry.modality)
-    return {name: value for name, value in values.items() if value not in (None, "")}
+@dataclass(frozen=True)
+class CatalogDefaults:
+    """What a catalog entry gives an order: `values` (order field names, only those the entry
+    holds) for the order to take where it says nothing itself, `{**values, **sent}`; and the
+    default priority, apart: an order always has one, so the caller decides (HL7: whether
+    the message named one)."""
+
+    values: dict[str, Any]
+    priority: Priority | None
 
 
-def default_priority(entry: Procedure) -> Priority | None:
-    return Priority(entry.priority) if entry.priority else None
+_PROCEDURES = table_of(Procedure)
+#: One Core statement, compiled once: the order intake asks it for every new order, and
+#: building an ORM object per message would cost more than the query.
+_DEFAULTS = select(
+    *(_PROCEDURES.c[field] for field in _ORDER_DEFAULTS.values()), _PROCEDURES.c.priority
+).where(_PROCEDURES.c.code == bindparam("code"))
+
+
+def defaults_for(session: Session, code: str) -> CatalogDefaults | None:
+    """The catalog's values for an order naming this procedure code, or None when the code
+    is not in the catalog (codes are compared exactly as sent: case-sensitive)."""
+    row = session.connection().execute(_DEFAULTS, {"code": code}).first()
+    if row is None:
+        return None
+    values = {
+        name: row._mapping[field]
+        for name, field in _ORDER_DEFAULTS.items()
+        if row._mapping[field] not in (None, "")
+    }
+    values["modality"] = Modality(values["modality"])
+    priority = row._mapping["priority"]
+    return CatalogDefaults(values, Priority(priority) if priority else None)
 
 
 def create(session: Session, values: dict[str, Any], *, actor: str) -> Procedure:
@@ -88,7 +112,7 @@ def import_rows(
     """Creates the codes not in the catalog and updates those that are, in the caller's
     transaction: the columns the file has replace the entry's values (an empty cell clears an
     optional one), the others are kept. Rows are checked already (sidecar.procedures.csv_file)."""
-    existing = {entry.code: entry for entry in session.exec(select(Procedure)).all()}
+    existing = {entry.code: entry for entry in session.exec(select_model(Procedure)).all()}
     now = utcnow()
     new_rows = []
     updated = 0
