@@ -1,8 +1,9 @@
 """Orders from the hospital information system: HL7 ORM^O01 / OMI^O23 in, ACK out.
 
 One message at a time per connection (the MLLP server's guarantee). For each message:
-    1. the message is parsed (hl7.orders), and every value the sidecar will store or offer on
-       the worklist is checked against what will hold it (sidecar.orders.fields);
+    1. the message is parsed (hl7.orders), every value the sidecar will store or offer on
+       the worklist is checked against what will hold it (sidecar.orders.fields), and what
+       the order leaves empty is taken from the procedure catalog (sidecar.procedures);
     2. every order group is applied (sidecar.orders.service);
     3. the message, its ACK and the order changes are committed in one transaction;
     4. only then is AA sent: every AA is a durable order, and one the worklist can offer.
