@@ -23,6 +23,7 @@ from sidecar.core.settings import Settings
 from sidecar.main import create_app
 
 import patient_data
+from finding_helpers import FakeClock
 from stack import Stack
 from testapp import (
     ADMIN_PASSWORD,
@@ -34,6 +35,7 @@ from testapp import (
     login,
     template_database,
 )
+from webhook_receiver import WebhookReceiver
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -165,3 +167,17 @@ def radiologist(headers_for: Callable[[Role], dict[str, str]]) -> dict[str, str]
 @pytest.fixture
 def technologist(headers_for: Callable[[Role], dict[str, str]]) -> dict[str, str]:
     return headers_for(Role.TECHNOLOGIST)
+
+
+@pytest.fixture
+def clock() -> FakeClock:
+    """A clock the test moves by hand (give it to create_app); starts at finding_helpers.T0."""
+    return FakeClock()
+
+
+@pytest.fixture
+def receiver() -> Iterator[WebhookReceiver]:
+    """A notification service on loopback, running."""
+    service = WebhookReceiver().start()
+    yield service
+    service.stop()

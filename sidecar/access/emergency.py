@@ -32,7 +32,8 @@ from sidecar.core.models import Page
 from sidecar.core.pagination import PaginationDep, RecordId, equal_to, paginate, record_id_query
 from sidecar.core.settings import Settings
 from sidecar.findings.escalation import FindingWorkersDep
-from sidecar.findings.models import DeliveryStatus, FindingNotification, NotificationKind
+from sidecar.findings.models import NotificationKind
+from sidecar.findings.notifications import enqueue
 from sidecar.studies.models import Study
 
 router = APIRouter(tags=["emergency access"])
@@ -138,11 +139,14 @@ def _notify_privacy_contact(
     recipient = settings.privacy_contact or None
     configured = bool(settings.notification_service_url and recipient)
     link = f"{settings.public_url}/api/audit/emergency-access?userId={grant.user_id}"
-    row = FindingNotification(
+    enqueue(
+        session,
+        configured=configured,
+        now=now,
+        actor=grant.username,
         emergency_access_id=grant.id,
         kind=NotificationKind.EMERGENCY_ACCESS,
         recipient=recipient,
-        status=DeliveryStatus.PENDING if configured else DeliveryStatus.NOT_CONFIGURED,
         payload={
             "event": "emergency_access.granted",
             "notificationId": str(uuid.uuid4()),
@@ -154,20 +158,7 @@ def _notify_privacy_contact(
             "recipient": {"id": recipient, "role": "privacy_contact"},
             "link": link,
         },
-        next_attempt_at=now if configured else None,
-        created_at=now,
     )
-    session.add(row)
-    session.flush()
-    if not configured:
-        audit.record(
-            session,
-            actor=grant.username,
-            action="emergency_access.notification_not_configured",
-            entity_type="emergency_access",
-            entity_id=grant.id,
-            notification_id=row.id,
-        )
 
 
 def _cares_for(session: Session, scope: CareScope, study: Study) -> bool:

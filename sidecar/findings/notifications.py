@@ -25,7 +25,7 @@ from __future__ import annotations
 import logging
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timedelta
 from typing import Any
@@ -80,28 +80,50 @@ def queue_notification(
         role = "failsafe"
     else:
         role = "escalation_contact"
-    configured = policy.notify
-    row = FindingNotification(
+    return enqueue(
+        session,
+        configured=policy.notify,
+        now=now,
+        actor=actor,
+        audit_detail={"escalation_level": level},
         finding_id=_id(finding),
         kind=kind,
         escalation_level=level,
         recipient=recipient,
-        status=DeliveryStatus.PENDING if configured else DeliveryStatus.NOT_CONFIGURED,
         payload=_payload(session, finding, kind, recipient, role, policy),
+    )
+
+
+def enqueue(
+    session: Session,
+    *,
+    configured: bool,
+    now: datetime,
+    actor: str,
+    audit_detail: Mapping[str, Any] | None = None,
+    **notification: Any,
+) -> FindingNotification:
+    """Puts a notification (FindingNotification's fields) in the outbox, due now, in the
+    caller's transaction (the caller commits). Without a notification service it is kept as
+    NOT_CONFIGURED and audited, with `audit_detail`, so that nobody believes it was sent."""
+    row = FindingNotification(
+        **notification,
+        status=DeliveryStatus.PENDING if configured else DeliveryStatus.NOT_CONFIGURED,
         next_attempt_at=now if configured else None,
         created_at=now,
     )
     session.add(row)
     session.flush()
     if not configured:
+        entity_type, entity_id = subject_of(row)
         audit.record(
             session,
             actor=actor,
-            action="critical_finding.notification_not_configured",
-            entity_type="critical_finding",
-            entity_id=finding.id,
+            action=f"{entity_type}.notification_not_configured",
+            entity_type=entity_type,
+            entity_id=entity_id,
             notification_id=row.id,
-            escalation_level=level,
+            **(audit_detail or {}),
         )
     return row
 

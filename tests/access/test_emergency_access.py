@@ -6,7 +6,6 @@ receiver here is a real HTTP server on loopback."""
 from __future__ import annotations
 
 import itertools
-from collections.abc import Iterator
 from datetime import timedelta
 
 import pytest
@@ -29,18 +28,6 @@ from webhook_receiver import WebhookReceiver
 Headers = dict[str, str]
 REASON = "covering the emergency department: patient unresponsive on arrival"
 _numbers = itertools.count(1)
-
-
-@pytest.fixture
-def receiver() -> Iterator[WebhookReceiver]:
-    service = WebhookReceiver().start()
-    yield service
-    service.stop()
-
-
-@pytest.fixture
-def clock() -> FakeClock:
-    return FakeClock()
 
 
 @pytest.fixture

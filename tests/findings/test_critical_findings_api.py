@@ -28,11 +28,6 @@ URL = "/api/critical-findings"
 
 
 @pytest.fixture
-def clock() -> FakeClock:
-    return FakeClock()
-
-
-@pytest.fixture
 def app(settings: Settings, clock: FakeClock) -> FastAPI:
     return create_app(settings, clock=clock)
 

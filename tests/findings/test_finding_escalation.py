@@ -7,7 +7,6 @@ fake clock and calls `run_once()` itself."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from datetime import timedelta
 
 import pytest
@@ -31,18 +30,6 @@ from webhook_receiver import WebhookReceiver
 
 Headers = dict[str, str]
 URL = "/api/critical-findings"
-
-
-@pytest.fixture
-def receiver() -> Iterator[WebhookReceiver]:
-    service = WebhookReceiver().start()
-    yield service
-    service.stop()
-
-
-@pytest.fixture
-def clock() -> FakeClock:
-    return FakeClock()
 
 
 @pytest.fixture

@@ -71,6 +71,9 @@ def test_a_study_held_under_several_patients_is_kept_from_the_viewer(
     generated = make_study(tmp_path / "dicom", series_count=1, instances_per_series=1)
     assert storescu_dcmtk(generated.files, *stack.dicom_address).all_success
     study = stack.wait_for_study(generated.study_instance_uid, instances=1)
+    # The flag is set as the sync sets it, once the sync is done with the study: registering it
+    # again from Orthanc's change log (one patient there) would clear it.
+    stack.wait_until_synced()
     assert stack.sidecar is not None
     with Session(engine_of(stack.sidecar.app)) as session:
         row = session.get(Study, study["id"])

@@ -320,16 +320,9 @@ def viewer_credentials(stack: Stack, stored: StoredStudy) -> dict[str, dict[str,
     }
     ordered = stack.api("POST", "/api/imaging-orders", json=order)
     assert ordered.status_code == 201, ordered.text
-    assert stack.sidecar is not None
     headers: dict[str, dict[str, str]] = {"nobody": {}}
     for username, password in tokens.items():
-        login = httpx.post(
-            f"{stack.sidecar.url}/api/auth/login",
-            json={"username": username, "password": password},
-            timeout=10,
-        )
-        assert login.status_code == 200, login.text
-        headers[username] = {"Authorization": f"Bearer {login.json()['accessToken']}"}
+        headers[username] = {"Authorization": f"Bearer {stack.login(username, password)}"}
     return headers
 
 

@@ -189,16 +189,22 @@ class Stack:
         response.raise_for_status()
         return response.json()
 
+    def login(self, username: str = "admin", password: str = STACK_ADMIN_PASSWORD) -> str:
+        """An access token of that account."""
+        assert self.sidecar is not None, "the sidecar is not running"
+        login = httpx.post(
+            f"{self.sidecar.url}/api/auth/login",
+            json={"username": username, "password": password},
+            timeout=10,
+        )
+        assert login.status_code == 200, login.text
+        token: str = login.json()["accessToken"]
+        return token
+
     def api(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
         assert self.sidecar is not None, "the sidecar is not running"
         if self._token is None:
-            login = httpx.post(
-                f"{self.sidecar.url}/api/auth/login",
-                json={"username": "admin", "password": STACK_ADMIN_PASSWORD},
-                timeout=10,
-            )
-            login.raise_for_status()
-            self._token = login.json()["accessToken"]
+            self._token = self.login()
         headers = {"Authorization": f"Bearer {self._token}", **kwargs.pop("headers", {})}
         return httpx.request(
             method, f"{self.sidecar.url}{path}", headers=headers, timeout=10, **kwargs

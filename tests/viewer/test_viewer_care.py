@@ -54,12 +54,7 @@ def _account(
     if provider_id:
         user["providerId"] = provider_id
     assert stack.api("POST", "/api/users", json=user).status_code == 201
-    assert stack.sidecar is not None
-    token = httpx.post(
-        f"{stack.sidecar.url}/api/auth/login",
-        json={"username": username, "password": password},
-        timeout=10,
-    ).json()["accessToken"]
+    token = stack.login(username, password)
     return {"Authorization": f"Bearer {token}", "Accept-Encoding": "identity"}
 
 

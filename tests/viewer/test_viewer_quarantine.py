@@ -8,7 +8,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import httpx
 import pytest
 from sqlmodel import Session, select
 
@@ -49,12 +48,7 @@ def _stable_studies(stack: Stack) -> int:
 def _bearer(
     stack: Stack, username: str = "admin", password: str = STACK_ADMIN_PASSWORD
 ) -> dict[str, str]:
-    assert stack.sidecar is not None
-    token = httpx.post(
-        f"{stack.sidecar.url}/api/auth/login",
-        json={"username": username, "password": password},
-        timeout=10,
-    ).json()["accessToken"]
+    token = stack.login(username, password)
     # Uncompressed answers, to search them (the sidecar's proxy asks Orthanc for gzip otherwise).
     return {"Authorization": f"Bearer {token}", "Accept-Encoding": "identity"}
 
