@@ -486,3 +486,23 @@ def unexpected_upstream_headers(received: Received, front_host: str) -> list[str
     if "authorization" in received.headers:
         problems.append("the user's authorization")
     return problems
+
+
+def check_exact_forwarding(
+    front_url: str, headers: Mapping[str, str], orthanc: RecordingOrthanc
+) -> None:
+    """Through the front to `orthanc`: every EXACT_TARGETS answered 200, every hostile probe
+    refused (4xx); Orthanc received exactly EXACT_TARGETS, as sent, with no header beyond what
+    a read needs."""
+    for target in EXACT_TARGETS:
+        answer = send_raw(front_url, target, headers)
+        assert answer.status == 200, (target, answer)
+    for probe in HOSTILE:
+        target = SAMPLE.fill(probe.target)
+        refused = send_raw(front_url, target, {**headers, **probe.headers}, probe.method)
+        assert 400 <= refused.status < 500, (target, refused.status)
+    assert [r.target for r in orthanc.received] == list(EXACT_TARGETS)
+    host = front_url.removeprefix("http://")
+    assert [unexpected_upstream_headers(r, host) for r in orthanc.received] == [[]] * len(
+        EXACT_TARGETS
+    )
