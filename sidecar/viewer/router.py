@@ -130,7 +130,7 @@ async def _care(
     if not studies:
         message = (
             "name the study (StudyInstanceUID): the viewer shows this account only the studies"
-            " of the patients in its care"
+            " in its reach (its patients, its facilities)"
         )
         return JSONResponse(error_body("forbidden", message), 403)
     outside = access.out_of_care_from_memory(viewer, studies)
