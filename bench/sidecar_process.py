@@ -29,6 +29,7 @@ ADMIN_PASSWORD = "bench-admin-password"
 class RunningSidecar:
     http_port: int
     mllp_port: int
+    mpps_port: int
     pid: int
     database_url: str
 
@@ -69,7 +70,7 @@ def running_sidecar(
         tempfile.TemporaryDirectory(prefix="bench-sidecar-") as tmp,
         _fresh_database(server, tmp, sqlite) as database_url,
     ):
-        http_port, mllp_port = free_port(), free_port()
+        http_port, mllp_port, mpps_port = free_port(), free_port(), free_port()
         env = {
             **os.environ,
             "DATA_DIR": tmp,
@@ -80,6 +81,7 @@ def running_sidecar(
             "ORTHANC_URL": "http://127.0.0.1:9",
             "RECONCILE_ENABLED": "false",
             "MLLP_PORT": str(mllp_port),
+            "MPPS_PORT": str(mpps_port),
             "TIMEZONE": "Europe/Brussels",
             "LOG_LEVEL": "WARNING",
             **environment,
@@ -87,7 +89,7 @@ def running_sidecar(
         sidecar = subprocess.Popen([sys.executable, "-m", "sidecar"], env=env, cwd=REPO)
         try:
             wait_for(lambda: _up(http_port), timeout=60, what="sidecar")
-            yield RunningSidecar(http_port, mllp_port, sidecar.pid, database_url)
+            yield RunningSidecar(http_port, mllp_port, mpps_port, sidecar.pid, database_url)
         finally:
             sidecar.terminate()
             sidecar.wait(30)

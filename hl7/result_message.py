@@ -27,8 +27,8 @@ from enum import StrEnum
 from hl7apy.consts import VALIDATION_LEVEL
 from hl7apy.core import Message
 
-from hl7.er7 import escape_text
 from hl7.header import OWN_VERSION
+from hl7.outgoing import coded, escaped, patient_identifier, person, person_name
 from hl7.timestamps import format_timestamp
 
 
@@ -103,30 +103,30 @@ def build_result_message(result: ResultMessage) -> str:
     """The ORU^R01 as ER7 text, segments ending in CR."""
     message = Message("ORU_R01", version=OWN_VERSION, validation_level=VALIDATION_LEVEL.STRICT)
     msh = message.msh
-    msh.msh_3 = _e(result.sending_application)
-    msh.msh_4 = _e(result.sending_facility)
-    msh.msh_5 = _e(result.receiving_application)
-    msh.msh_6 = _e(result.receiving_facility)
+    msh.msh_3 = escaped(result.sending_application)
+    msh.msh_4 = escaped(result.sending_facility)
+    msh.msh_5 = escaped(result.receiving_application)
+    msh.msh_6 = escaped(result.receiving_facility)
     msh.msh_7 = format_timestamp(result.created_at)
     msh.msh_9 = "ORU^R01^ORU_R01"
-    msh.msh_10 = _e(result.control_id)
+    msh.msh_10 = escaped(result.control_id)
     msh.msh_11 = "P"
     msh.msh_18 = "UNICODE UTF-8"
 
     patient_result = message.add_group("ORU_R01_PATIENT_RESULT")
     pid = patient_result.add_group("ORU_R01_PATIENT").pid
     pid.pid_1 = "1"
-    pid.pid_3 = _cx(result.patient_id, result.issuer_of_patient_id)
+    pid.pid_3 = patient_identifier(result.patient_id, result.issuer_of_patient_id)
     if result.patient_name:
-        pid.pid_5 = _name(result.patient_name)
+        pid.pid_5 = person_name(result.patient_name)
     if result.patient_birth_date:
         pid.pid_7 = result.patient_birth_date.strftime("%Y%m%d")
     if result.patient_sex:
-        pid.pid_8 = _e(result.patient_sex)
+        pid.pid_8 = escaped(result.patient_sex)
 
     order_observation = patient_result.add_group("ORU_R01_ORDER_OBSERVATION")
-    placer = _e(result.placer_order_number or "")
-    filler = _e(result.filler_order_number)
+    placer = escaped(result.placer_order_number or "")
+    filler = escaped(result.filler_order_number)
     orc = order_observation.orc
     orc.orc_1 = "RE"
     if placer:
@@ -139,18 +139,18 @@ def build_result_message(result: ResultMessage) -> str:
     if placer:
         obr.obr_2 = placer
     obr.obr_3 = filler
-    obr.obr_4 = _coded(result.procedure_code, result.procedure_description)
+    obr.obr_4 = coded(result.procedure_code, result.procedure_description)
     if result.observed_at:
         obr.obr_7 = format_timestamp(result.observed_at)
     if result.ordering_provider or result.provider_id:
-        obr.obr_16 = _person(result.provider_id, result.ordering_provider)
-    obr.obr_18 = _e(result.accession_number)
+        obr.obr_16 = person(result.provider_id, result.ordering_provider)
+    obr.obr_18 = escaped(result.accession_number)
     if result.requested_procedure_id:
-        obr.obr_19 = _e(result.requested_procedure_id)
+        obr.obr_19 = escaped(result.requested_procedure_id)
     obr.obr_22 = format_timestamp(result.reported_at)
     obr.obr_24 = "RAD"
     obr.obr_25 = result.status.value
-    obr.obr_32 = f"{_e(result.interpreter_id)}&{_e(result.interpreter_name)}"
+    obr.obr_32 = f"{escaped(result.interpreter_id)}&{escaped(result.interpreter_name)}"
 
     set_id = 0
     for number, section in enumerate(result.sections, start=1):
@@ -162,7 +162,7 @@ def build_result_message(result: ResultMessage) -> str:
                 value_type="TX",
                 code=(section.code, section.name, "LN"),
                 sub_id=str(number),
-                value=_e(line),
+                value=escaped(line),
                 status=result.status,
             )
     for finding in result.findings_flagged:
@@ -173,7 +173,7 @@ def build_result_message(result: ResultMessage) -> str:
             value_type="TX",
             code=CRITICAL_RESULT_CODE,
             sub_id="",
-            value=_e(" ".join(finding.description.split())),
+            value=escaped(" ".join(finding.description.split())),
             status=result.status,
             abnormal_flag="AA" if finding.critical else "A",
         )
@@ -183,7 +183,7 @@ def build_result_message(result: ResultMessage) -> str:
         value_type="ST",
         code=STUDY_UID_CODE,
         sub_id="",
-        value=_e(result.study_instance_uid),
+        value=escaped(result.study_instance_uid),
         status=result.status,
     )
     return str(message.to_er7()) + "\r"
@@ -203,7 +203,7 @@ def _observation(
     obx = order_observation.add_group("ORU_R01_OBSERVATION").obx  # type: ignore[attr-defined]
     obx.obx_1 = str(set_id)
     obx.obx_2 = value_type
-    obx.obx_3 = "^".join(_e(part) for part in code)
+    obx.obx_3 = "^".join(escaped(part) for part in code)
     if sub_id:
         obx.obx_4 = sub_id
     if value:
@@ -211,30 +211,3 @@ def _observation(
     if abnormal_flag:
         obx.obx_8 = abnormal_flag
     obx.obx_11 = status.value
-
-
-def _e(text: str) -> str:
-    return escape_text(text)
-
-
-def _cx(identifier: str, issuer: str | None) -> str:
-    return f"{_e(identifier)}^^^{_e(issuer or '')}^MR"
-
-
-def _name(dicom_name: str) -> str:
-    """DICOM PN (family^given^middle^prefix^suffix) to XPN (family^given^middle^suffix^prefix)."""
-    parts = (dicom_name.split("=", 1)[0].split("^") + [""] * 5)[:5]
-    family, given, middle, prefix, suffix = (_e(p) for p in parts)
-    return "^".join([family, given, middle, suffix, prefix]).rstrip("^")
-
-
-def _person(identifier: str | None, dicom_name: str | None) -> str:
-    """XCN: id^family^given^middle^suffix^prefix."""
-    name = _name(dicom_name) if dicom_name else ""
-    return f"{_e(identifier or '')}^{name}".rstrip("^")
-
-
-def _coded(code: str | None, text: str | None) -> str:
-    if code:
-        return f"{_e(code)}^{_e(text or '')}^L".rstrip("^")
-    return f"^{_e(text or '')}"

@@ -30,6 +30,7 @@ from sidecar.core.api_errors import document_error_format, install_error_handler
 from sidecar.core.database import make_engine, migrate
 from sidecar.core.dependencies import Clock, Services, attach
 from sidecar.core.http import AccessLog, RefuseNul, SecurityHeaders
+from sidecar.core.modalities import parse_modalities
 from sidecar.core.models import utcnow
 from sidecar.core.settings import Settings
 from sidecar.findings.escalation import FindingEscalation, FindingWorkers
@@ -40,6 +41,8 @@ from sidecar.findings.service import flagged_findings
 from sidecar.ingest.orthanc_client import OrthancClient
 from sidecar.ingest.router import router as ingest_router
 from sidecar.ingest.sync import OrthancSync
+from sidecar.mpps.router import router as performed_steps_router
+from sidecar.mpps.scp import MppsListener
 from sidecar.operations.health import router as health_router
 from sidecar.orders.events import OrderEvents
 from sidecar.orders.intake import OrderIntake
@@ -49,7 +52,7 @@ from sidecar.procedures.router import router as procedures_router
 from sidecar.reports.router import router as reports_router
 from sidecar.results.outbox import ResultOutbox
 from sidecar.results.router import router as results_router
-from sidecar.results.service import ResultRouting
+from sidecar.results.routing import ResultRouting
 from sidecar.studies.router import images_router
 from sidecar.studies.router import router as studies_router
 from sidecar.viewer.front import ViewerFront, ViewerLinks, build_viewer_front, viewer_links
@@ -67,6 +70,7 @@ ROUTERS = (
     images_router,
     orders_router,
     procedures_router,
+    performed_steps_router,
     reports_router,
     findings_router,
     results_router,
@@ -162,6 +166,7 @@ def build_services(
             receiving_application=settings.his_application,
             receiving_facility=settings.his_facility,
             send_preliminary=settings.results_send_preliminary,
+            send_status_updates=settings.his_status_updates,
             zone=zone,
             finding_sources=[flagged_findings],
         )
@@ -180,6 +185,20 @@ def build_services(
                 on_order_changed=order_events.announce,
             )
         )
+    services.add(
+        MppsListener(
+            engine,
+            routing,
+            enabled=settings.mpps_enabled,
+            host=settings.mpps_host,
+            port=settings.mpps_port,
+            ae_title=settings.mpps_aet,
+            zone=zone,
+            modalities=parse_modalities(settings.dicom_modalities),
+            on_orders_changed=order_events.announce_ids,
+            on_status_queued=outbox.wake if outbox is not None else None,
+        )
+    )
     services.add(
         OrthancSync(
             engine,
@@ -236,6 +255,8 @@ def _lifespan(services: Services) -> Callable[[FastAPI], Any]:
         sync, findings = services.get(OrthancSync), services.get(FindingWorkers)
         outbox = services.find(ResultOutbox)
         await listener.start()
+        mpps = services.get(MppsListener)
+        await asyncio.to_thread(mpps.start)
         order_events.start()
         if settings.reconcile_enabled:
             sync.start()
@@ -248,6 +269,7 @@ def _lifespan(services: Services) -> Callable[[FastAPI], Any]:
             yield
         finally:
             await listener.stop()
+            await asyncio.to_thread(mpps.stop)
             if outbox is not None:
                 await asyncio.to_thread(outbox.stop)
             await asyncio.to_thread(findings.escalation.stop)

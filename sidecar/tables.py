@@ -7,6 +7,7 @@ from sidecar.accounts.models import LoginAttempt, RefreshToken, User
 from sidecar.core.audit import AuditEvent
 from sidecar.findings.models import CriticalFinding, FindingNotification, NotificationAttempt
 from sidecar.ingest.models import ChangesCursor, PendingStudy
+from sidecar.mpps.models import PerformedProcedureStep
 from sidecar.orders.models import ImagingOrder
 from sidecar.procedures.models import Procedure
 from sidecar.reports.models import RadiologyReport, ReportRevision
@@ -27,6 +28,7 @@ __all__ = [
     "LoginAttempt",
     "NotificationAttempt",
     "PendingStudy",
+    "PerformedProcedureStep",
     "Procedure",
     "RadiologyReport",
     "RefreshToken",

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from datetime import date, time
 
 _CONTROL = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029]")
 _CONTROL_EXCEPT_LINES = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f\u2028\u2029]")
@@ -81,3 +82,25 @@ def _person_name_problem(value: str) -> str | None:
         if group.count("^") > 4:
             return "has more than five name components (DICOM PN)"
     return None
+
+
+def parse_da(value: str | None) -> date | None:
+    text = (value or "").strip()
+    if len(text) != 8 or not text.isdigit():
+        return None
+    try:
+        return date(int(text[:4]), int(text[4:6]), int(text[6:]))
+    except ValueError:
+        return None
+
+
+def parse_tm(value: str | None) -> time | None:
+    text = (value or "").strip().replace(":", "")
+    whole, _, fraction = text.partition(".")
+    if not whole.isdigit() or len(whole) not in (2, 4, 6) or (fraction and not fraction.isdigit()):
+        return None
+    hour, minute, second = int(whole[:2]), int(whole[2:4] or 0), int(whole[4:6] or 0)
+    micro = int((fraction + "000000")[:6]) if fraction else 0
+    if hour > 23 or minute > 59 or second > 60:
+        return None
+    return time(hour, minute, min(second, 59), micro)

@@ -140,6 +140,12 @@ class Settings(BaseSettings):
     # The department's time zone (IANA name) for HL7 times without an offset and DICOM local
     # dates and times; empty: this machine's zone.
     timezone: str = ""
+    # Modality Performed Procedure Step (sidecar.mpps): the DICOM port modalities report the
+    # start and end of an exam on. Port 0: any free port (tests); AE title default ORTHANC_AET.
+    mpps_enabled: bool = True
+    mpps_host: str = "127.0.0.1"
+    mpps_port: int = Field(default=4243, ge=0, le=65535)
+    mpps_aet: str = Field(default="", max_length=16)
     # The DICOM Modality Worklist, as files the Orthanc plugin serves (default DATA_DIR/worklist).
     worklist_enabled: bool = True
     worklist_dir: Path | None = None
@@ -160,6 +166,9 @@ class Settings(BaseSettings):
     # order take it. "CT01=NORTH,MR01=SOUTH".
     modality_facilities: str = Field(default="", max_length=4000)
     results_send_preliminary: bool = False
+    # Order status updates (ORM^O01, ORC-1 SC: IP, CM, DC, CA) to the HIS through the same
+    # outbox as results, whenever results are sent; false: results only.
+    his_status_updates: bool = True
     # Back-off between delivery attempts while the HIS is unreachable: doubling, capped.
     result_retry_max_delay: float = Field(default=60.0, gt=0)
 
@@ -215,6 +224,7 @@ class Settings(BaseSettings):
                 ZoneInfo(self.timezone)
             except (ZoneInfoNotFoundError, ValueError) as exc:
                 raise ValueError(f"TIMEZONE {self.timezone!r} is not an IANA time zone") from exc
+        self.mpps_aet = self.mpps_aet or self.orthanc_aet
         if not self.orthanc_url:
             self.orthanc_url = f"http://127.0.0.1:{self.orthanc_http_port}"
         self.orthanc_url = self.orthanc_url.rstrip("/")

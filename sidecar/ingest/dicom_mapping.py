@@ -12,6 +12,8 @@ from dataclasses import dataclass
 from datetime import date, time
 from typing import Any
 
+from sidecar.core.dicom_text import parse_da, parse_tm
+
 # Tags read per instance from /studies/{id}/instances-tags?short.
 SOP_CLASS_UID = "0008,0016"
 SOP_INSTANCE_UID = "0008,0018"
@@ -77,28 +79,6 @@ class StudyRecord:
     @property
     def instance_count(self) -> int:
         return sum(s.instance_count for s in self.series)
-
-
-def parse_da(value: str | None) -> date | None:
-    text = (value or "").strip()
-    if len(text) != 8 or not text.isdigit():
-        return None
-    try:
-        return date(int(text[:4]), int(text[4:6]), int(text[6:]))
-    except ValueError:
-        return None
-
-
-def parse_tm(value: str | None) -> time | None:
-    text = (value or "").strip().replace(":", "")
-    whole, _, fraction = text.partition(".")
-    if not whole.isdigit() or len(whole) not in (2, 4, 6) or (fraction and not fraction.isdigit()):
-        return None
-    hour, minute, second = int(whole[:2]), int(whole[2:4] or 0), int(whole[4:6] or 0)
-    micro = int((fraction + "000000")[:6]) if fraction else 0
-    if hour > 23 or minute > 59 or second > 60:
-        return None
-    return time(hour, minute, min(second, 59), micro)
 
 
 def parse_is(value: Any) -> int | None:

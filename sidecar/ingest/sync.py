@@ -24,6 +24,7 @@ from typing import Any
 from sqlalchemy import Engine
 from sqlmodel import Session
 
+from hl7.order_status_message import OrderStatusCode
 from sidecar.core import audit
 from sidecar.core.background import BackgroundWorker
 from sidecar.core.models import utcnow
@@ -32,10 +33,12 @@ from sidecar.ingest.dicom_mapping import IncompleteStudy, image_records, study_i
 from sidecar.ingest.models import PendingStudy
 from sidecar.ingest.orthanc_client import OrthancClient, OrthancNotFound, OrthancUnavailable
 from sidecar.ingest.queue import due_studies, forget, queue_studies, reschedule
+from sidecar.mpps import service as mpps
 from sidecar.orders import matching as order_matching
 from sidecar.orders.models import ImagingOrder
 from sidecar.results import service as results
-from sidecar.results.service import ResultRouting
+from sidecar.results.routing import ResultRouting
+from sidecar.results.status_updates import queue_status_update
 from sidecar.studies.models import Study
 from sidecar.studies.registry import known_image_orthanc_ids, register_images, register_study
 
@@ -242,13 +245,33 @@ class OrthancSync(BackgroundWorker):
             moved_order = order_matching.match(session, study, actor=audit.ORTHANC_SYNC_ACTOR)
             if study.facility_id is None and modality_facility is not None:
                 study.facility_id = modality_facility  # no order, or one without a facility
+            mpps.announce_to_study(session, study.study_instance_uid)
             result_queued = False
+            if moved_order is not None and self._result_routing:
+                # The first images of an order no MPPS announced: the exam has started.
+                result_queued = (
+                    queue_status_update(
+                        session,
+                        moved_order,
+                        OrderStatusCode.IN_PROCESS,
+                        self._result_routing,
+                        actor=audit.ORTHANC_SYNC_ACTOR,
+                    )
+                    is not None
+                )
             if not was_linked and study.order_id is not None and self._result_routing:
                 assert study.id is not None
                 order = session.get(ImagingOrder, study.order_id)
                 assert order is not None
-                result_queued = results.report_joins_order(
-                    session, study.id, order, self._result_routing, actor=audit.ORTHANC_SYNC_ACTOR
+                result_queued = (
+                    results.report_joins_order(
+                        session,
+                        study.id,
+                        order,
+                        self._result_routing,
+                        actor=audit.ORTHANC_SYNC_ACTOR,
+                    )
+                    or result_queued
                 )
             session.commit()
             if result_queued and self._on_result_queued is not None:

@@ -26,6 +26,7 @@ from pathlib import Path
 import uvicorn
 
 from sidecar.core.logs import configure_logging
+from sidecar.core.modalities import parse_modalities
 from sidecar.core.settings import SecretFileError, Settings
 from sidecar.launcher import processes as child_process
 from sidecar.launcher.nginx import FrontLayout, NginxFront, is_front_command, nginx_binary
@@ -33,7 +34,6 @@ from sidecar.launcher.orthanc import (
     OrthancLayout,
     OrthancProcess,
     is_orthanc_command,
-    parse_modalities,
 )
 from sidecar.main import create_app
 from sidecar.viewer.bundle import ViewerBundle, ViewerNotInstalled

@@ -19,6 +19,8 @@ from sidecar.findings.models import DeliveryStatus, FindingNotification
 from sidecar.findings.notifications import FindingNotifier
 from sidecar.ingest.orthanc_client import OrthancClient, OrthancError
 from sidecar.ingest.sync import OrthancSync
+from sidecar.mpps.models import PerformedProcedureStep
+from sidecar.mpps.scp import MppsListener
 from sidecar.orders.listener import OrderListener
 from sidecar.results.message_log import Hl7Direction, Hl7Message, Hl7MessageStatus
 from sidecar.results.outbox import ResultOutbox, ResultOutboxDep
@@ -88,6 +90,27 @@ def _hl7(listener: OrderListener) -> dict[str, Any]:
     return {"listening": True, "port": mllp.port, "connections": mllp.connection_count}
 
 
+def _mpps(listener: MppsListener, engine: Engine) -> dict[str, Any]:
+    """The MPPS SCP, and the performed steps linked to no order (to reconcile: alert on any)."""
+    if not listener.running:
+        return {"listening": False}
+    try:
+        with Session(engine) as session:
+            unscheduled = session.exec(
+                select(func.count())
+                .select_from(PerformedProcedureStep)
+                .where(col(PerformedProcedureStep.order_id).is_(None))
+            ).one()
+    except Exception as exc:
+        return {"listening": True, "error": type(exc).__name__}
+    return {
+        "listening": True,
+        "aet": listener.ae_title,
+        "port": listener.port,
+        "unscheduledSteps": unscheduled,
+    }
+
+
 def _worklist(publisher: WorklistPublisher | None) -> dict[str, Any]:
     if publisher is None:
         return {"enabled": False}
@@ -106,7 +129,8 @@ def _worklist(publisher: WorklistPublisher | None) -> dict[str, Any]:
 
 
 def _results(engine: Engine, outbox: ResultOutbox | None, settings: Settings) -> dict[str, Any]:
-    """Results waiting for the HIS: pending (queued or retrying) and failed (refused by it)."""
+    """Results and order status updates waiting for the HIS: pending (queued or retrying) and
+    failed (refused by it)."""
     backlog = _outbox_backlog(
         engine,
         outbox,
@@ -164,6 +188,7 @@ def health(
     orthanc: OrthancDep,
     sync: Annotated[OrthancSync, Depends(provide(OrthancSync))],
     listener: Annotated[OrderListener, Depends(provide(OrderListener))],
+    mpps: Annotated[MppsListener, Depends(provide(MppsListener))],
     publisher: Annotated[WorklistPublisher | None, Depends(provide_optional(WorklistPublisher))],
     outbox: ResultOutboxDep,
     findings: FindingWorkersDep,
@@ -173,6 +198,7 @@ def health(
         sync=_sync(sync),
         studies=_studies(engine),
         hl7=_hl7(listener),
+        mpps=_mpps(mpps, engine),
         worklist=_worklist(publisher),
         results=_results(engine, outbox, settings),
         notifications=_notifications(engine, findings.notifier),

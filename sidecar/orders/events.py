@@ -57,6 +57,11 @@ class OrderEvents(BackgroundWorker):
             raise ValueError("an order is announced after its commit, with its id")
         self.announce_id(order.id)
 
+    def announce_ids(self, order_ids: Sequence[int]) -> None:
+        """Tells listeners that changes to these orders are committed."""
+        for order_id in order_ids:
+            self.announce_id(order_id)
+
     def announce_id(self, order_id: int) -> None:
         """Tells listeners that a change to the order with this id is committed."""
         if not self.running:

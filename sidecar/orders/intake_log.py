@@ -145,6 +145,7 @@ def log_row(
         "processed_at": now,
         "report_id": None,
         "result_status": None,
+        "order_status": None,
         "attempts": 0,
         "next_attempt_at": None,
     }

@@ -21,6 +21,7 @@ from sidecar.core.models import (
     utcnow,
 )
 from sidecar.core.workflow import Workflow
+from sidecar.mpps.models import PerformedStepSummary
 from sidecar.orders.fields import ORDER_TEXT_RULES, order_value_problem
 from sidecar.studies.models import PatientSex
 
@@ -197,6 +198,11 @@ class OrderPublic(ApiModel):
     updated_at: datetime
 
 
+class OrderDetail(OrderPublic):
+    # What the modality reported performing for this order (MPPS), oldest first.
+    performed_procedure_steps: list[PerformedStepSummary] = PydanticField(default_factory=list)
+
+
 # The status workflow (sidecar.core.workflow moves records through it).
 _O = OrderStatus
 ORDER_WORKFLOW: Workflow[OrderStatus] = Workflow(
@@ -205,7 +211,8 @@ ORDER_WORKFLOW: Workflow[OrderStatus] = Workflow(
     {
         _O.PENDING: {_O.SCHEDULED, _O.IN_PROGRESS, _O.CANCELLED, _O.ON_HOLD},
         _O.SCHEDULED: {_O.PENDING, _O.IN_PROGRESS, _O.CANCELLED, _O.ON_HOLD},
-        _O.IN_PROGRESS: {_O.COMPLETED, _O.CANCELLED, _O.ON_HOLD},
+        # Back to PENDING or SCHEDULED: the modality discontinued the exam before any image.
+        _O.IN_PROGRESS: {_O.PENDING, _O.SCHEDULED, _O.COMPLETED, _O.CANCELLED, _O.ON_HOLD},
         _O.ON_HOLD: {_O.PENDING, _O.SCHEDULED, _O.IN_PROGRESS, _O.CANCELLED},
         _O.COMPLETED: set(),
         _O.CANCELLED: set(),

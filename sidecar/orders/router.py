@@ -7,6 +7,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Depends, Query, status
 from sqlmodel import Session, col, select
 
+from hl7.order_status_message import OrderStatusCode
 from sidecar.access.care_scope import CareScopeDep
 from sidecar.accounts.dependencies import require_roles
 from sidecar.accounts.models import Role, User
@@ -14,17 +15,22 @@ from sidecar.core.dependencies import SessionDep
 from sidecar.core.errors import ConflictingState, UnknownRecord
 from sidecar.core.models import Page, SupportedTime
 from sidecar.core.pagination import Pagination, PaginationDep, RecordId, equal_to, paginate
+from sidecar.mpps.models import PerformedProcedureStep
 from sidecar.orders import service as orders
 from sidecar.orders.events import OrderEventsDep
 from sidecar.orders.models import (
     ImagingOrder,
     Modality,
     OrderCreate,
+    OrderDetail,
     OrderPublic,
     OrderStatus,
     OrderUpdate,
     Priority,
 )
+from sidecar.results.outbox import ResultOutboxDep
+from sidecar.results.routing import ResultRouting, ResultRoutingDep
+from sidecar.results.status_updates import queue_status_update
 
 router = APIRouter(prefix="/api/imaging-orders", tags=["imaging orders"])
 
@@ -88,17 +94,25 @@ def list_patient_orders(
     return _page(session, [ImagingOrder.patient_id == patient_id, *scope.orders()], pagination)
 
 
-@router.get("/{order_id}", response_model=OrderPublic)
+@router.get("/{order_id}", response_model=OrderDetail)
 def get_order(
     order_id: RecordId, session: SessionDep, _: OrderReader, scope: CareScopeDep
-) -> ImagingOrder:
-    """An order, when the caller may read it (404 otherwise, as for one that does not exist)."""
+) -> OrderDetail:
+    """An order, when the caller may read it (404 otherwise, as for one that does not exist),
+    with the procedure steps the modality reported for it."""
     order = session.exec(
         select(ImagingOrder).where(ImagingOrder.id == order_id, *scope.orders())
     ).first()
     if order is None:
         raise UnknownRecord(f"imaging order {order_id} not found")
-    return order
+    steps = session.exec(
+        select(PerformedProcedureStep)
+        .where(PerformedProcedureStep.order_id == order.id)
+        .order_by(col(PerformedProcedureStep.id))
+    ).all()
+    return OrderDetail.model_validate(
+        {**OrderPublic.model_validate(order).model_dump(), "performed_procedure_steps": steps}
+    )
 
 
 @router.patch("/{order_id}", response_model=OrderPublic)
@@ -108,6 +122,8 @@ def update_order(
     session: SessionDep,
     user: OrderEditor,
     events: OrderEventsDep,
+    routing: ResultRoutingDep,
+    outbox: ResultOutboxDep,
 ) -> ImagingOrder:
     order = get_order_or_404(session, order_id)
     changes = body.model_dump(exclude_unset=True)
@@ -118,25 +134,49 @@ def update_order(
         )
     if changes:
         orders.update_order(session, order, changes, actor=user.username)
+    cancelled = False
     if target is not None:
+        was = OrderStatus(order.status)
         orders.change_status(session, order, target, actor=user.username)
+        cancelled = target == OrderStatus.CANCELLED and was != target
+        if cancelled:
+            _tell_his_cancelled(session, order, routing, actor=user.username)
     session.commit()
     session.refresh(order)
     events.announce(order)  # the worklist follows the committed change
+    if cancelled and outbox is not None:
+        outbox.wake()
     return order
 
 
 @router.delete("/{order_id}", response_model=OrderPublic)
 def cancel_order(
-    order_id: RecordId, session: SessionDep, user: OrderEditor, events: OrderEventsDep
+    order_id: RecordId,
+    session: SessionDep,
+    user: OrderEditor,
+    events: OrderEventsDep,
+    routing: ResultRoutingDep,
+    outbox: ResultOutboxDep,
 ) -> ImagingOrder:
-    """Cancels the order; the row stays, for the record."""
+    """Cancels the order; the row stays, for the record. The HIS is told (ORC-5 CA)."""
     order = get_order_or_404(session, order_id)
+    cancelled = OrderStatus(order.status) != OrderStatus.CANCELLED
     orders.change_status(session, order, OrderStatus.CANCELLED, actor=user.username)
+    if cancelled:
+        _tell_his_cancelled(session, order, routing, actor=user.username)
     session.commit()
     session.refresh(order)
     events.announce(order)  # the worklist follows the committed change
+    if cancelled and outbox is not None:
+        outbox.wake()
     return order
+
+
+def _tell_his_cancelled(
+    session: Session, order: ImagingOrder, routing: ResultRouting, *, actor: str
+) -> None:
+    """An order cancelled here, not by the HIS (whose own cancellations arrive over HL7)."""
+    queue_status_update(session, order, OrderStatusCode.CANCELLED, routing, actor=actor)
 
 
 def get_order_or_404(session: Session, order_id: int) -> ImagingOrder:

@@ -43,7 +43,7 @@ from sidecar.reports.models import (
 from sidecar.reports.rendering import render_html, render_text
 from sidecar.results import service as results
 from sidecar.results.outbox import ResultOutbox, ResultOutboxDep
-from sidecar.results.service import ResultRoutingDep
+from sidecar.results.routing import ResultRouting, ResultRoutingDep
 from sidecar.studies.models import Study
 
 router = APIRouter(prefix="/api/reports", tags=["reports"])
@@ -285,7 +285,7 @@ def _expected(body_version: int | None, if_match: str | None) -> int | None:
 
 
 def _queue_result(
-    routing: results.ResultRouting, session: Session, report: RadiologyReport, user: User
+    routing: ResultRouting, session: Session, report: RadiologyReport, user: User
 ) -> None:
     session.flush()
     results.queue_result(session, report, routing, actor=user.username)

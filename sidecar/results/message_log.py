@@ -63,6 +63,8 @@ class Hl7Message(SQLModel, table=True):
     # the delivery attempts so far; the outbox sends when next_attempt_at has come.
     report_id: int | None = Field(default=None, foreign_key="radiology_report.id", index=True)
     result_status: str | None = Field(default=None, max_length=1)
+    # Outbound order status updates (ORM^O01): the order status they carry (ORC-5 IP/CM/DC/CA).
+    order_status: str | None = Field(default=None, max_length=2)
     attempts: int = 0
     next_attempt_at: datetime | None = Field(default=None, sa_column=Column(UTCDateTime))
 
@@ -83,6 +85,7 @@ class Hl7MessageSummary(ApiModel):
     processed_at: datetime | None
     report_id: int | None
     result_status: str | None
+    order_status: str | None
     attempts: int
     next_attempt_at: datetime | None
 

@@ -1,4 +1,5 @@
-"""Delivering queued results (ORU^R01) to the HIS over MLLP, one at a time, on one thread.
+"""Delivering queued results (ORU^R01) and order status updates (ORM^O01,
+sidecar.results.status_updates) to the HIS over MLLP, one at a time, on one thread.
 
 - A message is done only when the HIS answers AA (or CA): it is then `delivered`, and a final or
   corrected result completes its order.
@@ -7,8 +8,9 @@
 - No answer (HIS down, connection refused or broken, no ACK in time): the message stays
   `pending` and is tried again after a doubling delay (1, 2, 4 ... s, capped), while nothing
   else goes to the HIS either.
-- In order per order: a result is not sent while an earlier result of the same order is still
-  pending or failed (an F must never arrive after its C).
+- In order per order: a message is not sent while an earlier message of the same order (result
+  or status update) is still pending or failed (an F must never arrive after its C, nor a
+  result before the status that the exam started).
 - Across restarts nothing is lost (the outbox is a table) and nothing is filed twice: a message
   whose ACK was lost in a crash is sent again with the same MSH-10, which the HIS recognises.
 """
@@ -35,10 +37,8 @@ from sidecar.core.dependencies import provide_optional
 from sidecar.core.models import utcnow
 from sidecar.orders.models import ImagingOrder
 from sidecar.results.message_log import Hl7Direction, Hl7Message, Hl7MessageStatus
-from sidecar.results.service import (
-    RESULT_MESSAGE_TYPE,
-    complete_order,
-)
+from sidecar.results.service import RESULT_MESSAGE_TYPE, complete_order
+from sidecar.results.status_updates import ORDER_STATUS_MESSAGE_TYPE
 
 log = logging.getLogger(__name__)
 
@@ -147,7 +147,7 @@ class ResultOutbox(BackgroundWorker):
             audit.record(
                 session,
                 actor=OUTBOX_ACTOR,
-                action=f"result.{message.status}",
+                action=f"{_kind(message)}.{message.status}",
                 entity_type="hl7_message",
                 entity_id=message.id,
                 report_id=message.report_id,
@@ -181,7 +181,7 @@ def retry(session: Session, message: Hl7Message, *, actor: str, now: datetime) -
     audit.record(
         session,
         actor=actor,
-        action="result.retried",
+        action=f"{_kind(message)}.retried",
         entity_type="hl7_message",
         entity_id=message.id,
         report_id=message.report_id,
@@ -189,10 +189,19 @@ def retry(session: Session, message: Hl7Message, *, actor: str, now: datetime) -
     )
 
 
+def _kind(message: Hl7Message) -> str:
+    """What the audit trail calls the message: a result, or an order status update."""
+    return "status_update" if message.order_status else "result"
+
+
+#: What the outbox delivers: results and order status updates, in one queue per order.
+OUTBOX_MESSAGE_TYPES = (RESULT_MESSAGE_TYPE, ORDER_STATUS_MESSAGE_TYPE)
+
+
 def _results() -> list[Any]:
     return [
         Hl7Message.direction == Hl7Direction.OUTBOUND,
-        Hl7Message.message_type == RESULT_MESSAGE_TYPE,
+        col(Hl7Message.message_type).in_(OUTBOX_MESSAGE_TYPES),
     ]
 
 
@@ -203,7 +212,7 @@ def next_due(session: Session, now: datetime) -> Hl7Message | None:
         select(earlier.id)
         .where(
             earlier.direction == Hl7Direction.OUTBOUND,
-            earlier.message_type == RESULT_MESSAGE_TYPE,
+            col(earlier.message_type).in_(OUTBOX_MESSAGE_TYPES),
             earlier.order_id == Hl7Message.order_id,
             col(earlier.id) < Hl7Message.id,
             col(earlier.status).in_((Hl7MessageStatus.PENDING, Hl7MessageStatus.FAILED)),

@@ -9,18 +9,12 @@ on the control id (as HL7 expects) files it once.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
-from datetime import tzinfo
-from typing import Annotated
-
-from fastapi import Depends
-from sqlmodel import Session, col, select
+from sqlmodel import Session
 
 from hl7.ack import new_control_id
+from hl7.order_status_message import OrderStatusCode
 from hl7.result_message import (
     SECTION_CODES,
-    FlaggedFinding,
     ResultMessage,
     ResultStatus,
     Section,
@@ -28,19 +22,17 @@ from hl7.result_message import (
 )
 from sidecar.accounts.models import User
 from sidecar.core import audit
-from sidecar.core.dependencies import provide
 from sidecar.core.models import utcnow
 from sidecar.orders import service as orders
 from sidecar.orders.models import ORDER_WORKFLOW, ImagingOrder, OrderStatus
 from sidecar.reports.models import SECTIONS, RadiologyReport, ReportStatus
 from sidecar.reports.service import active_report
 from sidecar.results.message_log import Hl7Direction, Hl7Message, Hl7MessageStatus
+from sidecar.results.routing import ResultRouting, receiver_of
+from sidecar.results.status_updates import queue_status_update
 from sidecar.studies.models import Study
 
 RESULT_MESSAGE_TYPE = "ORU^R01"
-
-#: Critical results raised on a report, flagged on its OBX lines (sidecar.findings.service).
-FindingSource = Callable[[Session, int], Sequence[FlaggedFinding]]
 
 
 def result_status(report_status: ReportStatus) -> ResultStatus:
@@ -50,20 +42,6 @@ def result_status(report_status: ReportStatus) -> ResultStatus:
     if report_status == ReportStatus.FINAL:
         return ResultStatus.FINAL
     return ResultStatus.CORRECTED
-
-
-@dataclass
-class ResultRouting:
-    """Who sends and who receives results (MSH-3..6), and how times are written."""
-
-    enabled: bool
-    sending_application: str
-    sending_facility: str
-    receiving_application: str = ""
-    receiving_facility: str = ""
-    send_preliminary: bool = False
-    zone: tzinfo | None = None
-    finding_sources: list[FindingSource] = field(default_factory=list)
 
 
 def queue_result(
@@ -93,7 +71,7 @@ def queue_result(
     interpreter = session.get(User, report.signed_by_id or report.radiologist_id)
     assert study is not None and interpreter is not None
     now = utcnow()
-    receiving_application, receiving_facility = _receiver(session, order, routing)
+    receiving_application, receiving_facility = receiver_of(session, order, routing)
     message = ResultMessage(
         control_id=new_control_id(),
         created_at=now.astimezone(routing.zone),
@@ -157,6 +135,9 @@ def queue_result(
         order_id=order.id,
         result_status=status.value,
     )
+    if status is ResultStatus.FINAL:
+        # The exam is done: the HIS hears it right after the final result (in that order).
+        queue_status_update(session, order, OrderStatusCode.COMPLETED, routing, actor=actor)
     return row
 
 
@@ -176,31 +157,9 @@ def report_joins_order(
     return queue_result(session, report, routing, actor=actor) is not None
 
 
-def _receiver(session: Session, order: ImagingOrder, routing: ResultRouting) -> tuple[str, str]:
-    """Configured MSH-5/6, else whoever sent the order (its ORM's MSH-3/4), else 'HIS'."""
-    if routing.receiving_application:
-        return routing.receiving_application, routing.receiving_facility
-    sender = session.exec(
-        select(Hl7Message.sender)
-        .where(
-            Hl7Message.order_id == order.id,
-            Hl7Message.direction == Hl7Direction.INBOUND,
-        )
-        .order_by(col(Hl7Message.id))
-    ).first()
-    if sender:
-        application, _, facility = sender.partition("^")
-        return application, routing.receiving_facility or facility
-    return "HIS", routing.receiving_facility
-
-
 def complete_order(session: Session, order: ImagingOrder, *, actor: str) -> bool:
     """The order's final result is delivered: the order is done (when its workflow allows)."""
     if not ORDER_WORKFLOW.can(OrderStatus(order.status), OrderStatus.COMPLETED):
         return False
     orders.change_status(session, order, OrderStatus.COMPLETED, actor=actor)
     return True
-
-
-#: What a route is given to queue results with.
-ResultRoutingDep = Annotated[ResultRouting, Depends(provide(ResultRouting))]

@@ -7,11 +7,18 @@ from enum import StrEnum
 from typing import Annotated
 
 from pydantic import Field as PydanticField
-from pydantic import PlainSerializer, StringConstraints, WithJsonSchema, field_validator
+from pydantic import (
+    PlainSerializer,
+    StringConstraints,
+    WithJsonSchema,
+    field_validator,
+    model_validator,
+)
 from sqlmodel import Column, Field, SQLModel
 
 from sidecar.core.models import ApiInput, ApiModel, EnumText, UTCDateTime, split_multi, utcnow
 from sidecar.core.workflow import Workflow
+from sidecar.mpps.models import PerformedStepSummary
 
 # A DICOM Modality (0008,0060) code: CS, 16 characters at most.
 ModalityCode = Annotated[str, StringConstraints(pattern=r"^[A-Z0-9_]{1,16}$")]
@@ -92,6 +99,9 @@ class Study(SQLModel, table=True):
     # Where the study was done: its order's facility, else that of the modality that sent it
     # (MODALITY_FACILITIES). Users limited to facilities see their facilities' studies only.
     facility_id: str | None = Field(default=None, max_length=64, index=True)
+    # The instances the modality said it made (its completed MPPS, sidecar.mpps): once the
+    # images are here, fewer than that is flagged (imagesMissing).
+    instances_announced: int | None = None
 
 
 class Series(SQLModel, table=True):
@@ -161,6 +171,10 @@ class StudyPublic(ApiModel):
     priority: str | None
     clinical_indication: str | None
     order_match_issue: str | None
+    instances_announced: int | None
+    # How many instances the modality announced (MPPS COMPLETED) that are not here, once the
+    # study's images have arrived; null when none are missing or nothing was announced.
+    images_missing: int | None = None
     # Null unless Orthanc holds this UID under other patient ids too (see Study).
     patient_conflict: PatientConflict | None = PydanticField(
         default=None, validation_alias="conflicting_patient_ids"
@@ -172,6 +186,13 @@ class StudyPublic(ApiModel):
     @classmethod
     def _split_modalities(cls, value: object) -> object:
         return split_multi(value) if isinstance(value, str) or value is None else value
+
+    @model_validator(mode="after")
+    def _missing(self) -> StudyPublic:
+        announced = self.instances_announced
+        if announced and self.images_received_at is not None and self.instance_count < announced:
+            self.images_missing = announced - self.instance_count
+        return self
 
     @field_validator("patient_conflict", mode="before")
     @classmethod
@@ -242,6 +263,8 @@ class ImagePublic(ApiModel):
 
 class StudyDetail(StudyPublic):
     series: list[SeriesPublic]
+    # What the modality reported performing for this study (MPPS), oldest first.
+    performed_procedure_steps: list[PerformedStepSummary] = PydanticField(default_factory=list)
 
 
 # The status workflow (sidecar.core.workflow moves records through it).

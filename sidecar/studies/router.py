@@ -11,6 +11,7 @@ from pydantic import Field
 from sqlalchemy import literal
 from sqlmodel import Session, col, func, select
 
+from hl7.order_status_message import OrderStatusCode
 from sidecar.access.care_scope import CareScope, CareScopeDep
 from sidecar.accounts.dependencies import Clinician, Scheduler, StudyEditor
 from sidecar.core import audit
@@ -18,13 +19,15 @@ from sidecar.core.dependencies import SessionDep
 from sidecar.core.errors import ConflictingState, UnknownRecord
 from sidecar.core.models import MAX_RECORD_ID, ApiInput, Page, join_multi, utcnow
 from sidecar.core.pagination import Pagination, PaginationDep, RecordId, page, paginate
+from sidecar.mpps.models import PerformedProcedureStep
 from sidecar.orders import matching as order_matching
 from sidecar.orders.events import OrderEventsDep
 from sidecar.orders.identifiers import new_accession_number, new_study_instance_uid
 from sidecar.orders.models import ImagingOrder
 from sidecar.results import service as results
 from sidecar.results.outbox import ResultOutboxDep
-from sidecar.results.service import ResultRoutingDep
+from sidecar.results.routing import ResultRoutingDep
+from sidecar.results.status_updates import queue_status_update
 from sidecar.studies import registry as study_registry
 from sidecar.studies.models import (
     Image,
@@ -254,7 +257,15 @@ def link_order(
             f"study {study_id} and order {order.id} belong to different patient ids; "
             "correct the patient id first"
         ) from exc
-    queued = results.report_joins_order(session, study_id, order, routing, actor=user.username)
+    # Images and an order that were not linked: the exam started, the HIS hears it first.
+    started = moved and (
+        queue_status_update(
+            session, order, OrderStatusCode.IN_PROCESS, routing, actor=user.username
+        )
+        is not None
+    )
+    joined = results.report_joins_order(session, study_id, order, routing, actor=user.username)
+    queued = started or joined
     session.commit()
     session.refresh(study)
     if queued and outbox is not None:
@@ -295,7 +306,18 @@ def _detail(session: Session, study: Study, links: ViewerLinks) -> StudyDetail:
         .where(Series.study_id == study.id)
         .order_by(col(Series.series_number).nulls_last(), col(Series.id))
     ).all()
-    return StudyDetail.model_validate({**public_study(links, study).model_dump(), "series": series})
+    steps = session.exec(
+        select(PerformedProcedureStep)
+        .where(PerformedProcedureStep.study_instance_uid == study.study_instance_uid)
+        .order_by(col(PerformedProcedureStep.id))
+    ).all()
+    return StudyDetail.model_validate(
+        {
+            **public_study(links, study).model_dump(),
+            "series": series,
+            "performed_procedure_steps": steps,
+        }
+    )
 
 
 # --- images ------------------------------------------------------------------------------------

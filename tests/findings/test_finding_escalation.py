@@ -241,7 +241,10 @@ def test_findings_raised_on_a_report_are_flagged_in_its_oru(
         with Session(engine_of(app)) as session:
             raw = session.exec(
                 select(Hl7Message.raw)
-                .where(Hl7Message.direction == Hl7Direction.OUTBOUND)
+                .where(
+                    Hl7Message.direction == Hl7Direction.OUTBOUND,
+                    Hl7Message.message_type == "ORU^R01",  # after the order's IP status update
+                )
                 .order_by(col(Hl7Message.id))
             ).first()
     assert raw is not None

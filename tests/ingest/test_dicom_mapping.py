@@ -7,14 +7,13 @@ from typing import Any
 
 import pytest
 
+from sidecar.core.dicom_text import parse_da, parse_tm
 from sidecar.ingest.dicom_mapping import (
     IncompleteStudy,
     image_records,
-    parse_da,
     parse_ds,
     parse_is,
     parse_pixel_spacing,
-    parse_tm,
 )
 
 from builders import UID_ROOT, SeriesSpec, orthanc_study

@@ -10,7 +10,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from sidecar.launcher.orthanc import RegisteredModality
+from sidecar.core.modalities import RegisteredModality
 
 from dicom_factory import add_instances, make_invalid_files, make_study
 from dicom_senders import is_success, store_pynetdicom, storescu_dcmtk

@@ -20,12 +20,12 @@ from typing import Any
 
 import pytest
 
+from sidecar.core.modalities import parse_modalities
 from sidecar.launcher.orthanc import (
     INGRESS_FILTER,
     ORTHANC_DIR,
     OrthancLayout,
     OrthancProcess,
-    parse_modalities,
     render_configuration,
 )
 

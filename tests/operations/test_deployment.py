@@ -300,6 +300,17 @@ def test_worklist_files_are_shared_written_by_the_sidecar_read_by_orthanc(
     assert "uid=10001" in options["o"], options
 
 
+def test_mpps_listener_is_reachable_from_the_modalities(config: Rendered) -> None:
+    env = config.environment("sidecar")
+    assert env.get("MPPS_HOST") == "0.0.0.0", "MPPS must listen on the container's interfaces"  # noqa: S104
+    port = int(env.get("MPPS_PORT") or 4243)
+    assert any(
+        int(p["target"]) == port and p.get("published") for p in config.service("sidecar")["ports"]
+    ), f"MPPS port {port} is not published"
+    # The registered modalities limit MPPS as they limit C-STORE and the worklist.
+    assert "DICOM_MODALITIES" in env
+
+
 def test_mllp_listener_is_reachable_from_the_his(config: Rendered) -> None:
     env = config.environment("sidecar")
     # The whole point here: a loopback bind is unreachable from outside the container.

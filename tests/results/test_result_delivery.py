@@ -21,7 +21,7 @@ from sidecar.ingest.sync import OrthancSync
 from sidecar.main import create_app
 from sidecar.results.message_log import Hl7Direction, Hl7Message
 from sidecar.results.outbox import ResultOutbox
-from sidecar.results.service import ResultRouting
+from sidecar.results.routing import ResultRouting
 
 from builders import UID_ROOT, orthanc_study, seed_study
 from fake_orthanc_rest import FakeOrthanc
@@ -57,6 +57,9 @@ def settings(settings: Settings, his: HisSimulator, send_preliminary: bool) -> S
             # Fast retries: the outage tests wait for a real retry, not a sleep.
             "result_retry_max_delay": 0.2,
             "results_send_preliminary": send_preliminary,
+            # Results only here; status updates share the outbox (tests/results/
+            # test_status_updates.py).
+            "his_status_updates": False,
         }
     )
 

@@ -1,6 +1,7 @@
 """The whole of IHE Scheduled Workflow, over real sockets: the HIS orders (ORM^O01 over MLLP),
 the modality sends the images (dcmtk C-STORE into Orthanc), a radiologist reports and signs, and
-the result (ORU^R01) reaches the HIS over MLLP, which completes the order."""
+the result (ORU^R01) reaches the HIS over MLLP, which completes the order; the HIS hears the
+order's status on the way (ORM^O01 IP, then CM)."""
 
 from __future__ import annotations
 
@@ -16,7 +17,7 @@ from hl7.mllp.client import MllpClient
 
 from dicom_factory import make_study
 from dicom_senders import storescu_dcmtk
-from his_simulator import HisSimulator
+from his_simulator import HisSimulator, Received
 from hl7_samples import ORM_NW_251
 from stack import Stack, wait_for
 
@@ -84,7 +85,10 @@ def test_order_images_report_sign_and_the_result_reaches_the_his(
     signed = stack.api("POST", f"/api/reports/{report.json()['id']}/sign", headers=token)
     assert signed.status_code == 200, signed.text
 
-    (result,) = his.wait_for(1)
+    # The HIS hears the exam start (the first images: no MPPS here), the result, and the order
+    # completed, in that order.
+    started, result, completed_status = his.wait_for(3)
+    assert [order_status(started), order_status(completed_status)] == ["IP", "CM"]
     message = parse_message(result.raw, validation_level=VALIDATION_LEVEL.STRICT, find_groups=True)
     message.validate()
     observation = message.oru_r01_patient_result.oru_r01_order_observation
@@ -113,3 +117,10 @@ def httpx_login(stack: Stack, username: str, password: str) -> dict[str, str]:
     )
     assert response.status_code == 200, response.text
     return {"Authorization": f"Bearer {response.json()['accessToken']}"}
+
+
+def order_status(received: Received) -> str:
+    """ORC-5 of an ORM^O01 status update (ORC-1 SC)."""
+    (orc,) = [s.split("|") for s in received.raw.split("\r") if s.startswith("ORC|")]
+    assert orc[1] == "SC" and "|ORM^O01^ORM_O01|" in received.raw
+    return orc[5]

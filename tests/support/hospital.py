@@ -58,6 +58,7 @@ def running_hospital(tmp_path: Path, database_url: str, **settings: Any) -> Iter
         "orthanc_url": CLOSED_ORTHANC_URL,
         "reconcile_enabled": False,
         "mllp_port": free_port(),
+        "mpps_port": free_port(),
         "timezone": "Europe/Brussels",
     }
     sidecar = LiveSidecar(Settings(**{**values, **settings}))

@@ -123,6 +123,7 @@ class Stack:
         self.work_dir = work_dir
         self.sidecar_port = free_port()
         self.mllp_port = free_port()
+        self.mpps_port = free_port()
         worklist_dir = work_dir / "worklist"
         self.layout = OrthancLayout(
             work_dir=work_dir / "orthanc",
@@ -148,6 +149,7 @@ class Stack:
             orthanc_timeout=5.0,
             reconcile_interval=reconcile_interval,
             mllp_port=self.mllp_port,
+            mpps_port=self.mpps_port,
             worklist_dir=worklist_dir,
             timezone="Europe/Brussels",
         )

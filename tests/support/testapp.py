@@ -34,7 +34,8 @@ CLOSED_ORTHANC_URL = "http://127.0.0.1:9"
 
 
 def app_settings(database_url: str, directory: Path, **changes: Any) -> Settings:
-    """An app under test: Orthanc down (a closed port), no /changes polling, no MLLP listener,
+    """An app under test: Orthanc down (a closed port), no /changes polling, no MLLP listener nor
+    MPPS SCP,
     the department in Brussels; `changes` override any of it."""
     values: dict[str, Any] = {
         "environment": "development",
@@ -47,6 +48,7 @@ def app_settings(database_url: str, directory: Path, **changes: Any) -> Settings
         "orthanc_timeout": 2.0,
         "reconcile_enabled": False,
         "mllp_enabled": False,
+        "mpps_enabled": False,
         "timezone": "Europe/Brussels",
     }
     return Settings(**{**values, **changes})

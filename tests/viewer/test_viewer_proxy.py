@@ -193,6 +193,7 @@ def _settings(tmp_path: Path, database_url: str, orthanc_url: str) -> Settings:
         orthanc_url=orthanc_url,
         reconcile_enabled=False,
         mllp_enabled=False,
+        mpps_enabled=False,
         worklist_enabled=False,
     )
 
@@ -265,6 +266,7 @@ def test_answers_are_streamed_not_buffered(
         orthanc_url=upstream,
         reconcile_enabled=False,
         mllp_enabled=False,
+        mpps_enabled=False,
         worklist_enabled=False,
     )
     sidecar = LiveSidecar(settings)

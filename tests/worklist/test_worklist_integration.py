@@ -12,7 +12,8 @@ from zoneinfo import ZoneInfo
 import pytest
 from pydicom.dataset import Dataset
 
-from sidecar.launcher.orthanc import OrthancLayout, OrthancProcess, RegisteredModality
+from sidecar.core.modalities import RegisteredModality
+from sidecar.launcher.orthanc import OrthancLayout, OrthancProcess
 from sidecar.worklist.directory import WorklistDirectory
 from sidecar.worklist.items import WorklistItem, worklist_dataset
 
