@@ -226,7 +226,8 @@ def test_discontinued_before_any_image_puts_the_order_back_on_the_worklist(
 def test_discontinued_after_images_arrived_keeps_the_order_in_progress(
     app: FastAPI, client: TestClient, admin_headers: Headers, dx01: Modality, his: HisSimulator
 ) -> None:
-    order = new_order(client, admin_headers)
+    # A short Study Instance UID: the test's study builder appends series numbers to it.
+    order = new_order(client, admin_headers, studyInstanceUID=f"{UID_ROOT}.66.1")
     _, uid = dx01.create(for_order(order))
     study = orthanc_study(
         order["studyInstanceUID"],
