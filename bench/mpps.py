@@ -16,11 +16,11 @@ import argparse
 import time
 
 import httpx
-from modality import completed, in_progress, modality
 from sidecar_process import ADMIN_PASSWORD, SERVER, login, running_sidecar
 
 from figures import percentile
 from his_simulator import HisSimulator
+from modality import completed, in_progress, modality
 
 
 def schedule(client: httpx.Client, admin: dict[str, str], count: int) -> list[dict[str, str]]:
@@ -74,8 +74,9 @@ def main() -> None:
                 answer, uid = scanner.create(attributes)
                 creates.append(time.perf_counter() - sent)
                 assert answer.status == 0x0000, answer
-                images = [f"{order['studyInstanceUID']}.1.{i}" for i in range(1, 21)]
-                done = completed(series=[(f"{order['studyInstanceUID']}.1", images)])
+                series = f"1.2.826.0.1.3680043.9.7.9.{n}"
+                images = [f"{series}.{i}" for i in range(1, 21)]
+                done = completed(series=[(series, images)])
                 sent = time.perf_counter()
                 answer = scanner.set(uid, done)
                 sets.append(time.perf_counter() - sent)

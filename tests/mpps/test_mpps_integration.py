@@ -11,7 +11,6 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from modality import completed, discontinued, in_progress, modality
 
 from hl7.ack import parse_ack
 from hl7.mllp.client import MllpClient
@@ -21,6 +20,7 @@ from dicom_senders import storescu_dcmtk
 from findscu import find_dcmtk, findscu_keys
 from his_simulator import HisSimulator, Received
 from hl7_samples import ORM_NW_251
+from modality import completed, discontinued, in_progress, modality
 from stack import Stack, wait_for
 
 pytestmark = pytest.mark.orthanc

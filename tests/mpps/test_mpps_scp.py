@@ -10,7 +10,6 @@ from typing import Any
 import pytest
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
-from modality import Modality, completed, discontinued, in_progress, modality
 from pydicom.datadict import tag_for_keyword
 from pydicom.dataset import Dataset
 from pydicom.sequence import Sequence
@@ -25,6 +24,7 @@ from sidecar.results.outbox import ResultOutbox
 
 from builders import UID_ROOT, audit_events, orthanc_study, seed_study
 from his_simulator import HisSimulator, Received
+from modality import Modality, completed, discontinued, in_progress, modality
 from stack import wait_for
 from testapp import ADMIN_PASSWORD, engine_of, login, service_of
 
