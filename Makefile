@@ -67,8 +67,8 @@ test-postgresql: system-deps venv viewer test-deps
 ## The whole suite: lint, types, then every test on SQLite and again on PostgreSQL.
 test: lint typecheck test-sqlite test-postgresql
 
-## Benchmarks (by hand; figures go in the closing notes). hl7_intake, report_results and
-## critical_findings need PostgreSQL; viewer needs the viewer and Chromium.
+## Benchmarks (by hand; figures go in the closing notes). hl7_intake, report_results,
+## critical_findings and mpps need PostgreSQL; viewer needs the viewer and Chromium.
 bench: system-deps venv viewer test-deps
 	$(BIN)/python bench/viewer.py
 	$(BIN)/python bench/ingest.py
@@ -76,6 +76,7 @@ bench: system-deps venv viewer test-deps
 	$(BIN)/python bench/hl7_intake.py
 	$(BIN)/python bench/report_results.py
 	$(BIN)/python bench/critical_findings.py
+	$(BIN)/python bench/mpps.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache $(VIEWER_DIR)/node_modules $(BROWSER_DIR)/node_modules
