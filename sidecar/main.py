@@ -45,6 +45,7 @@ from sidecar.orders.events import OrderEvents
 from sidecar.orders.intake import OrderIntake
 from sidecar.orders.listener import OrderListener
 from sidecar.orders.router import router as orders_router
+from sidecar.patients.router import router as patients_router
 from sidecar.procedures.router import router as procedures_router
 from sidecar.reports.router import router as reports_router
 from sidecar.results.outbox import ResultOutbox
@@ -66,6 +67,7 @@ ROUTERS = (
     studies_router,
     images_router,
     orders_router,
+    patients_router,
     procedures_router,
     reports_router,
     findings_router,
@@ -189,6 +191,7 @@ def build_services(
             result_routing=routing,
             on_result_queued=outbox.wake if outbox is not None else None,
             modality_facilities=settings.modality_facility_map(),
+            default_issuer=settings.default_issuer,
         )
     )
     # Critical findings: notified through a webhook outbox, escalated by deadline.

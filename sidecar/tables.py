@@ -8,6 +8,7 @@ from sidecar.core.audit import AuditEvent
 from sidecar.findings.models import CriticalFinding, FindingNotification, NotificationAttempt
 from sidecar.ingest.models import ChangesCursor, PendingStudy
 from sidecar.orders.models import ImagingOrder
+from sidecar.patients.models import Patient
 from sidecar.procedures.models import Procedure
 from sidecar.reports.models import RadiologyReport, ReportRevision
 from sidecar.results.message_log import Hl7Message
@@ -26,6 +27,7 @@ __all__ = [
     "ImagingOrder",
     "LoginAttempt",
     "NotificationAttempt",
+    "Patient",
     "PendingStudy",
     "Procedure",
     "RadiologyReport",
