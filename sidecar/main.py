@@ -42,9 +42,9 @@ from sidecar.ingest.router import router as ingest_router
 from sidecar.ingest.sync import OrthancSync
 from sidecar.operations.health import router as health_router
 from sidecar.orders.events import OrderEvents
-from sidecar.orders.intake import OrderIntake
 from sidecar.orders.listener import OrderListener
 from sidecar.orders.router import router as orders_router
+from sidecar.patients.intake import HospitalIntake
 from sidecar.patients.router import router as patients_router
 from sidecar.procedures.router import router as procedures_router
 from sidecar.reports.router import router as reports_router
@@ -144,8 +144,9 @@ def build_services(
             )
         )
         order_events.listeners.append(publisher.publish_changes)
-    # The HL7 intake's own pool, without a ping before each message (OrderIntake.handle).
-    intake = OrderIntake(
+    # The HL7 intake (orders and ADT) with its own pool, without a ping before each message
+    # (OrderIntake.handle).
+    intake = HospitalIntake(
         make_engine(settings.database_url, pre_ping=False),
         zone=zone,
         announce=order_events.announce_id,
