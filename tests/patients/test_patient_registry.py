@@ -13,6 +13,7 @@ from fastapi import FastAPI
 from fastapi.testclient import TestClient
 from sqlmodel import Session
 
+from sidecar.accounts.models import Role
 from sidecar.core.database import alembic_config, make_engine
 from sidecar.main import create_app
 from sidecar.patients import service as patients
@@ -20,8 +21,9 @@ from sidecar.studies.models import Study
 from sidecar.tables import metadata
 
 from builders import UID_ROOT, audit_events, orthanc_study, seed_study
-from reporting import sign, write_report
-from testapp import app_settings, engine_of, login
+from reporting import add_user, sign, write_report
+from stack import free_port
+from testapp import USER_PASSWORD, app_settings, engine_of, login
 
 Headers = dict[str, str]
 
@@ -369,3 +371,42 @@ def test_the_migration_registers_the_patients_of_an_older_database(database_url:
             assert dict(studies) == {"1.2.4.1": ids["MRN-7001|HOSP"], "1.2.4.2": ids["MRN-7004|"]}
     finally:
         engine.dispose()
+
+
+def test_a_result_signed_after_a_merge_carries_the_surviving_patient(
+    tmp_path: Path, database_url: str
+) -> None:
+    # The HIS is down (a closed port): the result waits in the outbox, its text already fixed.
+    settings = app_settings(
+        database_url, tmp_path, his_mllp_host="127.0.0.1", his_mllp_port=free_port()
+    )
+    with TestClient(create_app(settings)) as client:
+        admin = login(client, "admin", "admin-password-for-tests")
+        survivor = order(client, admin)
+        prior = order(client, admin, patientId="MRN-7666", patientName="DOE^JOHN")
+        study_id = seed_study(
+            engine_of(client.app),  # type: ignore[arg-type]
+            orthanc_study(
+                f"{UID_ROOT}.7669", accession_number=prior["accessionNumber"], patient_id="MRN-7666"
+            ),
+        )
+        linked = client.post(
+            f"/api/studies/{study_id}/link-order", json={"orderId": prior["id"]}, headers=admin
+        )
+        assert linked.status_code == 200, linked.text
+        merged = client.post(
+            f"/api/patients/{prior['patientRecordId']}/merge",
+            json={"survivingPatientId": survivor["patientRecordId"]},
+            headers=admin,
+        )
+        assert merged.status_code == 200, merged.text
+        add_user(client.app, "dr.reader", Role.RADIOLOGIST)  # type: ignore[arg-type]
+        reader = login(client, "dr.reader", USER_PASSWORD)
+        sign(client, reader, write_report(client, reader, study_id)["id"])
+        sent = client.get("/api/hl7/messages", params={"direction": "out"}, headers=admin)
+        [result] = sent.json()["items"]
+        raw = client.get(f"/api/hl7/messages/{result['id']}", headers=admin).json()["raw"]
+        pid = next(line for line in raw.split("\r") if line.startswith("PID|"))
+        assert "|MRN-7001^^^HOSP" in pid
+        assert "KOWALSKI^ANNA" in pid
+        assert "MRN-7666" not in raw and "DOE^JOHN" not in raw
