@@ -43,10 +43,9 @@ def link(session: Session, study: Study, order: ImagingOrder, *, actor: str) -> 
     Raises PatientMismatch (and leaves both unchanged) when the patient ids differ.
     """
     issuers = (study.issuer_of_patient_id, order.issuer_of_patient_id)
-    differs = bool(study.patient_id) and order.patient_id != study.patient_id
-    if not differs and all(issuers) and issuers[0] != issuers[1]:
-        differs = True
-    if differs:
+    if (study.patient_id and order.patient_id != study.patient_id) or (
+        all(issuers) and issuers[0] != issuers[1]
+    ):
         # Images under an identifier since merged into the order's patient are its patient's.
         if not patients.merged_into(
             session, study.patient_id or "", study.issuer_of_patient_id, order.patient_record_id

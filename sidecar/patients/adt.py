@@ -73,8 +73,8 @@ def _register(
         actor=actor,
     )
     _refuse_merged(session, patient, ErrorLocation("PID", change.pid.sequence, 3))
-    changed = _update(session, patient, values, actor=actor)
-    return changed, created or bool(changed)
+    applies = created or _changes(patient, values)
+    return _update(session, patient, values, actor=actor), applies
 
 
 def _merge(
@@ -142,13 +142,21 @@ def _change_identifier(
 
 
 def _update(session: Session, patient: Patient, values: dict[str, Any], *, actor: str) -> list[int]:
-    """The demographics PID sends (an empty field changes nothing), and its other identifiers."""
+    """The demographics PID sends, and its other identifiers (an empty field changes nothing);
+    returns the order ids whose copies changed."""
+    return patients.update_demographics(session, patient, _sent(values), actor=actor)
+
+
+def _changes(patient: Patient, values: dict[str, Any]) -> bool:
+    """Whether PID says anything the patient's record does not hold (before _update)."""
+    return bool(patients.changed_fields(patient, _sent(values)))
+
+
+def _sent(values: dict[str, Any]) -> dict[str, Any]:
     sent = {name: values[name] for name in patients.DEMOGRAPHICS if values.get(name) is not None}
-    others = values["other_identifiers"]
-    if others and others != patient.other_identifiers:
-        patient.other_identifiers = others
-        session.add(patient)
-    return patients.update_demographics(session, patient, sent, actor=actor)
+    if values["other_identifiers"]:
+        sent["other_identifiers"] = values["other_identifiers"]
+    return sent
 
 
 def _refuse_merged(session: Session, patient: Patient, where: ErrorLocation) -> None:

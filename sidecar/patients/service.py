@@ -32,6 +32,7 @@ from sidecar.studies.models import Study
 
 #: The patient columns orders and studies carry as copies.
 DEMOGRAPHICS = ("patient_name", "patient_birth_date", "patient_sex")
+_UPDATABLE = (*DEMOGRAPHICS, "other_identifiers")
 #: What a study whose images name a merged-away identifier is flagged with.
 MERGED_IDENTIFIER = "the images carry a merged patient identifier; filed under the surviving one"
 #: A merge chain longer than this is a loop (a database edited by hand): refused, not followed.
@@ -99,7 +100,7 @@ def get_or_create(
         "patient_id": patient_id,
         "issuer_of_patient_id": issuer_key(issuer),
         **{name: demographics.get(name) for name in DEMOGRAPHICS},
-        "other_identifiers": [],
+        "other_identifiers": demographics.get("other_identifiers") or [],
         "status": PatientStatus.ACTIVE,
         "source": source,
         "created_at": now,
@@ -226,10 +227,9 @@ def sync_copies(session: Session, patient: Patient) -> list[int]:
 def update_demographics(
     session: Session, patient: Patient, changes: Mapping[str, Any], *, actor: str
 ) -> list[int]:
-    """New demographics (only the given ones); returns the order ids whose copies changed."""
-    changed = sorted(
-        name for name in DEMOGRAPHICS if name in changes and getattr(patient, name) != changes[name]
-    )
+    """New demographics or other identifiers (only the given ones); returns the order ids whose
+    copies changed."""
+    changed = changed_fields(patient, changes)
     if not changed:
         return []
     for name in changed:
@@ -244,7 +244,14 @@ def update_demographics(
         entity_id=patient.id,
         fields=changed,
     )
-    return sync_copies(session, patient)
+    return sync_copies(session, patient) if set(changed) & set(DEMOGRAPHICS) else []
+
+
+def changed_fields(patient: Patient, changes: Mapping[str, Any]) -> list[str]:
+    """The fields of `changes` that would change the patient's record."""
+    return sorted(
+        name for name in _UPDATABLE if name in changes and getattr(patient, name) != changes[name]
+    )
 
 
 def change_identifier(

@@ -12,6 +12,7 @@ import pytest
 from pydicom import dcmread
 
 from hl7.ack import parse_ack
+from sidecar.patients.intake import NOTHING_CHANGED
 
 from hl7_samples import (
     ADT_A01_251,
@@ -105,6 +106,16 @@ def test_registration_and_update_reach_the_order_and_the_worklist(hospital: Hosp
 def test_an_update_for_an_unknown_patient_creates_it(hospital: Hospital) -> None:
     assert hospital.send(ADT_A08_251).code == "AA"
     assert the_patient(hospital, "MRN-7001")["patientName"] == "KOWALSKA^ANNA^MARIA"
+
+
+def test_the_log_says_when_an_adt_changed_nothing(hospital: Hospital) -> None:
+    assert hospital.send(ADT_A01_251).code == "AA"
+    assert hospital.send(ADT_A08_251).code == "AA"  # a new name, on a patient with no order
+    assert hospital.send(with_field(ADT_A08_251, "MSH", 10, "ADT-0002-B")).code == "AA"
+    notes = {m["controlId"]: m["note"] for m in logged(hospital)}
+    assert (notes["ADT-0001"], notes["ADT-0002"]) == (None, None)
+    assert notes["ADT-0002-B"] == NOTHING_CHANGED
+    assert hospital.get("/api/audit", action="patient.updated")["total"] == 1
 
 
 def test_a_repeated_control_id_gets_the_original_ack_and_changes_nothing(
