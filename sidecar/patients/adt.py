@@ -53,7 +53,8 @@ def apply_adt(session: Session, message: AdtMessage, *, actor: str) -> tuple[lis
         if message.action in (AdtAction.REGISTER, AdtAction.UPDATE):
             ids, did = _register(session, change, values, actor=actor)
         elif message.action is AdtAction.MERGE:
-            ids, did = _merge(session, change, values, actor=actor)
+            cause = f"HL7 {message.header.message_code} {message.header.control_id}"
+            ids, did = _merge(session, change, values, actor=actor, cause=cause[:200])
         else:
             ids, did = _change_identifier(session, change, values, actor=actor)
         changed += ids
@@ -78,7 +79,7 @@ def _register(
 
 
 def _merge(
-    session: Session, change: PatientChange, values: dict[str, Any], *, actor: str
+    session: Session, change: PatientChange, values: dict[str, Any], *, actor: str, cause: str
 ) -> tuple[list[int], bool]:
     assert change.prior is not None and change.mrg is not None
     prior_id, prior_issuer = _prior_key(change, values)
@@ -102,7 +103,7 @@ def _merge(
         actor=actor,
     )
     try:
-        outcome = patients.merge(session, prior, target, actor=actor)
+        outcome = patients.merge(session, prior, target, actor=actor, cause=cause)
     except patients.MergeRefused as refused:
         raise DuplicateKeyIdentifier(f"MRG-1: {refused.message}", mrg_1) from refused
     if not outcome.applied:

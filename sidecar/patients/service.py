@@ -287,12 +287,15 @@ class MergeOutcome:
     order_ids: list[int] = field(default_factory=list)
 
 
-def merge(session: Session, prior: Patient, target: Patient, *, actor: str) -> MergeOutcome:
+def merge(
+    session: Session, prior: Patient, target: Patient, *, actor: str, cause: str = "api"
+) -> MergeOutcome:
     """Moves every order and study of `prior` (and so their worklist items, reports and
     critical findings) to the end of `target`'s chain of merges; `prior` stays, marked merged.
 
     A merge of a patient into itself is refused; one applied already, or resent with the two
-    patients swapped (its survivor is the prior's survivor), changes nothing."""
+    patients swapped (its survivor is the prior's survivor), changes nothing. `cause` says
+    what asked for it in the audit trail (the HL7 message, by type and control id)."""
     if prior.id == target.id:
         raise MergeRefused("a patient cannot be merged into itself")
     survivor = surviving(session, target)
@@ -333,6 +336,7 @@ def merge(session: Session, prior: Patient, target: Patient, *, actor: str) -> M
         entity_type="patient",
         entity_id=prior.id,
         surviving_patient_record_id=survivor.id,
+        cause=cause,
         order_ids=order_ids,
         study_ids=study_ids,
         report_ids=report_ids,

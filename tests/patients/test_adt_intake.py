@@ -175,7 +175,10 @@ def test_a_merge_moves_the_orders_and_the_worklist_and_its_guards_hold(
     assert hospital.get(f"/api/patients/{prior['id']}")["mergedInto"] == survivor["id"]
     notes = {m["controlId"]: m.get("note") for m in logged(hospital)}
     assert notes["ADT-0003-B"] and notes["ADT-0003-C"]
-    assert hospital.get("/api/audit", action="patient.merged")["total"] == 1
+    [audited] = hospital.get("/api/audit", action="patient.merged")["items"]
+    assert audited["actor"] == "hl7:HIS^GENHOSP"
+    assert audited["detail"]["cause"] == "HL7 ADT^A40 ADT-0003"
+    assert audited["detail"]["order_ids"] == [prior_order["id"]]
 
     # A new order under the merged-away identifier: AE 204 naming the surviving one.
     late = with_field(with_field(ORM_FOR_MRN_7666, "MSH", 10, "MSG-NW-LATE"), "OBR", 18, "ACC-7667")

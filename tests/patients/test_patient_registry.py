@@ -227,6 +227,7 @@ def test_a_merge_moves_everything_and_its_guards_hold(
     assert events[0].detail["study_ids"] == [study_id]
     assert events[0].detail["report_ids"] == [report["id"]]
     assert events[0].detail["surviving_patient_record_id"] == survivor
+    assert (events[0].actor, events[0].detail["cause"]) == ("admin", "api")
 
     # Sent again, or with the two swapped: nothing changes.
     assert merge(prior, survivor).status_code == 200
