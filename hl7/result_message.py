@@ -213,6 +213,33 @@ def _observation(
     obx.obx_11 = status.value
 
 
+def with_patient(
+    text: str,
+    patient_id: str,
+    issuer_of_patient_id: str | None,
+    patient_name: str | None,
+    patient_birth_date: date | None,
+    patient_sex: str | None,
+) -> str:
+    """A result built by build_result_message with its PID rewritten for the patient as the
+    registry now knows them (a correction or a merge while the result waited to be sent);
+    every other segment, MSH-10 included, stays as it was."""
+    fields = [
+        "PID",
+        "1",
+        "",
+        _cx(patient_id, issuer_of_patient_id),
+        "",
+        _name(patient_name) if patient_name else "",
+        "",
+        patient_birth_date.strftime("%Y%m%d") if patient_birth_date else "",
+        _e(patient_sex) if patient_sex else "",
+    ]
+    pid = "|".join(fields).rstrip("|")
+    segments = [pid if line.startswith("PID|") else line for line in text.split("\r")]
+    return "\r".join(segments)
+
+
 def _e(text: str) -> str:
     return escape_text(text)
 

@@ -21,6 +21,7 @@ from sqlalchemy import update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlmodel import Session, col, func, select
 
+from hl7.result_message import with_patient
 from sidecar.core import audit
 from sidecar.core.errors import ConflictingState
 from sidecar.core.models import table_of, utcnow
@@ -28,6 +29,8 @@ from sidecar.findings.models import CriticalFinding
 from sidecar.orders.models import ImagingOrder
 from sidecar.patients.models import NO_ISSUER, Patient, PatientSource, PatientStatus
 from sidecar.reports.models import RadiologyReport
+from sidecar.results.message_log import Hl7Direction, Hl7Message, Hl7MessageStatus
+from sidecar.results.service import RESULT_MESSAGE_TYPE
 from sidecar.studies.models import Study
 
 #: The patient columns orders and studies carry as copies.
@@ -221,7 +224,29 @@ def sync_copies(session: Session, patient: Patient) -> list[int]:
         .values({**values, "updated_at": utcnow()})
     )
     session.expire_all()
-    return _ids(session, ImagingOrder.id, ImagingOrder.patient_record_id == patient.id)
+    order_ids = _ids(session, ImagingOrder.id, ImagingOrder.patient_record_id == patient.id)
+    _rewrite_waiting_results(session, order_ids, values)
+    return order_ids
+
+
+def _rewrite_waiting_results(
+    session: Session, order_ids: list[int], values: dict[str, Any]
+) -> None:
+    """Results (ORU^R01) of these orders still waiting to be delivered carry the patient as
+    now known: their text was fixed when they were queued."""
+    if not order_ids:
+        return
+    waiting = session.exec(
+        select(Hl7Message).where(
+            Hl7Message.direction == Hl7Direction.OUTBOUND,
+            Hl7Message.status == Hl7MessageStatus.PENDING,
+            Hl7Message.message_type == RESULT_MESSAGE_TYPE,
+            col(Hl7Message.order_id).in_(order_ids),
+        )
+    ).all()
+    for message in waiting:
+        message.raw = with_patient(message.raw, **values)
+        session.add(message)
 
 
 def update_demographics(

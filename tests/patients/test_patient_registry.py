@@ -408,6 +408,53 @@ def test_a_result_signed_after_a_merge_carries_the_surviving_patient(
         [result] = sent.json()["items"]
         raw = client.get(f"/api/hl7/messages/{result['id']}", headers=admin).json()["raw"]
         pid = next(line for line in raw.split("\r") if line.startswith("PID|"))
-        assert "|MRN-7001^^^HOSP" in pid
-        assert "KOWALSKI^ANNA" in pid
+        assert pid == SURVIVOR_PID
         assert "MRN-7666" not in raw and "DOE^JOHN" not in raw
+
+
+#: The PID of a result for the surviving patient of these tests, as results are built.
+SURVIVOR_PID = "PID|1||MRN-7001^^^HOSP^MR||KOWALSKI^ANNA||19610405|F"
+
+
+def test_a_result_waiting_for_the_his_during_a_merge_goes_out_for_the_survivor(
+    tmp_path: Path, database_url: str
+) -> None:
+    settings = app_settings(
+        database_url, tmp_path, his_mllp_host="127.0.0.1", his_mllp_port=free_port()
+    )
+    with TestClient(create_app(settings)) as client:
+        admin = login(client, "admin", "admin-password-for-tests")
+        survivor = order(client, admin)
+        prior = order(client, admin, patientId="MRN-7666", patientName="DOE^JOHN")
+        study_id = seed_study(
+            engine_of(client.app),  # type: ignore[arg-type]
+            orthanc_study(
+                f"{UID_ROOT}.7670", accession_number=prior["accessionNumber"], patient_id="MRN-7666"
+            ),
+        )
+        linked = client.post(
+            f"/api/studies/{study_id}/link-order", json={"orderId": prior["id"]}, headers=admin
+        )
+        assert linked.status_code == 200, linked.text
+        add_user(client.app, "dr.reader", Role.RADIOLOGIST)  # type: ignore[arg-type]
+        reader = login(client, "dr.reader", USER_PASSWORD)
+        sign(client, reader, write_report(client, reader, study_id)["id"])
+        [queued] = client.get(
+            "/api/hl7/messages", params={"direction": "out"}, headers=admin
+        ).json()["items"]
+        before = client.get(f"/api/hl7/messages/{queued['id']}", headers=admin).json()["raw"]
+        assert "MRN-7666" in before
+        merged = client.post(
+            f"/api/patients/{prior['patientRecordId']}/merge",
+            json={"survivingPatientId": survivor["patientRecordId"]},
+            headers=admin,
+        )
+        assert merged.status_code == 200, merged.text
+        after = client.get(f"/api/hl7/messages/{queued['id']}", headers=admin).json()
+        assert after["status"] == "pending"
+        assert after["controlId"] == queued["controlId"]  # the same message, resent as is
+        lines = after["raw"].split("\r")
+        assert next(line for line in lines if line.startswith("PID|")) == SURVIVOR_PID
+        assert [line for line in lines if not line.startswith("PID|")] == [
+            line for line in before.split("\r") if not line.startswith("PID|")
+        ]
