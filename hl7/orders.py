@@ -113,7 +113,7 @@ def parse_order_message(raw: bytes | str, *, default_zone: tzinfo | None = None)
     return OrderMessage(
         header=header,
         message_datetime=message_datetime,
-        patient=_patient(pid),
+        patient=read_patient(pid),
         visit=_visit(pv1) if pv1 is not None else None,
         orders=_orders(message, default_zone),
     )
@@ -148,7 +148,8 @@ def _at(segment: str, sequence: int, field: int, component: int | None = None) -
 # --- PID, PV1 -------------------------------------------------------------------------------
 
 
-def _patient(pid: Segment) -> Patient:
+def read_patient(pid: Segment) -> Patient:
+    """PID: the first PID-3 repetition with an id, name, birth date and sex (ADT reads it too)."""
     identifier = None
     for repetition in pid.repetitions(3):
         if repetition.component(1):

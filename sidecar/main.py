@@ -45,9 +45,10 @@ from sidecar.mpps.router import router as performed_steps_router
 from sidecar.mpps.scp import MppsListener
 from sidecar.operations.health import router as health_router
 from sidecar.orders.events import OrderEvents
-from sidecar.orders.intake import OrderIntake
 from sidecar.orders.listener import OrderListener
 from sidecar.orders.router import router as orders_router
+from sidecar.patients.intake import HospitalIntake
+from sidecar.patients.router import router as patients_router
 from sidecar.procedures.router import router as procedures_router
 from sidecar.reports.router import router as reports_router
 from sidecar.results.outbox import ResultOutbox
@@ -69,6 +70,7 @@ ROUTERS = (
     studies_router,
     images_router,
     orders_router,
+    patients_router,
     procedures_router,
     performed_steps_router,
     reports_router,
@@ -146,8 +148,9 @@ def build_services(
             )
         )
         order_events.listeners.append(publisher.publish_changes)
-    # The HL7 intake's own pool, without a ping before each message (OrderIntake.handle).
-    intake = OrderIntake(
+    # The HL7 intake (orders and ADT) with its own pool, without a ping before each message
+    # (OrderIntake.handle).
+    intake = HospitalIntake(
         make_engine(settings.database_url, pre_ping=False),
         zone=zone,
         announce=order_events.announce_id,
@@ -208,6 +211,7 @@ def build_services(
             result_routing=routing,
             on_result_queued=outbox.wake if outbox is not None else None,
             modality_facilities=settings.modality_facility_map(),
+            default_issuer=settings.default_issuer,
         )
     )
     # Critical findings: notified through a webhook outbox, escalated by deadline.

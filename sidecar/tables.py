@@ -9,6 +9,7 @@ from sidecar.findings.models import CriticalFinding, FindingNotification, Notifi
 from sidecar.ingest.models import ChangesCursor, PendingStudy
 from sidecar.mpps.models import PerformedProcedureStep
 from sidecar.orders.models import ImagingOrder
+from sidecar.patients.models import Patient
 from sidecar.procedures.models import Procedure
 from sidecar.reports.models import RadiologyReport, ReportRevision
 from sidecar.results.message_log import Hl7Message
@@ -27,6 +28,7 @@ __all__ = [
     "ImagingOrder",
     "LoginAttempt",
     "NotificationAttempt",
+    "Patient",
     "PendingStudy",
     "PerformedProcedureStep",
     "Procedure",

@@ -44,6 +44,7 @@ from sidecar.accounts.models import Role, User
 from sidecar.core.dependencies import ClockDep
 from sidecar.findings.models import CriticalFinding, FindingNotification
 from sidecar.orders.models import ImagingOrder
+from sidecar.patients.models import Patient
 from sidecar.reports.models import RadiologyReport, ReportStatus
 from sidecar.studies.models import Image, Study
 
@@ -126,6 +127,18 @@ class CareScope:
                 self.cares_for(col(ImagingOrder.patient_id), col(ImagingOrder.issuer_of_patient_id))
             )
         return conditions
+
+    def patients(self) -> list[Any]:
+        """Conditions on Patient (the registry): a patient with an order or a study in reach."""
+        if not self.limited:
+            return []
+        record = col(Patient.id)
+        return [
+            or_(
+                exists().where(col(ImagingOrder.patient_record_id) == record, *self.orders()),
+                exists().where(col(Study.patient_record_id) == record, *self.studies()),
+            )
+        ]
 
     def images(self) -> list[Any]:
         """Conditions on Image."""

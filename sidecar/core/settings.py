@@ -165,6 +165,9 @@ class Settings(BaseSettings):
     # The facility each registered modality belongs to, by calling AE title: studies without an
     # order take it. "CT01=NORTH,MR01=SOUTH".
     modality_facilities: str = Field(default="", max_length=4000)
+    # The assigning authority of a PatientID whose images name none (IssuerOfPatientID empty):
+    # studies without an order are filed under (PatientID, DEFAULT_ISSUER). Empty: none.
+    default_issuer: str = Field(default="", max_length=64)
     results_send_preliminary: bool = False
     # Order status updates (ORM^O01, ORC-1 SC: IP, CM, DC, CA) to the HIS through the same
     # outbox as results, whenever results are sent; false: results only.

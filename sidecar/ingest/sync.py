@@ -36,6 +36,7 @@ from sidecar.ingest.queue import due_studies, forget, queue_studies, reschedule
 from sidecar.mpps import service as mpps
 from sidecar.orders import matching as order_matching
 from sidecar.orders.models import ImagingOrder
+from sidecar.patients import service as patients
 from sidecar.results import service as results
 from sidecar.results.routing import ResultRouting
 from sidecar.results.status_updates import queue_status_update
@@ -88,6 +89,7 @@ class OrthancSync(BackgroundWorker):
         result_routing: ResultRouting | None = None,
         on_result_queued: Callable[[], None] | None = None,
         modality_facilities: Mapping[str, str] | None = None,
+        default_issuer: str | None = None,
     ) -> None:
         # The idle poll is the interval: the change log is read that often when nothing wakes
         # the worker sooner (a plugin notice does).
@@ -102,6 +104,8 @@ class OrthancSync(BackgroundWorker):
         self._on_result_queued = on_result_queued
         # Calling AE title -> facility (MODALITY_FACILITIES), for studies without an order.
         self._modality_facilities = dict(modality_facilities or {})
+        # DEFAULT_ISSUER: the issuer of a PatientID whose images name none.
+        self._default_issuer = default_issuer or None
         self.status = SyncStatus()
         # When each plugin notice arrived (monotonic clock): for the latency figures only.
         self.noticed_at: dict[str, float] = {}
@@ -306,6 +310,13 @@ class OrthancSync(BackgroundWorker):
                 return _DONE  # deleted by an administrator meanwhile
             created = register_images(
                 session, current, image_records(tags), issuer_of_patient_id=study_issuer(tags)
+            )
+            # Its issuer known now: a study without an order is filed under its patient.
+            patients.attach_study(
+                session,
+                current,
+                default_issuer=self._default_issuer,
+                actor=audit.ORTHANC_SYNC_ACTOR,
             )
             session.commit()
         log.info("registered Orthanc study %s: %d new images", orthanc_id, created)

@@ -41,6 +41,7 @@ from sidecar.mpps.models import (
 from sidecar.orders import service as orders
 from sidecar.orders.matching import PATIENT_MISMATCH
 from sidecar.orders.models import ORDER_WORKFLOW, ImagingOrder, OrderStatus
+from sidecar.patients import service as patients
 from sidecar.results.routing import ResultRouting
 from sidecar.results.status_updates import queue_status_update
 from sidecar.studies.models import Study
@@ -102,7 +103,7 @@ def start_step(
     order = find_order(session, step)
     if order is None:
         step.order_match_issue = NO_ORDER
-    elif _patient_differs(step, order):
+    elif _patient_differs(session, step, order):
         step.order_match_issue = PATIENT_MISMATCH
     else:
         step.order_id = order.id
@@ -225,11 +226,19 @@ def instances_announced(session: Session, study_instance_uid: str) -> int | None
     return int(total) if total is not None else None
 
 
-def _patient_differs(step: PerformedProcedureStep, order: ImagingOrder) -> bool:
-    if step.patient_id and step.patient_id != order.patient_id:
-        return True
+def _patient_differs(session: Session, step: PerformedProcedureStep, order: ImagingOrder) -> bool:
+    """The step names another patient than the order's: not the same identifier (and issuer,
+    when both name one), nor one merged into the order's patient since the modality read its
+    worklist (IHE PIR)."""
     issuers = (step.issuer_of_patient_id, order.issuer_of_patient_id)
-    return all(issuers) and issuers[0] != issuers[1]
+    same = (not step.patient_id or step.patient_id == order.patient_id) and not (
+        all(issuers) and issuers[0] != issuers[1]
+    )
+    if same or not step.patient_id:
+        return not same
+    return not patients.merged_into(
+        session, step.patient_id, step.issuer_of_patient_id, order.patient_record_id
+    )
 
 
 def _order_started(

@@ -59,6 +59,7 @@ from sidecar.orders.intake_log import (
     storable,
 )
 from sidecar.orders.models import ImagingOrder, OrderStatus
+from sidecar.patients import service as patients
 from sidecar.procedures import catalog as procedures
 from sidecar.results.message_log import Hl7Direction, Hl7Message, Hl7MessageStatus
 
@@ -298,6 +299,7 @@ class OrderIntake:
                 facility_field=self._facility_field,
                 catalog=functools.partial(procedures.defaults_for, session),
             )
+            values.update(_patient_of(session, values, actor=actor))
             # A taken accession number or Study Instance UID fails the unique constraints at
             # commit: answered AE 205 by _apply, one query fewer than asking first.
             return orders.insert_order(session, values, actor=actor, source="hl7")
@@ -316,6 +318,7 @@ class OrderIntake:
                     ).items()
                     if k not in ("accession_number", "study_instance_uid")
                 }
+                changes.update(_patient_of(session, changes, actor=actor))
                 orders.update_order(session, order, changes, actor=actor)
                 return _id(order)
             if control == OrderControl.RELEASE_HOLD:
@@ -330,6 +333,19 @@ class OrderIntake:
                 "cannot apply",
                 where,
             ) from exc
+
+
+def _patient_of(session: Session, values: dict[str, Any], *, actor: str) -> dict[str, Any]:
+    """The order's patient columns from the registry (sidecar.patients); AE 204 naming the
+    surviving identifier (ERR-8) when PID-3 names a patient merged into another."""
+    try:
+        return patients.for_order(session, values, actor=actor)
+    except patients.MergedAway as merged:
+        survivor = merged.surviving
+        raise UnknownKeyIdentifier(
+            f"PID-3 was merged into {survivor.patient_id}^^^{survivor.issuer_of_patient_id}",
+            ErrorLocation("PID", 1, 3),
+        ) from merged
 
 
 def _implied_orc_note(message: OrderMessage) -> str | None:

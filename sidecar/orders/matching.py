@@ -3,7 +3,8 @@
 By accession number first, then by Study Instance UID (the one the worklist handed the modality).
 A patient that differs between study and order (its id, or the id's issuer when both name one)
 is flagged on the study and not linked: images of one patient must never be filed under another
-patient's order. A linked study takes its order's patient, issuer included.
+patient's order. A linked study takes its order's patient (sidecar.patients), issuer included.
+Images under an identifier since merged into the order's patient match it, flagged.
 """
 
 from __future__ import annotations
@@ -13,6 +14,8 @@ from sqlmodel import Session, select
 from sidecar.core import audit
 from sidecar.orders import service as orders
 from sidecar.orders.models import ORDER_WORKFLOW, ImagingOrder, OrderStatus
+from sidecar.patients import service as patients
+from sidecar.patients.models import Patient
 from sidecar.studies.models import Study
 
 PATIENT_MISMATCH = "patient id differs from the order's"
@@ -39,12 +42,20 @@ def link(session: Session, study: Study, order: ImagingOrder, *, actor: str) -> 
 
     Raises PatientMismatch (and leaves both unchanged) when the patient ids differ.
     """
-    if study.patient_id and order.patient_id != study.patient_id:
-        raise PatientMismatch(PATIENT_MISMATCH)
     issuers = (study.issuer_of_patient_id, order.issuer_of_patient_id)
-    if all(issuers) and issuers[0] != issuers[1]:
-        raise PatientMismatch(PATIENT_MISMATCH)
+    if (study.patient_id and order.patient_id != study.patient_id) or (
+        all(issuers) and issuers[0] != issuers[1]
+    ):
+        # Images under an identifier since merged into the order's patient are its patient's.
+        if not patients.merged_into(
+            session, study.patient_id or "", study.issuer_of_patient_id, order.patient_record_id
+        ):
+            raise PatientMismatch(PATIENT_MISMATCH)
+        study.patient_identity_issue = patients.MERGED_IDENTIFIER
     study.issuer_of_patient_id = order.issuer_of_patient_id or study.issuer_of_patient_id
+    patient = session.get(Patient, order.patient_record_id) if order.patient_record_id else None
+    if patient is not None:
+        patients.file_study(session, study, patient)
     study.order_id = order.id
     study.order_match_issue = None
     study.facility_id = order.facility_id or study.facility_id

@@ -72,6 +72,8 @@ class ImagingOrder(SQLModel, table=True):
     patient_name: str | None = Field(default=None, max_length=324)
     patient_birth_date: date | None = None
     patient_sex: str | None = Field(default=None, max_length=16)
+    # The patient in the registry (sidecar.patients); the patient columns above are its copies.
+    patient_record_id: int | None = Field(default=None, foreign_key="patient.id", index=True)
     referring_physician: str | None = Field(default=None, max_length=324)
     ordering_provider: str | None = Field(default=None, max_length=324)
     provider_id: str | None = Field(default=None, max_length=64, index=True)
@@ -176,6 +178,7 @@ class OrderPublic(ApiModel):
     patient_name: str | None
     patient_birth_date: date | None
     patient_sex: str | None
+    patient_record_id: int | None
     referring_physician: str | None
     ordering_provider: str | None
     provider_id: str | None

@@ -12,9 +12,16 @@ from sidecar.access.care_scope import CareScopeDep
 from sidecar.accounts.dependencies import require_roles
 from sidecar.accounts.models import Role, User
 from sidecar.core.dependencies import SessionDep
-from sidecar.core.errors import ConflictingState, UnknownRecord
-from sidecar.core.models import Page, SupportedTime
-from sidecar.core.pagination import Pagination, PaginationDep, RecordId, equal_to, paginate
+from sidecar.core.errors import ConflictingState, UnacceptableValue, UnknownRecord
+from sidecar.core.models import Page, SupportedTime, api_alias
+from sidecar.core.pagination import (
+    Pagination,
+    PaginationDep,
+    RecordId,
+    equal_to,
+    paginate,
+    record_id_query,
+)
 from sidecar.mpps.models import PerformedProcedureStep
 from sidecar.orders import service as orders
 from sidecar.orders.events import OrderEventsDep
@@ -28,6 +35,7 @@ from sidecar.orders.models import (
     OrderUpdate,
     Priority,
 )
+from sidecar.patients import service as patients
 from sidecar.results.outbox import ResultOutboxDep
 from sidecar.results.routing import ResultRouting, ResultRoutingDep
 from sidecar.results.status_updates import queue_status_update
@@ -47,6 +55,7 @@ def create_order(
     body: OrderCreate, session: SessionDep, user: OrderEditor, events: OrderEventsDep
 ) -> ImagingOrder:
     values = orders.with_catalog(session, body.model_dump())
+    values.update(patients.for_order(session, values, actor=user.username))
     order = orders.create_order(session, values, actor=user.username, source="api")
     session.commit()
     session.refresh(order)
@@ -67,9 +76,11 @@ def list_orders(
     priority: Priority | None = None,
     scheduled_from: Annotated[SupportedTime | None, Query(alias="scheduledFrom")] = None,
     scheduled_to: Annotated[SupportedTime | None, Query(alias="scheduledTo")] = None,
+    patient_record_id: Annotated[int | None, record_id_query("patientRecordId")] = None,
 ) -> dict[str, Any]:
     conditions = equal_to(
         (ImagingOrder.patient_id, patient_id),
+        (ImagingOrder.patient_record_id, patient_record_id),
         (ImagingOrder.accession_number, accession_number),
         (ImagingOrder.status, order_status),
         (ImagingOrder.modality, modality),
@@ -133,6 +144,7 @@ def update_order(
             f"order {order_id} is {order.status.value} and can no longer be edited"
         )
     if changes:
+        changes.update(_patient_of(session, order, changes, actor=user.username))
         orders.update_order(session, order, changes, actor=user.username)
     cancelled = False
     if target is not None:
@@ -177,6 +189,26 @@ def _tell_his_cancelled(
 ) -> None:
     """An order cancelled here, not by the HIS (whose own cancellations arrive over HL7)."""
     queue_status_update(session, order, OrderStatusCode.CANCELLED, routing, actor=actor)
+
+
+def _patient_of(
+    session: Session, order: ImagingOrder, changes: dict[str, Any], *, actor: str
+) -> dict[str, Any]:
+    """A new patient id (or issuer) moves the order to that patient; demographics are the
+    patient's, corrected with PATCH /api/patients/{id}, not one order's."""
+    for name in patients.DEMOGRAPHICS:
+        if name in changes:
+            raise UnacceptableValue(
+                f"body.{api_alias(name)}",
+                "is the patient's: correct it with PATCH /api/patients/{id}",
+            )
+    if "patient_id" not in changes and "issuer_of_patient_id" not in changes:
+        return {}
+    identifier = {
+        "patient_id": changes.get("patient_id", order.patient_id),
+        "issuer_of_patient_id": changes.get("issuer_of_patient_id", order.issuer_of_patient_id),
+    }
+    return patients.for_order(session, identifier, actor=actor)
 
 
 def get_order_or_404(session: Session, order_id: int) -> ImagingOrder:

@@ -66,6 +66,12 @@ class Study(SQLModel, table=True):
     patient_name: str | None = Field(default=None, max_length=324)
     patient_birth_date: date | None = None
     patient_sex: str | None = Field(default=None, max_length=16)
+    # The patient in the registry (sidecar.patients): its order's, else that of the PatientID
+    # and IssuerOfPatientID; the patient columns above are its copies.
+    patient_record_id: int | None = Field(default=None, foreign_key="patient.id", index=True)
+    # Set when the images name a patient other than the one the study is filed under (a
+    # merged-away identifier): Orthanc's copy still carries it.
+    patient_identity_issue: str | None = Field(default=None, max_length=200)
     study_date: date | None = Field(default=None, index=True)
     study_time: time | None = None
     study_description: str | None = Field(default=None, max_length=64)
@@ -153,6 +159,8 @@ class StudyPublic(ApiModel):
     patient_name: str | None
     patient_birth_date: date | None
     patient_sex: str | None
+    patient_record_id: int | None
+    patient_identity_issue: str | None
     study_date: date | None
     study_time: LocalTime | None
     study_description: str | None

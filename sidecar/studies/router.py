@@ -15,15 +15,23 @@ from hl7.order_status_message import OrderStatusCode
 from sidecar.access.care_scope import CareScope, CareScopeDep
 from sidecar.accounts.dependencies import Clinician, Scheduler, StudyEditor
 from sidecar.core import audit
-from sidecar.core.dependencies import SessionDep
+from sidecar.core.dependencies import SessionDep, SettingsDep
 from sidecar.core.errors import ConflictingState, UnknownRecord
 from sidecar.core.models import MAX_RECORD_ID, ApiInput, Page, join_multi, utcnow
-from sidecar.core.pagination import Pagination, PaginationDep, RecordId, page, paginate
+from sidecar.core.pagination import (
+    Pagination,
+    PaginationDep,
+    RecordId,
+    page,
+    paginate,
+    record_id_query,
+)
 from sidecar.mpps.models import PerformedProcedureStep
 from sidecar.orders import matching as order_matching
 from sidecar.orders.events import OrderEventsDep
 from sidecar.orders.identifiers import new_accession_number, new_study_instance_uid
 from sidecar.orders.models import ImagingOrder
+from sidecar.patients import service as patients
 from sidecar.results import service as results
 from sidecar.results.outbox import ResultOutboxDep
 from sidecar.results.routing import ResultRoutingDep
@@ -66,8 +74,11 @@ def list_studies(
     matched: Annotated[
         bool | None, Query(description="true: linked to an imaging order; false: not linked")
     ] = None,
+    patient_record_id: Annotated[int | None, record_id_query("patientRecordId")] = None,
 ) -> dict[str, Any]:
     conditions: list[Any] = scope.studies()
+    if patient_record_id is not None:
+        conditions.append(Study.patient_record_id == patient_record_id)
     if matched is not None:
         linked = col(Study.order_id)
         conditions.append(linked.is_not(None) if matched else linked.is_(None))
@@ -95,7 +106,11 @@ def list_studies(
 
 @router.post("", response_model=StudyPublic, status_code=status.HTTP_201_CREATED)
 def create_study(
-    body: StudyCreate, session: SessionDep, user: Scheduler, links: ViewerLinksDep
+    body: StudyCreate,
+    session: SessionDep,
+    user: Scheduler,
+    links: ViewerLinksDep,
+    settings: SettingsDep,
 ) -> StudyPublic:
     values = body.model_dump(exclude={"modalities"})
     uid = values.pop("study_instance_uid") or new_study_instance_uid()
@@ -110,6 +125,9 @@ def create_study(
     study.accession_number = study.accession_number or new_accession_number(session)
     session.add(study)
     session.flush()
+    patients.attach_study(
+        session, study, default_issuer=settings.default_issuer or None, actor=user.username
+    )
     audit.record(
         session,
         actor=user.username,

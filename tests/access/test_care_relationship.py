@@ -17,6 +17,7 @@ from fastapi.testclient import TestClient
 from sqlmodel import Session
 
 from sidecar.accounts.models import Role
+from sidecar.patients import service as patients
 from sidecar.studies.models import Study
 
 from builders import UID_ROOT, orthanc_study, seed_study
@@ -39,6 +40,7 @@ class Record:
     order_id: int | None = None
     report_id: int | None = None
     finding_id: int | None = None
+    patient_record_id: int | None = None
 
 
 @dataclass
@@ -96,6 +98,8 @@ def _study(
         study = session.get(Study, study_id)
         assert study is not None
         study.issuer_of_patient_id = issuer  # as the sync reads IssuerOfPatientID from images
+        # Filed under its patient, as the sync does once it knows the issuer.
+        patients.attach_study(session, study, default_issuer=None, actor="test")
         session.add(study)
         session.commit()
     images = client.get(f"/api/studies/{study_id}/images", headers=admin).json()["items"]
@@ -157,6 +161,8 @@ def world(
             assert linked.status_code == 200, linked.text
         record = Record(study_id, accession, series_uid, image_id)
         record.order_id = order["id"] if order else None
+        study = client.get(f"/api/studies/{study_id}", headers=admin_headers).json()
+        record.patient_record_id = study["patientRecordId"]
         report = write_report(client, radiologist, study_id)
         record.report_id = sign(client, radiologist, report["id"])["id"]
         record.finding_id = raise_finding(client, radiologist, study_id)["id"]
@@ -192,6 +198,8 @@ LISTS: list[tuple[str, dict[str, Any], str]] = [
     ("/api/critical-findings", {}, "finding_id"),
     ("/api/critical-findings/pending", {}, "finding_id"),
     ("/api/critical-findings/severity/CRITICAL", {}, "finding_id"),
+    ("/api/patients", {}, "patient_record_id"),
+    ("/api/patients", {"patientId": "MRN-1"}, "patient_record_id"),
 ]
 
 #: Reads of one record: path template over a Record's values.
@@ -206,6 +214,7 @@ READS = [
     "/api/reports/{report_id}/versions",
     "/api/reports/{report_id}/rendering",
     "/api/critical-findings/{finding_id}",
+    "/api/patients/{patient_record_id}",
 ]
 #: Lists of one study's records: in reach, they list its one record; else nothing.
 STUDY_LISTS = {

@@ -280,6 +280,32 @@ def test_a_step_naming_another_patient_links_nothing(
     assert order_now(client, admin_headers, order["id"])["status"] == "SCHEDULED"
 
 
+def test_a_step_under_a_merged_away_patient_id_starts_the_surviving_patients_order(
+    app: FastAPI, client: TestClient, admin_headers: Headers, dx01: Modality
+) -> None:
+    # The modality read its worklist before the HIS merged the trauma record into the real one.
+    order = new_order(client, admin_headers, patientId="TRAUMA-7", issuerOfPatientId="HOSP")
+    survivor = new_order(client, admin_headers, patientId="REAL-7", issuerOfPatientId="HOSP")
+    prior_id, surviving_id = order["patientRecordId"], survivor["patientRecordId"]
+    merged = client.post(
+        f"/api/patients/{prior_id}/merge",
+        json={"survivingPatientId": surviving_id},
+        headers=admin_headers,
+    )
+    assert merged.status_code == 200, merged.text
+
+    answer, _ = dx01.create(for_order(order, patient_id="TRAUMA-7"))
+
+    assert answer.status == 0x0000
+    (step,) = steps(app)
+    assert (step.order_id, step.order_match_issue) == (order["id"], None)
+    assert order_now(client, admin_headers, order["id"])["status"] == "IN_PROGRESS"
+    # Another patient's id still links nothing.
+    other = new_order(client, admin_headers, patientId="SOMEONE-8", issuerOfPatientId="HOSP")
+    dx01.create(for_order(other, patient_id="REAL-7"))
+    assert order_now(client, admin_headers, other["id"])["status"] == "SCHEDULED"
+
+
 def test_the_scp_gives_the_step_a_uid_when_the_modality_gives_none(
     app: FastAPI, client: TestClient, admin_headers: Headers, dx01: Modality
 ) -> None:

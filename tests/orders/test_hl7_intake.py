@@ -10,7 +10,6 @@ import pytest
 import sqlalchemy as sa
 
 from hl7_samples import (
-    ADT_A01,
     NO_PATIENT_ID,
     NOT_HL7,
     OMI_NW_251,
@@ -22,6 +21,7 @@ from hl7_samples import (
     ORM_SC_251,
     ORM_V22,
     ORM_XO_251,
+    ORU_R01_INBOUND,
     UNKNOWN_ORDER_CONTROL,
     with_field,
 )
@@ -158,7 +158,7 @@ def test_omi_o23_is_accepted(hospital: Hospital) -> None:
         (with_field(ORM_SC_251, "ORC", 5, "ZZ"), "AE", "103"),
         (with_field(ORM_NW_251, "OBR", 24, "XX"), "AE", "103"),
         (ORM_V22, "AR", "203"),
-        (ADT_A01, "AR", "200"),
+        (ORU_R01_INBOUND, "AR", "200"),  # ADT goes to the patient registry (tests/patients)
     ],
 )
 def test_bad_messages_are_answered_with_the_reason_and_logged(

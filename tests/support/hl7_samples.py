@@ -168,6 +168,7 @@ ADT_A01 = message(
     "PID|1||4711-0815^^^GENHOSP^MR||Müller^Jürgen",
 )
 ORM_O02 = with_field(ORM_NW_251, "MSH", 9, "ORM^O02^ORM_O02")
+ORU_R01_INBOUND = with_field(ORM_NW_251, "MSH", 9, "ORU^R01^ORU_R01")
 ORM_V26 = with_field(ORM_NW_251, "MSH", 12, "2.6")
 ORM_V22 = with_field(ORM_NW_23, "MSH", 12, "2.2")
 OMI_V24 = with_field(OMI_NW_251, "MSH", 12, "2.4")
@@ -201,4 +202,50 @@ SEED_002_ORM = message(
     "MSH|^~\\&|EMR|UnifiedHealth|PACS|Radiology|20241219140000||ORM^O01|MSG123|P|2.5",
     "PID|1||PAT123456||Doe^John||19800101|M",
     "OBR|1||ORD789012|CR^Chest X-Ray^LOINC|||20241220100000",
+)
+
+
+# --- patient administration (ADT) -------------------------------------------------------------
+
+#: v2.5.1 registration of the patient the ADT tests follow, with a second identifier in PID-3.
+ADT_A01_251 = message(
+    "MSH|^~\\&|HIS|GENHOSP|RIS|RADIOLOGY|20240301090000+0100||ADT^A01^ADT_A01|ADT-0001|P|2.5.1",
+    "EVN|A01|20240301090000+0100",
+    "PID|1||MRN-7001^^^GENHOSP^MR~PP-7001^^^PASSPORT^PPN||KOWALSKI^ANNA||19610405|F",
+    "PV1|1|O",
+)
+#: v2.5.1 update: the name corrected.
+ADT_A08_251 = message(
+    "MSH|^~\\&|HIS|GENHOSP|RIS|RADIOLOGY|20240301100000+0100||ADT^A08^ADT_A01|ADT-0002|P|2.5.1",
+    "EVN|A08|20240301100000+0100",
+    "PID|1||MRN-7001^^^GENHOSP^MR||KOWALSKA^ANNA^MARIA||19610405|F",
+    "PV1|1|O",
+)
+#: v2.5.1 merge: the trauma registration MRN-7666 into MRN-7001.
+ADT_A40_251 = message(
+    "MSH|^~\\&|HIS|GENHOSP|RIS|RADIOLOGY|20240301110000+0100||ADT^A40^ADT_A39|ADT-0003|P|2.5.1",
+    "EVN|A40|20240301110000+0100",
+    "PID|1||MRN-7001^^^GENHOSP^MR||KOWALSKI^ANNA||19610405|F",
+    "MRG|MRN-7666^^^GENHOSP^MR",
+)
+#: v2.3 merge, MSH-9 without message structure, MRG-1 without its assigning authority.
+ADT_A40_23 = message(
+    "MSH|^~\\&|HIS|GENHOSP|RIS|RADIOLOGY|20240301110000||ADT^A40|ADT-0023|P|2.3",
+    "EVN|A40|20240301110000",
+    "PID|1||MRN-7001^^^GENHOSP^MR||KOWALSKI^ANNA||19610405|F",
+    "MRG|MRN-7666",
+)
+#: v2.5.1 identifier change: MRN-7001 becomes MRN-7009.
+ADT_A47_251 = message(
+    "MSH|^~\\&|HIS|GENHOSP|RIS|RADIOLOGY|20240301120000+0100||ADT^A47^ADT_A30|ADT-0004|P|2.5.1",
+    "EVN|A47|20240301120000+0100",
+    "PID|1||MRN-7009^^^GENHOSP^MR||KOWALSKI^ANNA||19610405|F",
+    "MRG|MRN-7001^^^GENHOSP^MR",
+)
+#: An order for a patient of the ADT tests (the v2.5.1 order with PID-3 and the keys changed).
+ORM_FOR_MRN_7001 = with_field(
+    with_field(with_field(ORM_NW_251, "PID", 3, "MRN-7001^^^GENHOSP^MR"), "MSH", 10, "MSG-NW-7001"),
+    "PID",
+    5,
+    "KOWALSKI^ANNA",
 )

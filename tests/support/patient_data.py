@@ -28,6 +28,13 @@ FIXED = (
     # tests/support/builders.py, tests/support/reporting.py
     "DOE^JANE",
     "PAT-0001",
+    # tests/patients
+    "KOWALSK",
+    "KOWALCZYK",
+    "NOWAK^PIOTR",
+    "MRN-7",
+    "19610405",
+    "1961-04-05",
     # hostile tests' canaries
     "LEAK-CANARY",
     "PAT-CANARY",

@@ -1,0 +1,1 @@
+"""Patients: one identity (identifier and assigning authority) across HL7, DICOM and the API."""
