@@ -101,14 +101,16 @@ def move_if(
     target: StatusT,
     *,
     at: datetime,
-) -> None:
+) -> bool:
     """current -> target for the record with this id if it is still `current`, in one
     conditional UPDATE that leaves its version alone: a writer racing with it (holding the
-    record) wins either way, and never gets a 409 for it. The caller commits."""
+    record) wins either way, and never gets a 409 for it. True when this call moved it (of
+    two racing callers, one does). The caller commits, and audits what it moved."""
     workflow.check(current, target)
-    session.execute(
+    result = session.execute(
         update(table)
         .where(table.id == record_id, table.status == current)
         .values(status=target, updated_at=at)
         .execution_options(synchronize_session=False)
     )
+    return bool(getattr(result, "rowcount", 0) == 1)

@@ -4,8 +4,9 @@ that refuses it.
 The checks are those of the standard's usage table for the SCU: an N-CREATE carries the Type 1
 attributes with values (Scheduled Step Attributes Sequence with a Study Instance UID in each
 item, Performed Procedure Step ID, Performed Station AE Title, start date and time, the status
-IN PROGRESS, Modality); an N-SET that ends the step (COMPLETED or DISCONTINUED) carries the end
-date and time, and a COMPLETED one at least one performed series. Every value kept is checked
+IN PROGRESS, Modality); a step set COMPLETED or DISCONTINUED has, by then, its end date and time,
+and a COMPLETED one at least one performed series (check_final, on the step as stored: the SCU
+may send them over several N-SETs). Every value kept is checked
 against its value representation (length, repertoire, UID syntax), as orders are: a modality's
 text becomes the order's record and the HIS's messages. A refusal names the attribute by tag and
 keyword and quotes nothing of its value (it may be patient data).
@@ -84,6 +85,7 @@ class StepEnd:
 
     status: PerformedStepStatus | None
     ended_at: datetime | None
+    end_given_empty: bool  # the end date or time sent without a value
     series_count: int | None
     instance_count: int | None
     discontinuation_reason_code: str | None
@@ -141,28 +143,52 @@ def read_create(attributes: Dataset, zone: tzinfo | None) -> StepStart:
 
 
 def read_set(attributes: Dataset, zone: tzinfo | None) -> StepEnd:
-    """The N-SET's modification list; raises StepRefused. A final status needs the end date and
-    time, and COMPLETED at least one performed series (PS3.4 F.7.2.2.2)."""
+    """The N-SET's modification list; raises StepRefused for a value that cannot be read. What a
+    final status needs is checked on the step as the N-SETs so far leave it (check_final)."""
     status = _status(attributes, required=False)
     return _end(attributes, status, zone)
 
 
+def check_final(
+    status: PerformedStepStatus,
+    ended_at: datetime | None,
+    series_count: int | None,
+    end: StepEnd,
+) -> None:
+    """PS3.4 F.7.2.2.2: when a step is set COMPLETED or DISCONTINUED it has its end date and
+    time, and a COMPLETED one at least one performed series: given in this N-SET or an earlier
+    one (the SCU may send them over several). Raises StepRefused naming what is missing."""
+    if ended_at is None:
+        status_code = MISSING_ATTRIBUTE_VALUE if end.end_given_empty else MISSING_ATTRIBUTE
+        raise StepRefused(
+            status_code,
+            "PerformedProcedureStepEndDate and EndTime are required to end",
+            "PerformedProcedureStepEndDate",
+        )
+    if status is PerformedStepStatus.COMPLETED and not series_count:
+        status_code = MISSING_ATTRIBUTE if series_count is None else MISSING_ATTRIBUTE_VALUE
+        raise StepRefused(
+            status_code,
+            "PerformedSeriesSequence is required to complete",
+            "PerformedSeriesSequence",
+        )
+
+
 def _end(attributes: Dataset, status: PerformedStepStatus | None, zone: tzinfo | None) -> StepEnd:
-    final = status in (PerformedStepStatus.COMPLETED, PerformedStepStatus.DISCONTINUED)
     ended_at = _moment(
         attributes,
         "PerformedProcedureStepEndDate",
         "PerformedProcedureStepEndTime",
         zone,
-        required=final,
+        required=False,
+    )
+    end_given_empty = ended_at is None and any(
+        keyword in attributes
+        for keyword in ("PerformedProcedureStepEndDate", "PerformedProcedureStepEndTime")
     )
     series_count = instance_count = None
     if "PerformedSeriesSequence" in attributes:
-        series = _sequence(
-            attributes,
-            "PerformedSeriesSequence",
-            required=status is PerformedStepStatus.COMPLETED,
-        )
+        series = _sequence(attributes, "PerformedSeriesSequence", required=False)
         series_count = len(series)
         instance_count = sum(
             len(_sequence(item, keyword, required=False))
@@ -171,12 +197,6 @@ def _end(attributes: Dataset, status: PerformedStepStatus | None, zone: tzinfo |
                 "ReferencedImageSequence",
                 "ReferencedNonImageCompositeSOPInstanceSequence",
             )
-        )
-    elif status is PerformedStepStatus.COMPLETED:
-        raise StepRefused(
-            MISSING_ATTRIBUTE,
-            "PerformedSeriesSequence is required to complete",
-            "PerformedSeriesSequence",
         )
     reason_code = reason = None
     reasons = _sequence(
@@ -188,6 +208,7 @@ def _end(attributes: Dataset, status: PerformedStepStatus | None, zone: tzinfo |
     return StepEnd(
         status=status,
         ended_at=ended_at,
+        end_given_empty=end_given_empty,
         series_count=series_count,
         instance_count=instance_count,
         discontinuation_reason_code=reason_code,
@@ -275,6 +296,9 @@ def _moment(
     time_text = _raw(attributes, time_keyword, required=required)
     if not day_text and not time_text and not required:
         return None
+    # One of the pair given: the other is required with it.
+    _raw(attributes, date_keyword, required=True)
+    _raw(attributes, time_keyword, required=True)
     day: date | None = parse_da(day_text)
     if day is None:
         raise StepRefused(INVALID_ATTRIBUTE_VALUE, f"{date_keyword} is not a date", date_keyword)

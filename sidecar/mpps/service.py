@@ -19,6 +19,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session, col, func, select
 
 from hl7.order_status_message import OrderStatusCode
@@ -32,6 +33,7 @@ from sidecar.mpps.attributes import (
     StepEnd,
     StepRefused,
     StepStart,
+    check_final,
 )
 from sidecar.mpps.models import (
     PERFORMED_STEP_WORKFLOW,
@@ -40,7 +42,7 @@ from sidecar.mpps.models import (
 )
 from sidecar.orders import service as orders
 from sidecar.orders.matching import PATIENT_MISMATCH
-from sidecar.orders.models import ORDER_WORKFLOW, ImagingOrder, OrderStatus
+from sidecar.orders.models import EXAM_DISCONTINUED, ImagingOrder, OrderStatus
 from sidecar.patients import service as patients
 from sidecar.results.routing import ResultRouting
 from sidecar.results.status_updates import queue_status_update
@@ -105,10 +107,17 @@ def start_step(
         step.order_match_issue = NO_ORDER
     elif _patient_differs(session, step, order):
         step.order_match_issue = PATIENT_MISMATCH
+    elif OrderStatus(order.status) in (OrderStatus.COMPLETED, OrderStatus.CANCELLED):
+        # An exam performed on an order that is over: someone must look at it.
+        step.order_match_issue = f"the order is {OrderStatus(order.status).value}"
     else:
         step.order_id = order.id
     session.add(step)
-    session.flush()
+    try:
+        session.flush()
+    except IntegrityError:
+        # The same UID created by a racing association (a modality's retry): it exists now.
+        raise StepRefused(DUPLICATE_SOP_INSTANCE, "this MPPS SOP Instance UID exists") from None
     audit.record(
         session,
         actor=MPPS_ACTOR,
@@ -163,6 +172,7 @@ def end_step(
             order_id=step.order_id,
         )
         return outcome
+    check_final(target, step.ended_at, step.series_count, end)
     move(session, step, PERFORMED_STEP_WORKFLOW, target, actor=MPPS_ACTOR, audited=False)
     session.add(step)
     audit.record(
@@ -246,9 +256,8 @@ def _order_started(
 ) -> None:
     """The exam began: the order leaves the worklist and the HIS hears IP (once: an order
     already under way, or done, stays as it is)."""
-    if not ORDER_WORKFLOW.can(OrderStatus(order.status), OrderStatus.IN_PROGRESS):
+    if not orders.start(session, order, actor=MPPS_ACTOR):
         return
-    orders.change_status(session, order, OrderStatus.IN_PROGRESS, actor=MPPS_ACTOR)
     assert order.id is not None
     outcome.orders_changed.append(order.id)
     queued = queue_status_update(
@@ -269,7 +278,7 @@ def _order_discontinued(
         return
     # Scheduled again if it has a time; else it waits for one, as a new order without does.
     target = orders.initial_status(order)
-    orders.change_status(session, order, target, actor=MPPS_ACTOR)
+    move(session, order, EXAM_DISCONTINUED, target, actor=MPPS_ACTOR)
     assert order.id is not None
     outcome.orders_changed.append(order.id)
     queued = queue_status_update(
@@ -279,7 +288,10 @@ def _order_discontinued(
 
 
 def _acquired(session: Session, order: ImagingOrder, step: PerformedProcedureStep) -> bool:
-    """Whether the order has images, or another step of it under way or completed."""
+    """Whether the order has images (here, or referenced by the discontinued step: they may
+    still be on their way), or another step of it under way or completed."""
+    if step.instance_count:
+        return True
     images = session.exec(
         select(Study.id).where(Study.order_id == order.id, col(Study.instance_count) > 0)
     ).first()

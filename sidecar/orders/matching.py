@@ -13,7 +13,7 @@ from sqlmodel import Session, select
 
 from sidecar.core import audit
 from sidecar.orders import service as orders
-from sidecar.orders.models import ORDER_WORKFLOW, ImagingOrder, OrderStatus
+from sidecar.orders.models import ImagingOrder
 from sidecar.patients import service as patients
 from sidecar.patients.models import Patient
 from sidecar.studies.models import Study
@@ -73,10 +73,7 @@ def link(session: Session, study: Study, order: ImagingOrder, *, actor: str) -> 
         order_id=order.id,
     )
     # Images acquired: the order is under way (it completes when its result is delivered).
-    if ORDER_WORKFLOW.can(OrderStatus(order.status), OrderStatus.IN_PROGRESS):
-        orders.change_status(session, order, OrderStatus.IN_PROGRESS, actor=actor)
-        return True
-    return False
+    return orders.start(session, order, actor=actor)
 
 
 def match(session: Session, study: Study, *, actor: str) -> ImagingOrder | None:

@@ -201,6 +201,14 @@ class OrderPublic(ApiModel):
     updated_at: datetime
 
 
+#: The one way back from IN_PROGRESS to the worklist: the modality discontinued the exam before
+#: acquiring anything (sidecar.mpps.service). Not a move the API offers: an order with images
+#: is read, not scheduled again.
+EXAM_DISCONTINUED: Workflow[OrderStatus] = Workflow(
+    "order", "order", {OrderStatus.IN_PROGRESS: {OrderStatus.SCHEDULED, OrderStatus.PENDING}}
+)
+
+
 class OrderDetail(OrderPublic):
     # What the modality reported performing for this order (MPPS), oldest first.
     performed_procedure_steps: list[PerformedStepSummary] = PydanticField(default_factory=list)
@@ -214,8 +222,7 @@ ORDER_WORKFLOW: Workflow[OrderStatus] = Workflow(
     {
         _O.PENDING: {_O.SCHEDULED, _O.IN_PROGRESS, _O.CANCELLED, _O.ON_HOLD},
         _O.SCHEDULED: {_O.PENDING, _O.IN_PROGRESS, _O.CANCELLED, _O.ON_HOLD},
-        # Back to PENDING or SCHEDULED: the modality discontinued the exam before any image.
-        _O.IN_PROGRESS: {_O.PENDING, _O.SCHEDULED, _O.COMPLETED, _O.CANCELLED, _O.ON_HOLD},
+        _O.IN_PROGRESS: {_O.COMPLETED, _O.CANCELLED, _O.ON_HOLD},
         _O.ON_HOLD: {_O.PENDING, _O.SCHEDULED, _O.IN_PROGRESS, _O.CANCELLED},
         _O.COMPLETED: set(),
         _O.CANCELLED: set(),

@@ -15,7 +15,7 @@ from sqlmodel import Session, select
 from sidecar.core import audit
 from sidecar.core.errors import ConflictingState, UnacceptableValue
 from sidecar.core.models import table_of, utcnow
-from sidecar.core.workflow import move
+from sidecar.core.workflow import move, move_if
 from sidecar.orders.identifiers import new_accession_number, new_study_instance_uid
 from sidecar.orders.models import ORDER_WORKFLOW, ImagingOrder, OrderStatus, Priority
 from sidecar.procedures import catalog
@@ -154,6 +154,38 @@ def change_status(
     if OrderStatus(order.status) != target:
         move(session, order, ORDER_WORKFLOW, target, actor=actor)
     return order
+
+
+def start(session: Session, order: ImagingOrder, *, actor: str) -> bool:
+    """The exam has started (its first images, or the modality's MPPS): the order moves to
+    IN_PROGRESS, off the worklist, once. Of callers racing to start it (an N-CREATE and the
+    first images, two modalities) exactly one moves it and gets True: the one that tells the
+    HIS. The caller commits."""
+    current = OrderStatus(order.status)
+    if not ORDER_WORKFLOW.can(current, OrderStatus.IN_PROGRESS):
+        return False
+    assert order.id is not None
+    moved = move_if(
+        session,
+        ImagingOrder,
+        order.id,
+        ORDER_WORKFLOW,
+        current,
+        OrderStatus.IN_PROGRESS,
+        at=utcnow(),
+    )
+    session.refresh(order)
+    if moved:
+        audit.record(
+            session,
+            actor=actor,
+            action="order.status_changed",
+            entity_type="order",
+            entity_id=order.id,
+            previous=current,
+            status=OrderStatus.IN_PROGRESS,
+        )
+    return moved
 
 
 def _check_unique(session: Session, accession: str, study_uid: str) -> None:

@@ -23,7 +23,7 @@ from datetime import datetime, timedelta
 from typing import Annotated, Any
 
 from fastapi import Depends
-from sqlalchemy import Engine
+from sqlalchemy import Engine, and_, or_
 from sqlalchemy.orm import aliased
 from sqlmodel import Session, col, select
 
@@ -206,7 +206,10 @@ def _results() -> list[Any]:
 
 
 def next_due(session: Session, now: datetime) -> Hl7Message | None:
-    """The oldest due pending result whose order has no earlier result still undelivered."""
+    """The oldest due pending message whose order has no earlier message still on its way: one
+    pending (results and status updates keep their order), or a result the HIS refused (an F
+    must not overtake it). A status update the HIS refused does not hold the order's results
+    back: a HIS that takes results but not ORM^O01 status messages still gets its results."""
     earlier = aliased(Hl7Message)
     blocked = (
         select(earlier.id)
@@ -215,7 +218,13 @@ def next_due(session: Session, now: datetime) -> Hl7Message | None:
             col(earlier.message_type).in_(OUTBOX_MESSAGE_TYPES),
             earlier.order_id == Hl7Message.order_id,
             col(earlier.id) < Hl7Message.id,
-            col(earlier.status).in_((Hl7MessageStatus.PENDING, Hl7MessageStatus.FAILED)),
+            or_(
+                col(earlier.status) == Hl7MessageStatus.PENDING,
+                and_(
+                    col(earlier.status) == Hl7MessageStatus.FAILED,
+                    col(earlier.message_type) == RESULT_MESSAGE_TYPE,
+                ),
+            ),
         )
         .exists()
     )

@@ -4,6 +4,7 @@ status every wrong request gets (never a dropped association)."""
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Iterator
 from typing import Any
 
@@ -20,6 +21,7 @@ from sidecar.core.settings import Settings
 from sidecar.main import create_app
 from sidecar.mpps.models import PerformedProcedureStep
 from sidecar.mpps.scp import MppsListener
+from sidecar.results.message_log import Hl7Message
 from sidecar.results.outbox import ResultOutbox
 
 from builders import UID_ROOT, audit_events, orthanc_study, seed_study
@@ -249,6 +251,137 @@ def test_discontinued_after_images_arrived_keeps_the_order_in_progress(
     assert len(his.filed()) == 1
 
 
+def test_discontinued_with_images_referenced_keeps_the_order_in_progress(
+    app: FastAPI, client: TestClient, admin_headers: Headers, dx01: Modality, his: HisSimulator
+) -> None:
+    # Equipment failure after three images: they are on their way to the archive, the exam is
+    # partly done, and the worklist must not offer it again.
+    order = new_order(client, admin_headers)
+    _, uid = dx01.create(for_order(order))
+    stopped = discontinued(
+        reason=("110501", "Equipment failure"), series=[("1.2.3.9", ["1.2.3.9.1", "1.2.3.9.2"])]
+    )
+
+    assert dx01.set(uid, stopped).status == 0x0000
+
+    assert order_now(client, admin_headers, order["id"])["status"] == "IN_PROGRESS"
+    assert [orc5(m) for m in his.wait_for(1)] == ["IP"]
+
+
+def test_the_api_cannot_send_a_started_order_back_to_the_worklist(
+    client: TestClient, admin_headers: Headers, dx01: Modality, his: HisSimulator
+) -> None:
+    order = new_order(client, admin_headers)
+    dx01.create(for_order(order))
+
+    for status in ("SCHEDULED", "PENDING"):
+        back = client.patch(
+            f"/api/imaging-orders/{order['id']}", json={"status": status}, headers=admin_headers
+        )
+        assert back.status_code == 409, back.text
+    assert order_now(client, admin_headers, order["id"])["status"] == "IN_PROGRESS"
+
+
+def test_two_modalities_starting_one_order_at_once_start_it_once(
+    app: FastAPI, client: TestClient, admin_headers: Headers, scp_port: int, his: HisSimulator
+) -> None:
+    orders = [new_order(client, admin_headers) for _ in range(5)]
+    answers: list[int] = []
+
+    def perform(station: str, order: dict[str, Any], ready: threading.Barrier) -> None:
+        with modality(scp_port, calling=station) as scanner:
+            ready.wait()
+            answer, _ = scanner.create(for_order(order, station=station))
+            answers.append(answer.status)
+
+    for order in orders:
+        ready = threading.Barrier(2)
+        racing = [
+            threading.Thread(target=perform, args=(station, order, ready))
+            for station in ("DX01", "DX02")
+        ]
+        for thread in racing:
+            thread.start()
+        for thread in racing:
+            thread.join(30)
+
+    assert answers == [0x0000] * 10
+    assert all(order_now(client, admin_headers, o["id"])["status"] == "IN_PROGRESS" for o in orders)
+    # Each order started once: one IP each, and one status change in the audit trail.
+    assert sorted(orc5(m) for m in his.wait_for(5)) == ["IP"] * 5
+    with Session(engine_of(app)) as session:
+        queued = session.exec(select(Hl7Message.order_id).where(Hl7Message.order_status == "IP"))
+        assert sorted(i or 0 for i in queued.all()) == sorted(o["id"] for o in orders)
+    started = [
+        e
+        for e in audit_events(engine_of(app), "order.status_changed")
+        if e.detail.get("status") == "IN_PROGRESS"
+    ]
+    assert sorted(int(e.entity_id) for e in started) == sorted(o["id"] for o in orders)
+    assert len(steps(app)) == 10
+
+
+def test_one_uid_created_twice_at_once_is_stored_once(
+    app: FastAPI, client: TestClient, admin_headers: Headers, scp_port: int
+) -> None:
+    order = new_order(client, admin_headers)
+    uid = f"{UID_ROOT}.88.1"
+    answers: list[int] = []
+    ready = threading.Barrier(2)
+
+    def perform(station: str) -> None:
+        with modality(scp_port, calling=station) as scanner:
+            ready.wait()
+            answer, _ = scanner.create(for_order(order, station=station), uid=uid)
+            answers.append(answer.status)
+
+    racing = [threading.Thread(target=perform, args=(s,)) for s in ("DX01", "DX02")]
+    for thread in racing:
+        thread.start()
+    for thread in racing:
+        thread.join(30)
+
+    assert sorted(answers) == [0x0000, 0x0111]
+    assert [s.sop_instance_uid for s in steps(app)] == [uid]
+
+
+def test_an_exam_on_an_order_that_is_over_is_kept_for_reconciliation(
+    app: FastAPI, client: TestClient, admin_headers: Headers, dx01: Modality
+) -> None:
+    order = new_order(client, admin_headers)
+    assert client.delete(f"/api/imaging-orders/{order['id']}", headers=admin_headers).is_success
+
+    answer, _ = dx01.create(for_order(order))
+
+    assert answer.status == 0x0000
+    (step,) = steps(app)
+    assert (step.order_id, step.order_match_issue) == (None, "the order is CANCELLED")
+    assert order_now(client, admin_headers, order["id"])["status"] == "CANCELLED"
+
+
+def test_the_end_and_the_series_may_come_in_earlier_n_sets(
+    app: FastAPI, client: TestClient, admin_headers: Headers, dx01: Modality
+) -> None:
+    order = new_order(client, admin_headers)
+    _, uid = dx01.create(for_order(order))
+    series_first = completed(series=[("1.2.3.7", ["1.2.3.7.1"])])
+    for keyword in (STATUS, END_DATE, END_TIME):
+        delattr(series_first, keyword)
+    assert dx01.set(uid, series_first).status == 0x0000
+    end_next = completed(series=[])
+    del end_next.PerformedSeriesSequence
+    del end_next.PerformedProcedureStepStatus
+    assert dx01.set(uid, end_next).status == 0x0000
+    status_alone = Dataset()
+    status_alone.PerformedProcedureStepStatus = "COMPLETED"
+
+    assert dx01.set(uid, status_alone).status == 0x0000
+
+    (step,) = steps(app)
+    assert (step.status, step.series_count, step.instance_count) == ("COMPLETED", 1, 1)
+    assert step.ended_at is not None
+
+
 def test_a_step_for_no_known_order_is_kept_for_reconciliation(
     app: FastAPI, client: TestClient, admin_headers: Headers, dx01: Modality, his: HisSimulator
 ) -> None:
@@ -417,7 +550,8 @@ def one_series() -> Dataset:
         (without(one_series(), END_DATE), MISSING, END_DATE),
         (emptied(discontinued(), END_TIME), NO_VALUE, END_TIME),
         (completed(series=[]), NO_VALUE, SERIES),
-        (without(one_series(), SERIES), MISSING, SERIES),
+        # The N-CREATE gave the (Type 2) sequence empty: still no series to complete with.
+        (without(one_series(), SERIES), NO_VALUE, SERIES),
         (emptied(discontinued(), STATUS), 0x0000, None),  # no status: the step goes on
     ],
 )

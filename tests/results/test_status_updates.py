@@ -13,8 +13,11 @@ from fastapi import FastAPI
 from fastapi.testclient import TestClient
 from hl7apy.consts import VALIDATION_LEVEL
 from hl7apy.parser import parse_message
+from sqlmodel import Session, select
 
+from hl7.errors import AckCode
 from sidecar.core.settings import Settings
+from sidecar.results.message_log import Hl7Message, Hl7MessageStatus
 from sidecar.results.outbox import ResultOutbox
 
 from builders import audit_events
@@ -114,6 +117,30 @@ def test_updates_and_results_of_an_order_keep_their_order_through_an_outage(
 
     assert [kind(m) for m in his.wait_for(3)] == ["IP", "ORU-F", "CM"]
     assert len({m.control_id for m in his.received}) == 3
+
+
+def test_a_his_that_refuses_status_updates_still_gets_its_results(
+    app: FastAPI,
+    client: TestClient,
+    his: HisSimulator,
+    technologist: Headers,
+    radiologist: Headers,
+) -> None:
+    # Many HIS interfaces take ORU^R01 but not the filler's ORM^O01 status messages.
+    his.refuse_with(AckCode.REJECT, "Unsupported message type")
+    study_id, _ = ordered_study(app, client, technologist)
+    wait_for(lambda: his.received, timeout=10, what="the IP refused")
+    his.accept()
+
+    sign(client, radiologist, write_report(client, radiologist, study_id)["id"])
+
+    assert [kind(m) for m in his.wait_for(2)] == ["ORU-F", "CM"]
+    assert [kind(m) for m in his.received] == ["IP", "ORU-F", "CM"]
+    with Session(engine_of(app)) as session:
+        refused = session.exec(
+            select(Hl7Message.order_status).where(Hl7Message.status == Hl7MessageStatus.FAILED)
+        ).all()
+    assert refused == ["IP"]  # kept, for an administrator to look at or retry
 
 
 def test_cancelled_here_the_his_hears_ca_once(
