@@ -46,6 +46,12 @@ from sidecar.orders.intake import OrderIntake
 from sidecar.orders.listener import OrderListener
 from sidecar.orders.router import router as orders_router
 from sidecar.procedures.router import router as procedures_router
+from sidecar.reading.analytics_router import router as analytics_router
+from sidecar.reading.overdue import ReadingOverdue
+from sidecar.reading.policy import ReadingPolicy
+from sidecar.reading.router import router as reading_router
+from sidecar.reading.rules import study_ready
+from sidecar.reading.rules_router import router as assignment_rules_router
 from sidecar.reports.router import router as reports_router
 from sidecar.results.outbox import ResultOutbox
 from sidecar.results.router import router as results_router
@@ -68,6 +74,9 @@ ROUTERS = (
     orders_router,
     procedures_router,
     reports_router,
+    reading_router,
+    assignment_rules_router,
+    analytics_router,
     findings_router,
     results_router,
     ingest_router,
@@ -180,6 +189,7 @@ def build_services(
                 on_order_changed=order_events.announce,
             )
         )
+    reading_policy = services.add(ReadingPolicy.from_settings(settings))
     services.add(
         OrthancSync(
             engine,
@@ -189,6 +199,7 @@ def build_services(
             result_routing=routing,
             on_result_queued=outbox.wake if outbox is not None else None,
             modality_facilities=settings.modality_facility_map(),
+            on_ready_to_read=lambda session, study: study_ready(session, study, now=clock()),
         )
     )
     # Critical findings: notified through a webhook outbox, escalated by deadline.
@@ -209,6 +220,11 @@ def build_services(
         engine, policy, clock=clock, on_queued=notifier.wake if notifier else None
     )
     services.add(FindingWorkers(notifier, escalation))
+    services.add(
+        ReadingOverdue(
+            engine, reading_policy, clock=clock, on_queued=notifier.wake if notifier else None
+        )
+    )
     front = services.add(build_viewer_front(settings, engine, clock=clock), ViewerFront)
     services.add(viewer_links(settings, front), ViewerLinks)
     return services
@@ -244,6 +260,8 @@ def _lifespan(services: Services) -> Callable[[FastAPI], Any]:
         if findings.notifier is not None:
             findings.notifier.start()  # notifications left pending by the last run too
         findings.escalation.start()
+        overdue = services.get(ReadingOverdue)
+        overdue.start()
         try:
             yield
         finally:
@@ -251,6 +269,7 @@ def _lifespan(services: Services) -> Callable[[FastAPI], Any]:
             if outbox is not None:
                 await asyncio.to_thread(outbox.stop)
             await asyncio.to_thread(findings.escalation.stop)
+            await asyncio.to_thread(overdue.stop)
             if findings.notifier is not None:
                 await asyncio.to_thread(findings.notifier.stop)
             await asyncio.to_thread(sync.stop)

@@ -9,6 +9,7 @@ from sidecar.findings.models import CriticalFinding, FindingNotification, Notifi
 from sidecar.ingest.models import ChangesCursor, PendingStudy
 from sidecar.orders.models import ImagingOrder
 from sidecar.procedures.models import Procedure
+from sidecar.reading.models import AssignmentRule, StudyReading
 from sidecar.reports.models import RadiologyReport, ReportRevision
 from sidecar.results.message_log import Hl7Message
 from sidecar.studies.models import Image, Series, Study
@@ -16,6 +17,7 @@ from sidecar.studies.models import Image, Series, Study
 metadata = SQLModel.metadata
 
 __all__ = [
+    "AssignmentRule",
     "AuditEvent",
     "ChangesCursor",
     "CriticalFinding",
@@ -33,6 +35,7 @@ __all__ = [
     "ReportRevision",
     "Series",
     "Study",
+    "StudyReading",
     "User",
     "metadata",
 ]

@@ -200,6 +200,17 @@ class Settings(BaseSettings):
     viewer_front: Literal["auto", "nginx", "sidecar"] = "auto"
     viewer_port: int = Field(default=8080, ge=1, le=65535)
 
+    # Reading (sidecar.reading): the turnaround target per priority, minutes from images
+    # complete to the final report. An overdue study's assignee is told at once (a study
+    # nobody holds goes to the escalation contact); the escalation contact (a recipient id of
+    # the notification service; empty: recorded as not notified) when the study is still
+    # unread READING_ESCALATION_MINUTES later.
+    reading_target_minutes_stat: int = Field(default=60, ge=1)
+    reading_target_minutes_urgent: int = Field(default=240, ge=1)
+    reading_target_minutes_routine: int = Field(default=1440, ge=1)
+    reading_escalation_contact: str = Field(default="", max_length=64)
+    reading_escalation_minutes: int = Field(default=30, ge=0)
+
     # The /changes reconciler: how often it polls Orthanc when nothing wakes it sooner.
     reconcile_enabled: bool = True
     reconcile_interval: float = Field(default=5.0, gt=0)

@@ -85,6 +85,7 @@ class OrthancSync(BackgroundWorker):
         result_routing: ResultRouting | None = None,
         on_result_queued: Callable[[], None] | None = None,
         modality_facilities: Mapping[str, str] | None = None,
+        on_ready_to_read: Callable[[Session, Study], object] | None = None,
     ) -> None:
         # The idle poll is the interval: the change log is read that often when nothing wakes
         # the worker sooner (a plugin notice does).
@@ -99,6 +100,8 @@ class OrthancSync(BackgroundWorker):
         self._on_result_queued = on_result_queued
         # Calling AE title -> facility (MODALITY_FACILITIES), for studies without an order.
         self._modality_facilities = dict(modality_facilities or {})
+        # Images complete (sidecar.reading.rules.study_ready): in the registration's transaction.
+        self._on_ready_to_read = on_ready_to_read
         self.status = SyncStatus()
         # When each plugin notice arrived (monotonic clock): for the latency figures only.
         self.noticed_at: dict[str, float] = {}
@@ -242,6 +245,8 @@ class OrthancSync(BackgroundWorker):
             moved_order = order_matching.match(session, study, actor=audit.ORTHANC_SYNC_ACTOR)
             if study.facility_id is None and modality_facility is not None:
                 study.facility_id = modality_facility  # no order, or one without a facility
+            if self._on_ready_to_read is not None:
+                self._on_ready_to_read(session, study)
             result_queued = False
             if not was_linked and study.order_id is not None and self._result_routing:
                 assert study.id is not None

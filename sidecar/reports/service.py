@@ -17,6 +17,7 @@ from sidecar.core import audit
 from sidecar.core.errors import ConflictingState, InvalidRequest
 from sidecar.core.models import utcnow
 from sidecar.core.workflow import move
+from sidecar.reading import holder as reading_holder
 from sidecar.reports.models import (
     REPORT_WORKFLOW,
     SECTIONS,
@@ -63,6 +64,8 @@ def create_report(
             f"study {study.id} is {study.status.value}: a report is written once its images "
             "have arrived (status COMPLETED)"
         )
+    # The study's reader writes it: held by another radiologist, 409 naming them.
+    reading_holder.claim_for_report(session, study, author, now=utcnow())
     report = RadiologyReport(
         study_id=_id(study),
         order_id=study.order_id,
@@ -94,6 +97,7 @@ def update_report(
 ) -> RadiologyReport:
     """Edits a preliminary report's sections; a signed report never changes (amend it)."""
     check_version(report, expected_version)
+    reading_holder.check_may_report(session, report.study_id, actor)
     if ReportStatus(report.status) != ReportStatus.PRELIMINARY:
         raise ReportConflict(
             f"report {report.id} is {report.status.value}: a signed report is never edited; "
@@ -121,6 +125,7 @@ def sign_report(
     """PRELIMINARY -> FINAL: the text becomes revision 1, and the study FINAL."""
     check_version(report, expected_version)
     REPORT_WORKFLOW.check(ReportStatus(report.status), ReportStatus.FINAL)
+    reading_holder.check_may_report(session, report.study_id, signer)
     if not (report.impression or "").strip() and not (report.findings or "").strip():
         raise IncompleteReport(f"report {report.id} has neither findings nor an impression")
     revision = _sign(session, report, signer, ReportStatus.FINAL, reason=None)
