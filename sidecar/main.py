@@ -53,6 +53,7 @@ from sidecar.reading.router import router as reading_router
 from sidecar.reading.rules import study_ready
 from sidecar.reading.rules_router import router as assignment_rules_router
 from sidecar.reports.router import router as reports_router
+from sidecar.reports.templates_router import router as report_templates_router
 from sidecar.results.outbox import ResultOutbox
 from sidecar.results.router import router as results_router
 from sidecar.results.service import ResultRouting
@@ -74,6 +75,7 @@ ROUTERS = (
     orders_router,
     procedures_router,
     reports_router,
+    report_templates_router,
     reading_router,
     assignment_rules_router,
     analytics_router,

@@ -11,6 +11,7 @@ from sidecar.orders.models import ImagingOrder
 from sidecar.procedures.models import Procedure
 from sidecar.reading.models import AssignmentRule, StudyReading
 from sidecar.reports.models import RadiologyReport, ReportRevision
+from sidecar.reports.templates import ReportTemplate
 from sidecar.results.message_log import Hl7Message
 from sidecar.studies.models import Image, Series, Study
 
@@ -33,6 +34,7 @@ __all__ = [
     "RadiologyReport",
     "RefreshToken",
     "ReportRevision",
+    "ReportTemplate",
     "Series",
     "Study",
     "StudyReading",

@@ -26,6 +26,7 @@ from sidecar.reports.models import (
     ReportRevision,
     ReportStatus,
 )
+from sidecar.reports.templates import unfilled_fields
 from sidecar.studies import registry as study_registry
 from sidecar.studies.models import Study, StudyStatus
 
@@ -51,7 +52,12 @@ def active_report(session: Session, study_id: int) -> RadiologyReport | None:
 
 
 def create_report(
-    session: Session, study: Study, author: User, sections: dict[str, Any]
+    session: Session,
+    study: Study,
+    author: User,
+    sections: dict[str, Any],
+    *,
+    template_id: int | None = None,
 ) -> RadiologyReport:
     """A preliminary report on a study whose images have arrived; one report per study."""
     existing = active_report(session, _id(study))
@@ -83,6 +89,7 @@ def create_report(
         entity_id=report.id,
         study_id=study.id,
         sections=sorted(k for k, v in _sections(sections).items() if v),
+        **({"template_id": template_id} if template_id is not None else {}),
     )
     return report
 
@@ -128,6 +135,7 @@ def sign_report(
     reading_holder.check_may_report(session, report.study_id, signer)
     if not (report.impression or "").strip() and not (report.findings or "").strip():
         raise IncompleteReport(f"report {report.id} has neither findings nor an impression")
+    check_filled(report)
     revision = _sign(session, report, signer, ReportStatus.FINAL, reason=None)
     study = session.get(Study, report.study_id)
     assert study is not None
@@ -166,6 +174,7 @@ def amend_report(
         raise IncompleteReport("an amendment needs at least one changed section")
     for name, value in changed.items():
         setattr(report, name, value)
+    check_filled(report)
     revision = _sign(session, report, signer, target, reason=reason)
     audit.record(
         session,
@@ -214,6 +223,15 @@ def revisions(session: Session, report_id: int) -> list[ReportRevision]:
             .order_by(col(ReportRevision.revision))
         ).all()
     )
+
+
+def check_filled(report: RadiologyReport) -> None:
+    """A report started from a template is signed only once every `[[field]]` is filled in."""
+    left = unfilled_fields({name: getattr(report, name) for name in SECTIONS})
+    if left:
+        raise ReportConflict(
+            f"report {report.id} still has template fields to fill: {', '.join(left)}"
+        )
 
 
 def check_version(report: RadiologyReport, expected: int | None) -> None:

@@ -1,5 +1,5 @@
 """reading: who holds each study ready to read, assignment rules, radiologists' availability,
-reading notifications in the notification outbox
+reading notifications in the notification outbox, report templates
 
 Revision ID: 0012
 Revises: 0009
@@ -58,6 +58,18 @@ def upgrade() -> None:
         sa.Column("updated_at", sidecar.core.models.UTCDateTime(timezone=True), nullable=False),
         sa.PrimaryKeyConstraint("id"),
     )
+    op.create_table(
+        "report_template",
+        sa.Column("id", sa.Integer(), nullable=False),
+        sa.Column("name", sa.String(length=128), nullable=False),
+        sa.Column("modality", sa.String(length=16), nullable=True),
+        sa.Column("body_part", sa.String(length=64), nullable=True),
+        sa.Column("procedure_code", sa.String(length=64), nullable=True),
+        sa.Column("sections", sa.JSON(), nullable=False),
+        sa.Column("created_at", sidecar.core.models.UTCDateTime(timezone=True), nullable=False),
+        sa.Column("updated_at", sidecar.core.models.UTCDateTime(timezone=True), nullable=False),
+        sa.PrimaryKeyConstraint("id"),
+    )
     with op.batch_alter_table("app_user") as batch:
         batch.add_column(
             sa.Column("available", sa.Boolean(), nullable=False, server_default=sa.true())
@@ -87,6 +99,7 @@ def downgrade() -> None:
     with op.batch_alter_table("app_user") as batch:
         batch.drop_column("max_open")
         batch.drop_column("available")
+    op.drop_table("report_template")
     op.drop_table("assignment_rule")
     with op.batch_alter_table("study_reading") as batch:
         batch.drop_index("ix_study_reading_ready_at")
