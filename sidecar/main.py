@@ -52,6 +52,7 @@ from sidecar.reading.policy import ReadingPolicy
 from sidecar.reading.router import router as reading_router
 from sidecar.reading.rules import study_ready
 from sidecar.reading.rules_router import router as assignment_rules_router
+from sidecar.reports.pdf import gather, render_pdf
 from sidecar.reports.router import router as reports_router
 from sidecar.reports.templates_router import router as report_templates_router
 from sidecar.results.outbox import ResultOutbox
@@ -165,6 +166,7 @@ def build_services(
             intake, enabled=settings.mllp_enabled, host=settings.mllp_host, port=settings.mllp_port
         )
     )
+    department = settings.department_name
     routing = services.add(
         ResultRouting(
             enabled=bool(settings.his_mllp_host),
@@ -175,6 +177,11 @@ def build_services(
             send_preliminary=settings.results_send_preliminary,
             zone=zone,
             finding_sources=[flagged_findings],
+            pdf_source=(
+                (lambda session, report: render_pdf(gather(session, report, department)))
+                if settings.results_embed_pdf
+                else None
+            ),
         )
     )
     outbox: ResultOutbox | None = None

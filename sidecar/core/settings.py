@@ -160,6 +160,8 @@ class Settings(BaseSettings):
     # order take it. "CT01=NORTH,MR01=SOUTH".
     modality_facilities: str = Field(default="", max_length=4000)
     results_send_preliminary: bool = False
+    # The ORU^R01 also carries the report as a PDF (an OBX of type ED, base64).
+    results_embed_pdf: bool = False
     # The department's name, at the head of every PDF report (sidecar.reports.pdf).
     department_name: str = Field(default="Radiology", min_length=1, max_length=128)
     # Back-off between delivery attempts while the HIS is unreachable: doubling, capped.

@@ -115,6 +115,10 @@ def gather(session: Session, report: RadiologyReport, department: str) -> Report
 
 def render_pdf(document: ReportDocument) -> bytes:
     pdf = _Page()
+    # Dated by the report, not the clock: the same report state gives the same bytes (the
+    # PDF embedded in its ORU is the one the API renders).
+    report = document.report
+    pdf.set_creation_date(report.signed_at or report.updated_at or report.created_at)
     pdf.set_title(f"Radiology report {document.report.id}")
     pdf.set_creator("radiology-integration sidecar")
     pdf.add_page()

@@ -64,6 +64,8 @@ class ResultRouting:
     send_preliminary: bool = False
     zone: tzinfo | None = None
     finding_sources: list[FindingSource] = field(default_factory=list)
+    # RESULTS_EMBED_PDF: the report rendered as a PDF, carried in the ORU as an ED OBX.
+    pdf_source: Callable[[Session, RadiologyReport], bytes] | None = None
 
 
 def queue_result(
@@ -130,6 +132,7 @@ def queue_result(
             for source in routing.finding_sources
             for finding in source(session, report.id or 0)
         ],
+        embedded_pdf=routing.pdf_source(session, report) if routing.pdf_source else None,
     )
     row = Hl7Message(
         direction=Hl7Direction.OUTBOUND,
