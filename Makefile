@@ -76,6 +76,7 @@ bench: system-deps venv viewer test-deps
 	$(BIN)/python bench/hl7_intake.py
 	$(BIN)/python bench/report_results.py
 	$(BIN)/python bench/critical_findings.py
+	$(BIN)/python bench/reading.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache $(VIEWER_DIR)/node_modules $(BROWSER_DIR)/node_modules
