@@ -32,14 +32,20 @@ def reading_of(session: Session, study_id: int) -> StudyReading | None:
     return session.exec(select(StudyReading).where(StudyReading.study_id == study_id)).first()
 
 
-def ensure_reading(session: Session, study: Study, *, now: datetime | None) -> StudyReading:
-    """The study's reading row, added (not yet flushed) if it has none. `now` is its ready time
-    when the study is ready to read."""
+def ensure_reading(
+    session: Session, study: Study, *, ready_at: datetime | None = None
+) -> StudyReading:
+    """The study's reading row, added (not yet flushed) if it has none. A study ready to read
+    gets `ready_at` as its ready time, else the time its images were registered (a study that
+    became ready before it had a reading row)."""
     assert study.id is not None
     reading = reading_of(session, study.id)
     if reading is None:
         ready = study.status in READY_TO_READ
-        reading = StudyReading(study_id=study.id, ready_at=now if ready else None)
+        reading = StudyReading(
+            study_id=study.id,
+            ready_at=(ready_at or study.images_received_at) if ready else None,
+        )
         session.add(reading)
     return reading
 
@@ -62,7 +68,7 @@ def claim_for_report(session: Session, study: Study, author: User, *, now: datet
     """Writing a report on a study nobody holds claims it for its author (a second reader then
     gets 409); held by another, refused (409 naming them)."""
     assert study.id is not None
-    reading = ensure_reading(session, study, now=now)
+    reading = ensure_reading(session, study)
     holder = active_holder(session, reading)
     if holder is not None:
         if holder.id != author.id:
@@ -97,7 +103,7 @@ def assign(
         raise ConflictingState(f"study {study.id} is {study.status.value}: nothing to read")
     if radiologist.role != Role.RADIOLOGIST or not radiologist.is_active:
         raise InvalidRequest(f"user {radiologist.id} is not an active radiologist")
-    reading = ensure_reading(session, study, now=now)
+    reading = ensure_reading(session, study)
     previous = reading.assigned_to_id
     reading.assigned_to_id, reading.assigned_at = radiologist.id, now
     reading.claimed_at, reading.assigned_by = None, actor
@@ -149,7 +155,7 @@ def claim(
             f"study {study.id} is {study.status.value}: only a study ready to read (COMPLETED, "
             "or PRELIMINARY) can be claimed"
         )
-    reading = ensure_reading(session, study, now=now)
+    reading = ensure_reading(session, study)
     holder = active_holder(session, reading)
     if holder is not None and holder.id == user.id:
         return reading  # already theirs: claiming again changes nothing

@@ -91,7 +91,7 @@ class ReadingOverdue(BackgroundWorker):
             study = session.get(Study, study_id)
             if study is None or study.status not in READY_TO_READ:
                 return False  # read meanwhile
-            reading = holder.ensure_reading(session, study, now=study.images_received_at)
+            reading = holder.ensure_reading(session, study)
             priority = as_priority(study.priority)
             due = self._policy.due(priority, reading.ready_at or study.images_received_at)
             if due is None or due > now:

@@ -36,7 +36,7 @@ def study_ready(session: Session, study: Study, *, now: datetime) -> StudyReadin
     already holds it, the rules choose its reader. The caller commits."""
     if study.status not in READY_TO_READ:
         return None
-    reading = holder.ensure_reading(session, study, now=now)
+    reading = holder.ensure_reading(session, study, ready_at=now)
     if reading.ready_at is None:
         reading.ready_at = now
         session.add(reading)
