@@ -77,6 +77,7 @@ bench: system-deps venv viewer test-deps
 	$(BIN)/python bench/report_results.py
 	$(BIN)/python bench/critical_findings.py
 	$(BIN)/python bench/mpps.py
+	$(BIN)/python bench/reading.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache $(VIEWER_DIR)/node_modules $(BROWSER_DIR)/node_modules

@@ -11,6 +11,9 @@ Layout, after IHE Radiology's results conventions:
     OBX  one TX line per line of report text, OBX-3 the section's LOINC code (the codes DICOM
          PS3.20 uses for imaging report sections), OBX-4 the section's number, OBX-11 P/F/C
     OBX  a critical result (TX), OBX-8 abnormal flag AA (critical) or A
+    OBX  ED 18748-4^Diagnostic imaging study^LN: the report as a PDF, `^AP^PDF^Base64^<data>`
+         (HL7 v2.5.1 ED: source application, type of data, subtype, encoding, data), when
+         the result embeds one
     OBX  ST 110180^Study Instance UID^DCM: the study the result reads
 
 Built with hl7apy, at STRICT validation of the message structure; values are escaped with
@@ -19,6 +22,7 @@ Built with hl7apy, at STRICT validation of the message structure; values are esc
 
 from __future__ import annotations
 
+import base64
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import date, datetime
@@ -57,6 +61,8 @@ SECTION_CODES: dict[str, tuple[str, str]] = {
 }
 STUDY_UID_CODE = ("110180", "Study Instance UID", "DCM")
 CRITICAL_RESULT_CODE = ("CRITRES", "Critical result", "L")
+REPORT_DOCUMENT_CODE = ("18748-4", "Diagnostic imaging study", "LN")
+_ED_PLACEHOLDER = "^AP^PDF^Base64^EMBEDDED-PDF"
 
 
 @dataclass(frozen=True)
@@ -97,6 +103,7 @@ class ResultMessage:
     study_instance_uid: str
     sections: Sequence[Section]
     findings_flagged: Sequence[FlaggedFinding] = field(default_factory=tuple)
+    embedded_pdf: bytes | None = None  # the report rendered as a PDF, sent as an ED OBX
 
 
 def build_result_message(result: ResultMessage) -> str:
@@ -177,6 +184,17 @@ def build_result_message(result: ResultMessage) -> str:
             status=result.status,
             abnormal_flag="AA" if finding.critical else "A",
         )
+    if result.embedded_pdf is not None:
+        set_id += 1
+        _observation(
+            order_observation,
+            set_id,
+            value_type="ED",
+            code=REPORT_DOCUMENT_CODE,
+            sub_id="",
+            value=_ED_PLACEHOLDER,
+            status=result.status,
+        )
     _observation(
         order_observation,
         set_id + 1,
@@ -186,7 +204,15 @@ def build_result_message(result: ResultMessage) -> str:
         value=escaped(result.study_instance_uid),
         status=result.status,
     )
-    return str(message.to_er7()) + "\r"
+    er7 = str(message.to_er7()) + "\r"
+    if result.embedded_pdf is not None:
+        # hl7apy's strict validation reads OBX-5 as ST (199 characters at most); HL7 v2.5.1's
+        # ED data component is TX. The data goes in after the build, in place of the marker
+        # (a field of its own: report text cannot hold it, `|` and `^` in text are escaped).
+        # Base64's alphabet holds no HL7 delimiter: the data needs no escaping.
+        data = base64.b64encode(result.embedded_pdf).decode("ascii")
+        er7 = er7.replace(f"|{_ED_PLACEHOLDER}|", f"|^AP^PDF^Base64^{data}|", 1)
+    return er7
 
 
 def _observation(

@@ -50,7 +50,15 @@ from sidecar.orders.router import router as orders_router
 from sidecar.patients.intake import HospitalIntake
 from sidecar.patients.router import router as patients_router
 from sidecar.procedures.router import router as procedures_router
+from sidecar.reading.analytics_router import router as analytics_router
+from sidecar.reading.overdue import ReadingOverdue
+from sidecar.reading.policy import ReadingPolicy
+from sidecar.reading.router import router as reading_router
+from sidecar.reading.rules import study_ready
+from sidecar.reading.rules_router import router as assignment_rules_router
+from sidecar.reports.pdf import gather, render_pdf
 from sidecar.reports.router import router as reports_router
+from sidecar.reports.templates_router import router as report_templates_router
 from sidecar.results.outbox import ResultOutbox
 from sidecar.results.router import router as results_router
 from sidecar.results.routing import ResultRouting
@@ -74,6 +82,10 @@ ROUTERS = (
     procedures_router,
     performed_steps_router,
     reports_router,
+    report_templates_router,
+    reading_router,
+    assignment_rules_router,
+    analytics_router,
     findings_router,
     results_router,
     ingest_router,
@@ -161,6 +173,7 @@ def build_services(
             intake, enabled=settings.mllp_enabled, host=settings.mllp_host, port=settings.mllp_port
         )
     )
+    department = settings.department_name
     routing = services.add(
         ResultRouting(
             enabled=bool(settings.his_mllp_host),
@@ -172,6 +185,11 @@ def build_services(
             send_status_updates=settings.his_status_updates,
             zone=zone,
             finding_sources=[flagged_findings],
+            pdf_source=(
+                (lambda session, report: render_pdf(gather(session, report, department)))
+                if settings.results_embed_pdf
+                else None
+            ),
         )
     )
     outbox: ResultOutbox | None = None
@@ -188,6 +206,7 @@ def build_services(
                 on_order_changed=order_events.announce,
             )
         )
+    reading_policy = services.add(ReadingPolicy.from_settings(settings))
     services.add(
         MppsListener(
             engine,
@@ -212,6 +231,7 @@ def build_services(
             on_result_queued=outbox.wake if outbox is not None else None,
             modality_facilities=settings.modality_facility_map(),
             default_issuer=settings.default_issuer,
+            on_ready_to_read=lambda session, study: study_ready(session, study, now=clock()),
         )
     )
     # Critical findings: notified through a webhook outbox, escalated by deadline.
@@ -232,6 +252,11 @@ def build_services(
         engine, policy, clock=clock, on_queued=notifier.wake if notifier else None
     )
     services.add(FindingWorkers(notifier, escalation))
+    services.add(
+        ReadingOverdue(
+            engine, reading_policy, clock=clock, on_queued=notifier.wake if notifier else None
+        )
+    )
     front = services.add(build_viewer_front(settings, engine, clock=clock), ViewerFront)
     services.add(viewer_links(settings, front), ViewerLinks)
     return services
@@ -269,6 +294,8 @@ def _lifespan(services: Services) -> Callable[[FastAPI], Any]:
         if findings.notifier is not None:
             findings.notifier.start()  # notifications left pending by the last run too
         findings.escalation.start()
+        overdue = services.get(ReadingOverdue)
+        overdue.start()
         try:
             yield
         finally:
@@ -277,6 +304,7 @@ def _lifespan(services: Services) -> Callable[[FastAPI], Any]:
             if outbox is not None:
                 await asyncio.to_thread(outbox.stop)
             await asyncio.to_thread(findings.escalation.stop)
+            await asyncio.to_thread(overdue.stop)
             if findings.notifier is not None:
                 await asyncio.to_thread(findings.notifier.stop)
             await asyncio.to_thread(sync.stop)

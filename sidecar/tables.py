@@ -11,13 +11,16 @@ from sidecar.mpps.models import PerformedProcedureStep
 from sidecar.orders.models import ImagingOrder
 from sidecar.patients.models import Patient
 from sidecar.procedures.models import Procedure
+from sidecar.reading.models import AssignmentRule, StudyReading
 from sidecar.reports.models import RadiologyReport, ReportRevision
+from sidecar.reports.templates import ReportTemplate
 from sidecar.results.message_log import Hl7Message
 from sidecar.studies.models import Image, Series, Study
 
 metadata = SQLModel.metadata
 
 __all__ = [
+    "AssignmentRule",
     "AuditEvent",
     "ChangesCursor",
     "CriticalFinding",
@@ -35,8 +38,10 @@ __all__ = [
     "RadiologyReport",
     "RefreshToken",
     "ReportRevision",
+    "ReportTemplate",
     "Series",
     "Study",
+    "StudyReading",
     "User",
     "metadata",
 ]

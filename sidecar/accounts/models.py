@@ -51,6 +51,10 @@ class User(SQLModel, table=True):
     # Failed logins before this moment no longer count towards the lockout (an administrator
     # unlocked the account).
     lockout_cleared_at: datetime | None = Field(default=None, sa_column=Column(UTCDateTime))
+    # Reading (sidecar.reading.rules): an unavailable radiologist (away, off shift) gets no
+    # study by rule; nor one already holding `max_open` unread studies (None: no limit).
+    available: bool = True
+    max_open: int | None = None
 
 
 # A facility id as orders carry it (MSH-4 or PV1-3.4 namespace id, `facilityId`).
@@ -117,7 +121,7 @@ class UserCreate(ApiInput):
 class UserUpdate(ApiInput):
     # provider_id may be null (the account is unlinked from its provider id); these may not.
     not_nullable: ClassVar[frozenset[str]] = frozenset(
-        {"is_active", "role", "password", "facilities"}
+        {"is_active", "role", "password", "facilities", "available"}
     )
 
     is_active: bool | None = None
@@ -126,6 +130,8 @@ class UserUpdate(ApiInput):
     facilities: Facilities | None = None
     # Another user's new password is a reset: they must choose their own at their next login.
     password: Password | None = None
+    available: bool | None = None
+    max_open: int | None = PydanticField(default=None, ge=0, le=10000)
 
 
 class UserPublic(ApiModel):
@@ -138,6 +144,8 @@ class UserPublic(ApiModel):
     created_at: datetime
     must_change_password: bool
     totp_enabled: bool
+    available: bool
+    max_open: int | None
 
 
 TotpCode = Annotated[str, PydanticField(pattern=r"^[0-9]{6}$")]

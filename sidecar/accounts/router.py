@@ -73,9 +73,11 @@ def update_user(
         changes["password_changed"] = True
         if user.id != admin.id:
             user.must_change_password = changes["must_change_password"] = True
-    for name in ("is_active", "role"):
+    for name in ("is_active", "role", "available"):
         if name in changes and changes[name] is not None:
             setattr(user, name, changes[name])
+    if "max_open" in changes:  # null: no limit
+        user.max_open = changes["max_open"]
     if "provider_id" in changes:  # null unlinks the account from its provider id
         user.provider_id = changes["provider_id"]
     if changes.get("facilities") is not None:  # [] opens every facility

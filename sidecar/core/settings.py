@@ -172,6 +172,10 @@ class Settings(BaseSettings):
     # Order status updates (ORM^O01, ORC-1 SC: IP, CM, DC, CA) to the HIS through the same
     # outbox as results, whenever results are sent; false: results only.
     his_status_updates: bool = True
+    # The ORU^R01 also carries the report as a PDF (an OBX of type ED, base64).
+    results_embed_pdf: bool = False
+    # The department's name, at the head of every PDF report (sidecar.reports.pdf).
+    department_name: str = Field(default="Radiology", min_length=1, max_length=128)
     # Back-off between delivery attempts while the HIS is unreachable: doubling, capped.
     result_retry_max_delay: float = Field(default=60.0, gt=0)
 
@@ -211,6 +215,17 @@ class Settings(BaseSettings):
     # through the sidecar's own front on SIDECAR_PORT; "auto", nginx when it is installed.
     viewer_front: Literal["auto", "nginx", "sidecar"] = "auto"
     viewer_port: int = Field(default=8080, ge=1, le=65535)
+
+    # Reading (sidecar.reading): the turnaround target per priority, minutes from images
+    # complete to the final report. An overdue study's assignee is told at once (a study
+    # nobody holds goes to the escalation contact); the escalation contact (a recipient id of
+    # the notification service; empty: recorded as not notified) when the study is still
+    # unread READING_ESCALATION_MINUTES later.
+    reading_target_minutes_stat: int = Field(default=60, ge=1)
+    reading_target_minutes_urgent: int = Field(default=240, ge=1)
+    reading_target_minutes_routine: int = Field(default=1440, ge=1)
+    reading_escalation_contact: str = Field(default="", max_length=64)
+    reading_escalation_minutes: int = Field(default=30, ge=0)
 
     # The /changes reconciler: how often it polls Orthanc when nothing wakes it sooner.
     reconcile_enabled: bool = True

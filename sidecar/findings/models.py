@@ -51,6 +51,10 @@ class NotificationKind(StrEnum):
     # To the privacy contact, when a physician breaks the glass (sidecar.access.emergency):
     # no finding, the same outbox and delivery.
     EMERGENCY_ACCESS = "EMERGENCY_ACCESS"
+    # Reading (sidecar.reading): a study not read by its target time, to its assignee then
+    # the escalation contact; a study taken over, to the radiologist who held it.
+    READING_OVERDUE = "READING_OVERDUE"
+    READING_TAKEOVER = "READING_TAKEOVER"
 
 
 class DeliveryStatus(StrEnum):
@@ -117,11 +121,13 @@ class FindingNotification(SQLModel, table=True):
     __tablename__ = "critical_finding_notification"
 
     id: int | None = Field(default=None, primary_key=True)
-    # One of these two says what the notification is about.
+    # One of these says what the notification is about.
     finding_id: int | None = Field(default=None, foreign_key="critical_finding.id", index=True)
     emergency_access_id: int | None = Field(
         default=None, foreign_key="emergency_access.id", index=True
     )
+    # Or a study (sidecar.reading's notifications).
+    study_id: int | None = Field(default=None, foreign_key="study.id", index=True)
     kind: NotificationKind = Field(sa_column=Column(EnumText(NotificationKind, 16), nullable=False))
     escalation_level: int = 0
     recipient: str | None = Field(default=None, max_length=64, index=True)

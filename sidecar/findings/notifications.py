@@ -292,6 +292,8 @@ def subject_of(row: FindingNotification) -> tuple[str, int | None]:
     """What a notification is about, as the audit trail names it."""
     if row.kind == NotificationKind.EMERGENCY_ACCESS:
         return "emergency_access", row.emergency_access_id
+    if row.study_id is not None and row.finding_id is None:
+        return "study", row.study_id
     return "critical_finding", row.finding_id
 
 

@@ -90,6 +90,7 @@ class OrthancSync(BackgroundWorker):
         on_result_queued: Callable[[], None] | None = None,
         modality_facilities: Mapping[str, str] | None = None,
         default_issuer: str | None = None,
+        on_ready_to_read: Callable[[Session, Study], object] | None = None,
     ) -> None:
         # The idle poll is the interval: the change log is read that often when nothing wakes
         # the worker sooner (a plugin notice does).
@@ -106,6 +107,8 @@ class OrthancSync(BackgroundWorker):
         self._modality_facilities = dict(modality_facilities or {})
         # DEFAULT_ISSUER: the issuer of a PatientID whose images name none.
         self._default_issuer = default_issuer or None
+        # Images complete (sidecar.reading.rules.study_ready): in the registration's transaction.
+        self._on_ready_to_read = on_ready_to_read
         self.status = SyncStatus()
         # When each plugin notice arrived (monotonic clock): for the latency figures only.
         self.noticed_at: dict[str, float] = {}
@@ -250,6 +253,8 @@ class OrthancSync(BackgroundWorker):
             if study.facility_id is None and modality_facility is not None:
                 study.facility_id = modality_facility  # no order, or one without a facility
             mpps.announce_to_study(session, study.study_instance_uid)
+            if self._on_ready_to_read is not None:
+                self._on_ready_to_read(session, study)
             result_queued = False
             if moved_order is not None and self._result_routing:
                 # The first images of an order no MPPS announced: the exam has started.

@@ -108,6 +108,8 @@ class ReportSections(ApiInput):
 
 class ReportCreate(ReportSections):
     study_id: int = PydanticField(ge=1, le=MAX_RECORD_ID)
+    # Start from this template's sections (sidecar.reports.templates); sections sent too win.
+    template_id: int | None = PydanticField(default=None, ge=1, le=MAX_RECORD_ID)
 
 
 class ReportUpdate(ReportSections):

@@ -28,7 +28,7 @@ class _Rendering:
     signature: str
 
 
-def _person(name: str | None) -> str:
+def person_name(name: str | None) -> str:
     """DICOM PN (FAMILY^GIVEN^MIDDLE^PREFIX^SUFFIX) as people write it: Prefix Given Family."""
     if not name:
         return ""
@@ -41,13 +41,13 @@ def _compose(
 ) -> _Rendering:
     status = ReportStatus(report.status)
     header = [
-        ("Patient", _person(study.patient_name or (order.patient_name if order else None))),
+        ("Patient", person_name(study.patient_name or (order.patient_name if order else None))),
         ("Patient ID", study.patient_id or (order.patient_id if order else "") or ""),
         ("Birth date", str(study.patient_birth_date or "")),
         ("Accession number", study.accession_number or (order.accession_number if order else "")),
         ("Study", study.study_description or (order.procedure_description if order else "") or ""),
         ("Study date", str(study.study_date or "")),
-        ("Referring physician", _person(study.referring_physician)),
+        ("Referring physician", person_name(study.referring_physician)),
         ("Clinical indication", study.clinical_indication or ""),
         ("Report status", status.value),
     ]

@@ -17,7 +17,7 @@ from sqlmodel import Session, col, select
 from sidecar.access.care_scope import CareScope, CareScopeDep
 from sidecar.accounts.dependencies import require_roles
 from sidecar.accounts.models import Role, User
-from sidecar.core.dependencies import SessionDep
+from sidecar.core.dependencies import SessionDep, SettingsDep
 from sidecar.core.errors import InvalidRequest, UnknownRecord
 from sidecar.core.models import Page
 from sidecar.core.pagination import (
@@ -40,7 +40,9 @@ from sidecar.reports.models import (
     ReportStatus,
     ReportUpdate,
 )
+from sidecar.reports.pdf import gather, render_pdf
 from sidecar.reports.rendering import render_html, render_text
+from sidecar.reports.templates import ReportTemplate
 from sidecar.results import service as results
 from sidecar.results.outbox import ResultOutbox, ResultOutboxDep
 from sidecar.results.routing import ResultRouting, ResultRoutingDep
@@ -68,8 +70,13 @@ def create_report(
     study = session.get(Study, body.study_id)
     if study is None:
         raise UnknownRecord(f"study {body.study_id} not found")
-    values = body.model_dump(exclude={"study_id"}, exclude_unset=True)
-    report = reports.create_report(session, study, user, values)
+    values = body.model_dump(exclude={"study_id", "template_id"}, exclude_unset=True)
+    if body.template_id is not None:
+        template = session.get(ReportTemplate, body.template_id)
+        if template is None:
+            raise InvalidRequest(f"templateId: report template {body.template_id} not found")
+        values = {**template.sections, **values}
+    report = reports.create_report(session, study, user, values, template_id=body.template_id)
     _queue_result(routing, session, report, user)
     return _commit(session, report, outbox, response)
 
@@ -147,17 +154,26 @@ def list_versions(
 @router.get(
     "/{report_id}/rendering",
     response_class=PlainTextResponse,
-    responses={200: {"content": {"text/plain": {}, "text/html": {}}}},
+    responses={200: {"content": {"text/plain": {}, "text/html": {}, "application/pdf": {}}}},
 )
 def render_report(
     report_id: RecordId,
     session: SessionDep,
     _: ReportReader,
     scope: CareScopeDep,
-    format: Annotated[str, Query(pattern="^(text|html)$")] = "text",
+    settings: SettingsDep,
+    format: Annotated[str, Query(pattern="^(text|html|pdf)$")] = "text",
 ) -> Response:
-    """The report as a clinician reads it: plain text (default) or HTML."""
+    """The report as a clinician reads it: plain text (default), HTML, or PDF (with the
+    amendment history and any critical finding's communication record)."""
     report = readable_report(session, report_id, scope)
+    if format == "pdf":
+        document = render_pdf(gather(session, report, settings.department_name))
+        return Response(
+            document,
+            media_type="application/pdf",
+            headers={"Content-Disposition": f'inline; filename="report-{report.id}.pdf"'},
+        )
     study = session.get(Study, report.study_id)
     order = session.get(ImagingOrder, report.order_id) if report.order_id else None
     signer = session.get(User, report.signed_by_id) if report.signed_by_id else None

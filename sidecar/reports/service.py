@@ -17,6 +17,7 @@ from sidecar.core import audit
 from sidecar.core.errors import ConflictingState, InvalidRequest
 from sidecar.core.models import utcnow
 from sidecar.core.workflow import move
+from sidecar.reading import holder as reading_holder
 from sidecar.reports.models import (
     REPORT_WORKFLOW,
     SECTIONS,
@@ -25,6 +26,7 @@ from sidecar.reports.models import (
     ReportRevision,
     ReportStatus,
 )
+from sidecar.reports.templates import unfilled_fields
 from sidecar.studies import registry as study_registry
 from sidecar.studies.models import Study, StudyStatus
 
@@ -50,7 +52,12 @@ def active_report(session: Session, study_id: int) -> RadiologyReport | None:
 
 
 def create_report(
-    session: Session, study: Study, author: User, sections: dict[str, Any]
+    session: Session,
+    study: Study,
+    author: User,
+    sections: dict[str, Any],
+    *,
+    template_id: int | None = None,
 ) -> RadiologyReport:
     """A preliminary report on a study whose images have arrived; one report per study."""
     existing = active_report(session, _id(study))
@@ -63,6 +70,8 @@ def create_report(
             f"study {study.id} is {study.status.value}: a report is written once its images "
             "have arrived (status COMPLETED)"
         )
+    # The study's reader writes it: held by another radiologist, 409 naming them.
+    reading_holder.claim_for_report(session, study, author, now=utcnow())
     report = RadiologyReport(
         study_id=_id(study),
         order_id=study.order_id,
@@ -80,6 +89,7 @@ def create_report(
         entity_id=report.id,
         study_id=study.id,
         sections=sorted(k for k, v in _sections(sections).items() if v),
+        **({"template_id": template_id} if template_id is not None else {}),
     )
     return report
 
@@ -94,6 +104,7 @@ def update_report(
 ) -> RadiologyReport:
     """Edits a preliminary report's sections; a signed report never changes (amend it)."""
     check_version(report, expected_version)
+    reading_holder.check_may_report(session, report.study_id, actor)
     if ReportStatus(report.status) != ReportStatus.PRELIMINARY:
         raise ReportConflict(
             f"report {report.id} is {report.status.value}: a signed report is never edited; "
@@ -121,8 +132,10 @@ def sign_report(
     """PRELIMINARY -> FINAL: the text becomes revision 1, and the study FINAL."""
     check_version(report, expected_version)
     REPORT_WORKFLOW.check(ReportStatus(report.status), ReportStatus.FINAL)
+    reading_holder.check_may_report(session, report.study_id, signer)
     if not (report.impression or "").strip() and not (report.findings or "").strip():
         raise IncompleteReport(f"report {report.id} has neither findings nor an impression")
+    check_filled(report)
     revision = _sign(session, report, signer, ReportStatus.FINAL, reason=None)
     study = session.get(Study, report.study_id)
     assert study is not None
@@ -161,6 +174,7 @@ def amend_report(
         raise IncompleteReport("an amendment needs at least one changed section")
     for name, value in changed.items():
         setattr(report, name, value)
+    check_filled(report)
     revision = _sign(session, report, signer, target, reason=reason)
     audit.record(
         session,
@@ -209,6 +223,15 @@ def revisions(session: Session, report_id: int) -> list[ReportRevision]:
             .order_by(col(ReportRevision.revision))
         ).all()
     )
+
+
+def check_filled(report: RadiologyReport) -> None:
+    """A report started from a template is signed only once every `[[field]]` is filled in."""
+    left = unfilled_fields({name: getattr(report, name) for name in SECTIONS})
+    if left:
+        raise ReportConflict(
+            f"report {report.id} still has template fields to fill: {', '.join(left)}"
+        )
 
 
 def check_version(report: RadiologyReport, expected: int | None) -> None:

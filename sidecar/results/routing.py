@@ -14,6 +14,7 @@ from sqlmodel import Session, col, select
 from hl7.result_message import FlaggedFinding
 from sidecar.core.dependencies import provide
 from sidecar.orders.models import ImagingOrder
+from sidecar.reports.models import RadiologyReport
 from sidecar.results.message_log import Hl7Direction, Hl7Message
 
 #: Critical results raised on a report, flagged on its OBX lines (sidecar.findings.service).
@@ -34,6 +35,8 @@ class ResultRouting:
     send_status_updates: bool = False
     zone: tzinfo | None = None
     finding_sources: list[FindingSource] = field(default_factory=list)
+    # RESULTS_EMBED_PDF: the report rendered as a PDF, carried in the ORU as an ED OBX.
+    pdf_source: Callable[[Session, RadiologyReport], bytes] | None = None
 
 
 def receiver_of(session: Session, order: ImagingOrder, routing: ResultRouting) -> tuple[str, str]:

@@ -108,6 +108,7 @@ def queue_result(
             for source in routing.finding_sources
             for finding in source(session, report.id or 0)
         ],
+        embedded_pdf=routing.pdf_source(session, report) if routing.pdf_source else None,
     )
     row = Hl7Message(
         direction=Hl7Direction.OUTBOUND,

@@ -376,6 +376,8 @@ def test_admin_creates_a_user_who_can_log_in(
         "createdAt",
         "mustChangePassword",
         "totpEnabled",
+        "available",
+        "maxOpen",
     }
     assert (body["mustChangePassword"], body["totpEnabled"]) == (False, False)
     assert (body["username"], body["role"], body["isActive"]) == ("rad.smith", "radiologist", True)

@@ -370,7 +370,7 @@ def test_a_report_renders_as_text_and_as_escaped_html(
 
     text = client.get(f"/api/reports/{rid}/rendering", headers=radiologist)
     html = client.get(f"/api/reports/{rid}/rendering?format=html", headers=radiologist)
-    wrong = client.get(f"/api/reports/{rid}/rendering?format=pdf", headers=radiologist)
+    wrong = client.get(f"/api/reports/{rid}/rendering?format=docx", headers=radiologist)
 
     assert text.status_code == 200
     assert text.headers["content-type"].startswith("text/plain")
