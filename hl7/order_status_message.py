@@ -22,7 +22,7 @@ from hl7apy.consts import VALIDATION_LEVEL
 from hl7apy.core import Message
 
 from hl7.header import OWN_VERSION
-from hl7.outgoing import coded, escaped, patient_identifier, person_name
+from hl7.outgoing import coded, escaped, write_header, write_patient
 from hl7.timestamps import format_timestamp
 
 
@@ -60,26 +60,8 @@ class OrderStatusMessage:
 def build_order_status_message(update: OrderStatusMessage) -> str:
     """The ORM^O01 as ER7 text, segments ending in CR."""
     message = Message("ORM_O01", version=OWN_VERSION, validation_level=VALIDATION_LEVEL.STRICT)
-    msh = message.msh
-    msh.msh_3 = escaped(update.sending_application)
-    msh.msh_4 = escaped(update.sending_facility)
-    msh.msh_5 = escaped(update.receiving_application)
-    msh.msh_6 = escaped(update.receiving_facility)
-    msh.msh_7 = format_timestamp(update.created_at)
-    msh.msh_9 = "ORM^O01^ORM_O01"
-    msh.msh_10 = escaped(update.control_id)
-    msh.msh_11 = "P"
-    msh.msh_18 = "UNICODE UTF-8"
-
-    pid = message.add_group("ORM_O01_PATIENT").pid
-    pid.pid_1 = "1"
-    pid.pid_3 = patient_identifier(update.patient_id, update.issuer_of_patient_id)
-    if update.patient_name:
-        pid.pid_5 = person_name(update.patient_name)
-    if update.patient_birth_date:
-        pid.pid_7 = update.patient_birth_date.strftime("%Y%m%d")
-    if update.patient_sex:
-        pid.pid_8 = escaped(update.patient_sex)
+    write_header(message.msh, update, "ORM^O01^ORM_O01")
+    write_patient(message.add_group("ORM_O01_PATIENT").pid, update)
 
     order = message.add_group("ORM_O01_ORDER")
     placer = escaped(update.placer_order_number or "")

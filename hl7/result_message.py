@@ -32,7 +32,7 @@ from hl7apy.consts import VALIDATION_LEVEL
 from hl7apy.core import Message
 
 from hl7.header import OWN_VERSION
-from hl7.outgoing import coded, escaped, patient_identifier, person, person_name
+from hl7.outgoing import coded, escaped, person, write_header, write_patient
 from hl7.timestamps import format_timestamp
 
 
@@ -109,27 +109,9 @@ class ResultMessage:
 def build_result_message(result: ResultMessage) -> str:
     """The ORU^R01 as ER7 text, segments ending in CR."""
     message = Message("ORU_R01", version=OWN_VERSION, validation_level=VALIDATION_LEVEL.STRICT)
-    msh = message.msh
-    msh.msh_3 = escaped(result.sending_application)
-    msh.msh_4 = escaped(result.sending_facility)
-    msh.msh_5 = escaped(result.receiving_application)
-    msh.msh_6 = escaped(result.receiving_facility)
-    msh.msh_7 = format_timestamp(result.created_at)
-    msh.msh_9 = "ORU^R01^ORU_R01"
-    msh.msh_10 = escaped(result.control_id)
-    msh.msh_11 = "P"
-    msh.msh_18 = "UNICODE UTF-8"
-
+    write_header(message.msh, result, "ORU^R01^ORU_R01")
     patient_result = message.add_group("ORU_R01_PATIENT_RESULT")
-    pid = patient_result.add_group("ORU_R01_PATIENT").pid
-    pid.pid_1 = "1"
-    pid.pid_3 = patient_identifier(result.patient_id, result.issuer_of_patient_id)
-    if result.patient_name:
-        pid.pid_5 = person_name(result.patient_name)
-    if result.patient_birth_date:
-        pid.pid_7 = result.patient_birth_date.strftime("%Y%m%d")
-    if result.patient_sex:
-        pid.pid_8 = escaped(result.patient_sex)
+    write_patient(patient_result.add_group("ORU_R01_PATIENT").pid, result)
 
     order_observation = patient_result.add_group("ORU_R01_ORDER_OBSERVATION")
     placer = escaped(result.placer_order_number or "")

@@ -27,8 +27,8 @@ from sidecar.orders import service as orders
 from sidecar.orders.models import ORDER_WORKFLOW, ImagingOrder, OrderStatus
 from sidecar.reports.models import SECTIONS, RadiologyReport, ReportStatus
 from sidecar.reports.service import active_report
-from sidecar.results.message_log import Hl7Direction, Hl7Message, Hl7MessageStatus
-from sidecar.results.routing import ResultRouting, receiver_of
+from sidecar.results.message_log import Hl7Message
+from sidecar.results.routing import ResultRouting, enqueue, receiver_of
 from sidecar.results.status_updates import queue_status_update
 from sidecar.studies.models import Study
 
@@ -110,30 +110,18 @@ def queue_result(
         ],
         embedded_pdf=routing.pdf_source(session, report) if routing.pdf_source else None,
     )
-    row = Hl7Message(
-        direction=Hl7Direction.OUTBOUND,
-        control_id=message.control_id,
+    row = enqueue(
+        session,
+        routing,
+        (receiving_application, receiving_facility),
         message_type=RESULT_MESSAGE_TYPE,
-        sender=f"{routing.sending_application}^{routing.sending_facility}",
-        receiver=f"{receiving_application}^{receiving_facility}",
-        status=Hl7MessageStatus.PENDING,
+        control_id=message.control_id,
         raw=build_result_message(message),
         order_id=order.id,
-        report_id=report.id,
-        result_status=status.value,
-        received_at=now,
-        next_attempt_at=now,
-    )
-    session.add(row)
-    session.flush()
-    audit.record(
-        session,
+        now=now,
         actor=actor,
         action="result.queued",
-        entity_type="hl7_message",
-        entity_id=row.id,
         report_id=report.id,
-        order_id=order.id,
         result_status=status.value,
     )
     if status is ResultStatus.FINAL:

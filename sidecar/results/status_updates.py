@@ -23,11 +23,10 @@ from hl7.order_status_message import (
     OrderStatusMessage,
     build_order_status_message,
 )
-from sidecar.core import audit
 from sidecar.core.models import utcnow
 from sidecar.orders.models import ImagingOrder
-from sidecar.results.message_log import Hl7Direction, Hl7Message, Hl7MessageStatus
-from sidecar.results.routing import ResultRouting, receiver_of
+from sidecar.results.message_log import Hl7Message
+from sidecar.results.routing import ResultRouting, enqueue, receiver_of
 
 ORDER_STATUS_MESSAGE_TYPE = "ORM^O01"
 
@@ -67,28 +66,16 @@ def queue_status_update(
         procedure_code=order.procedure_code,
         procedure_description=order.procedure_description or order.modality.value,
     )
-    row = Hl7Message(
-        direction=Hl7Direction.OUTBOUND,
-        control_id=message.control_id,
+    return enqueue(
+        session,
+        routing,
+        (receiving_application, receiving_facility),
         message_type=ORDER_STATUS_MESSAGE_TYPE,
-        sender=f"{routing.sending_application}^{routing.sending_facility}",
-        receiver=f"{receiving_application}^{receiving_facility}",
-        status=Hl7MessageStatus.PENDING,
+        control_id=message.control_id,
         raw=build_order_status_message(message),
         order_id=order.id,
-        order_status=status.value,
-        received_at=now,
-        next_attempt_at=now,
-    )
-    session.add(row)
-    session.flush()
-    audit.record(
-        session,
+        now=now,
         actor=actor,
         action="status_update.queued",
-        entity_type="hl7_message",
-        entity_id=row.id,
-        order_id=order.id,
         order_status=status.value,
     )
-    return row
