@@ -35,7 +35,6 @@ from hl7.errors import (
     ErrorLocation,
     Hl7Error,
     NotAnHl7Message,
-    RequiredFieldMissing,
     TableValueNotFound,
     UnknownKeyIdentifier,
 )
@@ -49,6 +48,7 @@ from sidecar.core.workflow import InvalidTransition
 from sidecar.orders import service as orders
 from sidecar.orders.hl7_values import checked_order_values
 from sidecar.orders.intake_log import (
+    Applied,
     RepeatedControlId,
     check_header,
     check_no_nul,
@@ -59,31 +59,12 @@ from sidecar.orders.intake_log import (
     storable,
 )
 from sidecar.orders.models import ImagingOrder, OrderStatus
+from sidecar.orders.order_control import ORDER_CONTROL, find_order
 from sidecar.patients import service as patients
 from sidecar.procedures import catalog as procedures
 from sidecar.results.message_log import Hl7Direction, Hl7Message, Hl7MessageStatus
 
 log = logging.getLogger(__name__)
-
-_S = OrderStatus
-# ORC-1 order control -> the ORC-5 order status values accepted with it, and for SC the status
-# it requests. Pairs not listed are answered AE (HL7 table 0119 / 0038).
-ORDER_CONTROL: dict[OrderControl, dict[str, OrderStatus | None]] = {
-    OrderControl.NEW_ORDER: {"": None, "SC": None},
-    OrderControl.CHANGE_ORDER: {"": None, "SC": None},
-    OrderControl.CANCEL_ORDER: {"": _S.CANCELLED, "CA": _S.CANCELLED},
-    OrderControl.DISCONTINUE_ORDER: {"": _S.CANCELLED, "DC": _S.CANCELLED, "CA": _S.CANCELLED},
-    OrderControl.STATUS_CHANGED: {
-        "SC": _S.SCHEDULED,
-        "IP": _S.IN_PROGRESS,
-        "CM": _S.COMPLETED,
-        "HD": _S.ON_HOLD,
-        "CA": _S.CANCELLED,
-        "DC": _S.CANCELLED,
-    },
-    OrderControl.HOLD_ORDER: {"": _S.ON_HOLD, "HD": _S.ON_HOLD},
-    OrderControl.RELEASE_HOLD: {"": None, "SC": None},
-}
 
 
 # DICOM modality codes for OBR-24 / IPC-5 values that are not our modality names.
@@ -146,20 +127,47 @@ class OrderIntake:
     # -- outcomes ------------------------------------------------------------------------------
 
     def _apply(self, text: str, message: OrderMessage, sender: str) -> bytes:
-        """One transaction: the orders, the log row naming the first of them, the commit; the
-        AA goes out only after it. Duplicates are detected by the database's unique constraints
+        """The orders of the message, in one transaction with its log row. A new order sent again
+        fails its accession number's unique key: AE 205 naming OBR-18."""
+
+        def apply(session: Session) -> Applied:
+            changed = [
+                self._apply_group(session, message, group, actor=f"hl7:{sender}")
+                for group in message.orders
+            ]
+            return Applied(
+                changed, changed[0] if changed else None, _implied_orc_note(message), "order(s)"
+            )
+
+        return self._commit_accepted(
+            text,
+            message.header,
+            sender,
+            apply,
+            lambda: DuplicateKeyIdentifier(
+                "the accession number or Study Instance UID is already in use",
+                ErrorLocation("OBR", 1, 18),
+            ),
+        )
+
+    def _commit_accepted(
+        self,
+        text: str,
+        header: MessageHeader,
+        sender: str,
+        apply: Callable[[Session], Applied],
+        on_conflict: Callable[[], Hl7Error],
+    ) -> bytes:
+        """One transaction: what the message changes (`apply`), its log row, the commit; the AA
+        goes out only after it. Duplicates are detected by the database's unique constraints
         rather than by queries first: fewer round trips on the hot path, and no race between two
-        connections. A repeated MSH-10 fails the log row's unique key (a new order sent again
-        fails its accession number's first): the original ACK answers the same message sent
-        again, AE 205 a different one; nothing of either is kept."""
-        header = message.header
+        connections. A repeated MSH-10 fails the log row's unique key: the original ACK answers
+        the same message sent again, and any other unique key failing answers `on_conflict`;
+        nothing of either is kept. The orders changed are announced after the commit."""
         ack = build_ack(header, None, control_id=new_control_id(), timestamp=self._now())
         with Session(self._engine, expire_on_commit=False) as session:
             try:
-                changed = [
-                    self._apply_group(session, message, group, actor=f"hl7:{sender}")
-                    for group in message.orders
-                ]
+                applied = apply(session)
                 insert_log_row(
                     session,
                     log_row(
@@ -169,9 +177,9 @@ class OrderIntake:
                         status=Hl7MessageStatus.ACCEPTED,
                         ack_code="AA",
                         ack=ack.text,
-                        order_id=changed[0] if changed else None,
+                        order_id=applied.logged_order_id,
                         now=self._now(),
-                        note=_implied_orc_note(message),
+                        note=applied.note,
                     ),
                 )
                 session.commit()
@@ -180,21 +188,20 @@ class OrderIntake:
                 original = self._answer_to_repeat(sender, header.control_id, text)
                 if original is not None:
                     return original
-                raise DuplicateKeyIdentifier(
-                    "the accession number or Study Instance UID is already in use",
-                    ErrorLocation("OBR", 1, 18),
-                ) from exc
+                raise on_conflict() from exc
             except Hl7Error:
                 session.rollback()
                 raise
-        for order_id in changed:
+        announced = list(dict.fromkeys(applied.order_ids))
+        for order_id in announced:
             self._announce(order_id)
         log.info(
-            "HL7 %s %s from %s accepted: %d order(s)",
+            "HL7 %s %s from %s accepted: %d %s",
             header.message_code,
             header.control_id,
             sender,
-            len(changed),
+            len(announced),
+            applied.what,
         )
         return ack.encode()
 
@@ -306,7 +313,7 @@ class OrderIntake:
         order = find_order(session, group)
         try:
             if control == OrderControl.CHANGE_ORDER:
-                if order.status in (_S.COMPLETED, _S.CANCELLED):
+                if order.status in (OrderStatus.COMPLETED, OrderStatus.CANCELLED):
                     raise InvalidTransition("order", order.status, order.status, ())
                 changes = {
                     k: v
@@ -324,7 +331,7 @@ class OrderIntake:
             if control == OrderControl.RELEASE_HOLD:
                 target = orders.initial_status(order)
             else:
-                target = accepted[group.order_status] or _S.SCHEDULED
+                target = accepted[group.order_status] or OrderStatus.SCHEDULED
             orders.change_status(session, order, target, actor=actor)
             return _id(order)
         except InvalidTransition as exc:
@@ -354,30 +361,6 @@ def _implied_orc_note(message: OrderMessage) -> str | None:
     if not implied:
         return None
     return f"ORC segment missing: order group {', '.join(implied)} read as a new order (ORC-1 NW)"
-
-
-def find_order(session: Session, group: OrderGroup) -> ImagingOrder:
-    """The order an XO/CA/DC/SC/HD/RL refers to: placer number, filler number, accession."""
-    keys: list[tuple[Any, str]] = []
-    if group.placer_order_number and group.placer_order_number.entity_id:
-        keys.append((ImagingOrder.placer_order_number, group.placer_order_number.entity_id))
-    if group.filler_order_number and group.filler_order_number.entity_id:
-        keys.append((ImagingOrder.filler_order_number, group.filler_order_number.entity_id))
-    if group.accession_number:
-        keys.append((ImagingOrder.accession_number, group.accession_number))
-    if not keys:
-        raise RequiredFieldMissing(
-            "ORC-2 placer order number (or ORC-3 / OBR-18) is needed to find the order",
-            ErrorLocation("ORC", group.sequence, 2),
-        )
-    for column, value in keys:
-        found = session.exec(select(ImagingOrder).where(column == value)).first()
-        if found is not None:
-            return found
-    raise UnknownKeyIdentifier(
-        "no order matches the placer or filler order number",
-        ErrorLocation("ORC", group.sequence, 2),
-    )
 
 
 def _id(order: ImagingOrder) -> int:

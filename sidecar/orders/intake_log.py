@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import re
 import uuid
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
@@ -170,3 +171,14 @@ def insert_log_row(session: Session, row: dict[str, Any]) -> None:
     """Stores the row in the session's transaction: a plain INSERT, no ORM object (the hot path).
     A repeated MSH-10 from the same sender fails the table's unique key (IntegrityError)."""
     session.connection().execute(_INSERT_LOG_ROW, row)
+
+
+@dataclass(frozen=True)
+class Applied:
+    """What an accepted message changed: the orders to announce after the commit, the order its
+    log row names, a note on how it was read, and what the orders are to the log line."""
+
+    order_ids: list[int]
+    logged_order_id: int | None
+    note: str | None
+    what: str

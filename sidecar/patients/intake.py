@@ -12,24 +12,20 @@ from __future__ import annotations
 
 import logging
 
-from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session
 
-from hl7.ack import build_ack, new_control_id
 from hl7.adt import AdtMessage, parse_adt_message
 from hl7.er7 import decode_message
 from hl7.errors import ApplicationInternalError, Hl7Error
 from hl7.header import read_header
 from sidecar.orders.intake import OrderIntake
 from sidecar.orders.intake_log import (
+    Applied,
     check_header,
     check_no_nul,
-    insert_log_row,
-    log_row,
     sender_of,
 )
 from sidecar.patients.adt import apply_adt
-from sidecar.results.message_log import Hl7MessageStatus
 
 log = logging.getLogger(__name__)
 
@@ -55,46 +51,19 @@ class HospitalIntake(OrderIntake):
             return self._refuse(text, header, sender, error)
 
     def _apply_adt(self, text: str, message: AdtMessage, sender: str) -> bytes:
-        header = message.header
-        ack = build_ack(header, None, control_id=new_control_id(), timestamp=self._now())
-        with Session(self._engine, expire_on_commit=False) as session:
-            try:
-                changed, applied = apply_adt(session, message, actor=f"hl7:{sender}")
-                insert_log_row(
-                    session,
-                    log_row(
-                        text,
-                        header,
-                        sender,
-                        status=Hl7MessageStatus.ACCEPTED,
-                        ack_code="AA",
-                        ack=ack.text,
-                        order_id=None,
-                        now=self._now(),
-                        note=None if applied else NOTHING_CHANGED,
-                    ),
-                )
-                session.commit()
-            except IntegrityError as exc:
-                session.rollback()
-                original = self._answer_to_repeat(sender, header.control_id, text)
-                if original is not None:
-                    return original
-                # Another connection changed the same patient at the same moment: AR, so that
-                # the HIS sends it again (it then applies to what that one committed).
-                raise ApplicationInternalError(
-                    "the patient was changed by another message meanwhile; send it again"
-                ) from exc
-            except Hl7Error:
-                session.rollback()
-                raise
-        for order_id in dict.fromkeys(changed):
-            self._announce(order_id)
-        log.info(
-            "HL7 %s %s from %s accepted: %d order(s) rewritten",
-            header.message_code,
-            header.control_id,
+        def apply(session: Session) -> Applied:
+            changed, applied = apply_adt(session, message, actor=f"hl7:{sender}")
+            note = None if applied else NOTHING_CHANGED
+            return Applied(changed, None, note, "order(s) rewritten")
+
+        # Another connection changed the same patient at the same moment: AR, so that the HIS
+        # sends it again (it then applies to what that one committed).
+        return self._commit_accepted(
+            text,
+            message.header,
             sender,
-            len(set(changed)),
+            apply,
+            lambda: ApplicationInternalError(
+                "the patient was changed by another message meanwhile; send it again"
+            ),
         )
-        return ack.encode()
