@@ -252,7 +252,7 @@ class OrthancSync(BackgroundWorker):
             moved_order = order_matching.match(session, study, actor=audit.ORTHANC_SYNC_ACTOR)
             if study.facility_id is None and modality_facility is not None:
                 study.facility_id = modality_facility  # no order, or one without a facility
-            mpps.announce_to_study(session, study.study_instance_uid)
+            mpps.announce_to_study(session, study)
             if self._on_ready_to_read is not None:
                 self._on_ready_to_read(session, study)
             result_queued = False

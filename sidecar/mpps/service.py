@@ -41,9 +41,8 @@ from sidecar.mpps.models import (
     PerformedStepStatus,
 )
 from sidecar.orders import service as orders
-from sidecar.orders.matching import PATIENT_MISMATCH
+from sidecar.orders.matching import PATIENT_MISMATCH, PatientMatch, patient_match
 from sidecar.orders.models import EXAM_DISCONTINUED, ImagingOrder, OrderStatus
-from sidecar.patients import service as patients
 from sidecar.results.routing import ResultRouting
 from sidecar.results.status_updates import queue_status_update
 from sidecar.studies.models import Study
@@ -62,6 +61,19 @@ class StepOutcome:
     orders_changed: list[int] = field(default_factory=list)
     status_queued: bool = False
 
+    def changed(
+        self,
+        session: Session,
+        order: ImagingOrder,
+        status: OrderStatusCode,
+        routing: ResultRouting,
+    ) -> None:
+        """The step moved this order: listeners hear of it, and the HIS of its new status."""
+        assert order.id is not None
+        self.orders_changed.append(order.id)
+        queued = queue_status_update(session, order, status, routing, actor=MPPS_ACTOR)
+        self.status_queued = self.status_queued or queued is not None
+
 
 def start_step(
     session: Session,
@@ -71,14 +83,9 @@ def start_step(
     calling_ae_title: str,
     routing: ResultRouting,
 ) -> StepOutcome:
-    """Records a new step (N-CREATE); the caller commits. Raises StepRefused for a UID in use."""
-    taken = session.exec(
-        select(PerformedProcedureStep.id).where(
-            PerformedProcedureStep.sop_instance_uid == sop_instance_uid
-        )
-    ).first()
-    if taken is not None:
-        raise StepRefused(DUPLICATE_SOP_INSTANCE, "this MPPS SOP Instance UID exists")
+    """Records a new step (N-CREATE); the caller commits. Raises StepRefused for a UID in use
+    (the unique key says so, whether the step was created before or by a racing association:
+    a modality's retry)."""
     scheduled = start.scheduled
     now = utcnow()
     step = PerformedProcedureStep(
@@ -105,7 +112,9 @@ def start_step(
     order = find_order(session, step)
     if order is None:
         step.order_match_issue = NO_ORDER
-    elif _patient_differs(session, step, order):
+    elif patient_match(session, step.patient_id, step.issuer_of_patient_id, order) is (
+        PatientMatch.OTHER
+    ):
         step.order_match_issue = PATIENT_MISMATCH
     elif OrderStatus(order.status) in (OrderStatus.COMPLETED, OrderStatus.CANCELLED):
         # An exam performed on an order that is over: someone must look at it.
@@ -116,7 +125,6 @@ def start_step(
     try:
         session.flush()
     except IntegrityError:
-        # The same UID created by a racing association (a modality's retry): it exists now.
         raise StepRefused(DUPLICATE_SOP_INSTANCE, "this MPPS SOP Instance UID exists") from None
     audit.record(
         session,
@@ -188,7 +196,11 @@ def end_step(
     )
     session.flush()
     if target is PerformedStepStatus.COMPLETED:
-        announce_to_study(session, step.study_instance_uid)
+        study = session.exec(
+            select(Study).where(Study.study_instance_uid == step.study_instance_uid)
+        ).first()
+        if study is not None:  # else its registration reads the count (sidecar.ingest.sync)
+            announce_to_study(session, study)
     elif step.order_id is not None:
         order = session.get(ImagingOrder, step.order_id)
         assert order is not None
@@ -212,14 +224,9 @@ def find_order(session: Session, step: PerformedProcedureStep) -> ImagingOrder |
     return None
 
 
-def announce_to_study(session: Session, study_instance_uid: str) -> None:
-    """Writes on the study (when it is here) how many instances its completed steps announced."""
-    study = session.exec(
-        select(Study).where(Study.study_instance_uid == study_instance_uid)
-    ).first()
-    if study is None:
-        return
-    announced = instances_announced(session, study_instance_uid)
+def announce_to_study(session: Session, study: Study) -> None:
+    """Writes on the study how many instances its completed steps announced."""
+    announced = instances_announced(session, study.study_instance_uid)
     if announced is not None and study.instances_announced != announced:
         study.instances_announced = announced
         session.add(study)
@@ -236,21 +243,6 @@ def instances_announced(session: Session, study_instance_uid: str) -> int | None
     return int(total) if total is not None else None
 
 
-def _patient_differs(session: Session, step: PerformedProcedureStep, order: ImagingOrder) -> bool:
-    """The step names another patient than the order's: not the same identifier (and issuer,
-    when both name one), nor one merged into the order's patient since the modality read its
-    worklist (IHE PIR)."""
-    issuers = (step.issuer_of_patient_id, order.issuer_of_patient_id)
-    same = (not step.patient_id or step.patient_id == order.patient_id) and not (
-        all(issuers) and issuers[0] != issuers[1]
-    )
-    if same or not step.patient_id:
-        return not same
-    return not patients.merged_into(
-        session, step.patient_id, step.issuer_of_patient_id, order.patient_record_id
-    )
-
-
 def _order_started(
     session: Session, order: ImagingOrder, routing: ResultRouting, outcome: StepOutcome
 ) -> None:
@@ -258,12 +250,7 @@ def _order_started(
     already under way, or done, stays as it is)."""
     if not orders.start(session, order, actor=MPPS_ACTOR):
         return
-    assert order.id is not None
-    outcome.orders_changed.append(order.id)
-    queued = queue_status_update(
-        session, order, OrderStatusCode.IN_PROCESS, routing, actor=MPPS_ACTOR
-    )
-    outcome.status_queued = outcome.status_queued or queued is not None
+    outcome.changed(session, order, OrderStatusCode.IN_PROCESS, routing)
 
 
 def _order_discontinued(
@@ -279,12 +266,7 @@ def _order_discontinued(
     # Scheduled again if it has a time; else it waits for one, as a new order without does.
     target = orders.initial_status(order)
     move(session, order, EXAM_DISCONTINUED, target, actor=MPPS_ACTOR)
-    assert order.id is not None
-    outcome.orders_changed.append(order.id)
-    queued = queue_status_update(
-        session, order, OrderStatusCode.DISCONTINUED, routing, actor=MPPS_ACTOR
-    )
-    outcome.status_queued = outcome.status_queued or queued is not None
+    outcome.changed(session, order, OrderStatusCode.DISCONTINUED, routing)
 
 
 def _acquired(session: Session, order: ImagingOrder, step: PerformedProcedureStep) -> bool:

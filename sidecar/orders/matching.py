@@ -9,6 +9,8 @@ Images under an identifier since merged into the order's patient match it, flagg
 
 from __future__ import annotations
 
+from enum import Enum
+
 from sqlmodel import Session, select
 
 from sidecar.core import audit
@@ -37,20 +39,38 @@ def find_order(session: Session, study: Study) -> ImagingOrder | None:
     ).first()
 
 
+class PatientMatch(Enum):
+    SAME = "same"
+    MERGED = "merged"  # an identifier since merged into the order's patient (IHE PIR)
+    OTHER = "other"
+
+
+def patient_match(
+    session: Session, patient_id: str | None, issuer: str | None, order: ImagingOrder
+) -> PatientMatch:
+    """Whether an identifier (a study's, a performed step's) names the order's patient: the
+    same id (and issuer, when both name one), one merged into the order's patient since, or
+    another patient."""
+    issuers = (issuer, order.issuer_of_patient_id)
+    if not (
+        (patient_id and order.patient_id != patient_id)
+        or (all(issuers) and issuers[0] != issuers[1])
+    ):
+        return PatientMatch.SAME
+    if patients.merged_into(session, patient_id or "", issuer, order.patient_record_id):
+        return PatientMatch.MERGED
+    return PatientMatch.OTHER
+
+
 def link(session: Session, study: Study, order: ImagingOrder, *, actor: str) -> bool:
     """Links study and order; returns whether the order's status changed. The caller commits.
 
     Raises PatientMismatch (and leaves both unchanged) when the patient ids differ.
     """
-    issuers = (study.issuer_of_patient_id, order.issuer_of_patient_id)
-    if (study.patient_id and order.patient_id != study.patient_id) or (
-        all(issuers) and issuers[0] != issuers[1]
-    ):
-        # Images under an identifier since merged into the order's patient are its patient's.
-        if not patients.merged_into(
-            session, study.patient_id or "", study.issuer_of_patient_id, order.patient_record_id
-        ):
-            raise PatientMismatch(PATIENT_MISMATCH)
+    match = patient_match(session, study.patient_id, study.issuer_of_patient_id, order)
+    if match is PatientMatch.OTHER:
+        raise PatientMismatch(PATIENT_MISMATCH)
+    if match is PatientMatch.MERGED:
         study.patient_identity_issue = patients.MERGED_IDENTIFIER
     study.issuer_of_patient_id = order.issuer_of_patient_id or study.issuer_of_patient_id
     patient = session.get(Patient, order.patient_record_id) if order.patient_record_id else None
