@@ -9,6 +9,12 @@
 --    instance re-sent with another PatientID) would become a second Orthanc study that DICOMweb
 --    serves under the same UID: the viewer would mix two patients' images. Such an instance is
 --    refused, whoever sends it (C-STORE, REST upload); the study already stored stays as it was.
+--    One exception, for the sidecar's patient reconciliation (a merge, a changed identifier, a
+--    study moved to its order's patient): before re-filing a study's instances under the new
+--    patient id, the sidecar marks the Orthanc study they leave with that id (user metadata
+--    PatientReassignment). An instance uploaded through the REST API under exactly that id is
+--    accepted; the sidecar deletes each old instance once its new copy is stored, so nothing is
+--    ever missing. The marker never admits an instance sent over DICOM.
 --
 -- Refusal is by raising an error: Orthanc then answers the C-STORE with a failure status and
 -- stores nothing. Returning false would discard the instance yet answer Success (0x0000) to the
@@ -59,8 +65,22 @@ local accepted_patient = {}
 local accepted_count = 0
 local ACCEPTED_LIMIT = 10000
 
+-- Whether the sidecar is re-filing this Orthanc study under `patient_id` (see the header).
+local function reassigned_to(study_id, patient_id, origin)
+  if origin["RequestOrigin"] ~= "RestApi" then
+    return false
+  end
+  local names = ParseJson(RestApiGet("/studies/" .. study_id .. "/metadata"))
+  for _, name in ipairs(names) do
+    if name == "PatientReassignment" then
+      return RestApiGet("/studies/" .. study_id .. "/metadata/PatientReassignment") == patient_id
+    end
+  end
+  return false
+end
+
 -- Whether Orthanc already holds this Study Instance UID under another patient id.
-local function under_another_patient(dicom)
+local function under_another_patient(dicom, origin)
   local uid = dicom["StudyInstanceUID"] or ""
   if uid == "" then
     return false
@@ -72,7 +92,8 @@ local function under_another_patient(dicom)
   for _, resource in ipairs(ParseJson(RestApiPost("/tools/lookup", uid))) do
     if resource["Type"] == "Study" then
       local study = ParseJson(RestApiGet("/studies/" .. resource["ID"]))
-      if (study["PatientMainDicomTags"]["PatientID"] or "") ~= patient_id then
+      if (study["PatientMainDicomTags"]["PatientID"] or "") ~= patient_id
+          and not reassigned_to(resource["ID"], patient_id, origin) then
         return true
       end
     end
@@ -91,7 +112,7 @@ function ReceivedInstanceFilter(dicom, origin, info)
   if not may_send(origin) then
     error("C-STORE refused: calling AE title and host are not a registered modality")
   end
-  if under_another_patient(dicom) then
+  if under_another_patient(dicom, origin) then
     error("instance refused: its Study Instance UID is already stored under another patient id")
   end
   return true

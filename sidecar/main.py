@@ -47,6 +47,7 @@ from sidecar.operations.health import router as health_router
 from sidecar.orders.events import OrderEvents
 from sidecar.orders.listener import OrderListener
 from sidecar.orders.router import router as orders_router
+from sidecar.patients.image_updates import ImageUpdater
 from sidecar.patients.intake import HospitalIntake
 from sidecar.patients.router import router as patients_router
 from sidecar.procedures.router import router as procedures_router
@@ -234,6 +235,8 @@ def build_services(
             on_ready_to_read=lambda session, study: study_ready(session, study, now=clock()),
         )
     )
+    # Stored images follow their patient's merges and corrections (IHE PIR).
+    services.add(ImageUpdater(engine, orthanc, max_delay=settings.result_retry_max_delay))
     # Critical findings: notified through a webhook outbox, escalated by deadline.
     policy = services.add(FindingPolicy.from_settings(settings))
     notifier: FindingNotifier | None = None
@@ -287,8 +290,10 @@ def _lifespan(services: Services) -> Callable[[FastAPI], Any]:
         mpps = services.get(MppsListener)
         await asyncio.to_thread(mpps.start)
         order_events.start()
+        image_updater = services.get(ImageUpdater)
         if settings.reconcile_enabled:
             sync.start()
+            image_updater.start()  # work left queued by the last run too
         if outbox is not None:
             outbox.start()  # results left pending by the last run go first
         if findings.notifier is not None:
@@ -308,6 +313,7 @@ def _lifespan(services: Services) -> Callable[[FastAPI], Any]:
             if findings.notifier is not None:
                 await asyncio.to_thread(findings.notifier.stop)
             await asyncio.to_thread(sync.stop)
+            await asyncio.to_thread(image_updater.stop)
             await asyncio.to_thread(order_events.stop)
             publisher = services.find(WorklistPublisher)
             if publisher is not None:

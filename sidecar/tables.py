@@ -9,7 +9,7 @@ from sidecar.findings.models import CriticalFinding, FindingNotification, Notifi
 from sidecar.ingest.models import ChangesCursor, PendingStudy
 from sidecar.mpps.models import PerformedProcedureStep
 from sidecar.orders.models import ImagingOrder
-from sidecar.patients.models import Patient
+from sidecar.patients.models import ImageUpdate, Patient
 from sidecar.procedures.models import Procedure
 from sidecar.reading.models import AssignmentRule, StudyReading
 from sidecar.reports.models import RadiologyReport, ReportRevision
@@ -28,6 +28,7 @@ __all__ = [
     "FindingNotification",
     "Hl7Message",
     "Image",
+    "ImageUpdate",
     "ImagingOrder",
     "LoginAttempt",
     "NotificationAttempt",

@@ -9,6 +9,7 @@ httpx errors are translated here and nowhere else.
 
 from __future__ import annotations
 
+import contextlib
 import re
 from typing import Any
 
@@ -118,6 +119,58 @@ class OrthancClient:
         if response.status_code >= 400:
             raise OrthancUnavailable(f"GET instance metadata: HTTP {response.status_code}")
         return response.text.strip() or None
+
+    # -- re-filing instances under a patient (sidecar.patients.image_updates) ------------------
+
+    def _send(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
+        """A call that changes Orthanc: 404 is OrthancNotFound, any other failure
+        OrthancUnavailable with Orthanc's own message (no patient data: the instance is named
+        by its Orthanc id only)."""
+        try:
+            response = self._http.request(method, path, **kwargs)
+        except httpx.HTTPError as exc:
+            raise OrthancUnavailable(f"{method} {path}: {type(exc).__name__}") from exc
+        if response.status_code == 404:
+            raise OrthancNotFound(path)
+        if response.status_code >= 400:
+            try:
+                detail = str(response.json().get("Details") or response.json().get("Message"))
+            except ValueError:
+                detail = ""
+            raise OrthancUnavailable(f"{method} {path}: HTTP {response.status_code} {detail}")
+        return response
+
+    def modified_instance(
+        self, instance_id: str, replace: dict[str, str], remove: list[str]
+    ) -> bytes:
+        """The instance's file with these tags replaced or removed and every UID kept (Orthanc
+        writes the values in the file's character set). Nothing is stored."""
+        body = {
+            "Replace": replace,
+            "Remove": remove,
+            "Keep": ["StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID"],
+            "Force": True,
+        }
+        return self._send("POST", f"/instances/{instance_id}/modify", json=body).content
+
+    def store_instance(self, content: bytes) -> str:
+        """Stores a DICOM file (replacing the instance of the same Orthanc id); its Orthanc id."""
+        answer = self._send(
+            "POST", "/instances", content=content, headers={"Content-Type": "application/dicom"}
+        ).json()
+        return str(answer["ID"])
+
+    def delete_instance(self, instance_id: str) -> None:
+        with contextlib.suppress(OrthancNotFound):  # deleted already: what was asked
+            self._send("DELETE", f"/instances/{instance_id}")
+
+    def mark_study(self, orthanc_id: str, name: str, value: str) -> None:
+        """Sets a user metadata entry of the study (declared in orthanc/orthanc.json)."""
+        self._send("PUT", f"/studies/{orthanc_id}/metadata/{name}", content=value.encode())
+
+    def reconstruct_study(self, orthanc_id: str) -> None:
+        """Orthanc re-reads the study's main tags (patient level included) from its files."""
+        self._send("POST", f"/studies/{orthanc_id}/reconstruct", json={})
 
     def parent_study_of_instance(self, instance_id: str) -> str:
         study = self._get(f"/instances/{instance_id}/study")

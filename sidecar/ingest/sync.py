@@ -36,6 +36,7 @@ from sidecar.ingest.queue import due_studies, forget, queue_studies, reschedule
 from sidecar.mpps import service as mpps
 from sidecar.orders import matching as order_matching
 from sidecar.orders.models import ImagingOrder
+from sidecar.patients import image_updates
 from sidecar.patients import service as patients
 from sidecar.results import service as results
 from sidecar.results.routing import ResultRouting
@@ -323,6 +324,8 @@ class OrthancSync(BackgroundWorker):
                 default_issuer=self._default_issuer,
                 actor=audit.ORTHANC_SYNC_ACTOR,
             )
+            # Images under a merged-away identifier: Orthanc's copy follows the registry.
+            image_updates.queue_if_filed_elsewhere(session, current)
             session.commit()
         log.info("registered Orthanc study %s: %d new images", orthanc_id, created)
         return _DONE

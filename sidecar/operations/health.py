@@ -13,6 +13,7 @@ from sqlalchemy import Engine, text
 from sqlmodel import Session, col, func, select
 
 from sidecar.core.dependencies import EngineDep, SettingsDep, provide, provide_optional
+from sidecar.core.models import utcnow
 from sidecar.core.settings import Settings
 from sidecar.findings.escalation import FindingWorkersDep
 from sidecar.findings.models import DeliveryStatus, FindingNotification
@@ -22,6 +23,8 @@ from sidecar.ingest.sync import OrthancSync
 from sidecar.mpps.models import PerformedProcedureStep
 from sidecar.mpps.scp import MppsListener
 from sidecar.orders.listener import OrderListener
+from sidecar.patients import image_updates
+from sidecar.patients.image_updates import ImageUpdater, ImageUpdaterDep
 from sidecar.results.message_log import Hl7Direction, Hl7Message, Hl7MessageStatus
 from sidecar.results.outbox import ResultOutbox, ResultOutboxDep
 from sidecar.studies.models import Study
@@ -178,6 +181,29 @@ def _outbox_backlog(
     }
 
 
+def _image_updates(engine: Engine, updater: ImageUpdater | None) -> dict[str, Any]:
+    """Studies whose stored images still carry a patient's former identifier or demographics
+    (a merge or correction not yet written to Orthanc): pending, and failed (alert on any)."""
+    if updater is None:
+        return {"enabled": False}
+    try:
+        with Session(engine) as session:
+            waiting = image_updates.backlog(session)
+    except Exception as exc:
+        return {"enabled": True, "error": type(exc).__name__}
+    oldest = waiting.oldest_pending_at
+    return {
+        "enabled": True,
+        "running": updater.running,
+        "pending": waiting.pending,
+        "failed": waiting.failed,
+        "oldestPendingSeconds": (
+            round((utcnow() - oldest).total_seconds()) if oldest is not None else None
+        ),
+        "lastError": updater.last_error,
+    }
+
+
 OrthancDep = Annotated[OrthancClient, Depends(provide(OrthancClient))]
 
 
@@ -192,6 +218,7 @@ def health(
     publisher: Annotated[WorklistPublisher | None, Depends(provide_optional(WorklistPublisher))],
     outbox: ResultOutboxDep,
     findings: FindingWorkersDep,
+    updater: ImageUpdaterDep,
 ) -> JSONResponse:
     return _answer(
         {"database": _database(engine), "orthanc": _orthanc(orthanc)},
@@ -202,6 +229,7 @@ def health(
         worklist=_worklist(publisher),
         results=_results(engine, outbox, settings),
         notifications=_notifications(engine, findings.notifier),
+        imageUpdates=_image_updates(engine, updater),
     )
 
 

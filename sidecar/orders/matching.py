@@ -14,13 +14,16 @@ from enum import Enum
 from sqlmodel import Session, select
 
 from sidecar.core import audit
+from sidecar.core.errors import ConflictingState
 from sidecar.orders import service as orders
 from sidecar.orders.models import ImagingOrder
+from sidecar.patients import image_updates
 from sidecar.patients import service as patients
 from sidecar.patients.models import Patient
 from sidecar.studies.models import Study
 
 PATIENT_MISMATCH = "patient id differs from the order's"
+MOVED_TO_ORDER_PATIENT = "the images named another patient id; moved to the order's patient"
 
 
 class PatientMismatch(Exception):
@@ -120,3 +123,31 @@ def match(session: Session, study: Study, *, actor: str) -> ImagingOrder | None:
             )
         return None
     return order if changed else None
+
+
+def move_to_order_patient(
+    session: Session, study: Study, order: ImagingOrder, *, actor: str
+) -> bool:
+    """An administrator's decision that a study whose images name another patient belongs to
+    this order: the study is filed under the order's patient and linked, and its stored images
+    are queued to carry that patient (sidecar.patients.image_updates). Returns whether the
+    order's status changed. The caller commits."""
+    patient = session.get(Patient, order.patient_record_id) if order.patient_record_id else None
+    if patient is None or study.id is None:
+        raise ConflictingState(f"order {order.id} names no patient in the registry")
+    prior = study.patient_record_id
+    patients.file_study(session, study, patient)
+    study.patient_identity_issue = MOVED_TO_ORDER_PATIENT  # until Orthanc's copy follows
+    audit.record(
+        session,
+        actor=actor,
+        action="study.moved_to_order_patient",
+        entity_type="study",
+        entity_id=study.id,
+        prior_patient_record_id=prior,
+        patient_record_id=patient.id,
+        order_id=order.id,
+    )
+    changed = link(session, study, order, actor=actor)
+    image_updates.queue(session, [study.id], image_updates.Cause.MOVE)
+    return changed

@@ -138,3 +138,32 @@ class PatientMerge(ApiInput):
     """The patient that survives the merge (its record id)."""
 
     surviving_patient_id: int = PydanticField(ge=1, le=2**31 - 1)
+
+
+class ImageUpdateStatus(StrEnum):
+    PENDING = "PENDING"  # to do, or to try again at next_attempt_at
+    DONE = "DONE"  # every stored instance carries the study's patient
+    FAILED = "FAILED"  # Orthanc did not keep the values written: needs a person
+
+
+class ImageUpdate(SQLModel, table=True):
+    """The durable queue of studies whose stored images must be brought to their patient's
+    identifier and demographics (IHE PIR): one row per study, queued again whenever its patient
+    changes. What to write is read from the study when the work is done, so the latest change
+    wins and nothing is written twice (sidecar.patients.image_updates)."""
+
+    __tablename__ = "image_update"
+
+    study_id: int = Field(primary_key=True, foreign_key="study.id")
+    status: ImageUpdateStatus = Field(
+        sa_column=Column(EnumText(ImageUpdateStatus, 16), nullable=False, index=True)
+    )
+    # What asked for it: "merge", "demographics", "identifier", "move", "images" (images that
+    # arrived under other values than the patient's).
+    cause: str = Field(max_length=16)
+    queued_at: datetime = Field(sa_column=Column(UTCDateTime, nullable=False))
+    attempts: int = 0
+    next_attempt_at: datetime = Field(sa_column=Column(UTCDateTime, nullable=False, index=True))
+    last_error: str | None = Field(default=None, max_length=500)
+    instances_updated: int = 0
+    completed_at: datetime | None = Field(default=None, sa_column=Column(UTCDateTime))

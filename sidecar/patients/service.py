@@ -27,6 +27,7 @@ from sidecar.core.errors import ConflictingState
 from sidecar.core.models import table_of, utcnow
 from sidecar.findings.models import CriticalFinding
 from sidecar.orders.models import ImagingOrder
+from sidecar.patients import image_updates
 from sidecar.patients.models import NO_ISSUER, Patient, PatientSource, PatientStatus
 from sidecar.reports.models import RadiologyReport
 from sidecar.results.message_log import Hl7Direction, Hl7Message, Hl7MessageStatus
@@ -208,8 +209,10 @@ def merged_into(
     )
 
 
-def sync_copies(session: Session, patient: Patient) -> list[int]:
-    """Rewrites the copies on the patient's orders and studies; returns its order ids."""
+def sync_copies(session: Session, patient: Patient, cause: str) -> list[int]:
+    """Rewrites the copies on the patient's orders and studies, and queues its studies' stored
+    images for the same values (`cause` says why: sidecar.patients.image_updates.Cause);
+    returns its order ids."""
     values = copies(patient)
     del values["patient_record_id"]
     session.flush()
@@ -224,6 +227,8 @@ def sync_copies(session: Session, patient: Patient) -> list[int]:
         .values({**values, "updated_at": utcnow()})
     )
     session.expire_all()
+    assert patient.id is not None
+    image_updates.queue_patient_studies(session, patient.id, cause)
     order_ids = _ids(session, ImagingOrder.id, ImagingOrder.patient_record_id == patient.id)
     _rewrite_waiting_results(session, order_ids, values)
     return order_ids
@@ -270,7 +275,9 @@ def update_demographics(
         entity_id=patient.id,
         fields=changed,
     )
-    return sync_copies(session, patient) if set(changed) & set(DEMOGRAPHICS) else []
+    if not set(changed) & set(DEMOGRAPHICS):
+        return []
+    return sync_copies(session, patient, image_updates.Cause.DEMOGRAPHICS)
 
 
 def changed_fields(patient: Patient, changes: Mapping[str, Any]) -> list[str]:
@@ -301,7 +308,7 @@ def change_identifier(
         entity_type="patient",
         entity_id=patient.id,
     )
-    return sync_copies(session, patient)
+    return sync_copies(session, patient, image_updates.Cause.IDENTIFIER)
 
 
 @dataclass
@@ -368,7 +375,7 @@ def merge(
         report_ids=report_ids,
         finding_ids=finding_ids,
     )
-    changed = sync_copies(session, survivor)
+    changed = sync_copies(session, survivor, image_updates.Cause.MERGE)
     return MergeOutcome(applied=True, surviving=survivor, order_ids=changed)
 
 

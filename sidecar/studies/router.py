@@ -14,9 +14,10 @@ from sqlmodel import Session, col, func, select
 from hl7.order_status_message import OrderStatusCode
 from sidecar.access.care_scope import CareScope, CareScopeDep
 from sidecar.accounts.dependencies import Clinician, Scheduler, StudyEditor
+from sidecar.accounts.models import Role
 from sidecar.core import audit
 from sidecar.core.dependencies import SessionDep, SettingsDep
-from sidecar.core.errors import ConflictingState, UnknownRecord
+from sidecar.core.errors import ConflictingState, NotPermitted, UnknownRecord
 from sidecar.core.models import MAX_RECORD_ID, ApiInput, Page, join_multi, utcnow
 from sidecar.core.pagination import (
     Pagination,
@@ -56,6 +57,9 @@ router = APIRouter(prefix="/api/studies", tags=["studies"])
 
 class LinkOrder(ApiInput):
     order_id: int = Field(ge=1, le=MAX_RECORD_ID)
+    # An administrator's decision that images filed under another patient id belong to the
+    # order's patient: the study moves to it, and its stored images are rewritten to match.
+    move_to_order_patient: bool = False
 
 
 @router.get("", response_model=Page[StudyPublic])
@@ -258,7 +262,10 @@ def link_order(
     outbox: ResultOutboxDep,
     events: OrderEventsDep,
 ) -> StudyPublic:
-    """Links a study to an imaging order by hand (the study matched none by itself)."""
+    """Links a study to an imaging order by hand (the study matched none by itself). Images
+    under another patient id are refused (409) unless an administrator moves the study to the
+    order's patient (`moveToOrderPatient`): the study, its reports and findings follow, and
+    Orthanc's files are rewritten to the order's patient, keeping every UID."""
     study = get_study_or_404(session, study_id)
     order = session.get(ImagingOrder, body.order_id)
     if order is None:
@@ -271,10 +278,15 @@ def link_order(
     try:
         moved = order_matching.link(session, study, order, actor=user.username)
     except order_matching.PatientMismatch as exc:
-        raise ConflictingState(
-            f"study {study_id} and order {order.id} belong to different patient ids; "
-            "correct the patient id first"
-        ) from exc
+        if not body.move_to_order_patient:
+            raise ConflictingState(
+                f"study {study_id} and order {order.id} belong to different patient ids; "
+                "correct the patient id first, or (an administrator) move the study to the "
+                "order's patient with moveToOrderPatient"
+            ) from exc
+        if user.role != Role.ADMIN:
+            raise NotPermitted("only an administrator may move a study to another patient") from exc
+        moved = order_matching.move_to_order_patient(session, study, order, actor=user.username)
     # Images and an order that were not linked: the exam started, the HIS hears it first.
     started = moved and (
         queue_status_update(

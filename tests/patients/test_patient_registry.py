@@ -17,6 +17,7 @@ from sidecar.accounts.models import Role
 from sidecar.core.database import alembic_config, make_engine
 from sidecar.main import create_app
 from sidecar.patients import service as patients
+from sidecar.patients.models import ImageUpdate, ImageUpdateStatus
 from sidecar.studies.models import Study
 from sidecar.tables import metadata
 
@@ -468,3 +469,59 @@ def test_a_result_waiting_for_the_his_during_a_merge_goes_out_for_the_survivor(
         assert [line for line in lines if not line.startswith("PID|")] == [
             line for line in before.split("\r") if not line.startswith("PID|")
         ]
+
+
+def test_an_administrator_moves_a_mismatched_study_to_its_orders_patient(
+    app: FastAPI,
+    client: TestClient,
+    admin_headers: Headers,
+    technologist: Headers,
+) -> None:
+    target = order(client, admin_headers)
+    # Images under a patient id the modality typed wrong: filed under that id, not linked.
+    study_id = seed_study(
+        engine_of(app),
+        orthanc_study(
+            f"{UID_ROOT}.7670", accession_number=target["accessionNumber"], patient_id="MRN-TYPO"
+        ),
+    )
+    with Session(engine_of(app)) as session:
+        study = session.get(Study, study_id)
+        assert study is not None
+        patients.attach_study(session, study, default_issuer=None, actor="test")
+        session.commit()
+    wrong = client.get(f"/api/studies/{study_id}", headers=admin_headers).json()["patientRecordId"]
+
+    def link(headers: Headers, **body: Any) -> Any:
+        return client.post(
+            f"/api/studies/{study_id}/link-order",
+            json={"orderId": target["id"], **body},
+            headers=headers,
+        )
+
+    refused = link(admin_headers)
+    assert refused.status_code == 409
+    assert "moveToOrderPatient" in refused.json()["error"]["message"]
+    assert link(technologist, moveToOrderPatient=True).status_code == 403
+    assert link(admin_headers, moveToOrderPatient="maybe").status_code == 422
+
+    moved = link(admin_headers, moveToOrderPatient=True)
+    assert moved.status_code == 200, moved.text
+    body = moved.json()
+    assert (body["orderId"], body["patientId"], body["patientRecordId"]) == (
+        target["id"],
+        "MRN-7001",
+        target["patientRecordId"],
+    )
+    assert body["patientIdentityIssue"]  # until Orthanc's files follow
+    with Session(engine_of(app)) as session:
+        queued = session.get(ImageUpdate, study_id)
+        assert queued is not None
+        assert (queued.status, queued.cause) == (ImageUpdateStatus.PENDING, "move")
+    [event] = audit_events(engine_of(app), "study.moved_to_order_patient")
+    assert event.actor == "admin"
+    assert (event.detail["prior_patient_record_id"], event.detail["patient_record_id"]) == (
+        wrong,
+        target["patientRecordId"],
+    )
+    assert link(admin_headers, moveToOrderPatient=True).status_code == 409  # linked already
