@@ -81,6 +81,9 @@ def configuration(environ: dict[str, str]) -> dict[str, Any]:
         "DicomModalities": modalities,
         "DicomCheckModalityHost": True,
         "DicomAlwaysAllowFindWorklist": not modalities,
+        # The sidecar marks a study it re-files under another patient id with it; the ingress
+        # filter reads it (as in orthanc/orthanc.json).
+        "UserMetadata": {"PatientReassignment": 4400},
     }
     if environ.get("ORTHANC_PASSWORD_FILE"):
         username = environ.get("ORTHANC_USERNAME", "") or "sidecar"

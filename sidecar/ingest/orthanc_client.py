@@ -153,12 +153,13 @@ class OrthancClient:
         }
         return self._send("POST", f"/instances/{instance_id}/modify", json=body).content
 
-    def store_instance(self, content: bytes) -> str:
-        """Stores a DICOM file (replacing the instance of the same Orthanc id); its Orthanc id."""
+    def store_instance(self, content: bytes) -> tuple[str, str]:
+        """Stores a DICOM file; its Orthanc id and its study's. An instance of that id stored
+        already is kept as it is (Orthanc answers AlreadyStored)."""
         answer = self._send(
             "POST", "/instances", content=content, headers={"Content-Type": "application/dicom"}
         ).json()
-        return str(answer["ID"])
+        return str(answer["ID"]), str(answer["ParentStudy"])
 
     def delete_instance(self, instance_id: str) -> None:
         with contextlib.suppress(OrthancNotFound):  # deleted already: what was asked

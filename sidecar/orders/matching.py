@@ -75,6 +75,9 @@ def link(session: Session, study: Study, order: ImagingOrder, *, actor: str) -> 
         raise PatientMismatch(PATIENT_MISMATCH)
     if match is PatientMatch.MERGED:
         study.patient_identity_issue = patients.MERGED_IDENTIFIER
+        if study.id is not None and study.orthanc_id is not None:
+            # Orthanc's copy follows the surviving patient.
+            image_updates.queue(session, [study.id], image_updates.Cause.IMAGES)
     study.issuer_of_patient_id = order.issuer_of_patient_id or study.issuer_of_patient_id
     patient = session.get(Patient, order.patient_record_id) if order.patient_record_id else None
     if patient is not None:

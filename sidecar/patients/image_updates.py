@@ -29,8 +29,10 @@ Log lines and errors name studies by record or Orthanc id only: never a patient'
 
 from __future__ import annotations
 
+import hashlib
 import logging
 from collections.abc import Callable, Iterable, Mapping
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Annotated, Any
@@ -59,6 +61,11 @@ IMAGE_UPDATE_ACTOR = "system:image-updates"
 #: The Orthanc user metadata (orthanc/orthanc.json) naming the patient id a study is re-filed
 #: under; read by orthanc/dicom_ingress.lua.
 REASSIGNMENT_METADATA = "PatientReassignment"
+
+#: What Orthanc's index holds of a study's patient (IssuerOfPatientID is not indexed in 1.10).
+_INDEXED = ("PatientID", "PatientName", "PatientBirthDate", "PatientSex")
+#: Instances of one study rewritten at once (measured: bench/patient_merge.py).
+_CONCURRENT_INSTANCES = 4
 
 #: The patient-level attributes written, as Orthanc's short tags name them.
 PATIENT_TAGS = {
@@ -104,12 +111,17 @@ def _normal(name: str, value: Any) -> str:
 
 def differing(values: Mapping[str, str], tags: Mapping[str, Any]) -> list[str]:
     """The attributes (by keyword) whose value in an instance's tags (Orthanc's short form) is
-    not the one wanted."""
-    return [
+    not the one wanted. An issuer the patient does not have is one too: it is part of the
+    identifier, so the images must not name one."""
+    wrong = [
         name
         for name, value in values.items()
         if _normal(name, tags.get(PATIENT_TAGS[name])) != _normal(name, value)
     ]
+    issuer = PATIENT_TAGS["IssuerOfPatientID"]
+    if "IssuerOfPatientID" not in values and issuer in tags and _normal("", tags[issuer]):
+        wrong.append("IssuerOfPatientID")
+    return wrong
 
 
 # -- the queue -----------------------------------------------------------------------------------
@@ -151,6 +163,7 @@ def queue(session: Session, study_ids: Iterable[int], cause: str) -> None:
                     "attempts",
                     "next_attempt_at",
                     "last_error",
+                    "instances_updated",
                     "completed_at",
                 )
             },
@@ -216,11 +229,38 @@ class Rewritten:
     not_kept: tuple[str, ...]  # attributes Orthanc's files still disagree on
 
 
+def holding_id(study_instance_uid: str) -> str:
+    """The PatientID an instance steps aside under while it is rewritten under its own
+    PatientID (see `rewrite_study`): no patient's, fixed per study so a retry finds it."""
+    return "PIR-HOLD-" + hashlib.sha256(study_instance_uid.encode()).hexdigest()[:24]
+
+
+def _move(
+    orthanc: OrthancClient, instance_id: str, values: dict[str, str], remove: list[str]
+) -> tuple[str, str]:
+    """Stores the instance rewritten with `values` under its new Orthanc id, then deletes the
+    original: a copy exists at every moment. The copy's Orthanc id and its study's."""
+    stored = orthanc.store_instance(orthanc.modified_instance(instance_id, values, remove))
+    if stored[0] != instance_id:
+        orthanc.delete_instance(instance_id)
+    return stored
+
+
 def rewrite_study(
     orthanc: OrthancClient, study_instance_uid: str, values: dict[str, str]
 ) -> Rewritten:
-    """Brings every stored instance of the study to `values`; raises OrthancError when Orthanc
-    fails (the work already done stays done)."""
+    """Brings every stored instance of the study, and Orthanc's index of it, to `values`;
+    raises OrthancError when Orthanc fails (the work already done stays done, and the next
+    attempt finishes it: an instance already right is skipped).
+
+    Under another PatientID an instance gets another Orthanc id: its copy is stored, then the
+    original deleted. Under the same PatientID the copy would have the original's id, and
+    Orthanc keeps an instance it holds when the same one is sent again (OverwriteInstances is
+    off, so that a modality re-sending old images never undoes a correction): the instance
+    first steps aside under a holding id, then comes back with the new values."""
+    target = values["PatientID"]
+    remove = [] if "IssuerOfPatientID" in values else ["IssuerOfPatientID"]
+    holding = holding_id(study_instance_uid)
     rewritten = 0
     for orthanc_id, stored_patient_id in orthanc.studies_with_uid(study_instance_uid).items():
         stale = [
@@ -230,21 +270,41 @@ def rewrite_study(
         ]
         if not stale:
             continue
-        if stored_patient_id != values["PatientID"]:
-            orthanc.mark_study(orthanc_id, REASSIGNMENT_METADATA, values["PatientID"])
-        for instance_id in stale:
-            stored_as = orthanc.store_instance(orthanc.modified_instance(instance_id, values, []))
-            if stored_as != instance_id:
-                orthanc.delete_instance(instance_id)  # its copy under the new id is stored
-            rewritten += 1
+        in_place = stored_patient_id == target
+        orthanc.mark_study(orthanc_id, REASSIGNMENT_METADATA, holding if in_place else target)
+
+        def rewrite(instance_id: str, in_place: bool = in_place) -> None:
+            if not in_place:
+                _move(orthanc, instance_id, values, remove)
+                return
+            held, held_study = _move(orthanc, instance_id, {"PatientID": holding}, [])
+            orthanc.mark_study(held_study, REASSIGNMENT_METADATA, target)
+            _move(orthanc, held, values, remove)
+
+        # A few instances at a time keep Orthanc's threads busy while one waits on its disk.
+        # The first failure is raised once the others end.
+        with ThreadPoolExecutor(max_workers=_CONCURRENT_INSTANCES) as pool:
+            for done in [pool.submit(rewrite, instance_id) for instance_id in stale]:
+                done.result()
+        rewritten += len(stale)
     holders = tuple(orthanc.studies_with_uid(study_instance_uid))
     not_kept: set[str] = set()
     for orthanc_id in holders:
-        if rewritten:
+        # Orthanc's index (its C-FIND, DICOMweb's QIDO) keeps the patient tags of the first
+        # instance it filed: re-read from the files whenever it disagrees.
+        if rewritten or _index_differs(orthanc, orthanc_id, values):
             orthanc.reconstruct_study(orthanc_id)
+            not_kept.update(_index_differs(orthanc, orthanc_id, values))
         for tags in orthanc.study_instances_tags(orthanc_id).values():
             not_kept.update(differing(values, tags))
     return Rewritten(rewritten, holders, tuple(sorted(not_kept)))
+
+
+def _index_differs(orthanc: OrthancClient, orthanc_id: str, values: dict[str, str]) -> list[str]:
+    """The attributes Orthanc's index of the study holds other values for."""
+    indexed = orthanc.study(orthanc_id).get("PatientMainDicomTags", {})
+    shown = {PATIENT_TAGS[name]: indexed.get(name, "") for name in _INDEXED}
+    return differing({name: values[name] for name in _INDEXED if name in values}, shown)
 
 
 Clock = Callable[[], datetime]
@@ -301,8 +361,10 @@ class ImageUpdater(BackgroundWorker):
             try:
                 outcome = rewrite_study(self._orthanc, uid, values)
             except OrthancNotFound as error:
-                # An instance deleted meanwhile: look again at what is there.
-                self._retry(job.study_id, queued_at, attempts + 1, str(error), 1.0)
+                # An instance deleted meanwhile (look again at what is there), or a route this
+                # Orthanc lacks (its configuration: lastError says which): soon, then less often.
+                delay = backoff_delay(attempts + 1, cap=self._max_delay)
+                self._retry(job.study_id, queued_at, attempts + 1, str(error), delay)
                 continue
             except OrthancError as error:
                 delay = backoff_delay(attempts + 1, cap=self._max_delay)
@@ -328,6 +390,32 @@ class ImageUpdater(BackgroundWorker):
             session.add(job)
             session.commit()
 
+    @staticmethod
+    def _follow(session: Session, study: Study, outcome: Rewritten) -> None:
+        """The study's record follows its images: the Orthanc study now holding them
+        (registered again: its images' Orthanc ids changed with the patient id), and no flag
+        that they name another patient. Also after a retry that found the files done."""
+        moved = len(outcome.orthanc_ids) == 1 and study.orthanc_id != outcome.orthanc_ids[0]
+        flagged = study.patient_identity_issue is not None
+        if not (outcome.instances or moved or flagged):
+            return
+        if moved:
+            study.orthanc_id = outcome.orthanc_ids[0]
+        study.patient_identity_issue = None  # the images carry its patient now
+        study.updated_at = utcnow()
+        session.add(study)
+        queue_studies(session, outcome.orthanc_ids, "image-update", now=utcnow())
+        audit.record(
+            session,
+            actor=IMAGE_UPDATE_ACTOR,
+            action="study.images_updated_for_patient",
+            entity_type="study",
+            entity_id=study.id,
+            patient_record_id=study.patient_record_id,
+            instances=outcome.instances,
+            orthanc_ids=list(outcome.orthanc_ids),
+        )
+
     def _finish(self, study_id: int, queued_at: datetime, outcome: Rewritten) -> None:
         with Session(self._engine) as session:
             job = session.get(ImageUpdate, study_id)
@@ -343,26 +431,8 @@ class ImageUpdater(BackgroundWorker):
             else:
                 job.status, job.last_error = ImageUpdateStatus.DONE, None
             session.add(job)
-            if study is not None and outcome.instances:
-                if not outcome.not_kept:
-                    study.patient_identity_issue = None  # the images carry its patient now
-                if len(outcome.orthanc_ids) == 1:
-                    study.orthanc_id = outcome.orthanc_ids[0]
-                study.updated_at = utcnow()
-                session.add(study)
-                # Its images' Orthanc ids changed with the patient id: registered again.
-                queue_studies(session, outcome.orthanc_ids, "image-update", now=utcnow())
-                audit.record(
-                    session,
-                    actor=IMAGE_UPDATE_ACTOR,
-                    action="study.images_updated_for_patient",
-                    entity_type="study",
-                    entity_id=study_id,
-                    patient_record_id=study.patient_record_id,
-                    instances=outcome.instances,
-                    orthanc_ids=list(outcome.orthanc_ids),
-                    not_kept=list(outcome.not_kept),
-                )
+            if study is not None and not outcome.not_kept:
+                self._follow(session, study, outcome)
             session.commit()
         log.info(
             "study %s: %d instance(s) rewritten for its patient%s",

@@ -23,7 +23,7 @@ from sqlmodel import Session, select
 from sidecar.core.database import make_engine, migrate
 from sidecar.core.models import utcnow
 from sidecar.ingest.models import PendingStudy
-from sidecar.ingest.orthanc_client import OrthancClient
+from sidecar.ingest.orthanc_client import OrthancClient, OrthancUnavailable
 from sidecar.launcher.orthanc import OrthancLayout, OrthancProcess
 from sidecar.patients import image_updates
 from sidecar.patients import service as patients
@@ -252,6 +252,71 @@ def test_corrected_demographics_are_written_in_place(
     # Orthanc's own index (its C-FIND, its explorer) re-read the new values too.
     assert client.study(holder)["PatientMainDicomTags"]["PatientName"] == "MÜLLER^JÖRG"
     assert qido_name(orthanc, stored.uid) == ("MÜLLER^JÖRG", "PIR-SAME-2")
+    assert client.studies_with_uid(stored.uid) == {holder: "PIR-SAME-2"}  # nothing left held
+
+    # The modality sends its old copy again: archived already, Orthanc keeps the corrected one.
+    sent = storescu_dcmtk(stored.images.files, "127.0.0.1", orthanc.layout.dicom_port, "ORTHANC")
+    assert sent.all_success
+    assert {str(d.PatientName) for d in files_of(orthanc, stored.uid)} == {"MÜLLER^JÖRG"}
+
+
+def test_an_issuer_the_surviving_patient_lacks_is_removed_from_the_images(
+    orthanc: OrthancProcess, client: OrthancClient, engine: Engine, tmp_path: Path
+) -> None:
+    stored = store(orthanc, engine, tmp_path / "s", patient_id="PIR-PRIOR-7", instances=1)
+    [old_study] = client.studies_with_uid(stored.uid)
+    [instance] = client.study_instance_ids(old_study)
+    # Its images name an issuer (stored again so, as a modality would have sent them).
+    client.mark_study(old_study, REASSIGNMENT_METADATA, "PIR-HOLD-TEST")
+    held, _ = client.store_instance(
+        client.modified_instance(instance, {"PatientID": "PIR-HOLD-TEST"}, [])
+    )
+    client.delete_instance(instance)
+    [held_study] = client.studies_with_uid(stored.uid)
+    client.mark_study(held_study, REASSIGNMENT_METADATA, "PIR-PRIOR-7")
+    client.store_instance(
+        client.modified_instance(
+            held, {"PatientID": "PIR-PRIOR-7", "IssuerOfPatientID": "HOSP-X"}, []
+        )
+    )
+    client.delete_instance(held)
+    assert {str(d.IssuerOfPatientID) for d in files_of(orthanc, stored.uid)} == {"HOSP-X"}
+    survivor = registered_patient(engine, "PIR-SURV-7", "NOWAK^OLA")  # no issuer
+    merge(engine, stored.patient_record_id, survivor)
+
+    assert ImageUpdater(engine, client).run_once() is None
+
+    [after] = files_of(orthanc, stored.uid)
+    assert str(after.PatientID) == "PIR-SURV-7"
+    assert "IssuerOfPatientID" not in after
+    assert job(engine, stored.study_id).status == ImageUpdateStatus.DONE
+
+
+def test_a_retry_after_a_failed_reconstruction_brings_orthancs_index_along(
+    orthanc: OrthancProcess, client: OrthancClient, engine: Engine, tmp_path: Path
+) -> None:
+    stored = store(orthanc, engine, tmp_path / "s", patient_id="PIR-SAME-8", instances=2)
+    # A second study of the patient keeps its Orthanc patient alive: the index is not rebuilt
+    # by the instances alone.
+    store(orthanc, engine, tmp_path / "t", patient_id="PIR-SAME-8", instances=1)
+    with Session(engine) as session:
+        patient = session.get(Patient, stored.patient_record_id)
+        assert patient is not None
+        patients.update_demographics(session, patient, {"patient_name": "NEW^NAME"}, actor=ACTOR)
+        session.commit()
+
+    class ReconstructFails(OrthancClient):
+        def reconstruct_study(self, orthanc_id: str) -> None:
+            raise OrthancUnavailable("POST reconstruct: ReadTimeout")
+
+    failing = ReconstructFails(orthanc.url, timeout=30)
+    assert ImageUpdater(engine, failing).run_once() is not None
+    assert job(engine, stored.study_id).status == ImageUpdateStatus.PENDING
+    later = ImageUpdater(engine, client, clock=lambda: utcnow() + timedelta(minutes=5))
+    assert later.run_once() is None
+    assert job(engine, stored.study_id).status == ImageUpdateStatus.DONE
+    for holder in client.studies_with_uid(stored.uid):
+        assert client.study(holder)["PatientMainDicomTags"]["PatientName"] == "NEW^NAME"
 
 
 def test_orthanc_down_keeps_the_update_queued_until_it_is_back(
@@ -340,8 +405,18 @@ class NotKeeping:
     def modified_instance(self, *_: Any) -> bytes:
         return b"DICM"
 
-    def store_instance(self, content: bytes) -> str:
-        return "instance-1"
+    def store_instance(self, content: bytes) -> tuple[str, str]:
+        return "instance-1", "study-1"
+
+    def delete_instance(self, instance_id: str) -> None:
+        pass
+
+    def mark_study(self, *_: Any) -> None:
+        pass
+
+    def study(self, orthanc_id: str) -> dict[str, Any]:
+        names = {"PatientID": "0010,0020", "PatientName": "0010,0010", "PatientSex": "0010,0040"}
+        return {"PatientMainDicomTags": {name: self.tags[tag] for name, tag in names.items()}}
 
     def reconstruct_study(self, orthanc_id: str) -> None:
         pass
