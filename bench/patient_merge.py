@@ -83,7 +83,9 @@ def main() -> None:
                 if not storescu_dcmtk(study.files, *stack.dicom_address, timeout=300).all_success:
                     raise SystemExit("C-STORE failed")
             for study in load:
-                stack.wait_for_study(study.study_instance_uid, instances=args.instances, timeout=120)
+                stack.wait_for_study(
+                    study.study_instance_uid, instances=args.instances, timeout=120
+                )
             stack.wait_until_synced(timeout=120)
             print(
                 f"stored and registered: {args.studies} studies x {args.instances} instances "
