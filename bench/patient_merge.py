@@ -64,16 +64,13 @@ def main() -> None:
             study = make_study(
                 root / "load" / str(n),
                 patient_id=PRIOR,
+                issuer_of_patient_id="GENHOSP",
                 patient_name="DOE^JOHN",
                 series_count=1,
                 instances_per_series=args.instances,
                 rows=128,
                 columns=128,
             )
-            for path in study.files:
-                dataset = pydicom.dcmread(path)
-                dataset.IssuerOfPatientID = "GENHOSP"
-                dataset.save_as(path)
             load.append(study)
         stack = Stack(root / "stack", database_url, stable_age=1, reconcile_interval=2.0)
         stack.start_orthanc()

@@ -107,14 +107,11 @@ def test_the_worklist_follows_a_merge_and_an_update(stack: Stack, tmp_path: Path
         tmp_path / "dicom",
         accession_number=ACCESSION,
         patient_id="MRN-7666",
+        issuer_of_patient_id="GENHOSP",
         patient_name="DOE^JOHN",
         series_count=1,
         instances_per_series=1,
     )
-    for path in images.files:
-        dataset = pydicom.dcmread(path)
-        dataset.IssuerOfPatientID = "GENHOSP"
-        dataset.save_as(path)
     assert storescu_dcmtk(images.files, *stack.dicom_address).all_success
     study = stack.wait_for_study(images.study_instance_uid, instances=1)
     filed = wait_for(
@@ -156,14 +153,11 @@ def test_a_merge_while_orthanc_is_down_reaches_the_images_once_it_is_back(
     images = make_study(
         tmp_path / "dicom",
         patient_id="MRN-7666",
+        issuer_of_patient_id="GENHOSP",
         patient_name="DOE^JOHN",
         series_count=2,
         instances_per_series=2,
     )
-    for path in images.files:
-        dataset = pydicom.dcmread(path)
-        dataset.IssuerOfPatientID = "GENHOSP"
-        dataset.save_as(path)
     assert storescu_dcmtk(images.files, *stack.dicom_address).all_success
     stack.wait_for_study(images.study_instance_uid, instances=4)
     stack.wait_until_synced()

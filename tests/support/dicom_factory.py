@@ -140,6 +140,7 @@ class GeneratedStudy:
     modality: str
     series: tuple[GeneratedSeries, ...]
     files: tuple[Path, ...]
+    issuer_of_patient_id: str | None = None  # written only when given
 
     @property
     def instance_count(self) -> int:
@@ -178,6 +179,7 @@ def make_study(
     modality: str = "CT",
     accession_number: str | None = None,
     patient_id: str | None = None,
+    issuer_of_patient_id: str | None = None,
     patient_name: str | None = None,
     patient_birth_date: str | None = None,
     patient_sex: str | None = None,
@@ -222,6 +224,7 @@ def make_study(
         accession_number=accession_number or f"A{secrets.randbelow(10**15):015d}",
         study_id=str(rng.randrange(1, 100_000)),
         patient_id=patient_id or f"MRN{secrets.randbelow(10**9):09d}",
+        issuer_of_patient_id=issuer_of_patient_id,
         patient_name=patient_name,
         patient_birth_date=patient_birth_date,
         patient_sex=sex,
@@ -466,6 +469,8 @@ def _write_instance(
     ds.ManufacturerModelName = _MODEL[modality]
     ds.PatientName = study.patient_name
     ds.PatientID = study.patient_id
+    if study.issuer_of_patient_id:
+        ds.IssuerOfPatientID = study.issuer_of_patient_id
     ds.PatientBirthDate = study.patient_birth_date
     ds.PatientSex = study.patient_sex
     ds.PatientAge = _age(study.patient_birth_date, study.study_date)
