@@ -210,9 +210,7 @@ def merged_into(
 
 
 def sync_copies(session: Session, patient: Patient, cause: str) -> list[int]:
-    """Rewrites the copies on the patient's orders and studies, and queues its studies' stored
-    images for the same values (`cause` says why: sidecar.patients.image_updates.Cause);
-    returns its order ids."""
+    """Rewrites the patient's copies, queues its images (`cause`); returns its order ids."""
     values = copies(patient)
     del values["patient_record_id"]
     session.flush()

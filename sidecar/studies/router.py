@@ -57,8 +57,7 @@ router = APIRouter(prefix="/api/studies", tags=["studies"])
 
 class LinkOrder(ApiInput):
     order_id: int = Field(ge=1, le=MAX_RECORD_ID)
-    # An administrator's decision that images filed under another patient id belong to the
-    # order's patient: the study moves to it, and its stored images are rewritten to match.
+    # An administrator's decision: the study (and its stored images) move to the order's patient.
     move_to_order_patient: bool = False
 
 
@@ -262,10 +261,8 @@ def link_order(
     outbox: ResultOutboxDep,
     events: OrderEventsDep,
 ) -> StudyPublic:
-    """Links a study to an imaging order by hand (the study matched none by itself). Images
-    under another patient id are refused (409) unless an administrator moves the study to the
-    order's patient (`moveToOrderPatient`): the study, its reports and findings follow, and
-    Orthanc's files are rewritten to the order's patient, keeping every UID."""
+    """Links a study to an imaging order by hand. Images under another patient id: 409, unless
+    an administrator moves the study to the order's patient (`moveToOrderPatient`)."""
     study = get_study_or_404(session, study_id)
     order = session.get(ImagingOrder, body.order_id)
     if order is None:

@@ -27,12 +27,8 @@ from sidecar.ingest.orthanc_client import OrthancClient, OrthancUnavailable
 from sidecar.launcher.orthanc import OrthancLayout, OrthancProcess
 from sidecar.patients import image_updates
 from sidecar.patients import service as patients
-from sidecar.patients.image_updates import (
-    REASSIGNMENT_METADATA,
-    ImageUpdater,
-    patient_values,
-    queue_if_filed_elsewhere,
-)
+from sidecar.patients.image_rewrite import REASSIGNMENT_METADATA, patient_values
+from sidecar.patients.image_updates import ImageUpdater, queue_if_filed_elsewhere
 from sidecar.patients.models import ImageUpdate, ImageUpdateStatus, Patient, PatientSource
 from sidecar.studies.models import Study
 from sidecar.tables import metadata

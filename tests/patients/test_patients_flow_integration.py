@@ -54,7 +54,11 @@ def stored_files(stack: Stack, study_instance_uid: str) -> list[pydicom.Dataset]
     found = httpx.post(f"{url}/tools/lookup", content=study_instance_uid.encode()).json()
     files: list[pydicom.Dataset] = []
     for study in (r for r in found if r["Type"] == "Study"):
-        for instance in httpx.get(f"{url}/studies/{study['ID']}/instances").json():
+        listed = httpx.get(f"{url}/studies/{study['ID']}/instances")
+        if listed.status_code == 404:
+            continue  # emptied (and so deleted) since the lookup: its images moved on
+        listed.raise_for_status()
+        for instance in listed.json():
             answer = httpx.get(f"{url}/instances/{instance['ID']}/file")
             if answer.status_code == 404:
                 continue  # deleted since it was listed: its copy is stored under the new id
