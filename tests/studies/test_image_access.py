@@ -9,6 +9,7 @@ databases) and its own cache directory."""
 from __future__ import annotations
 
 import io
+import os
 import struct
 from collections.abc import Callable, Iterator
 from datetime import datetime
@@ -23,6 +24,8 @@ from fastapi import FastAPI
 from fastapi.testclient import TestClient
 from PIL import Image as PillowImage
 from pydantic import ValidationError
+from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 from sqlmodel import Session
 
 from sidecar.accounts.models import Role
@@ -31,7 +34,7 @@ from sidecar.ingest.orthanc_client import OrthancClient
 from sidecar.launcher.orthanc import OrthancLayout, OrthancProcess
 from sidecar.main import create_app
 from sidecar.studies.models import Image, Series, Study, StudyStatus
-from sidecar.studies.thumbnails import THUMBNAIL_SIZE
+from sidecar.studies.thumbnails import THUMBNAIL_SIZE, Rendering, ThumbnailCache
 
 from account_helpers import now_clock
 from builders import audit_events
@@ -494,3 +497,81 @@ def test_orthanc_down_answers_503(database_url: str, tmp_path: Path, stored: Sto
         # Nothing was kept and no use was recorded.
         assert not (settings.data_dir / "thumbnails").exists()
         assert audit_events(engine_of(app), "image.link_used") == []
+
+
+def stored_report_instance(orthanc: OrthancProcess) -> tuple[Dataset, str]:
+    """A structured report (no pixel data) stored in Orthanc: its dataset and Orthanc id."""
+    dataset = Dataset()
+    dataset.SOPClassUID = "1.2.840.10008.5.1.4.1.1.88.22"  # Enhanced SR
+    dataset.SOPInstanceUID = generate_uid()
+    dataset.StudyInstanceUID = generate_uid()
+    dataset.SeriesInstanceUID = generate_uid()
+    dataset.PatientID = "P-SR"
+    dataset.Modality = "SR"
+    dataset.file_meta = FileMetaDataset()
+    dataset.file_meta.MediaStorageSOPClassUID = dataset.SOPClassUID
+    dataset.file_meta.MediaStorageSOPInstanceUID = dataset.SOPInstanceUID
+    dataset.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    written = io.BytesIO()
+    pydicom.dcmwrite(written, dataset, enforce_file_format=True)
+    answer = httpx.post(f"{orthanc.url}/instances", content=written.getvalue())
+    answer.raise_for_status()
+    return dataset, str(answer.json()["ID"])
+
+
+def test_an_image_orthanc_cannot_draw_answers_409_and_its_file_is_still_linked(
+    app: FastAPI,
+    client: TestClient,
+    admin_headers: dict[str, str],
+    orthanc: OrthancProcess,
+) -> None:
+    dataset, orthanc_id = stored_report_instance(orthanc)
+    with Session(engine_of(app)) as session:
+        study = Study(study_instance_uid=dataset.StudyInstanceUID, patient_id="P-SR")
+        session.add(study)
+        session.flush()
+        assert study.id is not None
+        series = Series(study_id=study.id, series_instance_uid=dataset.SeriesInstanceUID)
+        session.add(series)
+        session.flush()
+        assert series.id is not None
+        image = Image(
+            study_id=study.id,
+            series_id=series.id,
+            sop_instance_uid=dataset.SOPInstanceUID,
+            orthanc_id=orthanc_id,
+        )
+        session.add(image)
+        session.commit()
+        study_id, image_id = study.id, image.id
+    assert image_id is not None
+    for url in (f"/api/images/{image_id}/preview", f"/api/studies/{study_id}/thumbnail"):
+        answer = client.get(url, headers=admin_headers)
+        assert answer.status_code == 409, url
+        assert "cannot render" in message(answer)
+    png = client.get(local(link(client, admin_headers, image_id, format="png")))
+    assert png.status_code == 409
+    dicom = client.get(local(link(client, admin_headers, image_id)))
+    assert dicom.status_code == 200
+    assert pydicom.dcmread(io.BytesIO(dicom.content)).SOPInstanceUID == dataset.SOPInstanceUID
+    used = audit_events(engine_of(app), "image.link_used")
+    assert [e.detail["format"] for e in used] == ["dicom"]
+
+
+def test_the_cache_removes_the_least_recently_used_files_past_its_bound(tmp_path: Path) -> None:
+    cache = ThumbnailCache(tmp_path / "thumbnails", max_bytes=250)
+    ids = [f"{n:08x}-00000000-00000000-00000000-00000000" for n in range(4)]
+    for number, orthanc_id in enumerate(ids[:2]):
+        cache.put(orthanc_id, Rendering.THUMBNAIL, bytes([number]) * 100)
+        os.utime(cache.path(orthanc_id, Rendering.THUMBNAIL), ns=(number, number))
+    assert cache.get(ids[0], Rendering.THUMBNAIL) == bytes([0]) * 100  # used: now the newest
+    cache.put(ids[2], Rendering.THUMBNAIL, b"\x02" * 100)  # 300 bytes: the oldest goes
+    assert cache.get(ids[1], Rendering.THUMBNAIL) is None
+    assert cache.get(ids[0], Rendering.THUMBNAIL) is not None
+    assert cache.get(ids[2], Rendering.THUMBNAIL) is not None
+    assert cache.get(ids[0], Rendering.PREVIEW) is None  # kinds are kept apart
+    assert sorted(p.name for p in cache.directory.iterdir()) == sorted(
+        f"{i}.thumbnail.png" for i in (ids[0], ids[2])
+    )
+    with pytest.raises(ValueError):
+        cache.path("../../etc/passwd", Rendering.PREVIEW)
