@@ -2,7 +2,8 @@
 study list page of 50 thumbnails does not have Orthanc read and render 50 files each time.
 
 A study's thumbnail is its representative instance: the middle instance (by instance number)
-of its first series (by series number), from the sidecar's own Series and Image rows. A
+of its first series (by series number) of pictures, from the sidecar's own Series and Image
+rows. A
 thumbnail fits in THUMBNAIL_SIZE pixels either way; a preview is the instance at full size.
 
 The cache (DATA_DIR/thumbnails, one file per Orthanc instance id and kind) is written
@@ -21,6 +22,7 @@ import tempfile
 from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
+from typing import Any
 
 from sqlmodel import Session, col, func, select
 
@@ -129,21 +131,32 @@ def render(
 
 def representative_image(session: Session, study_id: int) -> Image | None:
     """The middle instance (by instance number) of the study's first series (by series
-    number), among the images Orthanc holds; None when the study has none yet."""
+    number), among the images Orthanc holds; None when the study has none yet. Series of
+    pictures (images with rows) come first: a report or presentation state series (SR, KO, PR:
+    nothing to draw) is chosen only when the study has nothing else."""
+    for pictures_only in (True, False):
+        image = _middle_of_first_series(session, study_id, pictures_only)
+        if image is not None:
+            return image
+    return None
+
+
+def _middle_of_first_series(session: Session, study_id: int, pictures_only: bool) -> Image | None:
+    held: list[Any] = [col(Image.orthanc_id).is_not(None)]
+    if pictures_only:
+        held.append(col(Image.rows).is_not(None))
     first_series = session.exec(
         select(Series.id)
         .where(
             Series.study_id == study_id,
-            select(Image.id)
-            .where(Image.series_id == Series.id, col(Image.orthanc_id).is_not(None))
-            .exists(),
+            select(Image.id).where(Image.series_id == Series.id, *held).exists(),
         )
         .order_by(col(Series.series_number).nulls_last(), col(Series.id))
         .limit(1)
     ).first()
     if first_series is None:
         return None
-    in_series = (Image.series_id == first_series, col(Image.orthanc_id).is_not(None))
+    in_series = (Image.series_id == first_series, *held)
     count = session.exec(select(func.count()).select_from(Image).where(*in_series)).one()
     return session.exec(
         select(Image)

@@ -399,6 +399,8 @@ def test_link_lifetime_follows_the_setting(
 
 
 def test_study_thumbnail_is_the_middle_image_of_the_first_series_and_is_cached(
+    app: FastAPI,
+    orthanc: OrthancProcess,
     client: TestClient,
     admin_headers: dict[str, str],
     stored: StoredStudy,
@@ -408,6 +410,24 @@ def test_study_thumbnail_is_the_middle_image_of_the_first_series_and_is_cached(
 ) -> None:
     middle = stored.images.series[0].instances[1]  # series number 1, instance number 2
     expected = stored.orthanc_ids[middle.sop_instance_uid]
+    # A report series numbered before it: nothing to draw, passed over.
+    report, report_id = stored_report_instance(orthanc)
+    with Session(engine_of(app)) as session:
+        series = Series(
+            study_id=seeded.study_id, series_instance_uid=report.SeriesInstanceUID, series_number=0
+        )
+        session.add(series)
+        session.flush()
+        assert series.id is not None
+        session.add(
+            Image(
+                study_id=seeded.study_id,
+                series_id=series.id,
+                sop_instance_uid=report.SOPInstanceUID,
+                orthanc_id=report_id,
+            )
+        )
+        session.commit()
     url = f"/api/studies/{seeded.study_id}/thumbnail"
 
     first = client.get(url, headers=admin_headers)
