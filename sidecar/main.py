@@ -63,6 +63,7 @@ from sidecar.reports.templates_router import router as report_templates_router
 from sidecar.results.outbox import ResultOutbox
 from sidecar.results.router import router as results_router
 from sidecar.results.routing import ResultRouting
+from sidecar.studies.image_access import router as image_access_router
 from sidecar.studies.router import images_router
 from sidecar.studies.router import router as studies_router
 from sidecar.viewer.front import ViewerFront, ViewerLinks, build_viewer_front, viewer_links
@@ -78,6 +79,7 @@ ROUTERS = (
     users_router,
     studies_router,
     images_router,
+    image_access_router,
     orders_router,
     patients_router,
     procedures_router,

@@ -227,6 +227,12 @@ class Settings(BaseSettings):
     reading_escalation_contact: str = Field(default="", max_length=64)
     reading_escalation_minutes: int = Field(default=30, ge=0)
 
+    # Images (sidecar.studies.image_access): how long a signed link to one image works without
+    # a token, and the on-disk cache of rendered previews and thumbnails (DATA_DIR/thumbnails),
+    # its oldest-used files removed past this size.
+    image_url_minutes: int = Field(default=15, ge=1, le=60)
+    thumbnail_cache_mb: int = Field(default=256, ge=1)
+
     # The /changes reconciler: how often it polls Orthanc when nothing wakes it sooner.
     reconcile_enabled: bool = True
     reconcile_interval: float = Field(default=5.0, gt=0)

@@ -4,6 +4,7 @@ Exceptions:
     OrthancError
       OrthancUnavailable   connection refused, timeout, 5xx: try again later
       OrthancNotFound      404: the resource is gone (deleted), stop asking
+      OrthancCannotRender  4xx to a rendering: the instance has no image Orthanc can draw
 httpx errors are translated here and nowhere else.
 """
 
@@ -11,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import re
+from collections.abc import Iterator
 from typing import Any
 
 import httpx
@@ -28,6 +30,10 @@ class OrthancUnavailable(OrthancError):
 
 
 class OrthancNotFound(OrthancError):
+    pass
+
+
+class OrthancCannotRender(OrthancError):
     pass
 
 
@@ -180,3 +186,60 @@ class OrthancClient:
     def parent_study_of_series(self, series_id: str) -> str:
         study = self._get(f"/series/{series_id}/study")
         return str(study["ID"])
+
+    # -- an instance's file and renderings (sidecar.studies.image_access) ----------------------
+
+    def _get_bytes(
+        self, path: str, *, params: dict[str, Any] | None = None, accept: str = ""
+    ) -> bytes:
+        headers = {"Accept": accept} if accept else {}
+        try:
+            response = self._http.get(path, params=params, headers=headers)
+        except httpx.HTTPError as exc:
+            raise OrthancUnavailable(f"GET {path}: {type(exc).__name__}") from exc
+        if response.status_code == 404:
+            raise OrthancNotFound(path)
+        if 400 <= response.status_code < 500:
+            raise OrthancCannotRender(f"GET {path}: HTTP {response.status_code}")
+        if response.status_code >= 400:
+            raise OrthancUnavailable(f"GET {path}: HTTP {response.status_code}")
+        return response.content
+
+    def instance_preview(self, instance_id: str) -> bytes:
+        """The instance's first frame as PNG, full size, Orthanc's default windowing."""
+        return self._get_bytes(f"/instances/{instance_id}/preview", accept="image/png")
+
+    def instance_rendered(
+        self, instance_id: str, media_type: str, *, max_size: int | None = None
+    ) -> bytes:
+        """The instance's first frame in `media_type` (image/png or image/jpeg), scaled down to
+        fit `max_size` pixels either way when given (aspect kept)."""
+        params = {"width": max_size, "height": max_size} if max_size else None
+        return self._get_bytes(
+            f"/instances/{instance_id}/rendered", params=params, accept=media_type
+        )
+
+    def instance_file(self, instance_id: str) -> Iterator[bytes]:
+        """The instance's DICOM file, in chunks: the answer is checked before the first one
+        is given (OrthancNotFound, OrthancUnavailable raised here), the file read as it is
+        sent. A failure midway ends the chunks with OrthancUnavailable."""
+        path = f"/instances/{instance_id}/file"
+        try:
+            response = self._http.send(self._http.build_request("GET", path), stream=True)
+        except httpx.HTTPError as exc:
+            raise OrthancUnavailable(f"GET {path}: {type(exc).__name__}") from exc
+        if response.status_code >= 400:
+            response.close()
+            if response.status_code == 404:
+                raise OrthancNotFound(path)
+            raise OrthancUnavailable(f"GET {path}: HTTP {response.status_code}")
+        return _chunks(response, path)
+
+
+def _chunks(response: httpx.Response, path: str) -> Iterator[bytes]:
+    try:
+        yield from response.iter_bytes(chunk_size=256 * 1024)
+    except httpx.HTTPError as exc:
+        raise OrthancUnavailable(f"GET {path}: {type(exc).__name__}") from exc
+    finally:
+        response.close()

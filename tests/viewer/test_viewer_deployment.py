@@ -4,12 +4,15 @@ the compose service names pointed at them. No Docker engine needed."""
 
 from __future__ import annotations
 
+import io
 import json
 import re
 from collections.abc import Iterator
 from pathlib import Path
+from urllib.parse import parse_qs, urlsplit
 
 import httpx
+import pydicom
 import pytest
 
 import sidecar.launcher.nginx
@@ -146,6 +149,42 @@ def test_nginx_front_checks_sessions_with_the_sidecar_and_serves_dicomweb(
     for leaked in ("SECRET", "PatientName", uid):
         assert leaked not in logged, leaked
     assert not re.search(r"\?", logged)
+
+
+@pytest.mark.orthanc
+def test_nginx_front_serves_signed_image_links_without_a_session(
+    stack: Stack, front: NginxFront, stored: GeneratedStudy
+) -> None:
+    """The one API route the front passes to the sidecar: a signed link's file, GET only,
+    never logged with its query (the signature)."""
+    study = stack.wait_for_study(stored.study_instance_uid, instances=1)
+    images = stack.api("GET", f"/api/studies/{study['id']}/images").json()["items"]
+    image_id = images[0]["id"]
+    made = stack.api("GET", f"/api/images/{image_id}/url")
+    assert made.status_code == 200, made.text
+    parts = urlsplit(made.json()["url"])
+    target = f"{front.url}{parts.path}?{parts.query}"
+
+    answer = httpx.get(target)  # no session, no token
+    assert answer.status_code == 200, answer.text
+    assert answer.headers["content-type"] == "application/dicom"
+    assert answer.headers["cache-control"] == "private, no-store"
+    assert answer.headers["x-content-type-options"] == "nosniff"
+    parsed = pydicom.dcmread(io.BytesIO(answer.content))
+    assert parsed.SOPInstanceUID == stored.instances[0].sop_instance_uid
+
+    signature = parse_qs(parts.query)["signature"][0]
+    tampered = target.replace(signature, ("A" if signature[0] != "A" else "B") + signature[1:])
+    refused = httpx.get(tampered)
+    assert refused.status_code == 403
+    assert "signature does not match" in refused.json()["error"]["message"]
+    assert httpx.post(target).status_code == 403  # GET only
+    assert httpx.get(f"{front.url}/api/images/{image_id}/file").status_code == 403
+
+    logged = wait_for(lambda: front.access_log.read_text(), timeout=5, what="access log")
+    assert '"GET /api/images/*/file" 200' in logged
+    assert signature not in logged
+    assert "signature" not in logged
 
 
 @pytest.mark.orthanc
