@@ -6,19 +6,19 @@ from __future__ import annotations
 from datetime import date
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Query, status
+from fastapi import APIRouter, Depends, Query, status
 from pydantic import Field
 from sqlalchemy import literal
 from sqlmodel import Session, col, func, select
 
 from hl7.order_status_message import OrderStatusCode
 from sidecar.access.care_scope import CareScope, CareScopeDep
-from sidecar.accounts.dependencies import Clinician, Scheduler, StudyEditor
-from sidecar.accounts.models import Role
+from sidecar.accounts.dependencies import Clinician, Scheduler, StudyEditor, require_roles
+from sidecar.accounts.models import Role, User
 from sidecar.core import audit
 from sidecar.core.dependencies import SessionDep, SettingsDep
 from sidecar.core.errors import ConflictingState, NotPermitted, UnknownRecord
-from sidecar.core.models import MAX_RECORD_ID, ApiInput, Page, join_multi, utcnow
+from sidecar.core.models import MAX_RECORD_ID, ApiInput, Page, api_alias, join_multi, utcnow
 from sidecar.core.pagination import (
     Pagination,
     PaginationDep,
@@ -40,6 +40,7 @@ from sidecar.results.status_updates import queue_status_update
 from sidecar.studies import registry as study_registry
 from sidecar.studies.models import (
     Image,
+    ImageMetadataUpdate,
     ImagePublic,
     Series,
     Study,
@@ -53,6 +54,9 @@ from sidecar.studies.models import (
 from sidecar.viewer.front import ViewerLinks, ViewerLinksDep
 
 router = APIRouter(prefix="/api/studies", tags=["studies"])
+
+# Who may mark key images, label them and keep a window preset: those who read them.
+ImageAnnotator = Annotated[User, Depends(require_roles(Role.ADMIN, Role.RADIOLOGIST))]
 
 
 class LinkOrder(ApiInput):
@@ -367,6 +371,52 @@ def get_image(
     if row is None:
         raise UnknownRecord(f"image {image_id} not found")
     return to_public(*row)
+
+
+@images_router.patch("/{image_id}/metadata", response_model=ImagePublic)
+def update_image_metadata(
+    image_id: RecordId,
+    body: ImageMetadataUpdate,
+    session: SessionDep,
+    user: ImageAnnotator,
+    scope: CareScopeDep,
+) -> ImagePublic:
+    """A reader's key-image flag, label and window preset: the sidecar's record only, the
+    DICOM file is never rewritten. Audited with the names of the fields that changed."""
+    row = session.exec(
+        select(Image, Series.series_instance_uid)
+        .join(Series, col(Series.id) == col(Image.series_id))
+        .where(Image.id == image_id, *scope.images())
+    ).first()
+    if row is None:
+        raise UnknownRecord(f"image {image_id} not found")
+    image, series_uid = row
+    wanted = body.model_dump(exclude_unset=True)
+    columns = {
+        "key_image": "key_image",
+        "label": "label",
+        "window_center": "preset_window_center",
+        "window_width": "preset_window_width",
+    }
+    changed = sorted(
+        name for name, value in wanted.items() if getattr(image, columns[name]) != value
+    )
+    if changed:
+        for name in changed:
+            setattr(image, columns[name], wanted[name])
+        session.add(image)
+        audit.record(
+            session,
+            actor=user.username,
+            action="image.metadata_updated",
+            entity_type="image",
+            entity_id=image.id,
+            study_id=image.study_id,
+            fields=[api_alias(name) for name in changed],
+        )
+        session.commit()
+        session.refresh(image)
+    return to_public(image, series_uid)
 
 
 def to_public(image: Image, series_uid: str) -> ImagePublic:
