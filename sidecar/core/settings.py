@@ -227,6 +227,10 @@ class Settings(BaseSettings):
     reading_escalation_contact: str = Field(default="", max_length=64)
     reading_escalation_minutes: int = Field(default=30, ge=0)
 
+    # DICOM files uploaded through the API (POST /api/studies/{id}/images): a file larger than
+    # this is refused and not kept (at most this much of one file is held, on disk past 1 MB).
+    upload_max_mb: int = Field(default=512, ge=1, le=65536)
+
     # The /changes reconciler: how often it polls Orthanc when nothing wakes it sooner.
     reconcile_enabled: bool = True
     reconcile_interval: float = Field(default=5.0, gt=0)

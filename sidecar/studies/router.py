@@ -6,17 +6,19 @@ from __future__ import annotations
 from datetime import date
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, Query, status
+from fastapi import APIRouter, Depends, Query, Request, status
 from pydantic import Field
 from sqlalchemy import literal
 from sqlmodel import Session, col, func, select
+from starlette.concurrency import run_in_threadpool
 
 from hl7.order_status_message import OrderStatusCode
 from sidecar.access.care_scope import CareScope, CareScopeDep
 from sidecar.accounts.dependencies import Clinician, Scheduler, StudyEditor, require_roles
 from sidecar.accounts.models import Role, User
 from sidecar.core import audit
-from sidecar.core.dependencies import SessionDep, SettingsDep
+from sidecar.core.api_errors import ErrorBody
+from sidecar.core.dependencies import SessionDep, SettingsDep, provide, provide_optional
 from sidecar.core.errors import ConflictingState, NotPermitted, UnknownRecord
 from sidecar.core.models import MAX_RECORD_ID, ApiInput, Page, api_alias, join_multi, utcnow
 from sidecar.core.pagination import (
@@ -27,6 +29,8 @@ from sidecar.core.pagination import (
     paginate,
     record_id_query,
 )
+from sidecar.ingest.orthanc_client import OrthancClient
+from sidecar.ingest.sync import OrthancSync
 from sidecar.mpps.models import PerformedProcedureStep
 from sidecar.orders import matching as order_matching
 from sidecar.orders.events import OrderEventsDep
@@ -38,6 +42,7 @@ from sidecar.results.outbox import ResultOutboxDep
 from sidecar.results.routing import ResultRoutingDep
 from sidecar.results.status_updates import queue_status_update
 from sidecar.studies import registry as study_registry
+from sidecar.studies import uploads
 from sidecar.studies.models import (
     Image,
     ImageMetadataUpdate,
@@ -51,6 +56,7 @@ from sidecar.studies.models import (
     StudyStatusUpdate,
     StudyUpdate,
 )
+from sidecar.studies.uploads import UploadResult
 from sidecar.viewer.front import ViewerLinks, ViewerLinksDep
 
 router = APIRouter(prefix="/api/studies", tags=["studies"])
@@ -235,6 +241,64 @@ def list_study_images(
 ) -> dict[str, Any]:
     readable_study(session, study_id, scope)
     return image_page(session, pagination, Image.study_id == study_id)
+
+
+@router.post(
+    "/{study_id}/images",
+    response_model=UploadResult,
+    responses={
+        400: {"model": ErrorBody},
+        409: {"model": ErrorBody},
+        413: {"model": ErrorBody},
+        415: {"model": ErrorBody},
+        503: {"model": ErrorBody},
+    },
+    openapi_extra={"requestBody": uploads.REQUEST_BODY},
+)
+async def upload_images(
+    study_id: RecordId,
+    request: Request,
+    session: SessionDep,
+    user: StudyEditor,
+    scope: CareScopeDep,
+    settings: SettingsDep,
+    orthanc: Annotated[OrthancClient, Depends(provide(OrthancClient))],
+    sync: Annotated[OrthancSync | None, Depends(provide_optional(OrthancSync))],
+    assign: Annotated[
+        bool,
+        Query(
+            description="file a DICOM file of another Study Instance UID under this study when "
+            "its accession number and patient id are the study's (its UID is rewritten)"
+        ),
+    ] = False,
+) -> UploadResult:
+    """Stores DICOM files (multipart field `files`, or one `application/dicom` body) in
+    Orthanc, each only if it belongs to this study; answers each file's outcome. 200 when any
+    file is stored (or was already), else the refusal the files share (422 when they differ)."""
+    study = await run_in_threadpool(readable_study, session, study_id, scope)
+    limit = settings.upload_max_mb * 1024 * 1024
+    files = await uploads.receive(request, limit)
+    try:
+        result = await run_in_threadpool(
+            uploads.store_files,
+            session,
+            orthanc,
+            study,
+            files,
+            assign=assign,
+            limit_mb=settings.upload_max_mb,
+            actor=user.username,
+            now=utcnow(),
+        )
+    finally:
+        for received in files:
+            received.close()
+    if (result.stored or result.already_stored) and sync is not None:
+        sync.wake()
+    refusal = uploads.refusal_of(result)
+    if refusal is not None:
+        raise refusal
+    return result
 
 
 @router.get("/{study_id}/series/{series_uid}/images", response_model=Page[ImagePublic])
