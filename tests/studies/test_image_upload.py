@@ -531,3 +531,58 @@ def test_orthanc_down_answers_503_and_nothing_is_audited_as_stored(
     assert response.json()["error"]["code"] == "unavailable"
     [event] = audit_events(engine_of(app), "study.images_uploaded")
     assert (event.detail["stored"], event.detail["refused"]) == (0, 2)
+
+
+def test_hostile_file_names_are_cleaned_and_too_many_files_refused(
+    client: TestClient,
+    admin_headers: dict[str, str],
+    technologist: dict[str, str],
+    orthanc: OrthancProcess,
+    tmp_path: Path,
+) -> None:
+    images = generated(tmp_path / "own", instances=1)
+    other = generated(tmp_path / "other", instances=1)
+    study_id = announce(client, admin_headers, images)
+    # Raw bytes: httpx would percent-encode the control characters itself.
+    hostile = b"../../etc/evil\x1b[31m\x07name.dcm"
+    long_name = b"x" * 1000 + b".dcm"
+    body = b"".join(
+        b'--B\r\nContent-Disposition: form-data; name="files"; filename="%s"\r\n'
+        b"Content-Type: application/dicom\r\n\r\n%s\r\n" % (name, content)
+        for name, content in (
+            (hostile, other.files[0].read_bytes()),
+            (long_name, images.files[0].read_bytes()),
+        )
+    )
+    response = client.post(
+        f"/api/studies/{study_id}/images",
+        headers={**technologist, "Content-Type": "multipart/form-data; boundary=B"},
+        content=body + b"--B--\r\n",
+    )
+    assert response.status_code == 200, response.text
+    names = [f["filename"] for f in response.json()["files"]]
+    assert names[0] == "evil[31mname.dcm"  # no directory, no control characters
+    assert len(names[1]) == 255
+    assert stored_files(orthanc, other.study_instance_uid) == {}
+
+    many = [("files", (f"{n}.dcm", b"x", "application/dicom")) for n in range(1001)]
+    refused = client.post(f"/api/studies/{study_id}/images", headers=technologist, files=many)
+    assert refused.status_code == 400, refused.text
+    assert "Too many files" in refused.json()["error"]["message"]
+
+
+@pytest.mark.parametrize(
+    ("name", "shown"),
+    [
+        (None, None),
+        ("", None),
+        ("scan.dcm", "scan.dcm"),
+        ("C:\\Users\\x\\scan.dcm", "scan.dcm"),
+        ("dir/", None),
+        ("a\u202eb\u200b.dcm", "ab.dcm"),
+    ],
+)
+def test_clean_filename(name: str | None, shown: str | None) -> None:
+    from sidecar.studies.uploads import clean_filename
+
+    assert clean_filename(name) == shown
