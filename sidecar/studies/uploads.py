@@ -182,12 +182,14 @@ async def receive(request: Request, limit: int) -> list[ReceivedFile]:
 
 async def _receive_body(request: Request, limit: int) -> ReceivedFile:
     received = ReceivedFile(index=0, filename=None)
+    # Written as Starlette writes multipart files: off the event loop once spooled to disk.
+    writer = UploadFile(received.content)  # type: ignore[arg-type]
     async for chunk in request.stream():
         received.size += len(chunk)
         if received.size > limit:
             received.oversize = True
             break  # the rest is not read
-        received.content.write(chunk)
+        await writer.write(chunk)
     return received
 
 
