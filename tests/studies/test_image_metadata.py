@@ -210,3 +210,5 @@ def test_a_label_of_64_characters_and_any_script_is_kept(
 def test_a_non_numeric_image_id_is_refused(client: TestClient, radiologist: dict[str, str]) -> None:
     response = patch(client, radiologist, "1;DROP", {"keyImage": True})  # type: ignore[arg-type]
     assert response.status_code == 422
+    for beyond in (2**31, 2**63):
+        assert patch(client, radiologist, beyond, {"keyImage": True}).status_code == 422

@@ -514,6 +514,7 @@ def test_an_unknown_study_is_404_and_no_token_is_401(
 ) -> None:
     images = generated(tmp_path / "own", instances=1)
     assert upload(client, technologist, 987654, *named(images)).status_code == 404
+    assert upload(client, technologist, 2**31, *named(images)).status_code == 422
     assert upload(client, {}, 1, *named(images)).status_code == 401
     assert stored_files(orthanc, images.study_instance_uid) == {}
 
