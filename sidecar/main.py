@@ -64,7 +64,7 @@ from sidecar.results.outbox import ResultOutbox
 from sidecar.results.router import router as results_router
 from sidecar.results.routing import ResultRouting
 from sidecar.studies.image_access import router as image_access_router
-from sidecar.studies.router import images_router
+from sidecar.studies.images_router import images_router
 from sidecar.studies.router import router as studies_router
 from sidecar.viewer.front import ViewerFront, ViewerLinks, build_viewer_front, viewer_links
 from sidecar.viewer.headers import sidecar_headers

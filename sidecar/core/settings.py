@@ -232,6 +232,9 @@ class Settings(BaseSettings):
     # its oldest-used files removed past this size.
     image_url_minutes: int = Field(default=15, ge=1, le=60)
     thumbnail_cache_mb: int = Field(default=256, ge=1)
+    # DICOM files uploaded through the API (POST /api/studies/{id}/images): a file larger than
+    # this is refused and not kept (at most this much of one file is held, on disk past 1 MB).
+    upload_max_mb: int = Field(default=512, ge=1, le=65536)
 
     # The /changes reconciler: how often it polls Orthanc when nothing wakes it sooner.
     reconcile_enabled: bool = True

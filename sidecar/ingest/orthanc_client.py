@@ -5,6 +5,7 @@ Exceptions:
       OrthancUnavailable   connection refused, timeout, 5xx: try again later
       OrthancNotFound      404: the resource is gone (deleted), stop asking
       OrthancCannotRender  4xx to a rendering: the instance has no image Orthanc can draw
+      OrthancRefusedInstance  a file Orthanc will not store (unreadable, ingress filter)
 httpx errors are translated here and nowhere else.
 """
 
@@ -13,12 +14,14 @@ from __future__ import annotations
 import contextlib
 import re
 from collections.abc import Iterator
-from typing import Any
+from dataclasses import dataclass
+from typing import IO, Any
 
 import httpx
 
 # Orthanc identifiers are SHA-1 based: five dash-separated groups of eight hex digits.
 ORTHANC_ID = re.compile(r"^[0-9a-f]{8}(-[0-9a-f]{8}){4}$")
+_UPLOAD_CHUNK = 1024 * 1024
 
 
 class OrthancError(Exception):
@@ -35,6 +38,27 @@ class OrthancNotFound(OrthancError):
 
 class OrthancCannotRender(OrthancError):
     pass
+
+
+class OrthancRefusedInstance(OrthancError):
+    """Orthanc declined to store a file (unreadable, or refused by the ingress filter): sending
+    it again changes nothing. The message is for the uploader and names no patient data."""
+
+    def __init__(self, message: str, *, conflict: bool = False) -> None:
+        super().__init__(message)
+        # True: the ingress filter's refusal (the UID is stored under another patient id).
+        self.conflict = conflict
+
+
+@dataclass(frozen=True)
+class StoredInstance:
+    instance_id: str
+    study_id: str
+    already_stored: bool
+
+
+# The ingress filter's refusal (orthanc/dicom_ingress.lua): Orthanc answers 500 with it.
+_OTHER_PATIENT_REFUSAL = "already stored under another patient id"
 
 
 class OrthancClient:
@@ -166,6 +190,40 @@ class OrthancClient:
             "POST", "/instances", content=content, headers={"Content-Type": "application/dicom"}
         ).json()
         return str(answer["ID"]), str(answer["ParentStudy"])
+
+    def upload_instance(self, content: IO[bytes], size: int) -> StoredInstance:
+        """Stores an uploaded DICOM file of `size` bytes, read from `content` in chunks (never
+        whole in memory). Raises OrthancRefusedInstance when Orthanc will not store it,
+        OrthancUnavailable when Orthanc cannot be reached or fails otherwise."""
+
+        def chunks() -> Iterator[bytes]:
+            while chunk := content.read(_UPLOAD_CHUNK):
+                yield chunk
+
+        content.seek(0)
+        headers = {"Content-Type": "application/dicom", "Content-Length": str(size)}
+        try:
+            response = self._http.post("/instances", content=chunks(), headers=headers)
+        except httpx.HTTPError as exc:
+            raise OrthancUnavailable(f"POST /instances: {type(exc).__name__}") from exc
+        if response.status_code == 400:
+            raise OrthancRefusedInstance("Orthanc cannot read it as a DICOM instance")
+        if response.status_code >= 400:
+            if _OTHER_PATIENT_REFUSAL in response.text:
+                raise OrthancRefusedInstance(
+                    "its Study Instance UID is stored in Orthanc under another patient id",
+                    conflict=True,
+                )
+            raise OrthancUnavailable(f"POST /instances: HTTP {response.status_code}")
+        try:
+            answer = response.json()
+            return StoredInstance(
+                instance_id=str(answer["ID"]),
+                study_id=str(answer["ParentStudy"]),
+                already_stored=answer.get("Status") == "AlreadyStored",
+            )
+        except (ValueError, KeyError, TypeError) as exc:
+            raise OrthancUnavailable("POST /instances: unexpected answer") from exc
 
     def delete_instance(self, instance_id: str) -> None:
         with contextlib.suppress(OrthancNotFound):  # deleted already: what was asked

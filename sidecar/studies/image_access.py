@@ -33,8 +33,8 @@ from sidecar.ingest.orthanc_client import (
     OrthancNotFound,
 )
 from sidecar.studies.image_links import ImageFormat, check_link, link_key, make_link
+from sidecar.studies.lookup import readable_study
 from sidecar.studies.models import Image
-from sidecar.studies.router import readable_study
 from sidecar.studies.thumbnails import Picture, Rendering, ThumbnailCache, matches, render
 from sidecar.studies.thumbnails import representative_image as study_thumbnail_image
 

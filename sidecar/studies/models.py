@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import unicodedata
 from datetime import date, datetime, time
 from enum import StrEnum
-from typing import Annotated
+from typing import Annotated, ClassVar
 
 from pydantic import Field as PydanticField
 from pydantic import (
     PlainSerializer,
+    StrictBool,
     StringConstraints,
     WithJsonSchema,
     field_validator,
@@ -22,6 +24,9 @@ from sidecar.mpps.models import PerformedStepSummary
 
 # A DICOM Modality (0008,0060) code: CS, 16 characters at most.
 ModalityCode = Annotated[str, StringConstraints(pattern=r"^[A-Z0-9_]{1,16}$")]
+
+# An image's label as readers set it (PATCH /api/images/{id}/metadata).
+LABEL_MAX_LENGTH = 64
 
 
 # A DICOM Study Time (TM): the modality's local time of day, with no time zone. JSON Schema's
@@ -134,9 +139,16 @@ class Image(SQLModel, table=True):
     pixel_spacing_row: float | None = None
     pixel_spacing_column: float | None = None
     slice_thickness: float | None = None
+    # The display window the DICOM file carries (WindowCenter/WindowWidth, first value).
     window_center: float | None = None
     window_width: float | None = None
     orthanc_id: str | None = Field(default=None, max_length=64)
+    # What readers keep about the image (PATCH /api/images/{id}/metadata); the DICOM file is
+    # never rewritten for them. The preset window is the readers', separate from the file's.
+    key_image: bool = False
+    label: str | None = Field(default=None, max_length=LABEL_MAX_LENGTH)
+    preset_window_center: float | None = None
+    preset_window_width: float | None = None
 
 
 class PatientConflict(ApiModel):
@@ -267,6 +279,53 @@ class ImagePublic(ApiModel):
     window_center: float | None
     window_width: float | None
     orthanc_id: str | None
+    key_image: bool = False
+    label: str | None = None
+    preset_window_center: float | None = None
+    preset_window_width: float | None = None
+
+
+_WINDOW_LIMIT = 1e7  # far beyond any stored value (16-bit data, Hounsfield units)
+PresetNumber = Annotated[
+    float,
+    PydanticField(strict=True, allow_inf_nan=False, ge=-_WINDOW_LIMIT, le=_WINDOW_LIMIT),
+]
+PresetWidth = Annotated[
+    float, PydanticField(strict=True, allow_inf_nan=False, gt=0, le=_WINDOW_LIMIT)
+]
+
+
+class ImageMetadataUpdate(ApiInput):
+    """What a reader keeps about an image: the sidecar's own record, never the DICOM file.
+    `label` null clears it; `windowCenter` and `windowWidth` go together (both null clears the
+    preset)."""
+
+    not_nullable: ClassVar[frozenset[str]] = frozenset({"key_image"})
+
+    key_image: StrictBool | None = None
+    label: str | None = PydanticField(default=None, min_length=1, max_length=LABEL_MAX_LENGTH)
+    window_center: PresetNumber | None = None
+    window_width: PresetWidth | None = None
+
+    @field_validator("label")
+    @classmethod
+    def _printable(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        if any(unicodedata.category(c) in ("Cc", "Cf", "Zl", "Zp", "Cs", "Co") for c in value):
+            raise ValueError("must not contain control or format characters")
+        if not value.strip():
+            raise ValueError("must not be blank: send null to clear the label")
+        return value.strip()
+
+    @model_validator(mode="after")
+    def _window_pair(self) -> ImageMetadataUpdate:
+        given = {"window_center", "window_width"} & self.model_fields_set
+        if len(given) == 1:
+            raise ValueError("windowCenter and windowWidth go together: send both, or neither")
+        if given and (self.window_center is None) != (self.window_width is None):
+            raise ValueError("windowCenter and windowWidth are both set, or both null (cleared)")
+        return self
 
 
 class StudyDetail(StudyPublic):

@@ -1,32 +1,34 @@
 """Studies and their images (seed 001): listing and reading what Orthanc holds, correcting
-clinical context (`router`); one image's attributes (`images_router`)."""
+clinical context, uploading files; one image's attributes: sidecar.studies.images_router."""
 
 from __future__ import annotations
 
 from datetime import date
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Query, status
+from fastapi import APIRouter, Depends, Query, Request, status
 from pydantic import Field
 from sqlalchemy import literal
-from sqlmodel import Session, col, func, select
+from sqlmodel import Session, col, select
+from starlette.concurrency import run_in_threadpool
 
 from hl7.order_status_message import OrderStatusCode
-from sidecar.access.care_scope import CareScope, CareScopeDep
+from sidecar.access.care_scope import CareScopeDep
 from sidecar.accounts.dependencies import Clinician, Scheduler, StudyEditor
 from sidecar.accounts.models import Role
 from sidecar.core import audit
-from sidecar.core.dependencies import SessionDep, SettingsDep
+from sidecar.core.api_errors import ErrorBody
+from sidecar.core.dependencies import SessionDep, SettingsDep, provide, provide_optional
 from sidecar.core.errors import ConflictingState, NotPermitted, UnknownRecord
 from sidecar.core.models import MAX_RECORD_ID, ApiInput, Page, join_multi, utcnow
 from sidecar.core.pagination import (
-    Pagination,
     PaginationDep,
     RecordId,
-    page,
     paginate,
     record_id_query,
 )
+from sidecar.ingest.orthanc_client import OrthancClient
+from sidecar.ingest.sync import OrthancSync
 from sidecar.mpps.models import PerformedProcedureStep
 from sidecar.orders import matching as order_matching
 from sidecar.orders.events import OrderEventsDep
@@ -38,6 +40,8 @@ from sidecar.results.outbox import ResultOutboxDep
 from sidecar.results.routing import ResultRoutingDep
 from sidecar.results.status_updates import queue_status_update
 from sidecar.studies import registry as study_registry
+from sidecar.studies import upload_body, uploads
+from sidecar.studies.lookup import get_study_or_404, image_page, public_study, readable_study
 from sidecar.studies.models import (
     Image,
     ImagePublic,
@@ -50,9 +54,12 @@ from sidecar.studies.models import (
     StudyStatusUpdate,
     StudyUpdate,
 )
+from sidecar.studies.uploads import UploadResult
 from sidecar.viewer.front import ViewerLinks, ViewerLinksDep
 
 router = APIRouter(prefix="/api/studies", tags=["studies"])
+
+# Who may mark key images, label them and keep a window preset: those who read them.
 
 
 class LinkOrder(ApiInput):
@@ -232,6 +239,64 @@ def list_study_images(
     return image_page(session, pagination, Image.study_id == study_id)
 
 
+@router.post(
+    "/{study_id}/images",
+    response_model=UploadResult,
+    responses={
+        400: {"model": ErrorBody},
+        409: {"model": ErrorBody},
+        413: {"model": ErrorBody},
+        415: {"model": ErrorBody},
+        503: {"model": ErrorBody},
+    },
+    openapi_extra={"requestBody": upload_body.REQUEST_BODY},
+)
+async def upload_images(
+    study_id: RecordId,
+    request: Request,
+    session: SessionDep,
+    user: StudyEditor,
+    scope: CareScopeDep,
+    settings: SettingsDep,
+    orthanc: Annotated[OrthancClient, Depends(provide(OrthancClient))],
+    sync: Annotated[OrthancSync | None, Depends(provide_optional(OrthancSync))],
+    assign: Annotated[
+        bool,
+        Query(
+            description="file a DICOM file of another Study Instance UID under this study when "
+            "its accession number and patient id are the study's (its UID is rewritten)"
+        ),
+    ] = False,
+) -> UploadResult:
+    """Stores DICOM files (multipart field `files`, or one `application/dicom` body) in
+    Orthanc, each only if it belongs to this study; answers each file's outcome. 200 when any
+    file is stored (or was already), else the refusal the files share (422 when they differ)."""
+    study = await run_in_threadpool(readable_study, session, study_id, scope)
+    limit = settings.upload_max_mb * 1024 * 1024
+    files = await upload_body.receive(request, limit)
+    try:
+        result = await run_in_threadpool(
+            uploads.store_files,
+            session,
+            orthanc,
+            study,
+            files,
+            assign=assign,
+            limit_mb=settings.upload_max_mb,
+            actor=user.username,
+            now=utcnow(),
+        )
+    finally:
+        for received in files:
+            received.close()
+    if (result.stored or result.already_stored) and sync is not None:
+        sync.wake()
+    refusal = uploads.refusal_of(result)
+    if refusal is not None:
+        raise refusal
+    return result
+
+
 @router.get("/{study_id}/series/{series_uid}/images", response_model=Page[ImagePublic])
 def list_series_images(
     study_id: RecordId,
@@ -303,30 +368,6 @@ def link_order(
     return public_study(links, study)
 
 
-def get_study_or_404(session: Session, study_id: int) -> Study:
-    study = session.get(Study, study_id)
-    if study is None:
-        raise UnknownRecord(f"study {study_id} not found")
-    return study
-
-
-def readable_study(session: Session, study_id: int, scope: CareScope) -> Study:
-    """The study, when the caller may read it; 404 otherwise, as for one that does not exist."""
-    if not scope.limited:
-        return get_study_or_404(session, study_id)
-    study = session.exec(select(Study).where(Study.id == study_id, *scope.studies())).first()
-    if study is None:
-        raise UnknownRecord(f"study {study_id} not found")
-    return study
-
-
-def public_study(links: ViewerLinks, study: Study) -> StudyPublic:
-    """The study as the API shows it, with its viewer link when a viewer is configured."""
-    shown = StudyPublic.model_validate(study)
-    shown.viewer_url = links.study(study.study_instance_uid)
-    return shown
-
-
 def _detail(session: Session, study: Study, links: ViewerLinks) -> StudyDetail:
     series = session.exec(
         select(Series)
@@ -345,54 +386,3 @@ def _detail(session: Session, study: Study, links: ViewerLinks) -> StudyDetail:
             "performed_procedure_steps": steps,
         }
     )
-
-
-# --- images ------------------------------------------------------------------------------------
-
-images_router = APIRouter(prefix="/api/images", tags=["images"])
-
-
-@images_router.get("/{image_id}", response_model=ImagePublic)
-def get_image(
-    image_id: RecordId, session: SessionDep, _: Clinician, scope: CareScopeDep
-) -> ImagePublic:
-    row = session.exec(
-        select(Image, Series.series_instance_uid)
-        .join(Series, col(Series.id) == col(Image.series_id))
-        .where(Image.id == image_id, *scope.images())
-    ).first()
-    if row is None:
-        raise UnknownRecord(f"image {image_id} not found")
-    return to_public(*row)
-
-
-def to_public(image: Image, series_uid: str) -> ImagePublic:
-    spacing = (
-        [image.pixel_spacing_row, image.pixel_spacing_column]
-        if image.pixel_spacing_row is not None and image.pixel_spacing_column is not None
-        else None
-    )
-    return ImagePublic.model_validate(
-        {
-            **image.model_dump(exclude={"pixel_spacing_row", "pixel_spacing_column"}),
-            "series_instance_uid": series_uid,
-            "pixel_spacing": spacing,
-        }
-    )
-
-
-def image_page(session: Session, pagination: Pagination, condition: Any) -> dict[str, Any]:
-    total = session.exec(select(func.count()).select_from(Image).where(condition)).one()
-    rows = session.exec(
-        select(Image, Series.series_instance_uid)
-        .join(Series, col(Series.id) == col(Image.series_id))
-        .where(condition)
-        .order_by(
-            col(Series.series_number).nulls_last(),
-            col(Image.instance_number).nulls_last(),
-            col(Image.id),
-        )
-        .offset(pagination.offset)
-        .limit(pagination.limit)
-    ).all()
-    return page([to_public(image, uid) for image, uid in rows], total, pagination)

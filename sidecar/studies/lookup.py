@@ -1,0 +1,71 @@
+"""What the study and image routes share: finding a study (404 when unknown, and outside the
+caller's care scope, as for a study that does not exist), and studies and images as the API
+shows them."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from sqlmodel import Session, col, func, select
+
+from sidecar.access.care_scope import CareScope
+from sidecar.core.errors import UnknownRecord
+from sidecar.core.pagination import Pagination, page
+from sidecar.studies.models import Image, ImagePublic, Series, Study, StudyPublic
+from sidecar.viewer.front import ViewerLinks
+
+
+def get_study_or_404(session: Session, study_id: int) -> Study:
+    study = session.get(Study, study_id)
+    if study is None:
+        raise UnknownRecord(f"study {study_id} not found")
+    return study
+
+
+def readable_study(session: Session, study_id: int, scope: CareScope) -> Study:
+    """The study, when the caller may read it; 404 otherwise, as for one that does not exist."""
+    if not scope.limited:
+        return get_study_or_404(session, study_id)
+    study = session.exec(select(Study).where(Study.id == study_id, *scope.studies())).first()
+    if study is None:
+        raise UnknownRecord(f"study {study_id} not found")
+    return study
+
+
+def public_study(links: ViewerLinks, study: Study) -> StudyPublic:
+    """The study as the API shows it, with its viewer link when a viewer is configured."""
+    shown = StudyPublic.model_validate(study)
+    shown.viewer_url = links.study(study.study_instance_uid)
+    return shown
+
+
+def to_public(image: Image, series_uid: str) -> ImagePublic:
+    spacing = (
+        [image.pixel_spacing_row, image.pixel_spacing_column]
+        if image.pixel_spacing_row is not None and image.pixel_spacing_column is not None
+        else None
+    )
+    return ImagePublic.model_validate(
+        {
+            **image.model_dump(exclude={"pixel_spacing_row", "pixel_spacing_column"}),
+            "series_instance_uid": series_uid,
+            "pixel_spacing": spacing,
+        }
+    )
+
+
+def image_page(session: Session, pagination: Pagination, condition: Any) -> dict[str, Any]:
+    total = session.exec(select(func.count()).select_from(Image).where(condition)).one()
+    rows = session.exec(
+        select(Image, Series.series_instance_uid)
+        .join(Series, col(Series.id) == col(Image.series_id))
+        .where(condition)
+        .order_by(
+            col(Series.series_number).nulls_last(),
+            col(Image.instance_number).nulls_last(),
+            col(Image.id),
+        )
+        .offset(pagination.offset)
+        .limit(pagination.limit)
+    ).all()
+    return page([to_public(image, uid) for image, uid in rows], total, pagination)
