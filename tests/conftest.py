@@ -20,11 +20,12 @@ from sidecar.accounts.models import Role, User
 from sidecar.accounts.security import hash_password
 from sidecar.core.logs import PatientSafeFormatter, quiet_loggers_that_print_urls
 from sidecar.core.settings import Settings
+from sidecar.launcher.orthanc import OrthancLayout, OrthancProcess
 from sidecar.main import create_app
 
 import patient_data
 from finding_helpers import FakeClock
-from stack import Stack
+from stack import Stack, free_port
 from testapp import (
     ADMIN_PASSWORD,
     PHYSICIAN_PROVIDER_ID,
@@ -101,6 +102,24 @@ def database_url(
         tmp_path,
     ) as url:
         yield url
+
+
+@pytest.fixture(scope="session")
+def plain_orthanc(tmp_path_factory: pytest.TempPathFactory) -> Iterator[OrthancProcess]:
+    """One Orthanc for every test that needs Orthanc alone (no plugin, no sidecar beside it):
+    the DICOM ingress filter on, StableAge 1 s. Shared by the whole run, so each test works
+    with its own UIDs and patient ids, never with Orthanc's totals."""
+    layout = OrthancLayout(
+        work_dir=tmp_path_factory.mktemp("plain-orthanc"),
+        http_port=free_port(),
+        dicom_port=free_port(),
+        stable_age=1,
+        with_plugin=False,
+    )
+    process = OrthancProcess(layout)
+    process.start()
+    yield process
+    process.stop()
 
 
 @pytest.fixture

@@ -24,7 +24,7 @@ from sidecar.core.database import make_engine, migrate
 from sidecar.core.models import utcnow
 from sidecar.ingest.models import PendingStudy
 from sidecar.ingest.orthanc_client import OrthancClient, OrthancUnavailable
-from sidecar.launcher.orthanc import OrthancLayout, OrthancProcess
+from sidecar.launcher.orthanc import OrthancProcess
 from sidecar.patients import image_updates
 from sidecar.patients import service as patients
 from sidecar.patients.image_rewrite import REASSIGNMENT_METADATA, patient_values
@@ -44,17 +44,8 @@ ACTOR = "test"
 
 
 @pytest.fixture(scope="module")
-def orthanc(tmp_path_factory: pytest.TempPathFactory) -> Iterator[OrthancProcess]:
-    layout = OrthancLayout(
-        work_dir=tmp_path_factory.mktemp("orthanc"),
-        http_port=free_port(),
-        dicom_port=free_port(),
-        with_plugin=False,
-    )
-    process = OrthancProcess(layout)
-    process.start()
-    yield process
-    process.stop()
+def orthanc(plain_orthanc: OrthancProcess) -> OrthancProcess:
+    return plain_orthanc
 
 
 @pytest.fixture

@@ -11,7 +11,7 @@ from __future__ import annotations
 import io
 import os
 import struct
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -31,7 +31,7 @@ from sqlmodel import Session
 from sidecar.accounts.models import Role
 from sidecar.core.settings import Settings
 from sidecar.ingest.orthanc_client import OrthancClient
-from sidecar.launcher.orthanc import OrthancLayout, OrthancProcess
+from sidecar.launcher.orthanc import OrthancProcess
 from sidecar.main import create_app
 from sidecar.studies.models import Image, Series, Study, StudyStatus
 from sidecar.studies.thumbnails import THUMBNAIL_SIZE, Rendering, ThumbnailCache
@@ -40,7 +40,6 @@ from account_helpers import now_clock
 from builders import audit_events
 from dicom_factory import GeneratedStudy, make_study
 from finding_helpers import FakeClock
-from stack import free_port
 from testapp import PHYSICIAN_PROVIDER_ID, app_settings, engine_of, login
 
 pytestmark = pytest.mark.orthanc
@@ -52,17 +51,8 @@ PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
 
 @pytest.fixture(scope="module")
-def orthanc(tmp_path_factory: pytest.TempPathFactory) -> Iterator[OrthancProcess]:
-    layout = OrthancLayout(
-        work_dir=tmp_path_factory.mktemp("orthanc"),
-        http_port=free_port(),
-        dicom_port=free_port(),
-        with_plugin=False,
-    )
-    process = OrthancProcess(layout)
-    process.start()
-    yield process
-    process.stop()
+def orthanc(plain_orthanc: OrthancProcess) -> OrthancProcess:
+    return plain_orthanc
 
 
 class StoredStudy:

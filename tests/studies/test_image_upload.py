@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import io
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -25,12 +25,11 @@ from sidecar.core.settings import Settings
 from sidecar.ingest.models import PendingStudy
 from sidecar.ingest.orthanc_client import OrthancClient
 from sidecar.ingest.sync import OrthancSync, RoundReport
-from sidecar.launcher.orthanc import OrthancLayout, OrthancProcess
+from sidecar.launcher.orthanc import OrthancProcess
 from sidecar.main import create_app
 
 from builders import audit_events
 from dicom_factory import GeneratedStudy, make_invalid_files, make_study
-from stack import free_port
 from testapp import ADMIN_PASSWORD, CLOSED_ORTHANC_URL, app_settings, engine_of, login, service_of
 
 pytestmark = pytest.mark.orthanc
@@ -40,18 +39,8 @@ LIMIT_MB = 1
 
 
 @pytest.fixture(scope="module")
-def orthanc(tmp_path_factory: pytest.TempPathFactory) -> Iterator[OrthancProcess]:
-    layout = OrthancLayout(
-        work_dir=tmp_path_factory.mktemp("orthanc"),
-        http_port=free_port(),
-        dicom_port=free_port(),
-        stable_age=1,
-        with_plugin=False,
-    )
-    process = OrthancProcess(layout)
-    process.start()
-    yield process
-    process.stop()
+def orthanc(plain_orthanc: OrthancProcess) -> OrthancProcess:
+    return plain_orthanc
 
 
 @pytest.fixture
