@@ -203,12 +203,14 @@ def test_role_comes_from_the_database_not_from_the_token(
 # -- every /api route needs a token -----------------------------------------------------------
 
 # Routes with their own credential or none by design (a refresh token is the credential of
-# refresh and logout).
+# refresh and logout; a signed image link's signature is its own: tests/studies/
+# test_image_access.py refuses it altered, for another image or format, or expired).
 PUBLIC_API_ROUTES = {
     ("POST", "/api/auth/login"),
     ("POST", "/api/auth/refresh"),
     ("POST", "/api/auth/logout"),
     ("POST", "/api/orthanc/stable-studies"),
+    ("GET", "/api/images/{image_id}/file"),
 }
 
 
