@@ -16,9 +16,8 @@ from typing import Annotated
 
 from fastapi import APIRouter, Depends, Header, Query, Response
 from fastapi.responses import StreamingResponse
-from sqlmodel import Session, select
 
-from sidecar.access.care_scope import CareScope, CareScopeDep
+from sidecar.access.care_scope import CareScopeDep
 from sidecar.accounts.dependencies import ClientAddress, Clinician
 from sidecar.core import audit
 from sidecar.core.dependencies import ClockDep, SessionDep, SettingsDep, provide
@@ -33,7 +32,7 @@ from sidecar.ingest.orthanc_client import (
     OrthancNotFound,
 )
 from sidecar.studies.image_links import ImageFormat, check_link, link_key, make_link
-from sidecar.studies.lookup import readable_study
+from sidecar.studies.lookup import readable_image, readable_study
 from sidecar.studies.models import Image
 from sidecar.studies.thumbnails import Picture, Rendering, ThumbnailCache, matches, render
 from sidecar.studies.thumbnails import representative_image as study_thumbnail_image
@@ -197,14 +196,6 @@ def study_thumbnail(
     with orthanc_errors(image.id or 0):
         picture = render(orthanc, cache, image.orthanc_id, Rendering.THUMBNAIL)
     return picture_response(picture, if_none_match)
-
-
-def readable_image(session: Session, image_id: int, scope: CareScope) -> Image:
-    """The image, when the caller may read its study; 404 otherwise."""
-    image = session.exec(select(Image).where(Image.id == image_id, *scope.images())).first()
-    if image is None:
-        raise UnknownRecord(f"image {image_id} not found")
-    return image
 
 
 def picture_response(picture: Picture, if_none_match: str | None) -> Response:

@@ -6,24 +6,20 @@ from __future__ import annotations
 from typing import Annotated
 
 from fastapi import APIRouter, Depends
-from sqlmodel import col, select
 
 from sidecar.access.care_scope import CareScopeDep
 from sidecar.accounts.dependencies import Clinician, require_roles
 from sidecar.accounts.models import Role, User
 from sidecar.core import audit
 from sidecar.core.dependencies import SessionDep
-from sidecar.core.errors import UnknownRecord
 from sidecar.core.models import api_alias
 from sidecar.core.pagination import (
     RecordId,
 )
-from sidecar.studies.lookup import to_public
+from sidecar.studies.lookup import readable_image_in_series, to_public
 from sidecar.studies.models import (
-    Image,
     ImageMetadataUpdate,
     ImagePublic,
-    Series,
 )
 
 ImageAnnotator = Annotated[User, Depends(require_roles(Role.ADMIN, Role.RADIOLOGIST))]
@@ -35,14 +31,7 @@ images_router = APIRouter(prefix="/api/images", tags=["images"])
 def get_image(
     image_id: RecordId, session: SessionDep, _: Clinician, scope: CareScopeDep
 ) -> ImagePublic:
-    row = session.exec(
-        select(Image, Series.series_instance_uid)
-        .join(Series, col(Series.id) == col(Image.series_id))
-        .where(Image.id == image_id, *scope.images())
-    ).first()
-    if row is None:
-        raise UnknownRecord(f"image {image_id} not found")
-    return to_public(*row)
+    return to_public(*readable_image_in_series(session, image_id, scope))
 
 
 @images_router.patch("/{image_id}/metadata", response_model=ImagePublic)
@@ -55,14 +44,7 @@ def update_image_metadata(
 ) -> ImagePublic:
     """A reader's key-image flag, label and window preset: the sidecar's record only, the
     DICOM file is never rewritten. Audited with the names of the fields that changed."""
-    row = session.exec(
-        select(Image, Series.series_instance_uid)
-        .join(Series, col(Series.id) == col(Image.series_id))
-        .where(Image.id == image_id, *scope.images())
-    ).first()
-    if row is None:
-        raise UnknownRecord(f"image {image_id} not found")
-    image, series_uid = row
+    image, series_uid = readable_image_in_series(session, image_id, scope)
     wanted = body.model_dump(exclude_unset=True)
     columns = {
         "key_image": "key_image",

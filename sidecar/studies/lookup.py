@@ -32,6 +32,26 @@ def readable_study(session: Session, study_id: int, scope: CareScope) -> Study:
     return study
 
 
+def readable_image(session: Session, image_id: int, scope: CareScope) -> Image:
+    """The image, when the caller may read its study; 404 otherwise."""
+    return readable_image_in_series(session, image_id, scope)[0]
+
+
+def readable_image_in_series(
+    session: Session, image_id: int, scope: CareScope
+) -> tuple[Image, str]:
+    """The image and its Series Instance UID, when the caller may read its study; 404
+    otherwise."""
+    row = session.exec(
+        select(Image, Series.series_instance_uid)
+        .join(Series, col(Series.id) == col(Image.series_id))
+        .where(Image.id == image_id, *scope.images())
+    ).first()
+    if row is None:
+        raise UnknownRecord(f"image {image_id} not found")
+    return row[0], row[1]
+
+
 def public_study(links: ViewerLinks, study: Study) -> StudyPublic:
     """The study as the API shows it, with its viewer link when a viewer is configured."""
     shown = StudyPublic.model_validate(study)
