@@ -64,7 +64,8 @@ test-sqlite: system-deps venv viewer test-deps
 test-postgresql: system-deps venv viewer test-deps
 	$(BIN)/pytest --database postgresql --postgres-url '$(TEST_POSTGRES_URL)'
 
-## The whole suite: lint, types, then every test on SQLite and again on PostgreSQL.
+## The whole suite: lint, types, every test on SQLite, then again on PostgreSQL each test that
+## uses the sidecar's database (tests/conftest.py).
 test: lint typecheck test-sqlite test-postgresql
 
 ## Benchmarks (by hand; figures go in the closing notes). hl7_intake, report_results,

@@ -15,7 +15,10 @@ from pathlib import Path
 import pytest
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
+from pwdlib import PasswordHash
+from pwdlib.hashers.argon2 import Argon2Hasher
 
+from sidecar.accounts import security
 from sidecar.accounts.models import Role, User
 from sidecar.accounts.security import hash_password
 from sidecar.core.logs import PatientSafeFormatter, quiet_loggers_that_print_urls
@@ -48,10 +51,37 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         ),
         help="server-level URL; each test gets its own database on that server",
     )
+    parser.addoption(
+        "--every-test",
+        action="store_true",
+        help="on PostgreSQL, run the tests that do not depend on the database too",
+    )
 
 
 def pytest_report_header(config: pytest.Config) -> str:
     return f"sidecar database: {config.getoption('--database')}"
+
+
+# A test that never asks for the sidecar's database checks the same thing whichever database the
+# run is for (HL7 parsing, the plugin, the launcher's own SQLite, the fronts' path rules):
+# `make test` runs it once, in the SQLite run. So does a test marked `one_database`.
+DATABASE_FIXTURES = frozenset({"database_url", "database_template"})
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    if config.getoption("--database") == "sqlite" or config.getoption("--every-test"):
+        return
+    kept: list[pytest.Item] = []
+    once: list[pytest.Item] = []
+    for item in items:
+        uses_database = DATABASE_FIXTURES & set(getattr(item, "fixturenames", ()))
+        if uses_database and item.get_closest_marker("one_database") is None:
+            kept.append(item)
+        else:
+            once.append(item)
+    if once:
+        config.hook.pytest_deselected(items=once)
+        items[:] = kept
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -76,6 +106,22 @@ def logs_hold_no_patient_data(tmp_path_factory: pytest.TempPathFactory) -> Itera
     handler.close()
     leaked = patient_data.found_in(path.read_text(encoding="utf-8", errors="replace"))
     assert not leaked, "patient data in the service's log lines:\n" + "\n".join(leaked)
+
+
+# The service hashes passwords with Argon2id at the recommended cost (64 MiB, 3 passes): a
+# quarter of a second a hash here, paid by every user a test creates and every login. The run
+# hashes with Argon2id at its lowest cost instead; what is checked is the same (the service's
+# own parameters: tests/accounts/test_password_rules.py).
+QUICK_PASSWORD_HASH = PasswordHash((Argon2Hasher(time_cost=1, memory_cost=1024, parallelism=1),))
+
+
+@pytest.fixture(scope="session", autouse=True)
+def service_password_hash() -> Iterator[PasswordHash]:
+    """Yields the service's own password hasher, having put the quick one in its place."""
+    service_hash = security._password_hash
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(security, "_password_hash", QUICK_PASSWORD_HASH)
+        yield service_hash
 
 
 @pytest.fixture(scope="session")

@@ -6,7 +6,9 @@ from __future__ import annotations
 import httpx
 import pytest
 from fastapi.testclient import TestClient
+from pwdlib import PasswordHash
 
+from sidecar.accounts import security
 from sidecar.accounts.passwords import common_passwords
 
 from account_helpers import attempt, audit_events, bearer, error_message, new_user
@@ -190,3 +192,17 @@ def test_wrong_current_passwords_count_towards_the_lockout(
     )
     assert locked.status_code == 429
     assert attempt(client, "tech.one", USER_PASSWORD).status_code == 429
+
+
+def test_the_service_hashes_passwords_with_argon2id_at_the_recommended_cost(
+    service_password_hash: PasswordHash,
+) -> None:
+    """The run hashes at a lower cost (tests/conftest.py): the service's own hasher is this."""
+    stored = service_password_hash.hash(USER_PASSWORD)
+    assert stored.startswith("$argon2id$v=19$m=65536,t=3,p=4$")
+    assert service_password_hash.verify(USER_PASSWORD, stored)
+    assert not service_password_hash.verify(USER_PASSWORD + "x", stored)
+    # A hash made at the run's cost still verifies with the service's hasher, and the other way:
+    # the cost travels in the hash.
+    assert service_password_hash.verify(USER_PASSWORD, security.hash_password(USER_PASSWORD))
+    assert security.verify_password(USER_PASSWORD, stored)

@@ -20,6 +20,8 @@ from sidecar.core.dependencies import services_of
 from sidecar.core.settings import Settings
 from sidecar.tables import metadata
 
+from database_pool import DatabasePool
+
 T = TypeVar("T")
 
 TEST_JWT_SECRET = "test-jwt-secret-" + "x" * 40
@@ -90,6 +92,10 @@ def admin_execute(url: str, statement: str) -> None:
         engine.dispose()
 
 
+# The pool of each PostgreSQL template alive (testapp.template_database), by server and name.
+_POOLS: dict[tuple[str, str], DatabasePool] = {}
+
+
 @contextmanager
 def template_database(kind: str, server_url: str, directory: Path) -> Iterator[str]:
     """A database migrated once, that every test's database is copied from: a SQLite file
@@ -107,9 +113,14 @@ def template_database(kind: str, server_url: str, directory: Path) -> Iterator[s
     admin_execute(server_url, f'CREATE DATABASE "{name}"')
     engine = migrated(make_engine(with_database(server_url, name)))
     engine.dispose()
+    pool = _POOLS[(server_url, name)] = DatabasePool(
+        lambda statement: admin_execute(server_url, statement), name
+    )
     try:
         yield name
     finally:
+        del _POOLS[(server_url, name)]
+        pool.close()
         admin_execute(server_url, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
@@ -122,9 +133,9 @@ def fresh_database(kind: str, server_url: str, template: str, directory: Path) -
         target.chmod(0o600)
         yield f"sqlite:///{target}"
         return
-    name = f"radtest_{uuid.uuid4().hex[:16]}"
-    admin_execute(server_url, f'CREATE DATABASE "{name}" TEMPLATE "{template}"')
+    pool = _POOLS[(server_url, template)]
+    name = pool.take()
     try:
         yield with_database(server_url, name)
     finally:
-        admin_execute(server_url, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        pool.release(name)

@@ -21,7 +21,8 @@ from nginx_front import NginxFront, start_nginx_front
 from stack import STACK_ADMIN_PASSWORD, Stack
 from viewer_browser import open_study
 
-pytestmark = pytest.mark.orthanc
+# What the browser shows does not depend on the sidecar's database: the SQLite run has it.
+pytestmark = [pytest.mark.orthanc, pytest.mark.one_database]
 
 
 @pytest.mark.parametrize("front", ["nginx", "sidecar"])

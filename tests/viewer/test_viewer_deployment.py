@@ -40,6 +40,9 @@ from nginx_front import NGINX_CONF, NginxFront, start_nginx_front
 from stack import STACK_ADMIN_PASSWORD, Stack, wait_for
 from testapp import service_of
 
+# The front's configuration is what is checked, not the sidecar's database: the SQLite run has it.
+pytestmark = pytest.mark.one_database
+
 # --- docker-compose.yml ------------------------------------------------------------------------
 
 
