@@ -80,6 +80,7 @@ bench: system-deps venv viewer test-deps
 	$(BIN)/python bench/mpps.py
 	$(BIN)/python bench/reading.py
 	$(BIN)/python bench/patient_merge.py
+	$(BIN)/python bench/images.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache $(VIEWER_DIR)/node_modules $(BROWSER_DIR)/node_modules

@@ -16,7 +16,7 @@ from urllib.parse import urlencode
 VIEWER_PACKAGE_DIR = Path(__file__).resolve().parents[2] / "viewer"
 DEFAULT_DIST = VIEWER_PACKAGE_DIR / "node_modules" / "@ohif" / "app" / "dist"
 APP_CONFIG = VIEWER_PACKAGE_DIR / "app-config.js"
-INSTALL_HINT = "run `make viewer` (npm ci in sidecar/viewer)"
+INSTALL_HINT = "run `make viewer` (npm ci in viewer/)"
 
 
 class ViewerNotInstalled(RuntimeError):

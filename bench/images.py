@@ -1,0 +1,159 @@
+"""Images benchmark: upload throughput through the API against Orthanc's own `POST /instances`,
+and study thumbnails cold and cached.
+
+Orthanc (with the plugin and the DICOM ingress filter) and the sidecar run for real (the test
+stack, the sidecar in this process; SQLite unless --postgresql). A study is sent with dcmtk and
+registered; then rounds alternate, on fresh instances of that study each time (new SOP Instance
+UIDs, 128x128 CT, about 33 KB):
+  (a) Orthanc's `POST /instances`, one file per request, as a client of Orthanc would;
+  (b) the sidecar's `POST /api/studies/{id}/images`, `--batch` files per multipart request (each
+      checked against the study, stored in Orthanc, audited).
+Figures: instances/s of each, and (b)/(a).
+
+Thumbnails: `--studies` studies are registered, then `GET /api/studies/{id}/thumbnail` is asked
+for each once (cold: Orthanc renders the middle instance of the first series) and then `--repeat`
+times more (cached): p50/p99 of each.
+
+    .venv/bin/python bench/images.py --instances 300 --rounds 3 --studies 50
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+import httpx
+from sidecar_process import SERVER, _fresh_database  # first: puts tests/support on sys.path
+
+from dicom_factory import make_study
+from dicom_senders import storescu_dcmtk
+from figures import percentile  # bench/, beside this script
+from stack import Stack
+
+
+def orthanc_upload(orthanc_url: str, files: list[Path]) -> float:
+    started = time.perf_counter()
+    with httpx.Client(timeout=60) as client:
+        for path in files:
+            answer = client.post(
+                f"{orthanc_url}/instances",
+                content=path.read_bytes(),
+                headers={"Content-Type": "application/dicom"},
+            )
+            answer.raise_for_status()
+    return time.perf_counter() - started
+
+
+def api_upload(sidecar_url: str, token: str, study_id: int, files: list[Path], batch: int) -> float:
+    started = time.perf_counter()
+    with httpx.Client(timeout=120, headers={"Authorization": f"Bearer {token}"}) as client:
+        for start in range(0, len(files), batch):
+            parts = [
+                ("files", (path.name, path.read_bytes(), "application/dicom"))
+                for path in files[start : start + batch]
+            ]
+            answer = client.post(f"{sidecar_url}/api/studies/{study_id}/images", files=parts)
+            answer.raise_for_status()
+            if answer.json()["stored"] != len(parts):
+                raise SystemExit(f"upload stored fewer files than sent: {answer.text[:300]}")
+    return time.perf_counter() - started
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--instances", type=int, default=300, help="instances per round")
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--batch", type=int, default=20, help="files per API request")
+    parser.add_argument("--studies", type=int, default=50, help="studies for thumbnails")
+    parser.add_argument("--repeat", type=int, default=5, help="cached thumbnail requests")
+    parser.add_argument("--server", default=SERVER, help="PostgreSQL server URL")
+    parser.add_argument("--postgresql", action="store_true", help="PostgreSQL, not SQLite")
+    args = parser.parse_args()
+
+    with (
+        tempfile.TemporaryDirectory(prefix="bench-images-") as tmp,
+        _fresh_database(args.server, tmp, not args.postgresql) as database_url,
+    ):
+        root = Path(tmp)
+        stack = Stack(root / "stack", database_url, stable_age=1, reconcile_interval=2.0)
+        stack.start_orthanc()
+        stack.start_sidecar()
+        assert stack.sidecar is not None
+        try:
+            base = make_study(root / "base", series_count=1, instances_per_series=1)
+            if not storescu_dcmtk(base.files, *stack.dicom_address, timeout=60).all_success:
+                raise SystemExit("C-STORE failed")
+            study_id = stack.wait_for_study(base.study_instance_uid, instances=1, timeout=60)["id"]
+            token = stack.login()
+            rates: dict[str, list[float]] = {"orthanc": [], "api": []}
+            for round_number in range(args.rounds):
+                for kind in ("orthanc", "api"):
+                    load = make_study(
+                        root / f"load-{round_number}-{kind}",
+                        series_count=1,
+                        instances_per_series=args.instances,
+                        study_instance_uid=base.study_instance_uid,
+                        patient_id=base.patient_id,
+                        patient_name=base.patient_name,
+                        rows=128,
+                        columns=128,
+                    )
+                    if kind == "orthanc":
+                        seconds = orthanc_upload(stack.orthanc.url, load.files)
+                    else:
+                        seconds = api_upload(
+                            stack.sidecar.url, token, study_id, load.files, args.batch
+                        )
+                    rates[kind].append(args.instances / seconds)
+
+            thumbnails = []
+            for n in range(args.studies):
+                study = make_study(root / f"thumb-{n}", series_count=1, instances_per_series=3)
+                if not storescu_dcmtk(study.files, *stack.dicom_address, timeout=60).all_success:
+                    raise SystemExit("C-STORE failed")
+                thumbnails.append(study.study_instance_uid)
+            ids = [stack.wait_for_study(uid, instances=3, timeout=120)["id"] for uid in thumbnails]
+            cold: list[float] = []
+            cached: list[float] = []
+            with httpx.Client(timeout=60, headers={"Authorization": f"Bearer {token}"}) as client:
+                for timings, rounds in ((cold, 1), (cached, args.repeat)):
+                    for _ in range(rounds):
+                        for study_id in ids:
+                            started = time.perf_counter()
+                            answer = client.get(
+                                f"{stack.sidecar.url}/api/studies/{study_id}/thumbnail"
+                            )
+                            timings.append(time.perf_counter() - started)
+                            if answer.status_code != 200 or not answer.content.startswith(
+                                b"\x89PNG"
+                            ):
+                                raise SystemExit(f"thumbnail answered {answer.status_code}")
+        finally:
+            stack.close()
+
+    orthanc_rate = statistics.median(rates["orthanc"])
+    api_rate = statistics.median(rates["api"])
+    database = "PostgreSQL" if args.postgresql else "SQLite"
+    print(f"upload, {args.rounds} rounds x {args.instances} instances, database {database}")
+    print(f"  Orthanc POST /instances (1 per request): {orthanc_rate:.0f} instances/s (median)")
+    print(
+        f"  POST /api/studies/{{id}}/images ({args.batch} per request): "
+        f"{api_rate:.0f} instances/s (median); ratio {api_rate / orthanc_rate:.2f}"
+    )
+    print(f"  every round: orthanc {[round(r) for r in rates['orthanc']]}")
+    print(f"               api     {[round(r) for r in rates['api']]}")
+    ms = [1000 * s for s in cold]
+    ms_cached = [1000 * s for s in cached]
+    print(f"thumbnails, {args.studies} studies:")
+    print(f"  cold   p50 {percentile(ms, 0.5):.1f} ms, p99 {percentile(ms, 0.99):.1f} ms")
+    print(
+        f"  cached p50 {percentile(ms_cached, 0.5):.1f} ms, "
+        f"p99 {percentile(ms_cached, 0.99):.1f} ms ({len(ms_cached)} requests)"
+    )
+
+
+if __name__ == "__main__":
+    main()
