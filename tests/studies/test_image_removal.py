@@ -256,6 +256,22 @@ def test_an_image_then_a_series_leave_orthanc_and_the_counts_and_lists_follow(
     for event in [image_event, series_event, *completed]:
         assert_no_patient_data(str(event.detail), stored.images)
 
+    # The last series too (an administrator, retention): nothing is left dangling, in Orthanc
+    # (its study goes with its last instance) or in the sidecar; the forged copy stays.
+    orthanc_study = httpx.get(
+        f"{orthanc.url}/instances/{stored.orthanc_ids[stored.sop_uids(1)[0]]}/study"
+    ).json()["ID"]
+    last = reject_series(client, admin_headers, stored.study_id, stored.series_uid(1), "RETENTION")
+    assert last.status_code == 200, last.text
+    assert httpx.get(f"{orthanc.url}/studies/{orthanc_study}").status_code == 404
+    assert in_orthanc(orthanc, other_copy)
+    study = study_json(client, admin_headers, stored.study_id)
+    assert (study["instanceCount"], study["seriesCount"], study["series"]) == (0, 0, [])
+    with Session(engine) as session:
+        assert session.exec(select(Series).where(Series.study_id == stored.study_id)).all() == []
+        assert session.exec(select(Image).where(Image.study_id == stored.study_id)).all() == []
+    httpx.delete(f"{orthanc.url}/instances/{other_copy}").raise_for_status()
+
 
 def test_reasons_roles_and_care_scope_refuse_and_nothing_is_removed(
     app: FastAPI,
