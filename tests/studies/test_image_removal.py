@@ -32,6 +32,7 @@ from sidecar.ingest.dicom_mapping import image_records, study_record
 from sidecar.ingest.orthanc_client import OrthancClient
 from sidecar.launcher.orthanc import OrthancProcess
 from sidecar.main import create_app
+from sidecar.patients.image_rewrite import rewrite_study
 from sidecar.studies.image_rows import drop_image_rows
 from sidecar.studies.models import Image, Series, Study
 from sidecar.studies.registry import register_images, register_study
@@ -484,6 +485,32 @@ def test_a_removal_left_by_a_crashed_request_is_taken_over_after_its_lease(
     assert later.run_once() is None
     assert not any(in_orthanc(orthanc, stored.orthanc_ids[u]) for u in stored.sop_uids(0))
     assert study_json(client, technologist, stored.study_id)["seriesCount"] == 1
+
+
+def test_a_copy_orthanc_refiled_under_a_corrected_patient_is_the_one_removed(
+    client: TestClient,
+    technologist: dict[str, str],
+    orthanc: OrthancProcess,
+    engine: Engine,
+    tmp_path: Path,
+) -> None:
+    """The image-update worker re-filed the study under another patient id (new Orthanc ids)
+    and the sidecar's rows still name the old ones: the removal finds the instance by its UID."""
+    stored = store(orthanc, engine, tmp_path / "g")
+    uid = stored.sop_uids(0)[0]
+    outcome = rewrite_study(
+        OrthancClient(orthanc.url), stored.images.study_instance_uid, {"PatientID": "REFILED-1"}
+    )
+    assert outcome.instances == 6 and outcome.not_kept == ()
+    assert not in_orthanc(orthanc, stored.orthanc_ids[uid])  # the old id is gone already
+    [copy] = OrthancClient(orthanc.url).resources_with_uid(uid, "Instance")
+
+    answer = reject_image(client, technologist, image_id(engine, uid), "WRONG_WORKLIST_ENTRY")
+
+    assert answer.status_code == 200, answer.text
+    assert OrthancClient(orthanc.url).resources_with_uid(uid, "Instance") == []
+    assert not in_orthanc(orthanc, copy)
+    assert study_json(client, technologist, stored.study_id)["instanceCount"] == 5
 
 
 # -- the rows and counts step, alone ---------------------------------------------------------
