@@ -149,22 +149,33 @@ def request_removal(
                 orthanc_id=image.orthanc_id,
             )
         )
+    # An image is named with its ids; a series by its UID (its instances, possibly thousands,
+    # are in the removal's record).
+    which = (
+        {
+            "image_ids": [image.id for image in target.images],
+            "sop_instance_uids": [image.sop_instance_uid for image in target.images],
+        }
+        if target.scope is RemovalScope.IMAGE
+        else {}
+    )
     audit.record(
         session,
         actor=user.username,
         action=f"{target.scope.value.lower()}.rejected",
         entity_type=target.scope.value.lower(),
-        entity_id=target.images[0].id
-        if target.scope is RemovalScope.IMAGE
-        else target.series.series_instance_uid,
+        entity_id=(
+            target.images[0].id
+            if target.scope is RemovalScope.IMAGE
+            else target.series.series_instance_uid
+        ),
         study_id=study_id,
         removal_id=removal_id,
         reason=reason,
         reason_code=reason.code,
         series_instance_uid=target.series.series_instance_uid,
-        sop_instance_uids=[image.sop_instance_uid for image in target.images],
-        image_ids=[image.id for image in target.images],
         instance_count=target.instance_count,
+        **which,
     )
     if report is not None:
         _flag_for_amendment(session, report, removal, user.username, now=now)

@@ -249,7 +249,10 @@ def test_an_image_then_a_series_leave_orthanc_and_the_counts_and_lists_follow(
     [series_event] = audit_events(engine, "series.rejected")
     assert series_event.actor == "radiologist-user"
     assert series_event.entity_id == stored.series_uid(0)
-    assert series_event.detail["instance_count"] == 2
+    assert (series_event.detail["instance_count"], series_event.detail["removal_id"]) == (
+        2,
+        body["id"],
+    )
     completed = audit_events(engine, "image.removal_completed") + audit_events(
         engine, "series.removal_completed"
     )
