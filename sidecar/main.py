@@ -65,6 +65,8 @@ from sidecar.results.router import router as results_router
 from sidecar.results.routing import ResultRouting
 from sidecar.studies.image_access import router as image_access_router
 from sidecar.studies.images_router import images_router
+from sidecar.studies.removal_worker import ImageRemover
+from sidecar.studies.removals_router import router as removals_router
 from sidecar.studies.router import router as studies_router
 from sidecar.viewer.front import ViewerFront, ViewerLinks, build_viewer_front, viewer_links
 from sidecar.viewer.headers import sidecar_headers
@@ -80,6 +82,7 @@ ROUTERS = (
     studies_router,
     images_router,
     image_access_router,
+    removals_router,
     orders_router,
     patients_router,
     procedures_router,
@@ -239,6 +242,8 @@ def build_services(
     )
     # Stored images follow their patient's merges and corrections (IHE PIR).
     services.add(ImageUpdater(engine, orthanc, max_delay=settings.result_retry_max_delay))
+    # Image removals (IOCM rejection) Orthanc could not perform at once, until done.
+    services.add(ImageRemover(engine, orthanc, max_delay=settings.result_retry_max_delay))
     # Critical findings: notified through a webhook outbox, escalated by deadline.
     policy = services.add(FindingPolicy.from_settings(settings))
     notifier: FindingNotifier | None = None
@@ -292,10 +297,11 @@ def _lifespan(services: Services) -> Callable[[FastAPI], Any]:
         mpps = services.get(MppsListener)
         await asyncio.to_thread(mpps.start)
         order_events.start()
-        image_updater = services.get(ImageUpdater)
+        image_updater, remover = services.get(ImageUpdater), services.get(ImageRemover)
         if settings.reconcile_enabled:
             sync.start()
             image_updater.start()  # work left queued by the last run too
+            remover.start()  # removals left waiting by the last run too
         if outbox is not None:
             outbox.start()  # results left pending by the last run go first
         if findings.notifier is not None:
@@ -316,6 +322,7 @@ def _lifespan(services: Services) -> Callable[[FastAPI], Any]:
                 await asyncio.to_thread(findings.notifier.stop)
             await asyncio.to_thread(sync.stop)
             await asyncio.to_thread(image_updater.stop)
+            await asyncio.to_thread(remover.stop)
             await asyncio.to_thread(order_events.stop)
             publisher = services.find(WorklistPublisher)
             if publisher is not None:

@@ -16,6 +16,7 @@ from sidecar.reports.models import RadiologyReport, ReportRevision
 from sidecar.reports.templates import ReportTemplate
 from sidecar.results.message_log import Hl7Message
 from sidecar.studies.models import Image, Series, Study
+from sidecar.studies.removal_models import ImageRemoval, ImageRemovalInstance
 
 metadata = SQLModel.metadata
 
@@ -28,6 +29,8 @@ __all__ = [
     "FindingNotification",
     "Hl7Message",
     "Image",
+    "ImageRemoval",
+    "ImageRemovalInstance",
     "ImageUpdate",
     "ImagingOrder",
     "LoginAttempt",

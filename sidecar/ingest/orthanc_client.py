@@ -229,6 +229,18 @@ class OrthancClient:
         with contextlib.suppress(OrthancNotFound):  # deleted already: what was asked
             self._send("DELETE", f"/instances/{instance_id}")
 
+    # -- withdrawing images (sidecar.studies.rejection) -----------------------------------------
+
+    def resources_with_uid(self, uid: str, level: str) -> list[str]:
+        """The Orthanc ids of every resource of `level` ("Series", "Instance") Orthanc holds
+        under this DICOM UID (one per patient id it was filed under); empty when none."""
+        answer = self._send("POST", "/tools/lookup", content=uid.encode()).json()
+        return [str(found["ID"]) for found in answer if found.get("Type") == level]
+
+    def delete_series(self, series_id: str) -> None:
+        with contextlib.suppress(OrthancNotFound):  # deleted already: what was asked
+            self._send("DELETE", f"/series/{series_id}")
+
     def mark_study(self, orthanc_id: str, name: str, value: str) -> None:
         """Sets a user metadata entry of the study (declared in orthanc/orthanc.json)."""
         self._send("PUT", f"/studies/{orthanc_id}/metadata/{name}", content=value.encode())

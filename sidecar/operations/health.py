@@ -27,7 +27,9 @@ from sidecar.patients import image_updates
 from sidecar.patients.image_updates import ImageUpdater, ImageUpdaterDep
 from sidecar.results.message_log import Hl7Direction, Hl7Message, Hl7MessageStatus
 from sidecar.results.outbox import ResultOutbox, ResultOutboxDep
+from sidecar.studies import removal_worker
 from sidecar.studies.models import Study
+from sidecar.studies.removal_worker import ImageRemover, ImageRemoverDep
 from sidecar.worklist.publisher import WorklistPublisher
 
 router = APIRouter(tags=["health"])
@@ -204,6 +206,29 @@ def _image_updates(engine: Engine, updater: ImageUpdater | None) -> dict[str, An
     }
 
 
+def _image_removals(engine: Engine, remover: ImageRemover | None) -> dict[str, Any]:
+    """Image removals (IOCM rejections) Orthanc has not performed yet: queued, and retrying
+    after Orthanc failed (alert on any), with the latest error."""
+    if remover is None:
+        return {"enabled": False}
+    try:
+        with Session(engine) as session:
+            waiting = removal_worker.backlog(session)
+    except Exception as exc:
+        return {"enabled": True, "error": type(exc).__name__}
+    oldest = waiting.oldest_requested_at
+    return {
+        "enabled": True,
+        "running": remover.running,
+        "queued": waiting.queued,
+        "retrying": waiting.retrying,
+        "oldestWaitingSeconds": (
+            round((utcnow() - oldest).total_seconds()) if oldest is not None else None
+        ),
+        "lastError": waiting.last_error,
+    }
+
+
 OrthancDep = Annotated[OrthancClient, Depends(provide(OrthancClient))]
 
 
@@ -219,6 +244,7 @@ def health(
     outbox: ResultOutboxDep,
     findings: FindingWorkersDep,
     updater: ImageUpdaterDep,
+    remover: ImageRemoverDep,
 ) -> JSONResponse:
     return _answer(
         {"database": _database(engine), "orthanc": _orthanc(orthanc)},
@@ -230,6 +256,7 @@ def health(
         results=_results(engine, outbox, settings),
         notifications=_notifications(engine, findings.notifier),
         imageUpdates=_image_updates(engine, updater),
+        imageRemovals=_image_removals(engine, remover),
     )
 
 

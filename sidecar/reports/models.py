@@ -76,6 +76,9 @@ class RadiologyReport(SQLModel, table=True):
     )
     # A discarded draft keeps its row (and its audit trail) but is no longer the study's report.
     deleted_at: datetime | None = Field(default=None, sa_column=Column(UTCDateTime))
+    # Why the signed report must be amended (images it was written from were removed,
+    # sidecar.studies.rejection); cleared by the next amendment.
+    amendment_required_reason: str | None = Field(default=None, max_length=200)
 
 
 class ReportRevision(SQLModel, table=True):
@@ -144,6 +147,8 @@ class ReportPublic(ApiModel):
     signed_by_id: int | None
     created_at: datetime
     updated_at: datetime
+    # Set when images of the study were removed after signing: the report needs amending.
+    amendment_required_reason: str | None = None
 
 
 class ReportRevisionPublic(ApiModel):

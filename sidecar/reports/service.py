@@ -175,6 +175,7 @@ def amend_report(
     for name, value in changed.items():
         setattr(report, name, value)
     check_filled(report)
+    report.amendment_required_reason = None  # the amendment answers it
     revision = _sign(session, report, signer, target, reason=reason)
     audit.record(
         session,

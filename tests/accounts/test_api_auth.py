@@ -264,6 +264,9 @@ def test_every_api_route_needs_a_user_token(
     assert ("PATCH", "/api/studies/{study_id}/status") in routes
     assert ("POST", "/api/users/{user_id}/disable") in routes
     assert ("GET", "/api/audit") in routes
+    assert ("DELETE", "/api/images/{image_id}") in routes
+    assert ("DELETE", "/api/studies/{study_id}/series/{series_uid}") in routes
+    assert ("GET", "/api/studies/{study_id}/removals") in routes
     documented = {
         (method.upper(), path)
         for path, operations in app.openapi()["paths"].items()
