@@ -11,9 +11,9 @@ study is looked up by its UID first.
 Run by the sync worker's thread (sidecar.ingest.sync calls `run_due` after each round), so
 following a deletion never races registering the same study. Never acting on doubt:
 - Orthanc unreachable or answering an error: nothing is changed, the check waits (back-off);
-- Orthanc listing no study at all while the sidecar knows some (an empty or wrong storage, a
-  misconfigured URL): the reconciliation holds, says so in /health, and queues nothing. Deletions
-  the plugin reports still go through.
+- Orthanc's change log behind the point the sidecar read it to (an index reset or replaced, an
+  empty or wrong storage): the reconciliation holds, says so in /health, and queues nothing.
+  Deletions the plugin reports still go through, each checked by UID.
 """
 
 from __future__ import annotations
@@ -32,7 +32,7 @@ from sqlmodel import Session, col, select
 from sidecar.core.background import backoff_delay
 from sidecar.core.models import utcnow
 from sidecar.ingest.deletions import follow_orthanc, held_instances
-from sidecar.ingest.models import DeletionCheck
+from sidecar.ingest.models import ChangesCursor, DeletionCheck
 from sidecar.ingest.orthanc_client import OrthancClient, OrthancNotFound, OrthancUnavailable
 from sidecar.studies.models import Image, Series, Study
 
@@ -110,7 +110,9 @@ class DeletionWatch:
     def reconcile(self) -> int:
         """Queues every study the sidecar knows under an Orthanc id Orthanc no longer lists;
         returns how many. The sidecar's list is read first: a study registered after it was
-        read cannot look gone."""
+        read cannot look gone. Holds when Orthanc's change log is behind the point the sidecar
+        has read it to: that is not the index the sidecar followed (reset, replaced, another
+        storage), and its missing studies say nothing about deletions."""
         with Session(self._engine) as session:
             known = dict(
                 session.exec(
@@ -119,12 +121,17 @@ class DeletionWatch:
                     )
                 ).all()
             )
+            cursor = session.get(ChangesCursor, 1)
+            followed_to = cursor.last_seq if cursor is not None else 0
+        orthanc_last = int(self._orthanc.changes(0, 0).get("Last", 0))
         listed = set(self._orthanc.study_ids())
         self.status.last_reconcile_at = self._clock()
-        if known and not listed:
+        if orthanc_last < followed_to:
             self.status.held = (
-                f"Orthanc lists no study while the sidecar knows {len(known)}: not taken for "
-                "deletions (check ORTHANC_URL and Orthanc's storage)"
+                f"Orthanc's change log ends at {orthanc_last}, before {followed_to} where the "
+                "sidecar read it to: not the index the sidecar followed (reset or replaced: check "
+                "ORTHANC_URL and Orthanc's storage); its missing studies are not taken for "
+                "deletions"
             )
             log.error("reconciliation held: %s", self.status.held)
             return 0

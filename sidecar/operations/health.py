@@ -96,7 +96,7 @@ def _studies(engine: Engine) -> dict[str, Any]:
 
 def _deletions(engine: Engine, watch: DeletionWatch) -> dict[str, Any]:
     """Following deletions made in Orthanc: studies waiting for a check against Orthanc (and of
-    those, failing ones), the last reconciliation, and why it held if it did (alert on any)."""
+    those, failing ones), the last reconciliation, and why it held if it did (alert on it)."""
     status = watch.status
     try:
         with Session(engine) as session:

@@ -2,7 +2,7 @@
 deletion_watch) against the real Orthanc without the plugin: the tests hand the watch the notices
 the plugin would send. A patient-merge rewrite (new Orthanc ids, same UIDs) is not a deletion;
 an instance, a series and a study deleted in Orthanc leave the sidecar; Orthanc unreachable,
-failing or empty is never taken for a deletion. Both databases; the worker's thread is never
+failing or reset is never taken for a deletion. Both databases; the worker's thread is never
 started: tests call `run_due` themselves."""
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from sqlmodel import Session, col, select
 from sidecar.core.database import make_engine, migrate
 from sidecar.ingest.deletion_watch import DeletionWatch
 from sidecar.ingest.dicom_mapping import image_records, study_record
-from sidecar.ingest.models import DeletionCheck
+from sidecar.ingest.models import ChangesCursor, DeletionCheck
 from sidecar.ingest.orthanc_client import OrthancClient
 from sidecar.launcher.orthanc import OrthancProcess
 from sidecar.patients.image_rewrite import rewrite_study
@@ -199,10 +199,15 @@ def seeded_study(engine: Engine, orthanc_id: str) -> int:
 ORTHANC_ID = "0a1b2c3d-4e5f6071-8293a4b5-c6d7e8f9-01234567"
 
 
-def mock_orthanc(studies: list[str] | None, lookup: list[Any] | None) -> OrthancClient:
-    """An Orthanc answering `/studies` and `/tools/lookup` with these lists; None: HTTP 500."""
+def mock_orthanc(
+    studies: list[str] | None, lookup: list[Any] | None, last_change: int = 0
+) -> OrthancClient:
+    """An Orthanc answering `/studies` and `/tools/lookup` with these lists (None: HTTP 500),
+    and `/changes` with this last sequence number."""
 
     def answer(request: httpx.Request) -> httpx.Response:
+        if request.url.path == "/changes":
+            return httpx.Response(200, json={"Changes": [], "Done": True, "Last": last_change})
         listed = studies if request.url.path == "/studies" else lookup
         if listed is None:
             return httpx.Response(500, json={"Message": "Internal error"})
@@ -211,7 +216,7 @@ def mock_orthanc(studies: list[str] | None, lookup: list[Any] | None) -> Orthanc
     return OrthancClient("http://orthanc.test", transport=httpx.MockTransport(answer))
 
 
-def test_orthanc_unreachable_failing_or_empty_is_never_a_deletion(engine: Engine) -> None:
+def test_orthanc_unreachable_failing_or_reset_is_never_a_deletion(engine: Engine) -> None:
     study_id = seeded_study(engine, ORTHANC_ID)
     intact = sidecar_view(engine, study_id)
 
@@ -229,20 +234,23 @@ def test_orthanc_unreachable_failing_or_empty_is_never_a_deletion(engine: Engine
         assert {**sidecar_view(engine, study_id), "queued": 0} == {**intact, "queued": 0}
 
     with Session(engine) as session:
-        session.exec(select(DeletionCheck)).one()
-        for check in session.exec(select(DeletionCheck)).all():
-            session.delete(check)
+        session.delete(session.exec(select(DeletionCheck)).one())
         session.commit()
 
-    # An Orthanc listing no study at all (wrong URL, empty storage): the reconciliation holds.
-    empty = DeletionWatch(engine, mock_orthanc([], []), reconcile_every=3600)
-    empty.run_due(lambda: False)
-    assert empty.status.held and "lists no study" in empty.status.held
-    assert sidecar_view(engine, study_id) == intact
+    # An Orthanc whose change log is behind where the sidecar read it to (its index reset or
+    # replaced, another storage): the reconciliation holds, whatever it lists.
+    with Session(engine) as session:
+        session.add(ChangesCursor(id=1, last_seq=50))
+        session.commit()
+    for listed in ([], ["ffffffff-4e5f6071-8293a4b5-c6d7e8f9-01234567"]):
+        reset = DeletionWatch(engine, mock_orthanc(listed, [], last_change=3), reconcile_every=1)
+        reset.run_due(lambda: False)
+        assert reset.status.held and "change log ends at 3, before 50" in reset.status.held
+        assert sidecar_view(engine, study_id) == intact
 
     # Orthanc lists other studies but not this one, and holds nothing under its UID: gone.
     other = "ffffffff-4e5f6071-8293a4b5-c6d7e8f9-01234567"
-    gone = DeletionWatch(engine, mock_orthanc([other], []), reconcile_every=3600)
+    gone = DeletionWatch(engine, mock_orthanc([other], [], last_change=50), reconcile_every=3600)
     gone.run_due(lambda: False)
     assert gone.status.held is None and gone.status.studies_followed == 1
     view = sidecar_view(engine, study_id)
