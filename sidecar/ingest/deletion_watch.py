@@ -96,6 +96,9 @@ class DeletionWatch:
             except OrthancUnavailable as exc:
                 self.status.last_error = str(exc)
                 log.warning("reconciliation with Orthanc skipped: %s", exc)
+            except Exception as exc:  # an odd answer or a database error: try next time
+                self.status.last_error = type(exc).__name__
+                log.exception("reconciliation with Orthanc failed")
         now = self._clock()
         with Session(self._engine) as session:
             due = session.exec(
@@ -164,15 +167,25 @@ class DeletionWatch:
         except OrthancNotFound as exc:  # changed while read: look again soon, never "deleted"
             self._retry(pending, f"Orthanc changed while read: {exc}")
             return True
-        with Session(self._engine) as session:
-            study = session.get(Study, pending.study_id)
-            if (
-                study is not None
-                and follow_orthanc(session, study, holdings, now=self._clock()).changed
-            ):
-                self.status.studies_followed += 1
-            _forget_in(session, pending)
-            session.commit()
+        except Exception as exc:  # an answer not as expected: kept queued, never "deleted"
+            log.exception("reading study %s from Orthanc failed", pending.study_id)
+            self._retry(pending, type(exc).__name__)
+            return True
+        try:
+            with Session(self._engine) as session:
+                study = session.get(Study, pending.study_id)
+                changed = (
+                    study is not None
+                    and follow_orthanc(session, study, holdings, now=self._clock()).changed
+                )
+                _forget_in(session, pending)
+                session.commit()
+        except Exception as exc:  # a database error: nothing half done, the check stays queued
+            log.exception("following study %s to Orthanc failed", pending.study_id)
+            self._retry(pending, type(exc).__name__)
+            return True
+        if changed:
+            self.status.studies_followed += 1
         self.status.last_error = None
         return True
 
