@@ -17,14 +17,17 @@ import pytest
 from sqlalchemy import Engine
 from sqlmodel import Session, col, select
 
+from sidecar.accounts.models import Role, User
 from sidecar.core.database import make_engine, migrate
+from sidecar.findings.models import CriticalFinding, Severity
 from sidecar.ingest.deletion_watch import DeletionWatch
 from sidecar.ingest.dicom_mapping import image_records, study_record
 from sidecar.ingest.models import ChangesCursor, DeletionCheck
 from sidecar.ingest.orthanc_client import OrthancClient
 from sidecar.launcher.orthanc import OrthancProcess
+from sidecar.orders.models import ImagingOrder, Modality
 from sidecar.patients.image_rewrite import rewrite_study
-from sidecar.studies.models import Image, Series, Study
+from sidecar.studies.models import Image, Series, Study, StudyPublic
 from sidecar.studies.registry import register_images, register_study
 from sidecar.tables import metadata
 
@@ -176,10 +179,12 @@ def test_a_rewrite_is_followed_and_only_what_orthanc_lost_is_dropped(
     assert view["counts"] == (2, 4)
 
 
-def seeded_study(engine: Engine, orthanc_id: str) -> int:
+def seeded_study(
+    engine: Engine, orthanc_id: str, *, uid: str = "1.2.826.0.1.3680043.8.498.77"
+) -> int:
     with Session(engine) as session:
         study = Study(
-            study_instance_uid="1.2.826.0.1.3680043.8.498.77",
+            study_instance_uid=uid,
             orthanc_id=orthanc_id,
             series_count=1,
             instance_count=1,
@@ -187,11 +192,11 @@ def seeded_study(engine: Engine, orthanc_id: str) -> int:
         session.add(study)
         session.flush()
         assert study.id is not None
-        series = Series(study_id=study.id, series_instance_uid="1.2.3.4", instance_count=1)
+        series = Series(study_id=study.id, series_instance_uid=uid + ".4", instance_count=1)
         session.add(series)
         session.flush()
         assert series.id is not None
-        session.add(Image(study_id=study.id, series_id=series.id, sop_instance_uid="1.2.3.4.5"))
+        session.add(Image(study_id=study.id, series_id=series.id, sop_instance_uid=uid + ".5"))
         session.commit()
         return study.id
 
@@ -257,3 +262,56 @@ def test_orthanc_unreachable_failing_or_reset_is_never_a_deletion(engine: Engine
     assert view["removed_at"] is not None and view["images"] == {} and view["queued"] == 0
     with Session(engine) as session:
         assert session.exec(select(Study).where(col(Study.removed_at).is_(None))).all() == []
+
+
+def test_a_study_with_a_critical_finding_or_an_order_is_kept_as_a_record(engine: Engine) -> None:
+    with_finding = seeded_study(engine, ORTHANC_ID, uid="1.2.826.0.1.3680043.8.498.81")
+    with_order = seeded_study(
+        engine, "ffffffff-4e5f6071-8293a4b5-c6d7e8f9-0123456a", uid="1.2.826.0.1.3680043.8.498.82"
+    )
+    with Session(engine) as session:
+        user = User(username="reader.kept", password_hash="x", role=Role.RADIOLOGIST)
+        order = ImagingOrder(
+            accession_number="DEL-KEPT-1",
+            study_instance_uid="1.2.826.0.1.3680043.8.498.82",
+            patient_id="DEL-KEPT",
+            modality=Modality.CT,
+        )
+        session.add_all([user, order])
+        session.flush()
+        assert user.id is not None and order.id is not None
+        session.add(
+            CriticalFinding(
+                study_id=with_finding,
+                raised_by_id=user.id,
+                severity=Severity.CRITICAL,
+                description="Tension pneumothorax.",
+            )
+        )
+        study = session.get(Study, with_order)
+        assert study is not None
+        study.order_id = order.id
+        session.add(study)
+        session.commit()
+
+    # Orthanc holds neither any more (it lists another study, nothing under their UIDs).
+    watch = DeletionWatch(
+        engine,
+        mock_orthanc(["eeeeeeee-4e5f6071-8293a4b5-c6d7e8f9-01234567"], []),
+        reconcile_every=1,
+    )
+    watch.run_due(lambda: False)
+
+    for study_id, reason in ((with_finding, "critical_finding"), (with_order, "order")):
+        view = sidecar_view(engine, study_id)
+        assert view["images_deleted_at"] is not None and view["removed_at"] is None
+        assert view["images"] == {} and view["counts"] == (0, 0)
+        [event] = [
+            e
+            for e in audit_events(engine, "study.images_deleted_in_orthanc")
+            if e.entity_id == str(study_id)
+        ]
+        assert event.detail["kept_for"] == [reason] and event.detail["removed"] is False
+    with Session(engine) as session:
+        shown = StudyPublic.model_validate(session.get(Study, with_order))
+    assert shown.images_deleted is True and shown.images_deleted_at is not None
