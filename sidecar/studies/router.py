@@ -166,7 +166,9 @@ def get_study_by_accession(
     links: ViewerLinksDep,
 ) -> StudyDetail:
     matches = session.exec(
-        select(Study).where(Study.accession_number == accession_number, *scope.studies()).limit(2)
+        select(Study)
+        .where(Study.accession_number == accession_number, listed_studies(), *scope.studies())
+        .limit(2)
     ).all()
     if not matches:
         raise UnknownRecord(f"no study with accession number {accession_number}")

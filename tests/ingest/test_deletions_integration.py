@@ -119,6 +119,8 @@ def test_deletions_made_in_orthanc_are_followed_with_the_sidecar_up_and_down(
     )
     assert stack.api("GET", f"/api/studies/{dropped_study['id']}").status_code == 404
     assert stack.api("GET", f"/api/studies/{dropped_study['id']}/images").status_code == 404
+    by_accession = stack.api("GET", f"/api/studies/accession/{dropped.accession_number}")
+    assert by_accession.status_code == 404
 
     # A study with a report, deleted: kept as a record marked images-deleted, shown in /health.
     created = stack.api(
