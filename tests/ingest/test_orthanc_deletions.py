@@ -14,6 +14,7 @@ from typing import Any
 
 import httpx
 import pytest
+from fastapi.testclient import TestClient
 from sqlalchemy import Engine
 from sqlmodel import Session, col, select
 
@@ -34,12 +35,13 @@ from sidecar.tables import metadata
 from builders import audit_events
 from dicom_factory import make_study
 from stack import free_port
+from testapp import TEST_PLUGIN_TOKEN
 
 pytestmark = pytest.mark.orthanc
 
 
 @pytest.fixture
-def client(plain_orthanc: OrthancProcess) -> Iterator[OrthancClient]:
+def orthanc(plain_orthanc: OrthancProcess) -> Iterator[OrthancClient]:
     client = OrthancClient(plain_orthanc.url, timeout=30)
     yield client
     client.close()
@@ -93,8 +95,9 @@ def orthanc_instances(client: OrthancClient, uid: str) -> dict[str, str]:
 
 
 def test_a_rewrite_is_followed_and_only_what_orthanc_lost_is_dropped(
-    engine: Engine, client: OrthancClient, plain_orthanc: OrthancProcess, tmp_path: Path
+    engine: Engine, orthanc: OrthancClient, plain_orthanc: OrthancProcess, tmp_path: Path
 ) -> None:
+    client = orthanc
     generated = make_study(
         tmp_path / "dicom", series_count=2, instances_per_series=2, patient_id="DEL-REWRITE-1"
     )
@@ -106,6 +109,15 @@ def test_a_rewrite_is_followed_and_only_what_orthanc_lost_is_dropped(
     old_instance_ids = list(before["images"].values())
     watch = DeletionWatch(engine, client, reconcile_every=3600)
     watch.run_due(lambda: False)  # the first round reconciles: nothing of this study is gone
+
+    # Forged notices (or late ones) for what Orthanc still holds: checked, nothing dropped.
+    [series_id, _] = [s["ID"] for s in client.study_series(str(before["orthanc_id"]))]
+    assert watch.notice("Study", str(before["orthanc_id"])) == study_id
+    assert watch.notice("Series", series_id) == study_id
+    assert watch.notice("Instance", old_instance_ids[0]) == study_id
+    watch.run_due(lambda: False)
+    assert sidecar_view(engine, study_id) == before
+    assert audit_events(engine, "study.images_deleted_in_orthanc") == []
 
     # A patient merge rewrites every instance: copies under new Orthanc ids, originals deleted.
     rewrite_study(client, uid, {"PatientID": "DEL-REWRITE-2"})
@@ -315,3 +327,41 @@ def test_a_study_with_a_critical_finding_or_an_order_is_kept_as_a_record(engine:
     with Session(engine) as session:
         shown = StudyPublic.model_validate(session.get(Study, with_order))
     assert shown.images_deleted is True and shown.images_deleted_at is not None
+
+
+def test_the_plugin_route_checks_its_input_and_only_queues(
+    engine: Engine, client: TestClient
+) -> None:
+    study_id = seeded_study(engine, ORTHANC_ID)
+    intact = sidecar_view(engine, study_id)
+    plugin = {"Authorization": f"Bearer {TEST_PLUGIN_TOKEN}"}
+    url = "/api/orthanc/deletions"
+
+    for body, field in (
+        ({"resourceType": "Patient", "orthancId": ORTHANC_ID}, "resourceType"),
+        ({"resourceType": "Study", "orthancId": "../../studies"}, "orthancId"),
+        ({"resourceType": "Study"}, "orthancId"),
+    ):
+        refused = client.post(url, json=body, headers=plugin)
+        assert refused.status_code == 422, refused.text
+        assert field in refused.text
+
+    unknown = "eeeeeeee-4e5f6071-8293a4b5-c6d7e8f9-01234567"
+    answer = client.post(url, json={"resourceType": "Series", "orthancId": unknown}, headers=plugin)
+    assert (answer.status_code, answer.json()["studyId"], answer.json()["queued"]) == (
+        202,
+        None,
+        False,
+    )
+    answer = client.post(
+        url, json={"resourceType": "Study", "orthancId": ORTHANC_ID}, headers=plugin
+    )
+    assert answer.status_code == 202
+    assert answer.json() == {
+        "orthancId": ORTHANC_ID,
+        "resourceType": "Study",
+        "studyId": study_id,
+        "queued": True,
+    }
+    # Queued, durably; nothing is dropped on a notice alone.
+    assert sidecar_view(engine, study_id) == {**intact, "queued": 1}
