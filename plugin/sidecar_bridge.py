@@ -1,5 +1,6 @@
-"""Orthanc entry script ("PythonScript"): forward StableStudy events to the sidecar, and answer
-worklist C-FINDs from the worklist directory when ``WORKLIST_DIR`` is set.
+"""Orthanc entry script ("PythonScript"): forward StableStudy events and the deletion of studies,
+series and instances to the sidecar, and answer worklist C-FINDs from the worklist directory
+when ``WORKLIST_DIR`` is set.
 
 The only module that imports ``orthanc``; the logic lives in ``stable_study_notifier`` and
 ``worklist_cache``, imported plainly because Orthanc puts this script's directory on
@@ -48,10 +49,17 @@ def _register(environ: Mapping[str, str]) -> None:
         notifier.notify_stable_study,
         stable_study=orthanc.ChangeType.STABLE_STUDY,
         orthanc_stopped=orthanc.ChangeType.ORTHANC_STOPPED,
+        notify_deleted=notifier.notify_deleted,
+        deleted=orthanc.ChangeType.DELETED,
+        deleted_levels={
+            orthanc.ResourceType.STUDY: "Study",
+            orthanc.ResourceType.SERIES: "Series",
+            orthanc.ResourceType.INSTANCE: "Instance",
+        },
     )
     orthanc.RegisterOnChangeCallback(handler)
     orthanc.LogInfo(
-        f"sidecar bridge: stable studies are posted to {config.sidecar_url} "
+        f"sidecar bridge: stable studies and deletions are posted to {config.sidecar_url} "
         f"(timeout {config.timeout_seconds} s)"
     )
 

@@ -1,4 +1,5 @@
-"""Tell the sidecar that an Orthanc study became stable.
+"""Tell the sidecar that an Orthanc study became stable, or that Orthanc deleted a study, a series
+or an instance.
 
 Pure logic, free of the ``orthanc`` module so it can be tested on any Python: the entry script
 (``sidecar_bridge.py``) injects the HTTP session, the logger and Orthanc's change-type values.
@@ -9,7 +10,9 @@ from the caller), no syntax newer than 3.11.
 A notification is best effort: one POST, no retry. The sidecar reconciles from Orthanc's durable
 ``/changes`` log, so a lost notification only delays a study; a retry loop here would instead stall
 every later change event (the plugin runs change callbacks one at a time on a single thread) and can
-hold up Orthanc's shutdown.
+hold up Orthanc's shutdown. Deletions are best effort the same way: Orthanc's /changes log never
+records them, so the sidecar's periodic reconciliation (sidecar.ingest.deletion_watch) catches a
+notice lost to a sidecar that was down or an Orthanc that crashed.
 """
 
 import math
@@ -22,6 +25,7 @@ DEFAULT_TIMEOUT_SECONDS = 3.0
 # A sidecar that is up accepts at once; a longer connect wait only delays the change thread.
 CONNECT_TIMEOUT_SECONDS = 1.0
 STABLE_STUDIES_PATH = "/api/orthanc/stable-studies"
+DELETIONS_PATH = "/api/orthanc/deletions"
 
 
 class ConfigError(ValueError):
@@ -117,23 +121,39 @@ class SidecarNotifier:
         timeout: tuple[float, float] = (CONNECT_TIMEOUT_SECONDS, DEFAULT_TIMEOUT_SECONDS),
         log: Callable[[str], None],
     ) -> None:
-        self._endpoint = url.rstrip("/") + STABLE_STUDIES_PATH
+        self._url = url.rstrip("/")
         self._headers = {"Authorization": f"Bearer {token}"}
         self._session = session
         self._timeout = timeout
         self._log = log
 
     def notify_stable_study(self, orthanc_study_id: str) -> bool:
-        """POST the study id once; True on 2xx. Logs one warning and returns False otherwise.
+        """POST the study id once; True on 2xx. Logs one warning and returns False otherwise."""
+        return self._post(
+            STABLE_STUDIES_PATH,
+            {"orthancStudyId": orthanc_study_id},
+            f"stable study {orthanc_study_id}",
+            "it will catch up from /changes",
+        )
 
-        Never raises: an exception would only become a traceback in Orthanc's log, and the
-        warnings name the Orthanc id and the failure kind only, never patient data.
-        """
+    def notify_deleted(self, resource_type: str, orthanc_id: str) -> bool:
+        """POST that Orthanc deleted this resource ("Study", "Series" or "Instance") once; True
+        on 2xx. Logs one warning and returns False otherwise."""
+        return self._post(
+            DELETIONS_PATH,
+            {"resourceType": resource_type, "orthancId": orthanc_id},
+            f"deleted {resource_type.lower()} {orthanc_id}",
+            "its reconciliation will catch up",
+        )
+
+    def _post(self, path: str, body: Mapping[str, str], what: str, fallback: str) -> bool:
+        """Never raises: an exception would only become a traceback in Orthanc's log, and the
+        warnings name the Orthanc id and the failure kind only, never patient data."""
         try:
             # A redirect means a misconfigured URL; following it would turn the POST into a GET.
             response = self._session.post(
-                self._endpoint,
-                json={"orthancStudyId": orthanc_study_id},
+                self._url + path,
+                json=dict(body),
                 headers=self._headers,
                 timeout=self._timeout,
                 allow_redirects=False,
@@ -141,33 +161,41 @@ class SidecarNotifier:
             status = response.status_code
             response.close()
         except Exception as exc:  # any failure, including a bug in a session, is one warning
-            self._log(
-                f"sidecar not notified of stable study {orthanc_study_id}: "
-                f"{type(exc).__name__} (it will catch up from /changes)"
-            )
+            self._log(f"sidecar not notified of {what}: {type(exc).__name__} ({fallback})")
             return False
         if 200 <= status < 300:
             return True
-        self._log(
-            f"sidecar not notified of stable study {orthanc_study_id}: "
-            f"HTTP {status} (it will catch up from /changes)"
-        )
+        self._log(f"sidecar not notified of {what}: HTTP {status} ({fallback})")
         return False
 
 
 class ChangeHandler:
-    """The OnChange callback: forwards StableStudy events, goes quiet once Orthanc stops.
+    """The OnChange callback: forwards StableStudy events and the deletion of studies, series
+    and instances, goes quiet once Orthanc stops.
 
-    The change-type values are injected so this module never imports ``orthanc``. After
-    ORTHANC_STOPPED every event is dropped, so shutdown never waits on HTTP.
+    The change-type and resource-type values are injected so this module never imports
+    ``orthanc``. After ORTHANC_STOPPED every event is dropped, so shutdown never waits on HTTP.
+    Deletions of other levels (a patient) are not forwarded: Orthanc reports each study, series
+    and instance it removes with them, one event each.
     """
 
     def __init__(
-        self, notify: Callable[[str], bool], *, stable_study: object, orthanc_stopped: object
+        self,
+        notify: Callable[[str], bool],
+        *,
+        stable_study: object,
+        orthanc_stopped: object,
+        notify_deleted: Callable[[str, str], bool] | None = None,
+        deleted: object = None,
+        deleted_levels: Mapping[object, str] | None = None,
     ) -> None:
         self._notify = notify
         self._stable_study = stable_study
         self._orthanc_stopped = orthanc_stopped
+        self._notify_deleted = notify_deleted
+        self._deleted = deleted
+        # Orthanc's resource type -> the name the sidecar takes ("Study", "Series", "Instance").
+        self._deleted_levels = dict(deleted_levels or {})
         self._stopped = False
 
     @property
@@ -179,5 +207,9 @@ class ChangeHandler:
             return
         if change_type == self._stable_study:
             self._notify(resource_id)
+        elif change_type == self._deleted and self._notify_deleted is not None:
+            level_name = self._deleted_levels.get(level)
+            if level_name is not None:
+                self._notify_deleted(level_name, resource_id)
         elif change_type == self._orthanc_stopped:
             self._stopped = True

@@ -38,6 +38,7 @@ from sidecar.findings.notifications import FindingNotifier
 from sidecar.findings.policy import FindingPolicy
 from sidecar.findings.router import router as findings_router
 from sidecar.findings.service import flagged_findings
+from sidecar.ingest.deletion_watch import DeletionWatch
 from sidecar.ingest.orthanc_client import OrthancClient
 from sidecar.ingest.router import router as ingest_router
 from sidecar.ingest.sync import OrthancSync
@@ -227,10 +228,16 @@ def build_services(
             on_status_queued=outbox.wake if outbox is not None else None,
         )
     )
+    deletions = services.add(
+        DeletionWatch(
+            engine, orthanc, reconcile_every=settings.orthanc_reconcile_seconds, clock=clock
+        )
+    )
     services.add(
         OrthancSync(
             engine,
             orthanc,
+            deletions=deletions,
             interval=settings.reconcile_interval,
             on_order_changed=order_events.announce,
             result_routing=routing,

@@ -6,7 +6,7 @@ from sidecar.access.models import EmergencyAccess
 from sidecar.accounts.models import LoginAttempt, RefreshToken, User
 from sidecar.core.audit import AuditEvent
 from sidecar.findings.models import CriticalFinding, FindingNotification, NotificationAttempt
-from sidecar.ingest.models import ChangesCursor, PendingStudy
+from sidecar.ingest.models import ChangesCursor, DeletionCheck, PendingStudy
 from sidecar.mpps.models import PerformedProcedureStep
 from sidecar.orders.models import ImagingOrder
 from sidecar.patients.models import ImageUpdate, Patient
@@ -25,6 +25,7 @@ __all__ = [
     "AuditEvent",
     "ChangesCursor",
     "CriticalFinding",
+    "DeletionCheck",
     "EmergencyAccess",
     "FindingNotification",
     "Hl7Message",

@@ -239,6 +239,9 @@ class Settings(BaseSettings):
     # The /changes reconciler: how often it polls Orthanc when nothing wakes it sooner.
     reconcile_enabled: bool = True
     reconcile_interval: float = Field(default=5.0, gt=0)
+    # Deletions made in Orthanc: how often Orthanc's list of studies is compared with the
+    # sidecar's, to catch what a lost plugin notice missed (sidecar.ingest.deletion_watch).
+    orthanc_reconcile_seconds: float = Field(default=300.0, gt=0)
 
     @model_validator(mode="after")
     def _derive_and_check(self) -> Settings:

@@ -37,3 +37,18 @@ class PendingStudy(SQLModel, table=True):
         default_factory=utcnow, sa_column=Column(UTCDateTime, nullable=False, index=True)
     )
     last_error: str | None = Field(default=None, max_length=500)
+
+
+class DeletionCheck(SQLModel, table=True):
+    """A study to compare with what Orthanc holds, because Orthanc said it deleted some of it
+    (the plugin's notice) or the reconciliation found its Orthanc study gone: the durable queue
+    of sidecar.ingest.deletion_watch. One row per study; a new notice makes it due again."""
+
+    __tablename__ = "orthanc_deletion_check"
+
+    study_id: int = Field(primary_key=True, foreign_key="study.id")
+    cause: str = Field(max_length=16)  # "plugin" or "reconcile"
+    queued_at: datetime = Field(sa_column=Column(UTCDateTime, nullable=False))
+    attempts: int = 0
+    next_attempt_at: datetime = Field(sa_column=Column(UTCDateTime, nullable=False, index=True))
+    last_error: str | None = Field(default=None, max_length=500)

@@ -113,6 +113,15 @@ class OrthancClient:
         instances = self._get(f"/studies/{orthanc_id}/instances")
         return [str(instance["ID"]) for instance in instances]
 
+    def study_instances(self, orthanc_id: str) -> list[dict[str, Any]]:
+        """The study's instances as Orthanc indexes them: ID, ParentSeries, MainDicomTags."""
+        result: list[dict[str, Any]] = self._get(f"/studies/{orthanc_id}/instances")
+        return result
+
+    def study_ids(self) -> list[str]:
+        """Every study Orthanc holds, by Orthanc id."""
+        return [str(orthanc_id) for orthanc_id in self._get("/studies")]
+
     def study_instances_tags(self, orthanc_id: str) -> dict[str, dict[str, Any]]:
         """Every instance's tags keyed by Orthanc instance id, tags as "gggg,eeee" -> value."""
         result: dict[str, dict[str, Any]] = self._get(

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Literal
 
 from fastapi import APIRouter, Depends, status
 from pydantic import Field
@@ -11,6 +11,7 @@ from sidecar.accounts.security import secrets_match
 from sidecar.core.dependencies import BearerDep, SettingsDep, provide
 from sidecar.core.errors import NotAuthenticated, Unavailable
 from sidecar.core.models import ApiInput, ApiModel
+from sidecar.ingest.deletion_watch import DeletionWatch
 from sidecar.ingest.orthanc_client import ORTHANC_ID
 from sidecar.ingest.sync import OrthancSync
 
@@ -51,3 +52,39 @@ def stable_study(
     # Queued durably, registered by the sync worker: the plugin's callback never waits on it.
     sync.enqueue([body.orthanc_study_id], "plugin")
     return StableStudyAccepted(orthanc_study_id=body.orthanc_study_id, queued=True)
+
+
+class DeletionNotice(ApiInput):
+    """Orthanc deleted a study, a series or an instance (its DELETED change event)."""
+
+    resource_type: Literal["Study", "Series", "Instance"]
+    orthanc_id: str = Field(pattern=ORTHANC_ID.pattern)
+
+
+class DeletionAccepted(ApiModel):
+    orthanc_id: str
+    resource_type: str
+    # The sidecar's study queued for a check against Orthanc; null when the sidecar holds
+    # nothing under that Orthanc id (nothing to follow).
+    study_id: int | None
+    queued: bool
+
+
+@router.post(
+    "/deletions",
+    response_model=DeletionAccepted,
+    status_code=status.HTTP_202_ACCEPTED,
+    dependencies=[Depends(plugin_caller)],
+)
+def deletion(
+    body: DeletionNotice, watch: Annotated[DeletionWatch, Depends(provide(DeletionWatch))]
+) -> DeletionAccepted:
+    # Queued durably and checked against Orthanc by the sync worker before anything is
+    # dropped: the sidecar's own rewrites delete Orthanc ids too (sidecar.ingest.deletions).
+    study_id = watch.notice(body.resource_type, body.orthanc_id)
+    return DeletionAccepted(
+        orthanc_id=body.orthanc_id,
+        resource_type=body.resource_type,
+        study_id=study_id,
+        queued=study_id is not None,
+    )

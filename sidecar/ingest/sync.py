@@ -29,6 +29,7 @@ from sidecar.core import audit
 from sidecar.core.background import BackgroundWorker
 from sidecar.core.models import utcnow
 from sidecar.ingest.changes import ChangeLog
+from sidecar.ingest.deletion_watch import DeletionWatch
 from sidecar.ingest.dicom_mapping import IncompleteStudy, image_records, study_issuer, study_record
 from sidecar.ingest.models import PendingStudy
 from sidecar.ingest.orthanc_client import OrthancClient, OrthancNotFound, OrthancUnavailable
@@ -92,6 +93,7 @@ class OrthancSync(BackgroundWorker):
         modality_facilities: Mapping[str, str] | None = None,
         default_issuer: str | None = None,
         on_ready_to_read: Callable[[Session, Study], object] | None = None,
+        deletions: DeletionWatch | None = None,
     ) -> None:
         # The idle poll is the interval: the change log is read that often when nothing wakes
         # the worker sooner (a plugin notice does).
@@ -110,6 +112,11 @@ class OrthancSync(BackgroundWorker):
         self._default_issuer = default_issuer or None
         # Images complete (sidecar.reading.rules.study_ready): in the registration's transaction.
         self._on_ready_to_read = on_ready_to_read
+        # Deletions made in Orthanc, followed on this thread after registration (never racing
+        # it): the plugin's notices wake this worker.
+        self._deletions = deletions
+        if deletions is not None:
+            deletions.on_queued = self.wake
         self.status = SyncStatus()
         # When each plugin notice arrived (monotonic clock): for the latency figures only.
         self.noticed_at: dict[str, float] = {}
@@ -145,6 +152,8 @@ class OrthancSync(BackgroundWorker):
             self.status.last_error = str(exc)
             log.warning("Orthanc unavailable while reading /changes: %s", exc)
         self.process_pending(report)
+        if self._deletions is not None and not self.stopping:
+            self._deletions.run_due(lambda: self.stopping)
         self.status.last_poll_at = self.clock()
         return report
 

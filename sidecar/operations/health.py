@@ -18,6 +18,7 @@ from sidecar.core.settings import Settings
 from sidecar.findings.escalation import FindingWorkersDep
 from sidecar.findings.models import DeliveryStatus, FindingNotification
 from sidecar.findings.notifications import FindingNotifier
+from sidecar.ingest.deletion_watch import DeletionWatch, pending_checks
 from sidecar.ingest.orthanc_client import OrthancClient, OrthancError
 from sidecar.ingest.sync import OrthancSync
 from sidecar.mpps.models import PerformedProcedureStep
@@ -75,7 +76,9 @@ def _answer(checks: dict[str, dict[str, Any]], **extra: Any) -> JSONResponse:
 
 def _studies(engine: Engine) -> dict[str, Any]:
     """Studies whose Study Instance UID Orthanc holds under several patient ids (kept from the
-    viewer until someone resolves them): a monitor should alert on any."""
+    viewer until someone resolves them): a monitor should alert on any. And studies kept as a
+    record (a report, a critical finding or an order refers to them) although Orthanc no longer
+    holds their images (deleted there): someone should know why."""
     try:
         with Session(engine) as session:
             conflicts = session.exec(
@@ -83,9 +86,35 @@ def _studies(engine: Engine) -> dict[str, Any]:
                 .select_from(Study)
                 .where(col(Study.conflicting_patient_ids).is_not(None))
             ).one()
+            images_deleted = session.exec(
+                select(func.count())
+                .select_from(Study)
+                .where(col(Study.images_deleted_at).is_not(None), col(Study.removed_at).is_(None))
+            ).one()
     except Exception as exc:
         return {"error": type(exc).__name__}
-    return {"patientConflicts": conflicts}
+    return {"patientConflicts": conflicts, "imagesDeleted": images_deleted}
+
+
+def _deletions(engine: Engine, watch: DeletionWatch) -> dict[str, Any]:
+    """Following deletions made in Orthanc: studies waiting for a check against Orthanc (and of
+    those, failing ones), the last reconciliation, and why it held if it did (alert on it)."""
+    status = watch.status
+    try:
+        with Session(engine) as session:
+            pending, failing = pending_checks(session)
+    except Exception as exc:
+        return {"error": type(exc).__name__}
+    return {
+        "pendingChecks": pending,
+        "failingChecks": failing,
+        "studiesFollowed": status.studies_followed,
+        "lastReconcileAt": (
+            status.last_reconcile_at.isoformat() if status.last_reconcile_at else None
+        ),
+        "reconcileHeld": status.held,
+        "lastError": status.last_error,
+    }
 
 
 def _hl7(listener: OrderListener) -> dict[str, Any]:
@@ -238,6 +267,7 @@ def health(
     settings: SettingsDep,
     orthanc: OrthancDep,
     sync: Annotated[OrthancSync, Depends(provide(OrthancSync))],
+    deletions: Annotated[DeletionWatch, Depends(provide(DeletionWatch))],
     listener: Annotated[OrderListener, Depends(provide(OrderListener))],
     mpps: Annotated[MppsListener, Depends(provide(MppsListener))],
     publisher: Annotated[WorklistPublisher | None, Depends(provide_optional(WorklistPublisher))],
@@ -250,6 +280,7 @@ def health(
         {"database": _database(engine), "orthanc": _orthanc(orthanc)},
         sync=_sync(sync),
         studies=_studies(engine),
+        deletions=_deletions(engine, deletions),
         hl7=_hl7(listener),
         mpps=_mpps(mpps, engine),
         worklist=_worklist(publisher),

@@ -55,7 +55,13 @@ def worklist(
     *,
     now: datetime,
 ) -> dict[str, Any]:
-    conditions = [col(Study.status).in_(READY_TO_READ), *scope, *_filters(policy, wanted, now)]
+    conditions = [
+        col(Study.status).in_(READY_TO_READ),
+        # Images deleted in Orthanc (sidecar.ingest.deletions): nothing left to read.
+        col(Study.images_deleted_at).is_(None),
+        *scope,
+        *_filters(policy, wanted, now),
+    ]
     base = (
         select(Study.id)
         .outerjoin(StudyReading, col(StudyReading.study_id) == col(Study.id))

@@ -16,17 +16,26 @@ from sidecar.viewer.front import ViewerLinks
 
 
 def get_study_or_404(session: Session, study_id: int) -> Study:
+    """The study; 404 when unknown, or removed after its images were deleted in Orthanc
+    (sidecar.ingest.deletions: the row stays only for the records that name it)."""
     study = session.get(Study, study_id)
-    if study is None:
+    if study is None or study.removed_at is not None:
         raise UnknownRecord(f"study {study_id} not found")
     return study
+
+
+def listed_studies() -> Any:
+    """The condition of every study the sidecar still shows (not removed)."""
+    return col(Study.removed_at).is_(None)
 
 
 def readable_study(session: Session, study_id: int, scope: CareScope) -> Study:
     """The study, when the caller may read it; 404 otherwise, as for one that does not exist."""
     if not scope.limited:
         return get_study_or_404(session, study_id)
-    study = session.exec(select(Study).where(Study.id == study_id, *scope.studies())).first()
+    study = session.exec(
+        select(Study).where(Study.id == study_id, listed_studies(), *scope.studies())
+    ).first()
     if study is None:
         raise UnknownRecord(f"study {study_id} not found")
     return study

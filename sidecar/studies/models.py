@@ -113,6 +113,15 @@ class Study(SQLModel, table=True):
     # The instances the modality said it made (its completed MPPS, sidecar.mpps): once the
     # images are here, fewer than that is flagged (imagesMissing).
     instances_announced: int | None = None
+    # Orthanc no longer holds any of the study's images (deleted through its REST API or
+    # Explorer, sidecar.ingest.deletions): kept as a record because a report, a critical finding
+    # or an order refers to it; or, with `removed_at` too, gone from the sidecar's lists and
+    # answers. The row itself stays, so the audit trail, emergency-access grants and
+    # notifications that name it keep pointing at a record. Cleared if the images come back.
+    images_deleted_at: datetime | None = Field(
+        default=None, sa_column=Column(UTCDateTime, index=True)
+    )
+    removed_at: datetime | None = Field(default=None, sa_column=Column(UTCDateTime, index=True))
 
 
 class Series(SQLModel, table=True):
@@ -124,7 +133,8 @@ class Series(SQLModel, table=True):
     modality: str | None = Field(default=None, max_length=16)
     body_part: str | None = Field(default=None, max_length=64)
     instance_count: int = 0
-    orthanc_id: str | None = Field(default=None, max_length=64)
+    # Indexed: Orthanc's deletion notices name series and instances by Orthanc id.
+    orthanc_id: str | None = Field(default=None, max_length=64, index=True)
 
 
 class Image(SQLModel, table=True):
@@ -142,7 +152,7 @@ class Image(SQLModel, table=True):
     # The display window the DICOM file carries (WindowCenter/WindowWidth, first value).
     window_center: float | None = None
     window_width: float | None = None
-    orthanc_id: str | None = Field(default=None, max_length=64)
+    orthanc_id: str | None = Field(default=None, max_length=64, index=True)
     # What readers keep about the image (PATCH /api/images/{id}/metadata); the DICOM file is
     # never rewritten for them. The preset window is the readers', separate from the file's.
     key_image: bool = False
@@ -192,6 +202,10 @@ class StudyPublic(ApiModel):
     clinical_indication: str | None
     order_match_issue: str | None
     instances_announced: int | None
+    # Orthanc no longer holds the study's images (deleted there): a record kept for its report,
+    # critical finding or order.
+    images_deleted: bool = False
+    images_deleted_at: datetime | None = None
     # How many instances the modality announced (MPPS COMPLETED) that are not here, once the
     # study's images have arrived; null when none are missing or nothing was announced.
     images_missing: int | None = None
@@ -209,8 +223,10 @@ class StudyPublic(ApiModel):
 
     @model_validator(mode="after")
     def _missing(self) -> StudyPublic:
+        self.images_deleted = self.images_deleted_at is not None
         announced = self.instances_announced
-        if announced and self.images_received_at is not None and self.instance_count < announced:
+        arrived = self.images_received_at is not None and not self.images_deleted
+        if announced and arrived and self.instance_count < announced:
             self.images_missing = announced - self.instance_count
         return self
 

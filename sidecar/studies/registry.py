@@ -61,6 +61,9 @@ def register_study(
         _record_conflict(session, study, same_uid)
         return study
     before = (study.series_count, study.instance_count, study.status)
+    # Images deleted in Orthanc (sidecar.ingest.deletions) that came back: the study re-opens,
+    # audited with the registration (its counts changed from none).
+    study.images_deleted_at = study.removed_at = None
 
     for name in _FILLED_FROM_DICOM:
         if getattr(study, name) in (None, ""):

@@ -41,7 +41,13 @@ from sidecar.results.routing import ResultRoutingDep
 from sidecar.results.status_updates import queue_status_update
 from sidecar.studies import registry as study_registry
 from sidecar.studies import upload_body, uploads
-from sidecar.studies.lookup import get_study_or_404, image_page, public_study, readable_study
+from sidecar.studies.lookup import (
+    get_study_or_404,
+    image_page,
+    listed_studies,
+    public_study,
+    readable_study,
+)
 from sidecar.studies.models import (
     Image,
     ImagePublic,
@@ -86,7 +92,7 @@ def list_studies(
     ] = None,
     patient_record_id: Annotated[int | None, record_id_query("patientRecordId")] = None,
 ) -> dict[str, Any]:
-    conditions: list[Any] = scope.studies()
+    conditions: list[Any] = [listed_studies(), *scope.studies()]
     if patient_record_id is not None:
         conditions.append(Study.patient_record_id == patient_record_id)
     if matched is not None:
@@ -160,7 +166,9 @@ def get_study_by_accession(
     links: ViewerLinksDep,
 ) -> StudyDetail:
     matches = session.exec(
-        select(Study).where(Study.accession_number == accession_number, *scope.studies()).limit(2)
+        select(Study)
+        .where(Study.accession_number == accession_number, listed_studies(), *scope.studies())
+        .limit(2)
     ).all()
     if not matches:
         raise UnknownRecord(f"no study with accession number {accession_number}")

@@ -200,16 +200,20 @@ def test_role_comes_from_the_database_not_from_the_token(
     assert_error(client.get("/api/users", headers=bearer(claimed)), 403, "forbidden")
 
 
+_ORTHANC_ID = "6b9e19d9-62094390-5f9ddb01-4a191ae7-9766b715"
+
 # -- every /api route needs a token -----------------------------------------------------------
 
 # Routes with their own credential or none by design (a refresh token is the credential of
 # refresh and logout; a signed image link's signature is its own: tests/studies/
-# test_image_access.py refuses it altered, for another image or format, or expired).
+# test_image_access.py refuses it altered, for another image or format, or expired; the Orthanc
+# plugin's notices carry the plugin's shared secret, refused below without it).
 PUBLIC_API_ROUTES = {
     ("POST", "/api/auth/login"),
     ("POST", "/api/auth/refresh"),
     ("POST", "/api/auth/logout"),
     ("POST", "/api/orthanc/stable-studies"),
+    ("POST", "/api/orthanc/deletions"),
     ("GET", "/api/images/{image_id}/file"),
 }
 
@@ -286,11 +290,16 @@ def test_every_api_route_needs_a_user_token(
     assert unprotected == []
 
 
+@pytest.mark.parametrize(
+    ("url", "notice"),
+    [
+        ("/api/orthanc/stable-studies", {"orthancStudyId": _ORTHANC_ID}),
+        ("/api/orthanc/deletions", {"resourceType": "Study", "orthancId": _ORTHANC_ID}),
+    ],
+)
 def test_plugin_route_is_refused_without_the_plugin_credential(
-    client: TestClient, admin_headers: dict[str, str]
+    client: TestClient, admin_headers: dict[str, str], url: str, notice: dict[str, str]
 ) -> None:
-    notice = {"orthancStudyId": "6b9e19d9-62094390-5f9ddb01-4a191ae7-9766b715"}
-    url = "/api/orthanc/stable-studies"
     assert_unauthorized(client.post(url, json=notice))
     assert_unauthorized(client.post(url, json=notice, headers=bearer("wrong-" + TEST_PLUGIN_TOKEN)))
     # A user's token is not the plugin's credential, not even an administrator's.

@@ -220,7 +220,10 @@ def test_a_uid_held_under_two_patients_shows_in_the_study_and_in_health(
     assert shown["patientConflict"]["otherPatientIds"] == ["PAT-0002"]
     listed = client.get("/api/studies", headers=headers).json()["items"]
     assert listed[0]["patientConflict"]["otherPatientIds"] == ["PAT-0002"]
-    assert client.get("/health").json()["studies"] == {"patientConflicts": 1}
+    assert client.get("/health").json()["studies"] == {
+        "patientConflicts": 1,
+        "imagesDeleted": 0,
+    }
     audit = client.get(
         "/api/audit",
         params={"action": "study.patient_conflict"},

@@ -104,7 +104,10 @@ def test_a_study_held_under_several_patients_is_kept_from_the_viewer(
             "removed or corrected"
         ),
     }
-    assert httpx.get(f"{stack.sidecar.url}/health").json()["studies"] == {"patientConflicts": 1}
+    assert httpx.get(f"{stack.sidecar.url}/health").json()["studies"] == {
+        "patientConflicts": 1,
+        "imagesDeleted": 0,
+    }
 
 
 def test_orthancs_log_never_names_the_patient_of_a_refused_instance(

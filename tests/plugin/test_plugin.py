@@ -383,3 +383,105 @@ def test_silent_sidecar_is_cut_off_by_the_configured_timeout() -> None:
     warnings = fake.messages("warning")
     assert len(warnings) == 1
     assert "ReadTimeout" in warnings[0]
+
+
+# --- deletions ------------------------------------------------------------------------------------
+
+SERIES_ID = "9d3a6e1c-1b2c3d4e-5f607182-93a4b5c6-d7e8f901"
+INSTANCE_ID = "0a1b2c3d-4e5f6071-8293a4b5-c6d7e8f9-01234567"
+
+
+def make_full_handler(session: RecordingSession, warnings: list[str]) -> ssn.ChangeHandler:
+    notifier = make_notifier(session, warnings)
+    return ssn.ChangeHandler(
+        notifier.notify_stable_study,
+        stable_study=ChangeType.STABLE_STUDY,
+        orthanc_stopped=ChangeType.ORTHANC_STOPPED,
+        notify_deleted=notifier.notify_deleted,
+        deleted=ChangeType.DELETED,
+        deleted_levels={
+            ResourceType.STUDY: "Study",
+            ResourceType.SERIES: "Series",
+            ResourceType.INSTANCE: "Instance",
+        },
+    )
+
+
+def test_deleted_study_series_and_instance_are_posted_with_their_level() -> None:
+    session, warnings = RecordingSession(), list[str]()
+    handler = make_full_handler(session, warnings)
+
+    handler(int(ChangeType.DELETED), int(ResourceType.INSTANCE), INSTANCE_ID)
+    handler(int(ChangeType.DELETED), int(ResourceType.SERIES), SERIES_ID)
+    handler(int(ChangeType.DELETED), int(ResourceType.STUDY), STUDY_ID)
+    # A patient's deletion comes with one event per study, series and instance: not forwarded.
+    handler(int(ChangeType.DELETED), int(ResourceType.PATIENT), "patient-id")
+
+    assert [(url, kwargs["json"]) for url, kwargs in session.calls] == [
+        (
+            f"{SIDECAR}/api/orthanc/deletions",
+            {"resourceType": "Instance", "orthancId": INSTANCE_ID},
+        ),
+        (f"{SIDECAR}/api/orthanc/deletions", {"resourceType": "Series", "orthancId": SERIES_ID}),
+        (f"{SIDECAR}/api/orthanc/deletions", {"resourceType": "Study", "orthancId": STUDY_ID}),
+    ]
+    for _, kwargs in session.calls:
+        assert kwargs["headers"] == {"Authorization": f"Bearer {TOKEN}"}
+        assert kwargs["timeout"] == (1.0, 3.0)
+        assert kwargs["allow_redirects"] is False
+    assert all(response.closed for response in session.responses)
+    assert warnings == []
+
+
+def test_deletions_after_orthanc_stopped_are_ignored() -> None:
+    session = RecordingSession()
+    handler = make_full_handler(session, [])
+    handler(int(ChangeType.ORTHANC_STOPPED), int(ResourceType.NONE), "")
+    handler(int(ChangeType.DELETED), int(ResourceType.STUDY), STUDY_ID)
+    assert session.calls == []
+
+
+@pytest.mark.parametrize(
+    ("session", "failure"),
+    [
+        (RecordingSession(503), "HTTP 503"),
+        (
+            RecordingSession(error=requests.ConnectionError("refused for PATIENT^NAME")),
+            "ConnectionError",
+        ),
+    ],
+    ids=["refused", "down"],
+)
+def test_a_lost_deletion_notice_is_one_warning_naming_the_reconciliation(
+    session: RecordingSession, failure: str
+) -> None:
+    warnings: list[str] = []
+    handler = make_full_handler(session, warnings)
+
+    handler(int(ChangeType.DELETED), int(ResourceType.SERIES), SERIES_ID)
+
+    assert len(session.calls) == 1  # no retry: the reconciliation catches what is lost
+    assert len(warnings) == 1
+    assert SERIES_ID in warnings[0] and "series" in warnings[0]
+    assert failure in warnings[0]
+    assert "reconciliation" in warnings[0]
+    assert "PATIENT" not in warnings[0] and TOKEN not in warnings[0]
+
+
+def test_entry_script_posts_deletions_to_a_real_http_server(sidecar: SidecarStub) -> None:
+    fake = FakeOrthanc()
+    fake_orthanc.load_bridge(fake, bridge_env(sidecar.url))
+
+    fake.on_change(ChangeType.DELETED, ResourceType.INSTANCE, INSTANCE_ID)
+    fake.on_change(ChangeType.DELETED, ResourceType.PATIENT, "patient-id")
+    fake.on_change(ChangeType.DELETED, ResourceType.STUDY, STUDY_ID)
+
+    first, second = sidecar.next_post(), sidecar.next_post()
+    assert sidecar.received.empty()  # nothing for the patient
+    assert (first.path, json.loads(first.body)) == (
+        "/api/orthanc/deletions",
+        {"resourceType": "Instance", "orthancId": INSTANCE_ID},
+    )
+    assert json.loads(second.body) == {"resourceType": "Study", "orthancId": STUDY_ID}
+    assert second.headers["Authorization"] == f"Bearer {TOKEN}"
+    assert fake.messages("warning") == []
