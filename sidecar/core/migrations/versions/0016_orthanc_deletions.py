@@ -3,7 +3,7 @@ report, critical finding or order keeps it, removed from view), and the durable 
 to check against Orthanc after a deletion notice or a reconciliation
 
 Revision ID: 0016
-Revises: 0014 (re-chained onto 0015 at merge)
+Revises: 0015
 Create Date: 2026-12-01 02:40:00
 """
 
@@ -15,7 +15,7 @@ from alembic import op
 import sidecar.core.models
 
 revision = "0016"
-down_revision = "0014"
+down_revision = "0015"
 branch_labels = None
 depends_on = None
 
