@@ -63,6 +63,7 @@ from sidecar.reports.templates_router import router as report_templates_router
 from sidecar.results.outbox import ResultOutbox
 from sidecar.results.router import router as results_router
 from sidecar.results.routing import ResultRouting
+from sidecar.studies.deidentify_router import router as deidentify_router
 from sidecar.studies.image_access import router as image_access_router
 from sidecar.studies.images_router import images_router
 from sidecar.studies.router import router as studies_router
@@ -80,6 +81,7 @@ ROUTERS = (
     studies_router,
     images_router,
     image_access_router,
+    deidentify_router,
     orders_router,
     patients_router,
     procedures_router,

@@ -15,6 +15,7 @@ from sidecar.reading.models import AssignmentRule, StudyReading
 from sidecar.reports.models import RadiologyReport, ReportRevision
 from sidecar.reports.templates import ReportTemplate
 from sidecar.results.message_log import Hl7Message
+from sidecar.studies.deidentification import DeidentifiedCopy
 from sidecar.studies.models import Image, Series, Study
 
 metadata = SQLModel.metadata
@@ -24,6 +25,7 @@ __all__ = [
     "AuditEvent",
     "ChangesCursor",
     "CriticalFinding",
+    "DeidentifiedCopy",
     "EmergencyAccess",
     "FindingNotification",
     "Hl7Message",

@@ -204,13 +204,15 @@ def test_role_comes_from_the_database_not_from_the_token(
 
 # Routes with their own credential or none by design (a refresh token is the credential of
 # refresh and logout; a signed image link's signature is its own: tests/studies/
-# test_image_access.py refuses it altered, for another image or format, or expired).
+# test_image_access.py refuses it altered, for another image or format, or expired; so is a
+# de-identified copy's archive link: tests/studies/test_deidentify.py).
 PUBLIC_API_ROUTES = {
     ("POST", "/api/auth/login"),
     ("POST", "/api/auth/refresh"),
     ("POST", "/api/auth/logout"),
     ("POST", "/api/orthanc/stable-studies"),
     ("GET", "/api/images/{image_id}/file"),
+    ("GET", "/api/deidentified/{copy_id}/archive"),
 }
 
 
