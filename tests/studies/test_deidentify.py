@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import io
 import zipfile
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlencode, urlsplit
@@ -110,7 +110,9 @@ def orthanc(plain_orthanc: OrthancProcess) -> OrthancProcess:
 class Source:
     """A study with identifying attributes everywhere, stored in Orthanc."""
 
-    def __init__(self, images: GeneratedStudy, orthanc_id: str, datasets: list[Dataset]) -> None:
+    def __init__(
+        self, images: GeneratedStudy, orthanc_id: str, datasets: Sequence[Dataset]
+    ) -> None:
         self.images = images
         self.orthanc_id = orthanc_id
         self.datasets = datasets
@@ -312,8 +314,8 @@ def test_the_copy_keeps_no_identifying_value_has_new_uids_and_is_not_registered(
     assert report.passed_over == [made["orthancId"]]
     assert report.registered == []
     with Session(engine) as session:
-        uids = session.exec(select(Study.study_instance_uid)).all()
-        assert uids == [source.images.study_instance_uid]
+        registered = session.exec(select(Study.study_instance_uid)).all()
+        assert registered == [source.images.study_instance_uid]
     listed = client.get("/api/studies", headers=headers_for(Role.RADIOLOGIST)).json()
     assert [s["id"] for s in listed["items"]] == [study_id]
     # The source itself is still registered normally (the check does not pass over everything).
@@ -336,8 +338,9 @@ def test_who_may_make_a_copy_and_what_the_request_must_say(
         refused = client.post(path, json=body, headers=radiologist)
         assert refused.status_code == 422, body
         assert "purpose" in refused.text, body
-    for body in ({"purpose": "ok\x00"}, {"purpose": "ok\x1b[2J"}, {"purpose": 5}):
-        assert client.post(path, json=body, headers=radiologist).status_code == 422, body
+    for wrong in ("ok\x00", "ok\x1b[2J", 5, None):
+        answer = client.post(path, json={"purpose": wrong}, headers=radiologist)
+        assert answer.status_code == 422, wrong
     assert client.post(path, json={"purpose": "x"}).status_code == 401
     for role in (Role.TECHNOLOGIST, Role.PHYSICIAN, Role.INTEGRATION):
         answer = client.post(path, json={"purpose": "research"}, headers=headers_for(role))
@@ -466,6 +469,4 @@ def test_orthanc_down_answers_503_and_keeps_the_copy_out_of_the_registry(
         # Recorded (failed) rather than forgotten: a part Orthanc wrote is never registered.
         assert [(c.status, c.orthanc_id) for c in copies] == [(CopyStatus.FAILED, None)]
     assert audit_events(engine, "study.deidentified") == []
-    assert [e.entity_id for e in audit_events(engine, "study.deidentify_failed")] == [
-        str(study_id)
-    ]
+    assert [e.entity_id for e in audit_events(engine, "study.deidentify_failed")] == [str(study_id)]
