@@ -389,10 +389,31 @@ def test_who_may_make_a_copy_and_what_the_request_must_say(
         assert session.exec(select(DeidentifiedCopy)).all() == []
     assert audit_events(engine_of(app), "study.deidentified") == []
 
+    # A study whose images were deleted from Orthanc behind the sidecar's back.
+    gone_id = seed_study_row(app, "1.2.826.0.1.3680043.8.498.78", "0" * 8 + "-00000000" * 4)
+    gone = client.post(
+        f"/api/studies/{gone_id}/deidentify", json={"purpose": "x"}, headers=admin_headers
+    )
+    assert gone.status_code == 409
+    assert "no longer in Orthanc" in message(gone)
+    with Session(engine_of(app)) as session:
+        [failed] = session.exec(select(DeidentifiedCopy)).all()
+        assert (failed.source_study_id, failed.status) == (gone_id, CopyStatus.FAILED)
+
+
+def seed_study_row(app: FastAPI, uid: str, orthanc_id: str) -> int:
+    with Session(engine_of(app)) as session:
+        study = Study(study_instance_uid=uid, patient_id="P-GONE", orthanc_id=orthanc_id)
+        session.add(study)
+        session.commit()
+        assert study.id is not None
+        return study.id
+
 
 def test_an_altered_incomplete_or_expired_archive_link_answers_403(
     app: FastAPI,
     client: TestClient,
+    orthanc: OrthancProcess,
     admin_headers: dict[str, str],
     study_id: int,
     clock: FakeClock,
@@ -447,6 +468,12 @@ def test_an_altered_incomplete_or_expired_archive_link_answers_403(
     assert client.get(local(renewed.json()["archiveUrl"])).status_code == 200
     assert len(audit_events(engine_of(app), "deidentified_copy.link_created")) == 1
     assert client.get("/api/deidentified/999999/url", headers=admin_headers).status_code == 404
+
+    # The copy deleted in Orthanc: its link says so rather than failing midway.
+    assert httpx.delete(f"{orthanc.url}/studies/{first['orthancId']}").status_code == 200
+    deleted = client.get(local(renewed.json()["archiveUrl"]))
+    assert deleted.status_code == 404
+    assert message(deleted) == f"de-identified copy {first['id']} is no longer in Orthanc"
 
 
 def test_orthanc_down_answers_503_and_keeps_the_copy_out_of_the_registry(
