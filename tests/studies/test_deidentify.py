@@ -34,6 +34,7 @@ from account_helpers import now_clock
 from builders import audit_events
 from dicom_factory import GeneratedStudy, make_study
 from finding_helpers import FakeClock
+from stack import wait_for
 from testapp import USER_PASSWORD, app_settings, engine_of, login
 
 pytestmark = pytest.mark.orthanc
@@ -318,7 +319,13 @@ def test_the_copy_keeps_no_identifying_value_has_new_uids_and_is_not_registered(
         assert registered == [source.images.study_instance_uid]
     listed = client.get("/api/studies", headers=headers_for(Role.RADIOLOGIST)).json()
     assert [s["id"] for s in listed["items"]] == [study_id]
-    # The source itself is still registered normally (the check does not pass over everything).
+    # The source itself is still registered normally (the check does not pass over everything)
+    # once Orthanc calls it stable.
+    wait_for(
+        lambda: httpx.get(f"{orthanc.url}/studies/{source.orthanc_id}").json()["IsStable"],
+        timeout=30,
+        what="the source study stable in Orthanc",
+    )
     sync.enqueue([source.orthanc_id], "plugin")
     sync.process_pending(report)
     assert source.orthanc_id in report.registered
