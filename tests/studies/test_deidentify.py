@@ -22,6 +22,7 @@ from pydicom.dataset import Dataset
 from sqlmodel import Session, col, select
 
 from sidecar.accounts.models import Role
+from sidecar.core import signed_links
 from sidecar.core.settings import Settings
 from sidecar.ingest.orthanc_client import OrthancClient
 from sidecar.ingest.sync import OrthancSync, RoundReport
@@ -419,6 +420,7 @@ def seed_study_row(app: FastAPI, uid: str, orthanc_id: str) -> int:
 
 def test_an_altered_incomplete_or_expired_archive_link_answers_403(
     app: FastAPI,
+    settings: Settings,
     client: TestClient,
     orthanc: OrthancProcess,
     admin_headers: dict[str, str],
@@ -456,9 +458,23 @@ def test_an_altered_incomplete_or_expired_archive_link_answers_403(
         answer = fetch(path, **{name: None})
         assert answer.status_code == 403, name
         assert f"incomplete (no {name})" in message(answer)
-    # An image link's signature signs no archive (another kind, same key).
-    image_like = fetch(path.replace("deidentified", "images").replace("archive", "file"))
-    assert image_like.status_code == 403
+    # Signed with the same key for another kind of link, the same id and expiry: refused.
+    other_kind = signed_links.sign(
+        signed_links.link_key(settings.jwt_secret),
+        "image-link",
+        (first["id"],),
+        int(query["expires"]),
+    )
+    assert fetch(path, signature=other_kind).status_code == 403
+    assert (
+        signed_links.sign(
+            signed_links.link_key(settings.jwt_secret),
+            "deidentified-archive",
+            (first["id"],),
+            int(query["expires"]),
+        )
+        == signature
+    )  # the refusal above is the kind's, not a wrong key
 
     clock.advance(minutes=14, seconds=59)
     assert fetch(path).status_code == 200
