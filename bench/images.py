@@ -23,6 +23,7 @@ import argparse
 import statistics
 import tempfile
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 import httpx
@@ -34,7 +35,7 @@ from figures import percentile  # bench/, beside this script
 from stack import Stack
 
 
-def orthanc_upload(orthanc_url: str, files: list[Path]) -> float:
+def orthanc_upload(orthanc_url: str, files: Sequence[Path]) -> float:
     started = time.perf_counter()
     with httpx.Client(timeout=60) as client:
         for path in files:
@@ -47,7 +48,9 @@ def orthanc_upload(orthanc_url: str, files: list[Path]) -> float:
     return time.perf_counter() - started
 
 
-def api_upload(sidecar_url: str, token: str, study_id: int, files: list[Path], batch: int) -> float:
+def api_upload(
+    sidecar_url: str, token: str, study_id: int, files: Sequence[Path], batch: int
+) -> float:
     started = time.perf_counter()
     with httpx.Client(timeout=120, headers={"Authorization": f"Bearer {token}"}) as client:
         for start in range(0, len(files), batch):

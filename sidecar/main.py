@@ -64,6 +64,7 @@ from sidecar.reports.templates_router import router as report_templates_router
 from sidecar.results.outbox import ResultOutbox
 from sidecar.results.router import router as results_router
 from sidecar.results.routing import ResultRouting
+from sidecar.studies.deidentify_router import router as deidentify_router
 from sidecar.studies.image_access import router as image_access_router
 from sidecar.studies.images_router import images_router
 from sidecar.studies.removal_worker import ImageRemover
@@ -84,6 +85,7 @@ ROUTERS = (
     images_router,
     image_access_router,
     removals_router,
+    deidentify_router,
     orders_router,
     patients_router,
     procedures_router,

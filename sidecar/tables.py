@@ -15,6 +15,7 @@ from sidecar.reading.models import AssignmentRule, StudyReading
 from sidecar.reports.models import RadiologyReport, ReportRevision
 from sidecar.reports.templates import ReportTemplate
 from sidecar.results.message_log import Hl7Message
+from sidecar.studies.deidentification import DeidentifiedCopy
 from sidecar.studies.models import Image, Series, Study
 from sidecar.studies.removal_models import ImageRemoval, ImageRemovalInstance
 
@@ -25,6 +26,7 @@ __all__ = [
     "AuditEvent",
     "ChangesCursor",
     "CriticalFinding",
+    "DeidentifiedCopy",
     "DeletionCheck",
     "EmergencyAccess",
     "FindingNotification",

@@ -32,6 +32,7 @@ from sidecar.core import audit
 from sidecar.findings.models import CriticalFinding
 from sidecar.ingest.orthanc_client import OrthancClient
 from sidecar.reports.models import RadiologyReport
+from sidecar.studies.image_rows import drop_image_rows
 from sidecar.studies.models import Image, Series, Study
 
 log = logging.getLogger(__name__)
@@ -123,9 +124,12 @@ def follow_orthanc(
         for image in session.exec(select(Image).where(Image.study_id == study.id))
         if image.sop_instance_uid not in holdings.instances
     ]
-    followed.images_dropped = drop_images(session, study.id, dropped_uids)
+    # The rows go (sidecar.studies.image_rows, with a series they empty); the counts are then
+    # Orthanc's (_follow_series).
+    dropped = drop_image_rows(session, study.id, sop_instance_uids=dropped_uids)
+    followed.images_dropped = dropped.images
     _follow_image_ids(session, study.id, holdings)
-    followed.series_dropped = _follow_series(session, study, holdings)
+    followed.series_dropped = len(dropped.series) + _follow_series(session, study, holdings)
     new_orthanc_id = _orthanc_study_of(study, holdings)
     before = study.orthanc_id
     if new_orthanc_id != before:
@@ -154,20 +158,6 @@ def follow_orthanc(
             instance_count=study.instance_count,
         )
     return followed
-
-
-def drop_images(session: Session, study_id: int, sop_instance_uids: list[str]) -> int:
-    """Deletes these image rows of the study; how many went. Counts are the caller's."""
-    dropped = 0
-    for start in range(0, len(sop_instance_uids), 500):
-        chunk = sop_instance_uids[start : start + 500]
-        result = session.execute(
-            delete(Image).where(
-                col(Image.study_id) == study_id, col(Image.sop_instance_uid).in_(chunk)
-            )
-        )
-        dropped += int(result.rowcount or 0)  # type: ignore[attr-defined]
-    return dropped
 
 
 def _follow_image_ids(session: Session, study_id: int, holdings: Holdings) -> None:

@@ -57,6 +57,17 @@ class StoredInstance:
     already_stored: bool
 
 
+@dataclass(frozen=True)
+class AnonymizedStudy:
+    orthanc_id: str
+    instances: int
+    failed_instances: int
+
+
+# Orthanc's answer to work on a whole study (a de-identified copy, a ZIP archive) may take
+# minutes for a large one; the first bytes of a ZIP come once its first files are read.
+_LONG_TIMEOUT = 600.0
+
 # The ingress filter's refusal (orthanc/dicom_ingress.lua): Orthanc answers 500 with it.
 _OTHER_PATIENT_REFUSAL = "already stored under another patient id"
 
@@ -302,9 +313,41 @@ class OrthancClient:
         """The instance's DICOM file, in chunks: the answer is checked before the first one
         is given (OrthancNotFound, OrthancUnavailable raised here), the file read as it is
         sent. A failure midway ends the chunks with OrthancUnavailable."""
-        path = f"/instances/{instance_id}/file"
+        return self._stream(f"/instances/{instance_id}/file")
+
+    def study_archive(self, orthanc_id: str) -> Iterator[bytes]:
+        """The study as a ZIP of its DICOM files, in chunks, as `instance_file`. Orthanc writes
+        it as it sends it, so a large study is never whole in memory here."""
+        return self._stream(f"/studies/{orthanc_id}/archive", timeout=_LONG_TIMEOUT)
+
+    # -- de-identified copies (sidecar.studies.deidentification) ------------------------------
+
+    def anonymize_study(self, orthanc_id: str, options: dict[str, Any]) -> AnonymizedStudy:
+        """A de-identified copy of the study, made by Orthanc before it answers (the options
+        are Orthanc's: DicomVersion, Replace, ...; Synchronous is always set)."""
+        body = {**options, "Synchronous": True}
+        answer = self._send(
+            "POST", f"/studies/{orthanc_id}/anonymize", json=body, timeout=_LONG_TIMEOUT
+        ).json()
         try:
-            response = self._http.send(self._http.build_request("GET", path), stream=True)
+            return AnonymizedStudy(
+                orthanc_id=str(answer["ID"]),
+                instances=int(answer.get("InstancesCount", 0)),
+                failed_instances=int(answer.get("FailedInstancesCount", 0)),
+            )
+        except (KeyError, TypeError, ValueError) as exc:
+            raise OrthancUnavailable("POST anonymize: unexpected answer") from exc
+
+    def delete_study(self, orthanc_id: str) -> None:
+        with contextlib.suppress(OrthancNotFound):  # deleted already: what was asked
+            self._send("DELETE", f"/studies/{orthanc_id}")
+
+    def _stream(self, path: str, *, timeout: float | None = None) -> Iterator[bytes]:
+        try:
+            request = self._http.build_request(
+                "GET", path, timeout=timeout if timeout is not None else httpx.USE_CLIENT_DEFAULT
+            )
+            response = self._http.send(request, stream=True)
         except httpx.HTTPError as exc:
             raise OrthancUnavailable(f"GET {path}: {type(exc).__name__}") from exc
         if response.status_code >= 400:

@@ -42,6 +42,7 @@ from sidecar.patients import service as patients
 from sidecar.results import service as results
 from sidecar.results.routing import ResultRouting
 from sidecar.results.status_updates import queue_status_update
+from sidecar.studies.deidentification import is_deidentified_copy
 from sidecar.studies.models import Study
 from sidecar.studies.registry import known_image_orthanc_ids, register_images, register_study
 
@@ -52,6 +53,7 @@ _MAX_BACKOFF_SECONDS = 300
 MAX_IMAGE_DEFERRAL = timedelta(minutes=5)
 # Outcomes of one registration step.
 _UNSTABLE, _DONE, _HANDLED, _FAILED_ROUND = object(), object(), object(), object()
+_DONE_UNREGISTERED = object()  # nothing to register (a de-identified copy): off the queue
 
 
 @dataclass
@@ -73,6 +75,7 @@ class RoundReport:
     still_unstable: list[str] = field(default_factory=list)
     images_deferred: list[str] = field(default_factory=list)
     dropped: list[str] = field(default_factory=list)
+    passed_over: list[str] = field(default_factory=list)  # not clinical: de-identified copies
     failed: list[str] = field(default_factory=list)
 
 
@@ -190,6 +193,9 @@ class OrthancSync(BackgroundWorker):
                 image_lane.append((pending, outcome))
             elif outcome is _DONE:
                 self._registered(pending, report)
+            elif outcome is _DONE_UNREGISTERED:
+                self._forget(pending, None)
+                report.passed_over.append(pending.orthanc_id)
         for pending, study_id in image_lane:
             if self.stopping:
                 return
@@ -246,6 +252,9 @@ class OrthancSync(BackgroundWorker):
         """Study level: _UNSTABLE while Orthanc still receives it, _DONE when every image is
         already recorded, else the study id (its images are due)."""
         study_json = self._orthanc.study(orthanc_id)
+        if self._is_deidentified_copy(study_json):
+            log.info("Orthanc study %s is a de-identified copy: not registered", orthanc_id)
+            return _DONE_UNREGISTERED
         if not study_json.get("IsStable", False):
             return _UNSTABLE
         series_json = self._orthanc.study_series(orthanc_id)
@@ -304,6 +313,15 @@ class OrthancSync(BackgroundWorker):
             known = known_image_orthanc_ids(session, study_id)
         expected = {i for series in series_json for i in series.get("Instances", [])}
         return _DONE if expected <= known else study_id
+
+    def _is_deidentified_copy(self, study_json: dict[str, Any]) -> bool:
+        """A copy made by POST /api/studies/{id}/deidentify: never a clinical study (recorded
+        before Orthanc writes it, under the Study Instance UID the sidecar chose)."""
+        uid = str(study_json.get("MainDicomTags", {}).get("StudyInstanceUID", "")).strip()
+        if not uid:
+            return False
+        with Session(self._engine) as session:
+            return is_deidentified_copy(session, uid)
 
     def _modality_facility(self, series_json: list[dict[str, Any]]) -> str | None:
         """The facility of the modality that sent the study (its first instance's calling AE

@@ -1,28 +1,32 @@
 """Signed links to one image (seed 001's "SAS token"): a URL that fetches one instance's file,
-or Orthanc's rendering of it, without a token until it expires.
+or Orthanc's rendering of it, without a token until it expires (sidecar.core.signed_links).
 
-A link names the image, the format and its expiry (Unix seconds), and carries an HMAC-SHA256
-over the three under a key of the sidecar's: derived from JWT_SECRET with a label of its own, so
-it signs nothing else and nothing else signs links (changing JWT_SECRET ends every link). Any
-change to one of the three, another image's id included, no longer matches the signature.
-Signatures are compared in constant time. Links last IMAGE_URL_MINUTES (at most 60).
+A link names the image, the format and its expiry; any change to one of the three, another
+image's id included, no longer matches the signature. Links last IMAGE_URL_MINUTES (at most 60).
 """
 
 from __future__ import annotations
 
-import base64
-import hashlib
-import hmac
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import datetime
 from enum import StrEnum
 from urllib.parse import urlencode
 
-from sidecar.core.errors import NotPermitted
+from sidecar.core import signed_links
+from sidecar.core.signed_links import MAX_LINK_MINUTES, InvalidLink, link_key
 
-#: The longest a link may work, whatever the settings say (IMAGE_URL_MINUTES is capped there).
-MAX_LINK_MINUTES = 60
-_KEY_LABEL = b"sidecar image link key\x00"
+__all__ = [
+    "MAX_LINK_MINUTES",
+    "ImageFormat",
+    "InvalidLink",
+    "SignedLink",
+    "check_link",
+    "link_key",
+    "make_link",
+    "signature",
+]
+
+_KIND = "image-link"
 
 
 class ImageFormat(StrEnum):
@@ -42,18 +46,8 @@ _MEDIA_TYPES = {
 }
 
 
-class InvalidLink(NotPermitted):
-    """403: the link was altered, is incomplete, or has expired."""
-
-
-def link_key(jwt_secret: str) -> bytes:
-    return hashlib.sha256(_KEY_LABEL + jwt_secret.encode()).digest()
-
-
 def signature(key: bytes, image_id: int, image_format: ImageFormat, expires: int) -> str:
-    message = f"image-link:v1\n{image_id}\n{image_format.value}\n{expires}".encode()
-    digest = hmac.new(key, message, hashlib.sha256).digest()
-    return base64.urlsafe_b64encode(digest).rstrip(b"=").decode()
+    return signed_links.sign(key, _KIND, (image_id, image_format.value), expires)
 
 
 @dataclass(frozen=True)
@@ -72,8 +66,7 @@ def make_link(
     minutes: int,
 ) -> SignedLink:
     """The absolute link, on `public_url`, to the image in that format until now + minutes."""
-    minutes = max(1, min(minutes, MAX_LINK_MINUTES))
-    expires = int((now + timedelta(minutes=minutes)).timestamp())
+    expires = signed_links.expiry(now, minutes)
     query = urlencode(
         {
             "format": image_format.value,
@@ -83,7 +76,7 @@ def make_link(
     )
     return SignedLink(
         url=f"{public_url}/api/images/{image_id}/file?{query}",
-        expires_at=datetime.fromtimestamp(expires, UTC),
+        expires_at=signed_links.expires_at(expires),
     )
 
 
@@ -98,39 +91,18 @@ def check_link(
 ) -> ImageFormat:
     """The format the link was signed for, when the link is intact and current; InvalidLink
     (403) saying what is wrong otherwise."""
-    missing = [
-        name
-        for name, value in (
-            ("format", image_format),
-            ("expires", expires),
-            ("signature", signature_given),
-        )
-        if not value
-    ]
-    if missing:
-        raise InvalidLink(
-            f"this image link is incomplete (no {', '.join(missing)}): ask for a new one with "
-            f"GET /api/images/{image_id}/url"
-        )
-    assert image_format is not None and expires is not None and signature_given is not None
     try:
-        chosen = ImageFormat(image_format)
-        expiry = int(expires) if expires.isdigit() and len(expires) <= 12 else None
+        chosen: ImageFormat | None = ImageFormat(image_format or "")
     except ValueError:
-        chosen, expiry = None, None
-    expected = signature(key, image_id, chosen, expiry) if chosen and expiry is not None else ""
-    # Compared even when the values above are malformed, in constant time for their length.
-    if not hmac.compare_digest(expected.encode(), signature_given.encode()) or chosen is None:
-        raise InvalidLink(
-            "this image link is not valid: its signature does not match the image, format and "
-            "expiry it names (links cannot be changed; ask for a new one)"
-        )
-    assert expiry is not None
-    remaining = expiry - now.timestamp()
-    if remaining <= 0:
-        raise InvalidLink(
-            f"this image link has expired: ask for a new one with GET /api/images/{image_id}/url"
-        )
-    if remaining > MAX_LINK_MINUTES * 60 + 60:
-        raise InvalidLink("this image link expires later than any link may: ask for a new one")
+        chosen = None
+    signed_links.check(
+        key,
+        _KIND,
+        (image_id, chosen.value) if chosen is not None else None,
+        given={"format": image_format, "expires": expires, "signature": signature_given},
+        now=now,
+        what="this image link",
+        renew=f"ask for a new one with GET /api/images/{image_id}/url",
+    )
+    assert chosen is not None
     return chosen

@@ -206,8 +206,9 @@ _ORTHANC_ID = "6b9e19d9-62094390-5f9ddb01-4a191ae7-9766b715"
 
 # Routes with their own credential or none by design (a refresh token is the credential of
 # refresh and logout; a signed image link's signature is its own: tests/studies/
-# test_image_access.py refuses it altered, for another image or format, or expired; the Orthanc
-# plugin's notices carry the plugin's shared secret, refused below without it).
+# test_image_access.py refuses it altered, for another image or format, or expired; so is a
+# de-identified copy's archive link: tests/studies/test_deidentify.py; the Orthanc plugin's
+# notices carry the plugin's shared secret, refused below without it).
 PUBLIC_API_ROUTES = {
     ("POST", "/api/auth/login"),
     ("POST", "/api/auth/refresh"),
@@ -215,6 +216,7 @@ PUBLIC_API_ROUTES = {
     ("POST", "/api/orthanc/stable-studies"),
     ("POST", "/api/orthanc/deletions"),
     ("GET", "/api/images/{image_id}/file"),
+    ("GET", "/api/deidentified/{copy_id}/archive"),
 }
 
 

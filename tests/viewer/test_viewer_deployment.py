@@ -7,6 +7,7 @@ from __future__ import annotations
 import io
 import json
 import re
+import zipfile
 from collections.abc import Iterator
 from pathlib import Path
 from urllib.parse import parse_qs, urlsplit
@@ -155,11 +156,11 @@ def test_nginx_front_checks_sessions_with_the_sidecar_and_serves_dicomweb(
 
 
 @pytest.mark.orthanc
-def test_nginx_front_serves_signed_image_links_without_a_session(
+def test_nginx_front_serves_signed_image_and_archive_links_without_a_session(
     stack: Stack, front: NginxFront, stored: GeneratedStudy
 ) -> None:
-    """The one API route the front passes to the sidecar: a signed link's file, GET only,
-    never logged with its query (the signature)."""
+    """The API routes the front passes to the sidecar: a signed link's file or archive, GET
+    only, never logged with its query (the signature)."""
     study = stack.wait_for_study(stored.study_instance_uid, instances=1)
     images = stack.api("GET", f"/api/studies/{study['id']}/images").json()["items"]
     image_id = images[0]["id"]
@@ -184,9 +185,34 @@ def test_nginx_front_serves_signed_image_links_without_a_session(
     assert httpx.post(target).status_code == 403  # GET only
     assert httpx.get(f"{front.url}/api/images/{image_id}/file").status_code == 403
 
+    # A de-identified copy's archive link, the same way; the plugin's notice of the copy and
+    # the change log reach the sync, which files the copy under no patient.
+    copy = stack.api(
+        "POST", f"/api/studies/{study['id']}/deidentify", json={"purpose": "teaching file"}
+    )
+    assert copy.status_code == 201, copy.text
+    parts = urlsplit(copy.json()["archiveUrl"])
+    archive = httpx.get(f"{front.url}{parts.path}?{parts.query}")
+    assert archive.status_code == 200, archive.text
+    assert archive.headers["content-type"] == "application/zip"
+    with zipfile.ZipFile(io.BytesIO(archive.content)) as files:
+        [name] = files.namelist()
+        copied = pydicom.dcmread(io.BytesIO(files.read(name)))
+    assert copied.PatientID == copy.json()["pseudonym"] != stored.patient_id
+    assert httpx.post(f"{front.url}{parts.path}?{parts.query}").status_code == 403
+    archive_signature = parse_qs(parts.query)["signature"][0]
+    copy_id = copy.json()["orthancId"]
+    wait_for(
+        lambda: stack.orthanc_get(f"/studies/{copy_id}")["IsStable"], timeout=30, what="stable"
+    )
+    stack.wait_until_synced()
+    assert [s["studyInstanceUID"] for s in stack.studies()] == [stored.study_instance_uid]
+
     logged = wait_for(lambda: front.access_log.read_text(), timeout=5, what="access log")
     assert '"GET /api/images/*/file" 200' in logged
+    assert '"GET /api/deidentified/*/archive" 200' in logged
     assert signature not in logged
+    assert archive_signature not in logged
     assert "signature" not in logged
 
 

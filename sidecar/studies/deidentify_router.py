@@ -1,0 +1,250 @@
+"""De-identified copies through the API: making one (`POST /api/studies/{id}/deidentify`),
+a new link to one (`GET /api/deidentified/{id}/url`) and the link's ZIP archive
+(`GET /api/deidentified/{id}/archive`, without a token: its signature is its credential).
+
+Administrators and radiologists, for a study they may read (404 otherwise, as for a study that
+does not exist). Every copy, link and download is audited; the purpose is required.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from typing import Annotated
+
+from fastapi import APIRouter, Depends, Query, Response, status
+from fastapi.responses import StreamingResponse
+from sqlmodel import Session
+
+from sidecar.access.care_scope import CareScope, CareScopeDep
+from sidecar.accounts.dependencies import ClientAddress, require_roles
+from sidecar.accounts.models import Role, User
+from sidecar.core import audit, signed_links
+from sidecar.core.dependencies import ClockDep, SessionDep, SettingsDep, provide
+from sidecar.core.errors import ConflictingState, Unavailable, UnknownRecord
+from sidecar.core.pagination import RecordId
+from sidecar.core.settings import Settings
+from sidecar.ingest.orthanc_client import OrthancClient, OrthancError, OrthancNotFound
+from sidecar.studies.deidentification import (
+    CopyStatus,
+    DeidentifiedCopy,
+    DeidentifiedCopyPublic,
+    DeidentifyRequest,
+    archive_link,
+    check_archive_link,
+    orthanc_options,
+    public_copy,
+    record_copy,
+)
+from sidecar.studies.lookup import readable_study
+
+log = logging.getLogger(__name__)
+
+router = APIRouter(tags=["de-identified copies"])
+
+Deidentifier = Annotated[User, Depends(require_roles(Role.ADMIN, Role.RADIOLOGIST))]
+OrthancDep = Annotated[OrthancClient, Depends(provide(OrthancClient))]
+#: The actor of a link's use: whoever holds the link (no account is presented).
+LINK_ACTOR = "signed-link"
+NO_STORE = {"Cache-Control": "private, no-store"}
+
+
+@router.post(
+    "/api/studies/{study_id}/deidentify",
+    response_model=DeidentifiedCopyPublic,
+    status_code=status.HTTP_201_CREATED,
+)
+def deidentify_study(
+    study_id: RecordId,
+    body: DeidentifyRequest,
+    session: SessionDep,
+    user: Deidentifier,
+    scope: CareScopeDep,
+    settings: SettingsDep,
+    clock: ClockDep,
+    orthanc: OrthancDep,
+    response: Response,
+) -> DeidentifiedCopyPublic:
+    """A de-identified copy of the study's images in Orthanc (DICOM PS3.15 Basic Application
+    Level Confidentiality Profile: new UIDs, a pseudonym for the patient, no birth date,
+    accession number, institution or physician), not linked to the patient, with a link to
+    it as a ZIP that works without a token until `archiveExpiresAt` (IMAGE_URL_MINUTES)."""
+    study = readable_study(session, study_id, scope)
+    if not study.orthanc_id:
+        raise ConflictingState(f"study {study_id} has no images in Orthanc to de-identify")
+    source_orthanc_id = study.orthanc_id
+    copy = record_copy(session, study_id, body.purpose, user.username, clock())
+    try:
+        made = orthanc.anonymize_study(source_orthanc_id, orthanc_options(copy))
+        if made.failed_instances:
+            raise _Incomplete(made.orthanc_id, made.failed_instances)
+    except (OrthancError, _Incomplete) as exc:
+        _failed(session, orthanc, copy, user, exc)
+        if isinstance(exc, OrthancNotFound):
+            raise ConflictingState(
+                f"the images of study {study_id} are no longer in Orthanc: nothing to de-identify"
+            ) from exc
+        if isinstance(exc, _Incomplete):
+            raise ConflictingState(
+                f"Orthanc could not de-identify {exc.failed} of the images of study "
+                f"{study_id}: no copy was kept"
+            ) from exc
+        raise Unavailable("Orthanc is not answering: no copy was made; try again shortly") from exc
+    copy.orthanc_id = made.orthanc_id
+    copy.instance_count = made.instances
+    copy.status = CopyStatus.READY
+    session.add(copy)
+    assert copy.id is not None
+    audit.record(
+        session,
+        actor=user.username,
+        action="study.deidentified",
+        entity_type="study",
+        entity_id=study_id,
+        copy_id=copy.id,
+        copy_orthanc_id=made.orthanc_id,
+        instances=made.instances,
+        purpose=copy.purpose,
+    )
+    link = archive_link(
+        _key(settings),
+        settings.public_url,
+        copy.id,
+        now=clock(),
+        minutes=settings.image_url_minutes,
+    )
+    session.commit()
+    session.refresh(copy)
+    response.headers.update(NO_STORE)
+    return public_copy(copy, link)
+
+
+@router.get("/api/deidentified/{copy_id}/url", response_model=DeidentifiedCopyPublic)
+def deidentified_copy_link(
+    copy_id: RecordId,
+    session: SessionDep,
+    user: Deidentifier,
+    scope: CareScopeDep,
+    settings: SettingsDep,
+    clock: ClockDep,
+    response: Response,
+) -> DeidentifiedCopyPublic:
+    """The copy, with a new link to its ZIP archive."""
+    copy = _readable_copy(session, copy_id, scope)
+    if copy.status is not CopyStatus.READY:
+        raise ConflictingState(f"de-identified copy {copy_id} was not completed: no archive")
+    link = archive_link(
+        _key(settings),
+        settings.public_url,
+        copy_id,
+        now=clock(),
+        minutes=settings.image_url_minutes,
+    )
+    audit.record(
+        session,
+        actor=user.username,
+        action="deidentified_copy.link_created",
+        entity_type="deidentified_copy",
+        entity_id=copy_id,
+        expires_at=link.expires_at,
+    )
+    session.commit()
+    response.headers.update(NO_STORE)
+    return public_copy(copy, link)
+
+
+@router.get(
+    "/api/deidentified/{copy_id}/archive",
+    response_class=Response,
+    responses={200: {"content": {"application/zip": {}}}},
+)
+def deidentified_archive(
+    copy_id: RecordId,
+    session: SessionDep,
+    settings: SettingsDep,
+    clock: ClockDep,
+    orthanc: OrthancDep,
+    address: ClientAddress,
+    expires: Annotated[str | None, Query(max_length=32)] = None,
+    signature: Annotated[str | None, Query(max_length=128)] = None,
+) -> Response:
+    """The de-identified copy a signed link names, as a ZIP of its DICOM files, without a
+    token: 403 when the link was altered, is incomplete or has expired."""
+    check_archive_link(_key(settings), copy_id, expires=expires, signature=signature, now=clock())
+    copy = session.get(DeidentifiedCopy, copy_id)
+    if copy is None or copy.status is not CopyStatus.READY or not copy.orthanc_id:
+        raise UnknownRecord(f"de-identified copy {copy_id} not found")
+    try:
+        chunks = orthanc.study_archive(copy.orthanc_id)
+    except OrthancNotFound as exc:
+        raise UnknownRecord(f"de-identified copy {copy_id} is no longer in Orthanc") from exc
+    except OrthancError as exc:
+        raise Unavailable("Orthanc is not answering: try again shortly") from exc
+    audit.record(
+        session,
+        actor=LINK_ACTOR,
+        action="deidentified_copy.archive_downloaded",
+        entity_type="deidentified_copy",
+        entity_id=copy_id,
+        address=address,
+    )
+    session.commit()
+    headers = {
+        **NO_STORE,
+        "Content-Disposition": f'attachment; filename="deidentified-{copy_id}.zip"',
+    }
+    return StreamingResponse(chunks, media_type="application/zip", headers=headers)
+
+
+class _Incomplete(Exception):
+    def __init__(self, orthanc_id: str, failed: int) -> None:
+        super().__init__(f"{failed} instances failed")
+        self.orthanc_id = orthanc_id
+        self.failed = failed
+
+
+def _failed(
+    session: Session,
+    orthanc: OrthancClient,
+    copy: DeidentifiedCopy,
+    user: User,
+    cause: Exception,
+) -> None:
+    """Orthanc did not make the whole copy: what it wrote is deleted (when Orthanc answers),
+    and the record stays, failed, so that a part left behind is never registered."""
+    with contextlib.suppress(OrthancError):
+        for orthanc_id in orthanc.studies_with_uid(copy.study_instance_uid):
+            orthanc.delete_study(orthanc_id)
+    copy.status = CopyStatus.FAILED
+    session.add(copy)
+    audit.record(
+        session,
+        actor=user.username,
+        action="study.deidentify_failed",
+        entity_type="study",
+        entity_id=copy.source_study_id,
+        copy_id=copy.id,
+        error=type(cause).__name__,
+    )
+    session.commit()
+    log.warning(
+        "de-identified copy %s of study %s failed: %s", copy.id, copy.source_study_id, cause
+    )
+
+
+def _readable_copy(session: Session, copy_id: int, scope: CareScope) -> DeidentifiedCopy:
+    """The copy, when the caller may read its source study (anyone unlimited by care scope,
+    once the source study is deleted); 404 otherwise."""
+    copy = session.get(DeidentifiedCopy, copy_id)
+    if copy is None:
+        raise UnknownRecord(f"de-identified copy {copy_id} not found")
+    if scope.limited:
+        try:
+            readable_study(session, copy.source_study_id, scope)
+        except UnknownRecord as exc:
+            raise UnknownRecord(f"de-identified copy {copy_id} not found") from exc
+    return copy
+
+
+def _key(settings: Settings) -> bytes:
+    return signed_links.link_key(settings.jwt_secret)
