@@ -71,6 +71,7 @@ class Instance:
     sop_class_uid: str
     sop_instance_uid: str
     study_instance_uid: str
+    patient_id: str
 
 
 @dataclass(frozen=True)
@@ -104,6 +105,7 @@ def read_instances(parts: Sequence[StowPart]) -> list[Instance]:
                 keyword: str(dataset.get(keyword, "") or "").strip()
                 for keyword in ("SOPClassUID", "SOPInstanceUID", "StudyInstanceUID")
             }
+            patient_id = str(dataset.get("PatientID", "") or "").strip()
         except Exception:
             raise StowRefused(
                 f"part {part.index} is not a readable DICOM file (Part 10)", status_code=400
@@ -112,7 +114,13 @@ def read_instances(parts: Sequence[StowPart]) -> list[Instance]:
             if len(value) > 64 or not _UID.match(value):
                 raise StowRefused(f"part {part.index} has no valid {keyword}", status_code=400)
         found.append(
-            Instance(part, uids["SOPClassUID"], uids["SOPInstanceUID"], uids["StudyInstanceUID"])
+            Instance(
+                part,
+                uids["SOPClassUID"],
+                uids["SOPInstanceUID"],
+                uids["StudyInstanceUID"],
+                patient_id,
+            )
         )
     return found
 
@@ -160,12 +168,8 @@ def _refusal(
     study = visible.get(instance.study_instance_uid)
     if study is None:
         return NOT_AUTHORIZED  # unknown, out of reach or quarantined: all alike
-    instance.part.content.seek(0)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        dataset = pydicom.dcmread(instance.part.content, stop_before_pixels=True)
-    patient_id = str(dataset.get("PatientID", "") or "").strip()
-    if study.patient_id and patient_id != study.patient_id:
+    # Another patient id, or one where the study has none, would become another Orthanc study.
+    if instance.patient_id != (study.patient_id or ""):
         return PROCESSING_FAILURE
     elsewhere = session.exec(
         select(Image.study_id).where(
