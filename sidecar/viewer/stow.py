@@ -201,6 +201,28 @@ def body_size(instances: Sequence[Instance], boundary: str) -> int:
     return sum(head + i.part.size for i in instances) + len(f"--{boundary}--\r\n")
 
 
+def by_study(instances: Sequence[Instance]) -> dict[str, list[Instance]]:
+    """The accepted instances, per study: each study is sent to Orthanc as
+    `POST /dicom-web/studies/{study}`, so that the plugin checks every instance's study again
+    with its own DICOM parser (a file crafted to read one way here and another way there, a
+    repeated Study Instance UID, is then refused by Orthanc rather than stored elsewhere)."""
+    grouped: dict[str, list[Instance]] = {}
+    for instance in instances:
+        grouped.setdefault(instance.study_instance_uid, []).append(instance)
+    return grouped
+
+
+def merge(answers: Sequence[tuple[int, dict[str, Any]]]) -> tuple[int, dict[str, Any]]:
+    """Orthanc's answers to the per-study requests, as one."""
+    if len(answers) == 1:
+        return answers[0]
+    merged: dict[str, Any] = {}
+    for key in (REFERENCED_SOPS, FAILED_SOPS):
+        items = [i for _, body in answers for i in body.get(key, {}).get("Value", []) or []]
+        merged[key] = {"vr": "SQ", "Value": items} if items else {"vr": "SQ"}
+    return max(status for status, _ in answers), merged
+
+
 def answer(decided: Plan, stored: tuple[int, dict[str, Any]] | None) -> tuple[int, dict[str, Any]]:
     """The status and DICOM JSON to answer: Orthanc's answer (None when nothing was sent to
     it) with the instances refused here added to its FailedSOPSequence."""

@@ -10,6 +10,7 @@ their index, never by what they hold.
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import IO
 
@@ -23,6 +24,9 @@ from sidecar.studies.upload_body import MAX_FILES, UploadRefused, spooled
 #: The media type of a part; parameters (transfer-syntax) are allowed.
 PART_TYPE = "application/dicom"
 _MAX_PART_HEADERS = 16
+#: How much of a body refused as too large is still read (and dropped); past it, the
+#: connection is closed.
+_DISCARD = 64 * 1024 * 1024
 
 
 class StowRefused(UploadRefused):
@@ -55,10 +59,21 @@ def boundary_of(content_type: str | None) -> bytes:
     return boundary
 
 
-def check_declared_size(request: Request, limit: int, limit_mb: int) -> None:
+async def check_declared_size(request: Request, limit: int, limit_mb: int) -> None:
     declared = request.headers.get("content-length")
     if declared is not None and declared.isdigit() and int(declared) > limit:
+        await _discard(request.stream())
         raise _too_large(limit_mb)
+
+
+async def _discard(stream: AsyncIterator[bytes]) -> None:
+    """Reads and drops what is left of a refused body, up to _DISCARD bytes: a proxy still
+    sending it (nginx's front streams the body) would otherwise answer 502 for the refusal."""
+    dropped = 0
+    async for chunk in stream:
+        dropped += len(chunk)
+        if dropped > _DISCARD:
+            return
 
 
 def _too_large(limit_mb: int) -> Refusal:
@@ -119,7 +134,7 @@ async def receive(request: Request, limit: int, limit_mb: int) -> list[StowPart]
     """The parts, in the order sent; the caller closes them. Refuses (StowRefused) what the
     module docstring says."""
     boundary = boundary_of(request.headers.get("content-type"))
-    check_declared_size(request, limit, limit_mb)
+    await check_declared_size(request, limit, limit_mb)
     collected = _Parts()
     parser = MultipartParser(
         boundary,
@@ -134,9 +149,11 @@ async def receive(request: Request, limit: int, limit_mb: int) -> list[StowPart]
     )
     received = 0
     try:
-        async for chunk in request.stream():
+        stream = request.stream()
+        async for chunk in stream:
             received += len(chunk)
             if received > limit:
+                await _discard(stream)
                 raise _too_large(limit_mb)
             parser.write(chunk)
             if collected.too_many or collected.too_many_headers:

@@ -11,16 +11,19 @@ from __future__ import annotations
 
 import asyncio
 import re
+import secrets
 from collections.abc import AsyncIterator, Iterator
 from typing import Annotated
 
 from fastapi import APIRouter, Depends, Request, Response
 from fastapi.responses import JSONResponse
+from sqlalchemy import Engine
 
 from sidecar.core.api_errors import error_body, refusal_response
 from sidecar.core.dependencies import EngineDep, SettingsDep, provide, provide_optional
 from sidecar.core.errors import NotAuthenticated, NotPermitted, Refusal
 from sidecar.core.models import utcnow
+from sidecar.core.settings import Settings
 from sidecar.ingest.orthanc_client import OrthancClient, OrthancUnavailable
 from sidecar.ingest.sync import OrthancSync
 from sidecar.viewer import stow, stow_body
@@ -60,7 +63,7 @@ async def _authenticate(request: Request, front: ViewerFront) -> Viewer:
 async def _stow(
     request: Request,
     front: ViewerFront,
-    deps: tuple[SettingsDep, EngineDep, OrthancClient, OrthancSync | None],
+    deps: tuple[Settings, Engine, OrthancClient, OrthancSync | None],
     *,
     prefix: str,
     behind_nginx: bool,
@@ -95,19 +98,21 @@ async def _stow(
         instances = await asyncio.to_thread(stow.read_instances, parts)
         now = utcnow()
         decided = await asyncio.to_thread(stow.plan, engine, viewer, instances, path_study, now)
-        stored = None
-        if decided.accepted:
-            boundary = f"stow-{id(decided):x}-{len(parts)}"
-            size = stow.body_size(decided.accepted, boundary)
-            stored = await front.proxy.store(
-                _async(stow.multipart_body(decided.accepted, boundary)),
-                size,
-                boundary,
-                study=path_study,
-                host=host,
-                scheme=scheme,
+        answers = []
+        for study, instances_of_study in stow.by_study(decided.accepted).items():
+            # Unguessable: an instance holding the boundary would smuggle an unchecked part.
+            boundary = f"stow-{secrets.token_hex(24)}"
+            answers.append(
+                await front.proxy.store(
+                    _async(stow.multipart_body(instances_of_study, boundary)),
+                    stow.body_size(instances_of_study, boundary),
+                    boundary,
+                    study=study,
+                    host=host,
+                    scheme=scheme,
+                )
             )
-        status, body = stow.answer(decided, stored)
+        status, body = stow.answer(decided, stow.merge(answers) if answers else None)
         sops = stow.referenced_sops(body)
         if sops:
             await asyncio.to_thread(stow.record, engine, orthanc, viewer, decided, sops, now)

@@ -20,6 +20,14 @@ from nginx_front import start_nginx_front
 from stack import Stack
 
 
+def repeated_element(tag: int, value: str) -> bytes:
+    """An element appended, out of order, to a file that has it already (explicit VR LE)."""
+    encoded = value.encode() + (b"\0" if len(value) % 2 else b"")
+    group, element = tag >> 16, tag & 0xFFFF
+    header = group.to_bytes(2, "little") + element.to_bytes(2, "little") + b"UI"
+    return header + len(encoded).to_bytes(2, "little") + encoded
+
+
 def in_orthanc(stack: Stack, study_uid: str, sop_uid: str) -> bool:
     found = httpx.get(
         f"{stack.orthanc.url}/dicom-web/studies/{study_uid}/instances",
@@ -119,13 +127,20 @@ def _stores_as_the_standard_says(
     answer = stow(front, users["radiologist"], mismatch, study=other.study_uid)
     assert answer.status_code == 409, answer.text
     assert failures(answer) == {path_sop: PROCESSING_FAILURE}
+    # A file read one way by the front (pydicom keeps the last of a repeated element) and another
+    # way by Orthanc (DCMTK keeps the first): it is sent to Orthanc under the study the front
+    # checked, and the plugin refuses it for naming another.
+    smuggled_sop, smuggled = make_sr(other.study_uid, mine.patient_id)
+    smuggled += repeated_element(0x0020000D, mine.study_uid)
+    answer = stow(front, users["radiologist"], smuggled)
+    assert 400 <= answer.status_code < 500 and not referenced(answer), answer.text
     # Some stored, some refused: 202, each listed.
     good_sop, good = make_sr(mine.study_uid, mine.patient_id)
     answer = stow(front, users["radiologist"], good, wrong_patient)
     assert answer.status_code == 202, answer.text
     assert referenced(answer) == [good_sop]
     assert failures(answer) == {wrong_sop: PROCESSING_FAILURE}
-    for refused in (wrong_sop, unknown_sop, reach_sop, path_sop):
+    for refused in (wrong_sop, unknown_sop, reach_sop, path_sop, smuggled_sop):
         assert not in_orthanc(stack, mine.study_uid, refused)
         assert not in_orthanc(stack, other.study_uid, refused)
     return [sop, admin_sop, good_sop]
