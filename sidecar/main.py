@@ -73,6 +73,7 @@ from sidecar.studies.router import router as studies_router
 from sidecar.viewer.front import ViewerFront, ViewerLinks, build_viewer_front, viewer_links
 from sidecar.viewer.headers import sidecar_headers
 from sidecar.viewer.router import router as viewer_router
+from sidecar.viewer.stow_router import router as stow_router
 from sidecar.worklist.directory import WorklistDirectory
 from sidecar.worklist.publisher import WorklistPublisher, zone_of
 
@@ -101,6 +102,7 @@ ROUTERS = (
     audit_router,
     emergency_access_router,
     health_router,
+    stow_router,
 )
 
 

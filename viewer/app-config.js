@@ -34,7 +34,9 @@ window.config = {
         wadoUriRoot: '/wado',
         qidoSupportsIncludeField: true,
         supportsReject: false,
-        supportsStow: false,
+        // Saving measurements (DICOM SR) and key images: STOW-RS to wadoRoot + '/studies', for
+        // radiologists and administrators, checked by the front (sidecar/viewer/stow.py).
+        supportsStow: true,
         imageRendering: 'wadors',
         thumbnailRendering: 'wadors',
         enableStudyLazyLoad: true,

@@ -67,6 +67,9 @@ ALLOWED_PATH: Final = (
     )
     + ")"
 )
+# STOW-RS (sidecar.viewer.stow): a POST of exactly this target, no query, which both fronts
+# hand to the sidecar's checks; every other POST, and every other method, is refused.
+STOW_TARGET: Final = f"^/dicom-web/studies(?:/{UID})?$"
 _NAME: Final = "[A-Za-z0-9.]+"
 _PARAMETER: Final = f"{_NAME}(?:=[^&]*)?"
 ALLOWED_QUERY: Final = f"(?:{_PARAMETER}(?:&{_PARAMETER})*)?"
@@ -154,6 +157,11 @@ def nginx_maps() -> str:
         f'map "{overrides}" $dicomweb_method_override {{',
         '    "" "";',
         '    default "400";',
+        "}",
+        "",
+        'map "$request_method $request_uri" $dicomweb_stow {',
+        f'    "~^POST {STOW_TARGET[1:]}" "1";',
+        '    default "";',
         "}",
         "",
         "map $http_host $dicomweb_host_verdict {",

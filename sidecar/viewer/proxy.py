@@ -7,15 +7,19 @@ is present (seen on 1.7: `proto=https;host=...` wins over Host), so the browser'
 scheme are passed on in both: the URLs then point at this front, not at Orthanc's loopback port.
 A `Forwarded` header from the client is replaced, never trusted.
 
-Only reads go through (GET, HEAD): the viewer never stores or deletes, so the front offers
-neither. Only requests sidecar.viewer.paths allows reach this proxy, and it sends Orthanc the
-request target exactly as it was checked: the raw path and query string, never decoded nor
-re-encoded (httpx would remove dot segments from a path, and decode and re-encode a query
-parsed into parameters); what httpx is about to send is checked again. The user's cookie and
-bearer token stay here; Orthanc gets the sidecar's own credentials, when it has any.
+Only reads go through (GET, HEAD), and STOW-RS (`store`), whose every instance
+sidecar.viewer.stow has checked first; nothing deletes. Only requests sidecar.viewer.paths
+allows reach this proxy, and it sends Orthanc the request target exactly as it was checked:
+the raw path and query string, never decoded nor re-encoded (httpx would remove dot segments
+from a path, and decode and re-encode a query parsed into parameters); what httpx is about to
+send is checked again. The user's cookie and bearer token stay here; Orthanc gets the
+sidecar's own credentials, when it has any.
 """
 
 from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from typing import Any
 
 import httpx
 from starlette.background import BackgroundTask
@@ -88,6 +92,39 @@ class DicomWebProxy:
             headers={k: v for k, v in answer.headers.items() if k.lower() not in _HOP_BY_HOP},
             background=BackgroundTask(answer.aclose),
         )
+
+    async def store(
+        self,
+        body: AsyncIterator[bytes],
+        size: int,
+        boundary: str,
+        *,
+        study: str | None,
+        host: str,
+        scheme: str,
+    ) -> tuple[int, dict[str, Any]]:
+        """Sends a STOW-RS body to Orthanc's DICOMweb (sidecar.viewer.stow checked each of its
+        instances); Orthanc's status and DICOM JSON answer. Host and Forwarded as for a read,
+        so the answer's RetrieveURLs point at the front."""
+        path = f"/dicom-web/studies/{study}" if study else "/dicom-web/studies"
+        headers = {
+            "content-type": f'multipart/related; type="application/dicom"; boundary={boundary}',
+            "content-length": str(size),
+            "accept": "application/dicom+json",
+            "host": host,
+            "forwarded": f"proto={scheme};host={host}",
+        }
+        try:
+            answer = await self._client.post(path, content=body, headers=headers)
+        except httpx.HTTPError as exc:
+            raise OrthancUnavailable(f"Orthanc did not answer: {type(exc).__name__}") from exc
+        if answer.status_code >= 500 or answer.status_code in (401, 403, 404):
+            raise OrthancUnavailable(f"Orthanc's STOW-RS answered HTTP {answer.status_code}")
+        try:
+            parsed = answer.json()
+        except ValueError as exc:
+            raise OrthancUnavailable("Orthanc's STOW-RS answer is not JSON") from exc
+        return answer.status_code, parsed if isinstance(parsed, dict) else {}
 
     def _check_sent_as_checked(self, url: httpx.URL, target: str) -> None:
         """httpx percent-encodes a few characters of a query that a client sent raw (a space,

@@ -3,6 +3,9 @@
 //
 //   node open_study.mjs '{"viewerUrl": ..., "username": ..., "password": ..., ...}'
 //
+// With "saveMeasurement": a report name, it also draws a length, saves it as a DICOM SR (OHIF's
+// "Create SR", STOW-RS through the front) and waits for the report's series to be shown.
+//
 // Prints one JSON line: {"ok", "steps": [...], "viewport": {pixel statistics}, "timings": {...}}.
 // Pixel statistics come from a screenshot of the viewport canvas decoded in the page (the
 // canvas itself may be WebGL, which getImageData cannot read).
@@ -152,6 +155,34 @@ try {
   step('image rendered');
   result.viewerPath = new URL(page.url()).pathname;
 
+  if (options.saveMeasurement) {
+    // A radiologist measures a length and saves it as a report: OHIF stores a DICOM SR with
+    // STOW-RS through the front (supportsStow in viewer/app-config.js).
+    await page.locator('[data-cy="Length"]').first().click();
+    const canvas = page.locator('[data-viewport-uid] canvas, canvas.cornerstone-canvas').first();
+    const box = await canvas.boundingBox();
+    await page.mouse.move(box.x + box.width * 0.35, box.y + box.height * 0.5);
+    await page.mouse.down();
+    await page.mouse.move(box.x + box.width * 0.6, box.y + box.height * 0.55, { steps: 12 });
+    await page.mouse.up();
+    await page.locator('[data-cy="prompt-begin-tracking-yes-btn"]').click();
+    const notice = page.locator('[data-cy="confirm-and-hide-button"]');
+    if (await notice.count()) await notice.click();
+    await page.locator('[data-cy="trackedMeasurements-btn"]').click();
+    await page.getByRole('button', { name: 'Create SR' }).click();
+    await page.locator('[data-cy="dialog-input"]').fill(options.saveMeasurement);
+    const stored = page.waitForResponse(
+      (answer) => answer.request().method() === 'POST' &&
+        new URL(answer.url()).pathname === '/dicom-web/studies',
+    );
+    await page.locator('[data-cy="input-dialog-save-button"]').click();
+    const answer = await stored;
+    result.stowStatus = answer.status();
+    step('measurement saved', { status: answer.status() });
+    // The report comes back as a series of the study, shown in the study browser.
+    await page.getByText(options.saveMeasurement, { exact: false }).first().waitFor();
+    result.reportShown = true;
+  }
   if (options.studyListText) {
     await page.goto(new URL('/', options.viewerUrl).href);
     await page.getByText(options.studyListText, { exact: false }).first().waitFor();

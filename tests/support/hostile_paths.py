@@ -257,10 +257,14 @@ class Answer:
 
 
 def send_raw(
-    base_url: str, target: str, headers: Mapping[str, str] = {}, method: str = "GET"
+    base_url: str,
+    target: str,
+    headers: Mapping[str, str] = {},
+    method: str = "GET",
+    body: bytes | None = None,
 ) -> Answer:
     """One request with `target` sent byte for byte as written (and `headers`' Host, if any,
-    instead of the address's)."""
+    instead of the address's), with `body` if given."""
     address = urlsplit(base_url)
     assert address.hostname is not None and address.port is not None
     connection = http.client.HTTPConnection(address.hostname, address.port, timeout=30)
@@ -269,7 +273,9 @@ def send_raw(
         connection.putrequest(method, target, skip_host=own_host, skip_accept_encoding=True)
         for name, value in headers.items():
             connection.putheader(name, value)
-        connection.endheaders()
+        if body is not None:
+            connection.putheader("Content-Length", str(len(body)))
+        connection.endheaders(body)
         answer = connection.getresponse()
         return Answer(answer.status, answer.read())
     finally:

@@ -8,9 +8,11 @@ run costs about ten seconds and shows nothing differs. Never skipped: a missing 
 
 from __future__ import annotations
 
+import secrets
 from pathlib import Path
 from urllib.parse import parse_qs, urlsplit
 
+import httpx
 import pytest
 
 from sidecar.viewer.bundle import DEFAULT_DIST
@@ -80,3 +82,60 @@ def test_a_study_opens_from_its_viewer_link_and_shows_its_image(
     assert report["httpFailures"] == [], report["httpFailures"]
     # And it all ran under the fronts' Content-Security-Policy (sidecar.viewer.headers).
     assert report["cspViolations"] == [], report["cspViolations"]
+
+
+def test_a_radiologist_saves_a_measurement_that_comes_back_as_an_sr(
+    stack: Stack, tmp_path: Path
+) -> None:
+    """OHIF's "Create SR" through nginx's front (docker-compose's): STOW-RS to the sidecar's
+    checks, then Orthanc; the report is a series of the study, in Orthanc and in the sidecar."""
+    generated = make_study(
+        tmp_path / "dicom", series_count=1, instances_per_series=3, rows=256, columns=256
+    )
+    assert storescu_dcmtk(generated.files, *stack.dicom_address).all_success
+    uid = generated.study_instance_uid
+    study = stack.wait_for_study(uid, instances=3)
+    password = f"radiologist-{secrets.token_hex(6)}"
+    user = {"username": "dr.measures", "password": password, "role": "radiologist"}
+    assert stack.api("POST", "/api/users", json=user).status_code == 201
+    assert stack.sidecar is not None
+    nginx = start_nginx_front(
+        tmp_path / "nginx",
+        orthanc=f"127.0.0.1:{stack.layout.http_port}",
+        sidecar=f"127.0.0.1:{stack.sidecar_port}",
+    )
+    link = stack.api("GET", f"/api/studies/{study['id']}").json()["viewerUrl"]
+    try:
+        report = open_study(
+            {
+                "viewerUrl": link.replace(stack.sidecar.url, nginx.url, 1),
+                "username": "dr.measures",
+                "password": password,
+                "saveMeasurement": "Lesion length",
+                "screenshot": str(tmp_path / "viewer.png"),
+                "timeoutMs": 60_000,
+            }
+        )
+    finally:
+        nginx.stop()
+
+    assert report["ok"], report
+    assert report["stowStatus"] == 200 and report["reportShown"] is True, report
+    assert report["httpFailures"] == [], report["httpFailures"]
+    # Orthanc holds the report: a Comprehensive/Enhanced SR in a series of the study.
+    orthanc = stack.orthanc.url
+    series = httpx.get(f"{orthanc}/dicom-web/studies/{uid}/series", timeout=10).json()
+    [sr_series] = [s for s in series if s["00080060"]["Value"] == ["SR"]]
+    sr_uid = sr_series["0020000E"]["Value"][0]
+    [sr] = httpx.get(
+        f"{orthanc}/dicom-web/studies/{uid}/series/{sr_uid}/instances", timeout=10
+    ).json()
+    assert sr["00080016"]["Value"][0].startswith("1.2.840.10008.5.1.4.1.1.88.")
+    # The sidecar lists it, and the trail says who stored it.
+    stack.wait_for_study(uid, instances=4)
+    events = stack.api(
+        "GET", "/api/audit", params={"action": "study.instances_stored_via_stow"}
+    ).json()["items"]
+    assert [(e["actor"], e["entityId"], e["detail"]["count"]) for e in events] == [
+        ("dr.measures", str(study["id"]), 1)
+    ]
