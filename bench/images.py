@@ -1,5 +1,5 @@
-"""Images benchmark: upload throughput through the API against Orthanc's own `POST /instances`,
-and study thumbnails cold and cached.
+"""Images benchmark: upload throughput through the API and STOW-RS through both viewer fronts
+against Orthanc's own `POST /instances`, and study thumbnails cold and cached.
 
 Orthanc (with the plugin and the DICOM ingress filter) and the sidecar run for real (the test
 stack, the sidecar in this process; SQLite unless --postgresql). A study is sent with dcmtk and
@@ -7,8 +7,12 @@ registered; then rounds alternate, on fresh instances of that study each time (n
 UIDs, 128x128 CT, about 33 KB):
   (a) Orthanc's `POST /instances`, one file per request, as a client of Orthanc would;
   (b) the sidecar's `POST /api/studies/{id}/images`, `--batch` files per multipart request (each
-      checked against the study, stored in Orthanc, audited).
-Figures: instances/s of each, and (b)/(a).
+      checked against the study, stored in Orthanc, audited);
+  (c) STOW-RS, `POST /dicom-web/studies/{uid}` with `--batch` instances per request, through the
+      sidecar's own front and (d) through the nginx front (Debian's nginx, the repository's
+      viewer/nginx.conf), as a radiologist (each instance read and checked, then sent on to
+      Orthanc's DICOMweb plugin).
+Figures: instances/s of each, and each against (a).
 
 Thumbnails: `--studies` studies are registered, then `GET /api/studies/{id}/thumbnail` is asked
 for each once (cold: Orthanc renders the middle instance of the first series) and then `--repeat`
@@ -32,7 +36,10 @@ from sidecar_process import SERVER, _fresh_database  # first: puts tests/support
 from dicom_factory import make_study
 from dicom_senders import storescu_dcmtk
 from figures import percentile  # bench/, beside this script
+from nginx_front import start_nginx_front
 from stack import Stack
+from stow_requests import STOW_TYPE
+from stow_requests import body as stow_body
 
 
 def orthanc_upload(orthanc_url: str, files: Sequence[Path]) -> float:
@@ -65,6 +72,29 @@ def api_upload(
     return time.perf_counter() - started
 
 
+def stow_upload(
+    front_url: str, token: str, study_uid: str, files: Sequence[Path], batch: int
+) -> float:
+    started = time.perf_counter()
+    headers = {
+        "Authorization": f"Bearer {token}",
+        "Content-Type": STOW_TYPE,
+        "Accept": "application/dicom+json",
+    }
+    with httpx.Client(timeout=120, headers=headers) as client:
+        for start in range(0, len(files), batch):
+            parts = [path.read_bytes() for path in files[start : start + batch]]
+            answer = client.post(
+                f"{front_url}/dicom-web/studies/{study_uid}", content=stow_body(*parts)
+            )
+            if answer.status_code != 200:
+                raise SystemExit(f"STOW-RS answered {answer.status_code}: {answer.text[:300]}")
+    return time.perf_counter() - started
+
+
+KINDS = ("orthanc", "api", "stow-sidecar", "stow-nginx")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--instances", type=int, default=300, help="instances per round")
@@ -91,9 +121,15 @@ def main() -> None:
                 raise SystemExit("C-STORE failed")
             study_id = stack.wait_for_study(base.study_instance_uid, instances=1, timeout=60)["id"]
             token = stack.login()
-            rates: dict[str, list[float]] = {"orthanc": [], "api": []}
+            nginx = start_nginx_front(
+                root / "nginx",
+                orthanc=f"127.0.0.1:{stack.layout.http_port}",
+                sidecar=f"127.0.0.1:{stack.sidecar_port}",
+            )
+            rates: dict[str, list[float]] = {kind: [] for kind in KINDS}
             for round_number in range(args.rounds):
-                for kind in ("orthanc", "api"):
+                # Each round in another order: what runs first does not always pay the warm-up.
+                for kind in KINDS[round_number % 4 :] + KINDS[: round_number % 4]:
                     load = make_study(
                         root / f"load-{round_number}-{kind}",
                         series_count=1,
@@ -104,13 +140,18 @@ def main() -> None:
                         rows=128,
                         columns=128,
                     )
+                    uid = base.study_instance_uid
                     if kind == "orthanc":
                         seconds = orthanc_upload(stack.orthanc.url, load.files)
-                    else:
+                    elif kind == "api":
                         seconds = api_upload(
                             stack.sidecar.url, token, study_id, load.files, args.batch
                         )
+                    else:
+                        front = stack.sidecar.url if kind == "stow-sidecar" else nginx.url
+                        seconds = stow_upload(front, token, uid, load.files, args.batch)
                     rates[kind].append(args.instances / seconds)
+            nginx.stop()
 
             thumbnails = []
             for n in range(args.studies):
@@ -137,17 +178,21 @@ def main() -> None:
         finally:
             stack.close()
 
-    orthanc_rate = statistics.median(rates["orthanc"])
-    api_rate = statistics.median(rates["api"])
+    median = {kind: statistics.median(rates[kind]) for kind in KINDS}
     database = "PostgreSQL" if args.postgresql else "SQLite"
     print(f"upload, {args.rounds} rounds x {args.instances} instances, database {database}")
-    print(f"  Orthanc POST /instances (1 per request): {orthanc_rate:.0f} instances/s (median)")
-    print(
-        f"  POST /api/studies/{{id}}/images ({args.batch} per request): "
-        f"{api_rate:.0f} instances/s (median); ratio {api_rate / orthanc_rate:.2f}"
-    )
-    print(f"  every round: orthanc {[round(r) for r in rates['orthanc']]}")
-    print(f"               api     {[round(r) for r in rates['api']]}")
+    labels = {
+        "orthanc": "Orthanc POST /instances (1 per request)",
+        "api": f"POST /api/studies/{{id}}/images ({args.batch} per request)",
+        "stow-sidecar": f"STOW-RS, sidecar front ({args.batch} per request)",
+        "stow-nginx": f"STOW-RS, nginx front ({args.batch} per request)",
+    }
+    for kind in KINDS:
+        print(
+            f"  {labels[kind]:<52} {median[kind]:5.0f} instances/s (median), "
+            f"ratio {median[kind] / median['orthanc']:.2f}; rounds "
+            f"{[round(r) for r in rates[kind]]}"
+        )
     ms = [1000 * s for s in cold]
     ms_cached = [1000 * s for s in cached]
     print(f"thumbnails, {args.studies} studies:")

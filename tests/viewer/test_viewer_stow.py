@@ -11,13 +11,13 @@ from typing import Any
 
 import httpx
 from pydicom.uid import generate_uid
-from stow_requests import BOUNDARY, STOW_TYPE, body, failures, make_sr, referenced, stow
 
 from sidecar.viewer.stow import AUDIT_ACTION, NOT_AUTHORIZED, PROCESSING_FAILURE
 
 from hostile_paths import StoredStudy, send_raw, store_study, viewer_credentials
 from nginx_front import start_nginx_front
 from stack import Stack
+from stow_requests import BOUNDARY, STOW_TYPE, body, failures, make_sr, referenced, stow
 
 
 def repeated_element(tag: int, value: str) -> bytes:

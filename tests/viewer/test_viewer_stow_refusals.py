@@ -10,12 +10,13 @@ import pytest
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
 from pydicom.uid import generate_uid
-from stow_requests import BOUNDARY, STOW_TYPE, body, failures, make_sr
 
 from sidecar.accounts.models import Role
 from sidecar.core.settings import Settings
 from sidecar.studies.upload_body import MAX_FILES
 from sidecar.viewer.stow import NOT_AUTHORIZED
+
+from stow_requests import BOUNDARY, STOW_TYPE, body, failures, make_sr
 
 ROUTES = ("/dicom-web/studies", "/api/viewer/stow/studies")
 
