@@ -37,7 +37,7 @@ from dicom_factory import make_study
 from dicom_senders import storescu_dcmtk
 from figures import percentile  # bench/, beside this script
 from nginx_front import start_nginx_front
-from stack import Stack
+from stack import Stack, wait_for
 from stow_requests import STOW_TYPE
 from stow_requests import body as stow_body
 
@@ -160,6 +160,13 @@ def main() -> None:
                     raise SystemExit("C-STORE failed")
                 thumbnails.append(study.study_instance_uid)
             ids = [stack.wait_for_study(uid, instances=3, timeout=120)["id"] for uid in thumbnails]
+            for study_id in ids:  # a thumbnail needs the study's image rows (a later lane)
+
+                def images_listed(study_id: int = study_id) -> bool:
+                    listed = stack.api("GET", f"/api/studies/{study_id}/images").json()
+                    return bool(listed["total"] == 3)
+
+                wait_for(images_listed, timeout=120, what="the study's images listed")
             cold: list[float] = []
             cached: list[float] = []
             with httpx.Client(timeout=60, headers={"Authorization": f"Bearer {token}"}) as client:
