@@ -42,7 +42,7 @@ from sidecar.findings.models import (
     Severity,
 )
 from sidecar.findings.policy import FindingPolicyDep
-from sidecar.studies.models import Study
+from sidecar.studies.lookup import get_study_or_404
 
 router = APIRouter(prefix="/api/critical-findings", tags=["critical findings"])
 
@@ -66,9 +66,7 @@ def raise_finding(
     workers: FindingWorkersDep,
 ) -> dict[str, Any]:
     """Raises a finding on a study (and its report); the ordering provider is notified."""
-    study = session.get(Study, body.study_id)
-    if study is None:
-        raise UnknownRecord(f"study {body.study_id} not found")
+    study = get_study_or_404(session, body.study_id)  # not one removed with its images
     finding = findings.raise_finding(
         session,
         study,

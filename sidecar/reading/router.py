@@ -35,6 +35,7 @@ from sidecar.reading.models import (
 )
 from sidecar.reading.policy import ReadingPolicyDep
 from sidecar.reading.queue import UNASSIGNED, WorklistFilter, worklist
+from sidecar.studies.lookup import listed_studies
 from sidecar.studies.models import Study
 
 router = APIRouter(tags=["reading"])
@@ -138,7 +139,9 @@ def release_study(
 
 
 def _study(session: Session, study_id: int, scope: CareScope) -> Study:
-    study = session.exec(select(Study).where(Study.id == study_id, *scope.studies())).first()
+    study = session.exec(
+        select(Study).where(Study.id == study_id, listed_studies(), *scope.studies())
+    ).first()
     if study is None:
         raise UnknownRecord(f"study {study_id} not found")
     return study

@@ -46,6 +46,7 @@ from sidecar.reports.templates import ReportTemplate
 from sidecar.results import service as results
 from sidecar.results.outbox import ResultOutbox, ResultOutboxDep
 from sidecar.results.routing import ResultRouting, ResultRoutingDep
+from sidecar.studies.lookup import get_study_or_404
 from sidecar.studies.models import Study
 
 router = APIRouter(prefix="/api/reports", tags=["reports"])
@@ -67,9 +68,7 @@ def create_report(
     outbox: ResultOutboxDep,
     response: Response,
 ) -> RadiologyReport:
-    study = session.get(Study, body.study_id)
-    if study is None:
-        raise UnknownRecord(f"study {body.study_id} not found")
+    study = get_study_or_404(session, body.study_id)  # not one removed with its images
     values = body.model_dump(exclude={"study_id", "template_id"}, exclude_unset=True)
     if body.template_id is not None:
         template = session.get(ReportTemplate, body.template_id)

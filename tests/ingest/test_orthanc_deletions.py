@@ -14,6 +14,7 @@ from typing import Any
 
 import httpx
 import pytest
+from fastapi import FastAPI
 from fastapi.testclient import TestClient
 from sqlalchemy import Engine
 from sqlmodel import Session, col, select
@@ -28,14 +29,14 @@ from sidecar.ingest.orthanc_client import OrthancClient
 from sidecar.launcher.orthanc import OrthancProcess
 from sidecar.orders.models import ImagingOrder, Modality
 from sidecar.patients.image_rewrite import rewrite_study
-from sidecar.studies.models import Image, Series, Study, StudyPublic
+from sidecar.studies.models import Image, Series, Study, StudyPublic, StudyStatus
 from sidecar.studies.registry import register_images, register_study
 from sidecar.tables import metadata
 
 from builders import audit_events
 from dicom_factory import make_study
 from stack import free_port
-from testapp import TEST_PLUGIN_TOKEN
+from testapp import TEST_PLUGIN_TOKEN, engine_of
 
 pytestmark = pytest.mark.orthanc
 
@@ -365,3 +366,33 @@ def test_the_plugin_route_checks_its_input_and_only_queues(
     }
     # Queued, durably; nothing is dropped on a notice alone.
     assert sidecar_view(engine, study_id) == {**intact, "queued": 1}
+
+
+def test_a_study_removed_with_its_images_takes_no_new_report_finding_or_reading(
+    app: FastAPI, client: TestClient, radiologist: dict[str, str]
+) -> None:
+    """Removed (its images deleted in Orthanc, nothing referred to it): gone for new work too,
+    as for every read of it (404), not only from the lists."""
+    engine = engine_of(app)
+    study_id = seeded_study(engine, ORTHANC_ID)
+    other = seeded_study(engine, ORTHANC_ID[:-1] + "8", uid="1.2.826.0.1.3680043.8.498.78")
+    with Session(engine) as session:
+        for study in session.exec(select(Study)).all():
+            study.status = StudyStatus.COMPLETED  # images arrived: ready for reading
+            if study.id == other:
+                study.images_deleted_at = study.removed_at = study.created_at
+            session.add(study)
+        session.commit()
+    listed = client.post("/api/reports", json={"studyId": study_id}, headers=radiologist)
+    assert listed.status_code == 201, listed.text  # a study still listed takes a report
+    finding = {"studyId": other, "severity": "CRITICAL", "description": "tension pneumothorax"}
+    for method, path, body in (
+        ("POST", "/api/reports", {"studyId": other}),
+        ("POST", "/api/critical-findings", finding),
+        ("POST", f"/api/studies/{other}/claim", None),
+        ("GET", f"/api/studies/{other}", None),
+    ):
+        answer = client.request(method, path, json=body, headers=radiologist)
+        assert answer.status_code == 404, (path, answer.text)
+    with Session(engine) as session:
+        assert session.exec(select(CriticalFinding)).all() == []
