@@ -450,6 +450,9 @@ def test_an_altered_incomplete_or_expired_archive_link_answers_403(
         "another copy": fetch(f"/api/deidentified/{second['id']}/archive"),
         "later expiry": fetch(path, expires=str(int(query["expires"]) + 600)),
         "malformed expiry": fetch(path, expires="tomorrow"),
+        # str.isdigit() holds for these, int() refuses the first and reads the second as 123.
+        "superscript digit expiry": fetch(path, expires="\u00b2"),
+        "non-ASCII digits expiry": fetch(path, expires="\u0661\u0662\u0663"),
     }
     for case, answer in refused.items():
         assert answer.status_code == 403, case
