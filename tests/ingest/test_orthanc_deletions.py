@@ -9,13 +9,14 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 from fastapi.testclient import TestClient
-from sqlalchemy import Engine
+from sqlalchemy import Engine, update
 from sqlmodel import Session, col, select
 
 from sidecar.accounts.models import Role, User
@@ -27,7 +28,7 @@ from sidecar.ingest.models import ChangesCursor, DeletionCheck
 from sidecar.ingest.orthanc_client import OrthancClient
 from sidecar.launcher.orthanc import OrthancProcess
 from sidecar.orders.models import ImagingOrder, Modality
-from sidecar.patients.image_rewrite import rewrite_study
+from sidecar.patients.image_rewrite import REASSIGNMENT_METADATA, rewrite_study
 from sidecar.studies.models import Image, Series, Study, StudyPublic
 from sidecar.studies.registry import register_images, register_study
 from sidecar.tables import metadata
@@ -365,3 +366,61 @@ def test_the_plugin_route_checks_its_input_and_only_queues(
     }
     # Queued, durably; nothing is dropped on a notice alone.
     assert sidecar_view(engine, study_id) == {**intact, "queued": 1}
+
+
+class _RewriteMidCheck(OrthancClient):
+    """Moves one instance to another patient's Orthanc study (as a patient-merge rewrite does:
+    copy stored, original deleted) right after the deletion check has listed the studies of
+    its UID, so the check reads the old study without it and the new one not at all."""
+
+    instance_to_move: str | None = None
+
+    def studies_with_uid(self, study_instance_uid: str) -> dict[str, str]:
+        found = super().studies_with_uid(study_instance_uid)
+        if self.instance_to_move is not None:
+            moving, self.instance_to_move = self.instance_to_move, None
+            # What the rewrite does first, so that Orthanc's ingress filter lets the copy in.
+            self.mark_study(
+                self.parent_study_of_instance(moving), REASSIGNMENT_METADATA, "DEL-MOVED-2"
+            )
+            store = self.store_instance(
+                self.modified_instance(moving, {"PatientID": "DEL-MOVED-2"}, [])
+            )
+            assert store[0] != moving
+            self.delete_instance(moving)
+        return found
+
+
+def test_an_instance_moved_while_the_check_reads_orthanc_is_not_dropped(
+    engine: Engine, plain_orthanc: OrthancProcess, tmp_path: Path
+) -> None:
+    client = _RewriteMidCheck(plain_orthanc.url, timeout=30)
+    generated = make_study(
+        tmp_path / "dicom", series_count=1, instances_per_series=2, patient_id="DEL-MOVED-1"
+    )
+    for path in generated.files:
+        httpx.post(f"{plain_orthanc.url}/instances", content=path.read_bytes()).raise_for_status()
+    uid = generated.study_instance_uid
+    study_id = register(engine, client, uid)
+    before = sidecar_view(engine, study_id)
+    moving = sorted(before["images"].values())[0]
+    watch = DeletionWatch(engine, client, reconcile_every=3600)
+    assert watch.notice("Instance", moving) == study_id
+    client.instance_to_move = moving
+    watch.run_due(lambda: False)
+    # Orthanc holds both instances (one under a new id): no image is dropped, the check waits.
+    assert len(orthanc_instances(client, uid)) == 2
+    view = sidecar_view(engine, study_id)
+    assert set(view["images"]) == set(before["images"]) and view["counts"] == (1, 2)
+    assert view["queued"] == 1
+    assert audit_events(engine, "study.images_deleted_in_orthanc") == []
+    # Checked again, every image follows its new id.
+    with Session(engine) as session:
+        session.execute(
+            update(DeletionCheck).values(next_attempt_at=datetime(2000, 1, 1, tzinfo=UTC))
+        )
+        session.commit()
+    watch.run_due(lambda: False)
+    view = sidecar_view(engine, study_id)
+    assert view["images"] == orthanc_instances(client, uid) and view["queued"] == 0
+    client.close()
