@@ -159,6 +159,19 @@ def source(orthanc: OrthancProcess, tmp_path_factory: pytest.TempPathFactory) ->
         referenced.ReferencedSOPClassUID = "1.2.840.10008.3.1.2.3.1"
         referenced.ReferencedSOPInstanceUID = pydicom.uid.generate_uid()
         dataset.ReferencedStudySequence = [referenced]
+        # The patient named again inside sequences the profile keeps (Orthanc replaces the
+        # top-level PatientName and PatientID only), one of them two levels down.
+        purpose = Dataset()
+        purpose.CodeValue, purpose.CodingSchemeDesignator = "121320", "DCM"
+        purpose.PatientName = images.patient_name
+        derived_from = Dataset()
+        derived_from.ReferencedSOPClassUID = dataset.SOPClassUID
+        derived_from.ReferencedSOPInstanceUID = pydicom.uid.generate_uid()
+        derived_from.PatientName = images.patient_name
+        derived_from.PatientID = images.patient_id
+        derived_from.StudyInstanceUID = dataset.StudyInstanceUID
+        derived_from.PurposeOfReferenceCodeSequence = [purpose]
+        dataset.SourceImageSequence = [derived_from]
         block = dataset.private_block(0x0009, "SPRINGFIELD PRIVATE", create=True)
         block.add_new(0x01, "LO", "PRIVATE CREATOR SECRET")
         dataset.save_as(path)
