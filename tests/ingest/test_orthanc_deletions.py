@@ -120,7 +120,15 @@ def test_a_rewrite_is_followed_and_only_what_orthanc_lost_is_dropped(
     assert sidecar_view(engine, study_id) == before
     assert audit_events(engine, "study.images_deleted_in_orthanc") == []
 
-    # A patient merge rewrites every instance: copies under new Orthanc ids, originals deleted.
+    # A patient merge rewrites every instance: copies under new Orthanc ids, originals deleted
+    # (the study's row names its new patient first: sidecar.patients.image_updates rewrites
+    # Orthanc to the row's values).
+    with Session(engine) as session:
+        row = session.get(Study, study_id)
+        assert row is not None
+        row.patient_id = "DEL-REWRITE-2"
+        session.add(row)
+        session.commit()
     rewrite_study(client, uid, {"PatientID": "DEL-REWRITE-2"})
     for old_id in old_instance_ids:  # the plugin's notices of the deleted originals
         assert watch.notice("Instance", old_id) == study_id
@@ -424,3 +432,40 @@ def test_an_instance_moved_while_the_check_reads_orthanc_is_not_dropped(
     view = sidecar_view(engine, study_id)
     assert view["images"] == orthanc_instances(client, uid) and view["queued"] == 0
     client.close()
+
+
+def test_a_study_is_never_re_pointed_to_another_patients_orthanc_study(
+    engine: Engine, orthanc: OrthancClient, plain_orthanc: OrthancProcess, tmp_path: Path
+) -> None:
+    """Orthanc holds the UID under another patient id too (a conflict the registration flags,
+    not merged): once the study's own Orthanc study is deleted, the study is not re-pointed to
+    the other patient's images."""
+    ours = make_study(
+        tmp_path / "ours", series_count=1, instances_per_series=2, patient_id="DEL-CONFLICT-1"
+    )
+    uid = ours.study_instance_uid
+    theirs = make_study(
+        tmp_path / "theirs",
+        series_count=1,
+        instances_per_series=1,
+        patient_id="DEL-CONFLICT-2",
+        study_instance_uid=uid,
+    )
+    for path in ours.files:
+        httpx.post(f"{plain_orthanc.url}/instances", content=path.read_bytes()).raise_for_status()
+    study_id = register(engine, orthanc, uid)
+    own_orthanc_id = str(sidecar_view(engine, study_id)["orthanc_id"])
+    # Let Orthanc's ingress filter take the same UID under another patient id.
+    orthanc.mark_study(own_orthanc_id, REASSIGNMENT_METADATA, "DEL-CONFLICT-2")
+    for path in theirs.files:
+        httpx.post(f"{plain_orthanc.url}/instances", content=path.read_bytes()).raise_for_status()
+    [their_orthanc_id] = [i for i in orthanc.studies_with_uid(uid) if i != own_orthanc_id]
+
+    httpx.delete(f"{plain_orthanc.url}/studies/{own_orthanc_id}").raise_for_status()
+    watch = DeletionWatch(engine, orthanc, reconcile_every=3600)
+    assert watch.notice("Study", own_orthanc_id) == study_id
+    watch.run_due(lambda: False)
+    view = sidecar_view(engine, study_id)
+    assert view["orthanc_id"] != their_orthanc_id
+    assert view["images"] == {} and view["counts"] == (0, 0)
+    httpx.delete(f"{plain_orthanc.url}/studies/{their_orthanc_id}").raise_for_status()
