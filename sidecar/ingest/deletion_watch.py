@@ -197,7 +197,11 @@ class DeletionWatch:
         """How many of the study's images `holdings` lacks that Orthanc does hold under the
         study's UID, asked one by one. `held_instances` reads study after study: an instance a
         rewrite moves between those reads (sidecar.patients.image_rewrite: copy stored in
-        another Orthanc study, then the original deleted) is in none of them."""
+        another Orthanc study, then the original deleted) is in none of them. Not asked when
+        Orthanc listed no study of the UID at all: that one answer is whole, and a rewrite keeps
+        a copy at every moment (a whole study deleted costs no lookup per image)."""
+        if holdings.empty:
+            return 0
         with Session(self._engine) as session:
             sop_uids = session.exec(
                 select(Image.sop_instance_uid).where(Image.study_id == study_id)
