@@ -69,7 +69,9 @@ def check(
     if missing:
         raise InvalidLink(f"{what} is incomplete (no {', '.join(missing)}): {renew}")
     expires, signature_given = given.get("expires") or "", given.get("signature") or ""
-    expiry_time = int(expires) if expires.isdigit() and len(expires) <= 12 else None
+    # ASCII digits only: str.isdigit() also holds for "²", which int() refuses (a 500).
+    well_formed = expires.isascii() and expires.isdigit() and len(expires) <= 12
+    expiry_time = int(expires) if well_formed else None
     expected = sign(key, kind, values, expiry_time) if values and expiry_time is not None else ""
     # Compared even when the values above are malformed, in constant time for their length.
     if not hmac.compare_digest(expected.encode(), signature_given.encode()) or not expected:

@@ -31,7 +31,7 @@ from sqlmodel import Session, col, select
 
 from sidecar.core.background import backoff_delay
 from sidecar.core.models import utcnow
-from sidecar.ingest.deletions import follow_orthanc, held_instances
+from sidecar.ingest.deletions import Holdings, follow_orthanc, held_instances
 from sidecar.ingest.models import ChangesCursor, DeletionCheck
 from sidecar.ingest.orthanc_client import OrthancClient, OrthancNotFound, OrthancUnavailable
 from sidecar.studies.models import Image, Series, Study
@@ -160,6 +160,7 @@ class DeletionWatch:
             return True
         try:
             holdings = held_instances(self._orthanc, uid)
+            moved = self._held_elsewhere(pending.study_id, uid, holdings)
         except OrthancUnavailable as exc:
             self._retry(pending, str(exc))
             self.status.last_error = str(exc)
@@ -170,6 +171,9 @@ class DeletionWatch:
         except Exception as exc:  # an answer not as expected: kept queued, never "deleted"
             log.exception("reading study %s from Orthanc failed", pending.study_id)
             self._retry(pending, type(exc).__name__)
+            return True
+        if moved:  # moved while read (a patient-merge rewrite under way): never "deleted"
+            self._retry(pending, f"Orthanc changed while read: {moved} instances moved")
             return True
         try:
             with Session(self._engine) as session:
@@ -188,6 +192,30 @@ class DeletionWatch:
             self.status.studies_followed += 1
         self.status.last_error = None
         return True
+
+    def _held_elsewhere(self, study_id: int, uid: str, holdings: Holdings) -> int:
+        """How many of the study's images `holdings` lacks that Orthanc does hold under the
+        study's UID, asked one by one. `held_instances` reads study after study: an instance a
+        rewrite moves between those reads (sidecar.patients.image_rewrite: copy stored in
+        another Orthanc study, then the original deleted) is in none of them. Not asked when
+        Orthanc listed no study of the UID at all: that one answer is whole, and a rewrite keeps
+        a copy at every moment (a whole study deleted costs no lookup per image)."""
+        if holdings.empty:
+            return 0
+        with Session(self._engine) as session:
+            sop_uids = session.exec(
+                select(Image.sop_instance_uid).where(Image.study_id == study_id)
+            ).all()
+        moved = 0
+        for sop_uid in sop_uids:
+            if sop_uid in holdings.instances:
+                continue
+            for instance_id in self._orthanc.resources_with_uid(sop_uid, "Instance"):
+                parent = self._orthanc.study(self._orthanc.parent_study_of_instance(instance_id))
+                if str(parent.get("MainDicomTags", {}).get("StudyInstanceUID", "")).strip() == uid:
+                    moved += 1
+                    break
+        return moved
 
     def _forget(self, pending: DeletionCheck) -> None:
         with Session(self._engine) as session:

@@ -31,6 +31,7 @@ from sqlmodel import Session, col, select
 from sidecar.core import audit
 from sidecar.findings.models import CriticalFinding
 from sidecar.ingest.orthanc_client import OrthancClient
+from sidecar.patients.image_rewrite import holding_id
 from sidecar.reports.models import RadiologyReport
 from sidecar.studies.image_rows import drop_image_rows
 from sidecar.studies.models import Image, Series, Study
@@ -201,12 +202,19 @@ def _orthanc_study_of(study: Study, holdings: Holdings) -> str | None:
     holding most of its instances, preferring the study's own patient id (a rewrite's copy)."""
     if study.orthanc_id in holdings.orthanc_studies:
         return study.orthanc_id
-    counts: dict[str, int] = dict.fromkeys(holdings.orthanc_studies, 0)
+    # Only an Orthanc study filed under the study's own patient id (a rewrite's copy), or the
+    # rewrite's holding id, is the study's: the same UID under another patient id is a conflict
+    # (sidecar.studies.registry), another patient's images, never re-pointed to.
+    own = (study.patient_id or "").strip()
+    ours = {own, holding_id(study.study_instance_uid)}
+    counts: dict[str, int] = {
+        oid: 0 for oid, patient_id in holdings.orthanc_studies.items() if patient_id in ours
+    }
     for held in holdings.instances.values():
-        counts[held.orthanc_study_id] = counts.get(held.orthanc_study_id, 0) + 1
+        if held.orthanc_study_id in counts:
+            counts[held.orthanc_study_id] += 1
     if not counts:
         return study.orthanc_id
-    own = (study.patient_id or "").strip()
     return max(
         sorted(counts),
         key=lambda oid: (holdings.orthanc_studies.get(oid, "") == own, counts[oid]),

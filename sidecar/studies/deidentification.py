@@ -133,13 +133,42 @@ def record_copy(
     return copy
 
 
-def orthanc_options(copy: DeidentifiedCopy) -> dict[str, Any]:
+# What `Replace` sets at the top level: Orthanc (1.10) replaces those there only, and leaves the
+# same attributes inside sequences as they were (the profile's other attributes it clears or
+# removes at any depth). PatientName and PatientID, hex as Orthanc's short tags name them.
+_REPLACED_TOP_LEVEL_ONLY = ("0010,0010", "0010,0020")
+
+
+def nested_identity_paths(instances_tags: dict[str, dict[str, Any]]) -> list[str]:
+    """Orthanc's paths ("0008,2112[*].0010,0010") to every PatientName and PatientID inside a
+    sequence of the study's instances (tags in Orthanc's short form): removed from the copy."""
+    paths: set[str] = set()
+
+    def walk(tags: dict[str, Any], prefix: str) -> None:
+        for tag, value in tags.items():
+            if prefix and tag.lower() in _REPLACED_TOP_LEVEL_ONLY:
+                paths.add(prefix + tag)
+            if isinstance(value, list):
+                for item in value:
+                    if isinstance(item, dict):
+                        walk(item, f"{prefix}{tag}[*].")
+
+    for tags in instances_tags.values():
+        walk(tags, "")
+    return sorted(paths)
+
+
+def orthanc_options(
+    copy: DeidentifiedCopy, nested_identity: list[str] | None = None
+) -> dict[str, Any]:
     """Orthanc's anonymization options for this copy. Force lets the sidecar choose the Study
-    Instance UID (every other UID is Orthanc's new one)."""
+    Instance UID (every other UID is Orthanc's new one); `nested_identity` (nested_identity_
+    paths) are removed."""
     return {
         "DicomVersion": DICOM_VERSION,
         "KeepPrivateTags": False,
         "Force": True,
+        "Remove": list(nested_identity or []),
         "Replace": {
             "PatientName": copy.pseudonym,
             "PatientID": copy.pseudonym,

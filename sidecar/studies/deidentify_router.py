@@ -32,6 +32,7 @@ from sidecar.studies.deidentification import (
     DeidentifyRequest,
     archive_link,
     check_archive_link,
+    nested_identity_paths,
     orthanc_options,
     public_copy,
     record_copy,
@@ -75,7 +76,8 @@ def deidentify_study(
     source_orthanc_id = study.orthanc_id
     copy = record_copy(session, study_id, body.purpose, user.username, clock())
     try:
-        made = orthanc.anonymize_study(source_orthanc_id, orthanc_options(copy))
+        nested = nested_identity_paths(orthanc.study_instances_tags(source_orthanc_id))
+        made = orthanc.anonymize_study(source_orthanc_id, orthanc_options(copy, nested))
         if made.failed_instances:
             raise _Incomplete(made.orthanc_id, made.failed_instances)
     except (OrthancError, _Incomplete) as exc:

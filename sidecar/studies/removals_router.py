@@ -21,11 +21,13 @@ from sidecar.accounts.dependencies import Admin, StudyEditor
 from sidecar.accounts.models import User
 from sidecar.core.api_errors import ErrorBody
 from sidecar.core.dependencies import ClockDep, SessionDep, SettingsDep, provide
+from sidecar.core.errors import UnknownRecord
 from sidecar.core.models import Page
 from sidecar.core.pagination import PaginationDep, RecordId, page
 from sidecar.ingest.orthanc_client import OrthancClient
 from sidecar.studies import rejection
 from sidecar.studies.lookup import readable_image, readable_study
+from sidecar.studies.models import Study
 from sidecar.studies.removal_models import (
     ImageRemoval,
     ImageRemovalInstance,
@@ -125,8 +127,13 @@ def list_removals(
     scope: CareScopeDep,
     pagination: PaginationDep,
 ) -> dict[str, Any]:
-    """The study's image removals, newest first: what, why, by whom, and whether done."""
-    readable_study(session, study_id, scope)
+    """The study's image removals, newest first: what, why, by whom, and whether done; still
+    once the study left the lists because Orthanc holds none of its images any more (its last
+    images withdrawn, sidecar.ingest.deletions): that is when the record matters most."""
+    if scope.limited:
+        readable_study(session, study_id, scope)
+    elif session.get(Study, study_id) is None:
+        raise UnknownRecord(f"study {study_id} not found")
     condition = ImageRemoval.study_id == study_id
     total = session.exec(select(func.count()).select_from(ImageRemoval).where(condition)).one()
     rows = session.exec(

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -16,7 +17,7 @@ import httpx
 import pytest
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
-from sqlalchemy import Engine
+from sqlalchemy import Engine, update
 from sqlmodel import Session, col, select
 
 from sidecar.accounts.models import Role, User
@@ -28,7 +29,7 @@ from sidecar.ingest.models import ChangesCursor, DeletionCheck
 from sidecar.ingest.orthanc_client import OrthancClient
 from sidecar.launcher.orthanc import OrthancProcess
 from sidecar.orders.models import ImagingOrder, Modality
-from sidecar.patients.image_rewrite import rewrite_study
+from sidecar.patients.image_rewrite import REASSIGNMENT_METADATA, rewrite_study
 from sidecar.studies.models import Image, Series, Study, StudyPublic, StudyStatus
 from sidecar.studies.registry import register_images, register_study
 from sidecar.tables import metadata
@@ -120,7 +121,15 @@ def test_a_rewrite_is_followed_and_only_what_orthanc_lost_is_dropped(
     assert sidecar_view(engine, study_id) == before
     assert audit_events(engine, "study.images_deleted_in_orthanc") == []
 
-    # A patient merge rewrites every instance: copies under new Orthanc ids, originals deleted.
+    # A patient merge rewrites every instance: copies under new Orthanc ids, originals deleted
+    # (the study's row names its new patient first: sidecar.patients.image_updates rewrites
+    # Orthanc to the row's values).
+    with Session(engine) as session:
+        row = session.get(Study, study_id)
+        assert row is not None
+        row.patient_id = "DEL-REWRITE-2"
+        session.add(row)
+        session.commit()
     rewrite_study(client, uid, {"PatientID": "DEL-REWRITE-2"})
     for old_id in old_instance_ids:  # the plugin's notices of the deleted originals
         assert watch.notice("Instance", old_id) == study_id
@@ -396,3 +405,98 @@ def test_a_study_removed_with_its_images_takes_no_new_report_finding_or_reading(
         assert answer.status_code == 404, (path, answer.text)
     with Session(engine) as session:
         assert session.exec(select(CriticalFinding)).all() == []
+
+
+class _RewriteMidCheck(OrthancClient):
+    """Moves one instance to another patient's Orthanc study (as a patient-merge rewrite does:
+    copy stored, original deleted) right after the deletion check has listed the studies of
+    its UID, so the check reads the old study without it and the new one not at all."""
+
+    instance_to_move: str | None = None
+
+    def studies_with_uid(self, study_instance_uid: str) -> dict[str, str]:
+        found = super().studies_with_uid(study_instance_uid)
+        if self.instance_to_move is not None:
+            moving, self.instance_to_move = self.instance_to_move, None
+            # What the rewrite does first, so that Orthanc's ingress filter lets the copy in.
+            self.mark_study(
+                self.parent_study_of_instance(moving), REASSIGNMENT_METADATA, "DEL-MOVED-2"
+            )
+            store = self.store_instance(
+                self.modified_instance(moving, {"PatientID": "DEL-MOVED-2"}, [])
+            )
+            assert store[0] != moving
+            self.delete_instance(moving)
+        return found
+
+
+def test_an_instance_moved_while_the_check_reads_orthanc_is_not_dropped(
+    engine: Engine, plain_orthanc: OrthancProcess, tmp_path: Path
+) -> None:
+    client = _RewriteMidCheck(plain_orthanc.url, timeout=30)
+    generated = make_study(
+        tmp_path / "dicom", series_count=1, instances_per_series=2, patient_id="DEL-MOVED-1"
+    )
+    for path in generated.files:
+        httpx.post(f"{plain_orthanc.url}/instances", content=path.read_bytes()).raise_for_status()
+    uid = generated.study_instance_uid
+    study_id = register(engine, client, uid)
+    before = sidecar_view(engine, study_id)
+    moving = sorted(before["images"].values())[0]
+    watch = DeletionWatch(engine, client, reconcile_every=3600)
+    assert watch.notice("Instance", moving) == study_id
+    client.instance_to_move = moving
+    watch.run_due(lambda: False)
+    # Orthanc holds both instances (one under a new id): no image is dropped, the check waits.
+    assert len(orthanc_instances(client, uid)) == 2
+    view = sidecar_view(engine, study_id)
+    assert set(view["images"]) == set(before["images"]) and view["counts"] == (1, 2)
+    assert view["queued"] == 1
+    assert audit_events(engine, "study.images_deleted_in_orthanc") == []
+    # Checked again, every image follows its new id.
+    with Session(engine) as session:
+        session.execute(
+            update(DeletionCheck).values(next_attempt_at=datetime(2000, 1, 1, tzinfo=UTC))
+        )
+        session.commit()
+    watch.run_due(lambda: False)
+    view = sidecar_view(engine, study_id)
+    assert view["images"] == orthanc_instances(client, uid) and view["queued"] == 0
+    client.close()
+
+
+def test_a_study_is_never_re_pointed_to_another_patients_orthanc_study(
+    engine: Engine, orthanc: OrthancClient, plain_orthanc: OrthancProcess, tmp_path: Path
+) -> None:
+    """Orthanc holds the UID under another patient id too (a conflict the registration flags,
+    not merged): once the study's own Orthanc study is deleted, the study is not re-pointed to
+    the other patient's images."""
+    ours = make_study(
+        tmp_path / "ours", series_count=1, instances_per_series=2, patient_id="DEL-CONFLICT-1"
+    )
+    uid = ours.study_instance_uid
+    theirs = make_study(
+        tmp_path / "theirs",
+        series_count=1,
+        instances_per_series=1,
+        patient_id="DEL-CONFLICT-2",
+        study_instance_uid=uid,
+    )
+    for path in ours.files:
+        httpx.post(f"{plain_orthanc.url}/instances", content=path.read_bytes()).raise_for_status()
+    study_id = register(engine, orthanc, uid)
+    own_orthanc_id = str(sidecar_view(engine, study_id)["orthanc_id"])
+    # Let Orthanc's ingress filter take the same UID under another patient id.
+    orthanc.mark_study(own_orthanc_id, REASSIGNMENT_METADATA, "DEL-CONFLICT-2")
+    for path in theirs.files:
+        httpx.post(f"{plain_orthanc.url}/instances", content=path.read_bytes()).raise_for_status()
+    [their_orthanc_id] = [i for i in orthanc.studies_with_uid(uid) if i != own_orthanc_id]
+
+    httpx.delete(f"{plain_orthanc.url}/studies/{own_orthanc_id}").raise_for_status()
+    watch = DeletionWatch(engine, orthanc, reconcile_every=3600)
+    assert watch.notice("Study", own_orthanc_id) == study_id
+    watch.run_due(lambda: False)
+    view = sidecar_view(engine, study_id)
+    assert view["orthanc_id"] != their_orthanc_id
+    assert view["images"] == {} and view["counts"] == (0, 0)
+    httpx.delete(f"{plain_orthanc.url}/studies/{their_orthanc_id}").raise_for_status()

@@ -159,6 +159,19 @@ def source(orthanc: OrthancProcess, tmp_path_factory: pytest.TempPathFactory) ->
         referenced.ReferencedSOPClassUID = "1.2.840.10008.3.1.2.3.1"
         referenced.ReferencedSOPInstanceUID = pydicom.uid.generate_uid()
         dataset.ReferencedStudySequence = [referenced]
+        # The patient named again inside sequences the profile keeps (Orthanc replaces the
+        # top-level PatientName and PatientID only), one of them two levels down.
+        purpose = Dataset()
+        purpose.CodeValue, purpose.CodingSchemeDesignator = "121320", "DCM"
+        purpose.PatientName = images.patient_name
+        derived_from = Dataset()
+        derived_from.ReferencedSOPClassUID = dataset.SOPClassUID
+        derived_from.ReferencedSOPInstanceUID = pydicom.uid.generate_uid()
+        derived_from.PatientName = images.patient_name
+        derived_from.PatientID = images.patient_id
+        derived_from.StudyInstanceUID = dataset.StudyInstanceUID
+        derived_from.PurposeOfReferenceCodeSequence = [purpose]
+        dataset.SourceImageSequence = [derived_from]
         block = dataset.private_block(0x0009, "SPRINGFIELD PRIVATE", create=True)
         block.add_new(0x01, "LO", "PRIVATE CREATOR SECRET")
         dataset.save_as(path)
@@ -450,6 +463,9 @@ def test_an_altered_incomplete_or_expired_archive_link_answers_403(
         "another copy": fetch(f"/api/deidentified/{second['id']}/archive"),
         "later expiry": fetch(path, expires=str(int(query["expires"]) + 600)),
         "malformed expiry": fetch(path, expires="tomorrow"),
+        # str.isdigit() holds for these, int() refuses the first and reads the second as 123.
+        "superscript digit expiry": fetch(path, expires="\u00b2"),
+        "non-ASCII digits expiry": fetch(path, expires="\u0661\u0662\u0663"),
     }
     for case, answer in refused.items():
         assert answer.status_code == 403, case

@@ -297,6 +297,7 @@ def test_an_altered_incomplete_or_expired_link_answers_403(
         "unknown format": fetch(path, format="tiff"),
         "later expiry": fetch(path, expires=str(int(query["expires"]) + 3600)),
         "malformed expiry": fetch(path, expires="soon"),
+        "superscript digit expiry": fetch(path, expires="\u00b2"),  # isdigit(), not int()
     }
     for case, answer in refused.items():
         assert answer.status_code == 403, case

@@ -28,6 +28,7 @@ from sqlmodel import Session, col, select
 from sidecar.accounts.models import Role, User
 from sidecar.core.models import utcnow
 from sidecar.core.settings import Settings
+from sidecar.ingest.deletion_watch import DeletionWatch
 from sidecar.ingest.dicom_mapping import image_records, study_record
 from sidecar.ingest.orthanc_client import OrthancClient
 from sidecar.launcher.orthanc import OrthancProcess
@@ -275,6 +276,15 @@ def test_an_image_then_a_series_leave_orthanc_and_the_counts_and_lists_follow(
         assert session.exec(select(Series).where(Series.study_id == stored.study_id)).all() == []
         assert session.exec(select(Image).where(Image.study_id == stored.study_id)).all() == []
     httpx.delete(f"{orthanc.url}/instances/{other_copy}").raise_for_status()
+
+    # Orthanc holds nothing of the study now: the deletion follower takes it out of the lists
+    # (no report, finding or order); what was removed, why and by whom stays readable.
+    watch = DeletionWatch(engine, OrthancClient(orthanc.url), reconcile_every=3600)
+    watch.run_due(lambda: False)  # the first round reconciles: its Orthanc study is gone
+    assert client.get(f"/api/studies/{stored.study_id}", headers=admin_headers).status_code == 404
+    listed = client.get(f"/api/studies/{stored.study_id}/removals", headers=admin_headers)
+    assert listed.status_code == 200, listed.text
+    assert [r["scope"] for r in listed.json()["items"]] == ["SERIES", "SERIES", "IMAGE"]
 
 
 def test_reasons_roles_and_care_scope_refuse_and_nothing_is_removed(
