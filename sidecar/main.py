@@ -65,6 +65,7 @@ from sidecar.results.outbox import ResultOutbox
 from sidecar.results.router import router as results_router
 from sidecar.results.routing import ResultRouting
 from sidecar.studies.deidentify_router import router as deidentify_router
+from sidecar.studies.deidentify_sweep import DeidentificationSweep
 from sidecar.studies.image_access import router as image_access_router
 from sidecar.studies.images_router import images_router
 from sidecar.studies.removal_worker import ImageRemover
@@ -255,6 +256,8 @@ def build_services(
     services.add(ImageUpdater(engine, orthanc, max_delay=settings.result_retry_max_delay))
     # Image removals (IOCM rejection) Orthanc could not perform at once, until done.
     services.add(ImageRemover(engine, orthanc, max_delay=settings.result_retry_max_delay))
+    # De-identified copies abandoned midway (a crash, a timeout): deleted once Orthanc is done.
+    services.add(DeidentificationSweep(engine, orthanc, clock=clock))
     # Critical findings: notified through a webhook outbox, escalated by deadline.
     policy = services.add(FindingPolicy.from_settings(settings))
     notifier: FindingNotifier | None = None
@@ -309,10 +312,12 @@ def _lifespan(services: Services) -> Callable[[FastAPI], Any]:
         await asyncio.to_thread(mpps.start)
         order_events.start()
         image_updater, remover = services.get(ImageUpdater), services.get(ImageRemover)
+        sweep = services.get(DeidentificationSweep)
         if settings.reconcile_enabled:
             sync.start()
             image_updater.start()  # work left queued by the last run too
             remover.start()  # removals left waiting by the last run too
+            sweep.start()  # copies the last run abandoned first
         if outbox is not None:
             outbox.start()  # results left pending by the last run go first
         if findings.notifier is not None:
@@ -334,6 +339,7 @@ def _lifespan(services: Services) -> Callable[[FastAPI], Any]:
             await asyncio.to_thread(sync.stop)
             await asyncio.to_thread(image_updater.stop)
             await asyncio.to_thread(remover.stop)
+            await asyncio.to_thread(sweep.stop)
             await asyncio.to_thread(order_events.stop)
             publisher = services.find(WorklistPublisher)
             if publisher is not None:

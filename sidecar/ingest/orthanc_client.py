@@ -63,6 +63,19 @@ class AnonymizedStudy:
     instances: int
     failed_instances: int
 
+    @classmethod
+    def of_job(cls, job: dict[str, Any]) -> AnonymizedStudy:
+        """What a successful anonymization job made (its Content)."""
+        try:
+            made = job["Content"]
+            return cls(
+                orthanc_id=str(made["ID"]),
+                instances=int(made.get("InstancesCount", 0)),
+                failed_instances=int(made.get("FailedInstancesCount", 0)),
+            )
+        except (KeyError, TypeError, ValueError) as exc:
+            raise OrthancUnavailable("anonymize job: unexpected answer") from exc
+
 
 # Orthanc's answer to work on a whole study (a de-identified copy, a ZIP archive) may take
 # minutes for a large one; the first bytes of a ZIP come once its first files are read.
@@ -322,21 +335,32 @@ class OrthancClient:
 
     # -- de-identified copies (sidecar.studies.deidentification) ------------------------------
 
-    def anonymize_study(self, orthanc_id: str, options: dict[str, Any]) -> AnonymizedStudy:
-        """A de-identified copy of the study, made by Orthanc before it answers (the options
-        are Orthanc's: DicomVersion, Replace, ...; Synchronous is always set)."""
-        body = {**options, "Synchronous": True}
-        answer = self._send(
-            "POST", f"/studies/{orthanc_id}/anonymize", json=body, timeout=_LONG_TIMEOUT
-        ).json()
+    def start_anonymize_study(self, orthanc_id: str, options: dict[str, Any]) -> str:
+        """Orthanc's job making a de-identified copy of the study (the options are Orthanc's:
+        DicomVersion, Replace, ...): its id, to follow with `job` and stop with `cancel_job`."""
+        body = {**options, "Synchronous": False}
+        answer = self._send("POST", f"/studies/{orthanc_id}/anonymize", json=body).json()
+        if not isinstance(answer, dict) or not isinstance(answer.get("ID"), str):
+            raise OrthancUnavailable("POST anonymize: unexpected answer")
+        return str(answer["ID"])
+
+    def job(self, job_id: str) -> dict[str, Any] | None:
+        """Orthanc's job (State: Pending, Running, Paused, Retry, Success, Failure); None when
+        Orthanc does not know it (a forgotten or never started job)."""
         try:
-            return AnonymizedStudy(
-                orthanc_id=str(answer["ID"]),
-                instances=int(answer.get("InstancesCount", 0)),
-                failed_instances=int(answer.get("FailedInstancesCount", 0)),
-            )
-        except (KeyError, TypeError, ValueError) as exc:
-            raise OrthancUnavailable("POST anonymize: unexpected answer") from exc
+            found: dict[str, Any] = self._get(f"/jobs/{job_id}")
+        except OrthancNotFound:
+            return None
+        return found
+
+    def cancel_job(self, job_id: str) -> None:
+        """Asks Orthanc to stop the job (a job already finished, or unknown, stays as it is)."""
+        try:
+            response = self._http.post(f"/jobs/{job_id}/cancel", content=b"")
+        except httpx.HTTPError as exc:
+            raise OrthancUnavailable(f"POST cancel job: {type(exc).__name__}") from exc
+        if response.status_code >= 500:
+            raise OrthancUnavailable(f"POST cancel job: HTTP {response.status_code}")
 
     def delete_study(self, orthanc_id: str) -> None:
         with contextlib.suppress(OrthancNotFound):  # deleted already: what was asked

@@ -28,7 +28,8 @@ from sidecar.patients import image_updates
 from sidecar.patients.image_updates import ImageUpdater, ImageUpdaterDep
 from sidecar.results.message_log import Hl7Direction, Hl7Message, Hl7MessageStatus
 from sidecar.results.outbox import ResultOutbox, ResultOutboxDep
-from sidecar.studies import removal_worker
+from sidecar.studies import deidentify_sweep, removal_worker
+from sidecar.studies.deidentify_sweep import DeidentificationSweep, DeidentificationSweepDep
 from sidecar.studies.models import Study
 from sidecar.studies.removal_worker import ImageRemover, ImageRemoverDep
 from sidecar.worklist.publisher import WorklistPublisher
@@ -258,6 +259,25 @@ def _image_removals(engine: Engine, remover: ImageRemover | None) -> dict[str, A
     }
 
 
+def _deidentified_copies(engine: Engine, sweep: DeidentificationSweep | None) -> dict[str, Any]:
+    """De-identified copies being made, and those abandoned midway waiting for the sweep to
+    delete what Orthanc wrote (alert when that stays above zero)."""
+    if sweep is None:
+        return {"enabled": False}
+    try:
+        with Session(engine) as session:
+            waiting = deidentify_sweep.backlog(session, now=utcnow())
+    except Exception as exc:
+        return {"enabled": True, "error": type(exc).__name__}
+    return {
+        "enabled": True,
+        "running": sweep.running,
+        "creating": waiting.creating,
+        "waitingForCleanup": waiting.abandoned,
+        "lastError": sweep.last_error,
+    }
+
+
 OrthancDep = Annotated[OrthancClient, Depends(provide(OrthancClient))]
 
 
@@ -275,6 +295,7 @@ def health(
     findings: FindingWorkersDep,
     updater: ImageUpdaterDep,
     remover: ImageRemoverDep,
+    sweep: DeidentificationSweepDep,
 ) -> JSONResponse:
     return _answer(
         {"database": _database(engine), "orthanc": _orthanc(orthanc)},
@@ -288,6 +309,7 @@ def health(
         notifications=_notifications(engine, findings.notifier),
         imageUpdates=_image_updates(engine, updater),
         imageRemovals=_image_removals(engine, remover),
+        deidentifiedCopies=_deidentified_copies(engine, sweep),
     )
 
 

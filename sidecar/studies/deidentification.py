@@ -24,7 +24,7 @@ import secrets
 import string
 import uuid
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from enum import StrEnum
 from typing import Any
 from urllib.parse import urlencode
@@ -52,10 +52,18 @@ _METHOD_CODE = {
 }
 
 
+#: How long the sidecar waits for Orthanc's job making a copy before it gives up on it.
+ANONYMIZE_TIMEOUT = 600.0
+#: A copy still "creating" this long after it was recorded was abandoned (the sidecar stopped,
+#: or gave up waiting): the sweep (sidecar.studies.deidentify_sweep) deletes what Orthanc holds
+#: of it once Orthanc's job is over, and marks it failed.
+ABANDONED_AFTER = timedelta(seconds=ANONYMIZE_TIMEOUT + 300)
+
+
 class CopyStatus(StrEnum):
-    CREATING = "creating"  # recorded, Orthanc is making it (or the sidecar stopped meanwhile)
+    CREATING = "creating"  # recorded, Orthanc is making it (or it was abandoned: swept later)
     READY = "ready"
-    FAILED = "failed"  # Orthanc failed; whatever it wrote was deleted, or is never registered
+    FAILED = "failed"  # not made; whatever Orthanc wrote was deleted, and is never registered
 
 
 class DeidentifiedCopy(SQLModel, table=True):
@@ -72,6 +80,10 @@ class DeidentifiedCopy(SQLModel, table=True):
     created_at: datetime = Field(sa_column=Column(UTCDateTime, nullable=False))
     status: CopyStatus = Field(sa_column=Column(EnumText(CopyStatus, 16), nullable=False))
     instance_count: int | None = None
+    # Orthanc's job making the copy, while it is "creating": the sweep waits for it to end.
+    orthanc_job_id: str | None = Field(default=None, max_length=64)
+    # Why a failed copy was not made (no patient data: a cause, never Orthanc's content).
+    failure_reason: str | None = Field(default=None, max_length=200)
 
 
 class DeidentifyRequest(ApiInput):

@@ -24,8 +24,14 @@ from sidecar.core.dependencies import ClockDep, SessionDep, SettingsDep, provide
 from sidecar.core.errors import ConflictingState, Unavailable, UnknownRecord
 from sidecar.core.pagination import RecordId
 from sidecar.core.settings import Settings
-from sidecar.ingest.orthanc_client import OrthancClient, OrthancError, OrthancNotFound
+from sidecar.ingest.orthanc_client import (
+    AnonymizedStudy,
+    OrthancClient,
+    OrthancError,
+    OrthancNotFound,
+)
 from sidecar.studies.deidentification import (
+    ANONYMIZE_TIMEOUT,
     CopyStatus,
     DeidentifiedCopy,
     DeidentifiedCopyPublic,
@@ -37,6 +43,7 @@ from sidecar.studies.deidentification import (
     public_copy,
     record_copy,
 )
+from sidecar.studies.deidentify_sweep import wait_for_job
 from sidecar.studies.lookup import readable_study
 
 log = logging.getLogger(__name__)
@@ -77,21 +84,45 @@ def deidentify_study(
     copy = record_copy(session, study_id, body.purpose, user.username, clock())
     try:
         nested = nested_identity_paths(orthanc.study_instances_tags(source_orthanc_id))
-        made = orthanc.anonymize_study(source_orthanc_id, orthanc_options(copy, nested))
-        if made.failed_instances:
-            raise _Incomplete(made.orthanc_id, made.failed_instances)
-    except (OrthancError, _Incomplete) as exc:
+        copy.orthanc_job_id = orthanc.start_anonymize_study(
+            source_orthanc_id, orthanc_options(copy, nested)
+        )
+    except OrthancError as exc:
         _failed(session, orthanc, copy, user, exc)
         if isinstance(exc, OrthancNotFound):
             raise ConflictingState(
                 f"the images of study {study_id} are no longer in Orthanc: nothing to de-identify"
             ) from exc
-        if isinstance(exc, _Incomplete):
-            raise ConflictingState(
-                f"Orthanc could not de-identify {exc.failed} of the images of study "
-                f"{study_id}: no copy was kept"
-            ) from exc
         raise Unavailable("Orthanc is not answering: no copy was made; try again shortly") from exc
+    session.add(copy)
+    session.commit()  # the job known: a sweep after a crash waits for it to end
+    job_id = copy.orthanc_job_id
+    try:
+        job = wait_for_job(orthanc, job_id, timeout=ANONYMIZE_TIMEOUT)
+    except OrthancError as exc:
+        _abandoned(session, orthanc, copy, user, "Orthanc stopped answering during the copy")
+        raise Unavailable(
+            "Orthanc stopped answering while making the copy: no copy was kept; what Orthanc "
+            "wrote of it will be deleted"
+        ) from exc
+    if job is None:
+        _abandoned(session, orthanc, copy, user, "Orthanc did not finish the copy in time")
+        raise Unavailable(
+            f"Orthanc did not finish the copy within {ANONYMIZE_TIMEOUT:.0f} s: it was asked "
+            "to stop, no copy was kept; what Orthanc wrote of it will be deleted"
+        )
+    try:
+        if job.get("State") != "Success":
+            raise _Incomplete(None, 0)
+        made = AnonymizedStudy.of_job(job)
+        if made.failed_instances:
+            raise _Incomplete(made.orthanc_id, made.failed_instances)
+    except (OrthancError, _Incomplete) as exc:
+        _failed(session, orthanc, copy, user, exc)
+        count = f"{exc.failed} of " if isinstance(exc, _Incomplete) and exc.failed else ""
+        raise ConflictingState(
+            f"Orthanc could not de-identify {count}the images of study {study_id}: no copy was kept"
+        ) from exc
     copy.orthanc_id = made.orthanc_id
     copy.instance_count = made.instances
     copy.status = CopyStatus.READY
@@ -199,7 +230,7 @@ def deidentified_archive(
 
 
 class _Incomplete(Exception):
-    def __init__(self, orthanc_id: str, failed: int) -> None:
+    def __init__(self, orthanc_id: str | None, failed: int) -> None:
         super().__init__(f"{failed} instances failed")
         self.orthanc_id = orthanc_id
         self.failed = failed
@@ -218,6 +249,7 @@ def _failed(
         for orthanc_id in orthanc.studies_with_uid(copy.study_instance_uid):
             orthanc.delete_study(orthanc_id)
     copy.status = CopyStatus.FAILED
+    copy.failure_reason = f"Orthanc failed: {type(cause).__name__}"
     session.add(copy)
     audit.record(
         session,
@@ -231,6 +263,35 @@ def _failed(
     session.commit()
     log.warning(
         "de-identified copy %s of study %s failed: %s", copy.id, copy.source_study_id, cause
+    )
+
+
+def _abandoned(
+    session: Session, orthanc: OrthancClient, copy: DeidentifiedCopy, user: User, reason: str
+) -> None:
+    """Orthanc may still be writing the copy: it is asked to stop (when it answers), and the
+    copy stays "creating" for the sweep (sidecar.studies.deidentify_sweep), which deletes what
+    Orthanc wrote once its job is over."""
+    assert copy.orthanc_job_id is not None
+    with contextlib.suppress(OrthancError):
+        orthanc.cancel_job(copy.orthanc_job_id)
+    copy.failure_reason = reason
+    session.add(copy)
+    audit.record(
+        session,
+        actor=user.username,
+        action="study.deidentify_failed",
+        entity_type="study",
+        entity_id=copy.source_study_id,
+        copy_id=copy.id,
+        error=reason,
+    )
+    session.commit()
+    log.warning(
+        "de-identified copy %s of study %s left for the sweep: %s",
+        copy.id,
+        copy.source_study_id,
+        reason,
     )
 
 
