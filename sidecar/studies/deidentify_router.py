@@ -82,13 +82,15 @@ def deidentify_study(
         raise ConflictingState(f"study {study_id} has no images in Orthanc to de-identify")
     source_orthanc_id = study.orthanc_id
     copy = record_copy(session, study_id, body.purpose, user.username, clock())
+    asked = False  # whether Orthanc may have started writing the copy
     try:
         nested = nested_identity_paths(orthanc.study_instances_tags(source_orthanc_id))
+        asked = True
         copy.orthanc_job_id = orthanc.start_anonymize_study(
             source_orthanc_id, orthanc_options(copy, nested)
         )
     except OrthancError as exc:
-        _failed(session, orthanc, copy, user, exc)
+        _failed(session, orthanc, copy, user, exc, written=asked)
         if isinstance(exc, OrthancNotFound):
             raise ConflictingState(
                 f"the images of study {study_id} are no longer in Orthanc: nothing to de-identify"
@@ -242,14 +244,24 @@ def _failed(
     copy: DeidentifiedCopy,
     user: User,
     cause: Exception,
+    *,
+    written: bool = True,
 ) -> None:
-    """Orthanc did not make the whole copy: what it wrote is deleted (when Orthanc answers),
-    and the record stays, failed, so that a part left behind is never registered."""
-    with contextlib.suppress(OrthancError):
-        for orthanc_id in orthanc.studies_with_uid(copy.study_instance_uid):
-            orthanc.delete_study(orthanc_id)
+    """Orthanc did not make the whole copy (its job, if any, is over): what it wrote is
+    deleted and the record stays, failed, so that a part left behind is never registered.
+    Orthanc not answering the deletion: the copy stays "creating" for the sweep to delete."""
+    copy.failure_reason = (
+        "Orthanc could not copy every image"
+        if isinstance(cause, _Incomplete)
+        else f"Orthanc failed: {type(cause).__name__}"
+    )
     copy.status = CopyStatus.FAILED
-    copy.failure_reason = f"Orthanc failed: {type(cause).__name__}"
+    try:
+        if written:
+            for orthanc_id in orthanc.studies_with_uid(copy.study_instance_uid):
+                orthanc.delete_study(orthanc_id)
+    except OrthancError:
+        copy.status = CopyStatus.CREATING  # swept once abandoned (deidentify_sweep)
     session.add(copy)
     audit.record(
         session,

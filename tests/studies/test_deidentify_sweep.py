@@ -15,7 +15,7 @@ from fastapi.testclient import TestClient
 from sqlmodel import Session, select
 
 from sidecar.core.models import utcnow
-from sidecar.ingest.orthanc_client import OrthancClient
+from sidecar.ingest.orthanc_client import OrthancClient, OrthancUnavailable
 from sidecar.ingest.sync import OrthancSync, RoundReport
 from sidecar.launcher.orthanc import OrthancProcess
 from sidecar.main import create_app
@@ -215,4 +215,63 @@ def test_a_copy_orthanc_does_not_finish_in_time_is_left_for_the_sweep(
             assert swept.failure_reason == "Orthanc did not finish the copy in time"
         (event,) = audit_events(engine, "study.deidentification_abandoned")
         assert event.detail["reason"] == "Orthanc did not finish the copy in time"
+        orthanc.delete_study(source_id)
+
+
+def test_a_failed_copy_orthanc_cannot_delete_now_is_left_for_the_sweep(
+    database_url: str,
+    tmp_path: Path,
+    plain_orthanc: OrthancProcess,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Orthanc's job ends in failure and Orthanc stops answering before what it wrote is
+    deleted: the copy is not marked failed with parts left; the sweep deletes them later."""
+    orthanc = OrthancClient(plain_orthanc.url, timeout=30)
+    images = make_study(tmp_path / "source", series_count=1, instances_per_series=1)
+    stored = httpx.post(f"{plain_orthanc.url}/instances", content=images.files[0].read_bytes())
+    source_id = stored.json()["ParentStudy"]
+    clock = FakeClock(utcnow())
+    settings = app_settings(database_url, tmp_path)
+    app = create_app(settings, orthanc=orthanc, clock=clock)
+
+    def failed_job(client: OrthancClient, job_id: str, *, timeout: float) -> dict[str, str]:
+        wait_for_job(client, job_id, timeout=60)  # it wrote the copy, then "failed"
+        monkeypatch.setattr(client, "studies_with_uid", down)
+        return {"State": "Failure"}
+
+    def down(uid: str) -> dict[str, str]:
+        raise OrthancUnavailable("POST /tools/lookup: ConnectError")
+
+    monkeypatch.setattr("sidecar.studies.deidentify_router.wait_for_job", failed_job)
+    with TestClient(app) as client:
+        engine = engine_of(app)
+        with Session(engine) as session:
+            study = Study(
+                study_instance_uid=images.study_instance_uid,
+                patient_id=images.patient_id,
+                patient_name=images.patient_name,
+                orthanc_id=source_id,
+                status=StudyStatus.COMPLETED,
+            )
+            session.add(study)
+            session.commit()
+            study_id = study.id
+        admin = login(client, "admin", settings.admin_password)
+        answer = client.post(
+            f"/api/studies/{study_id}/deidentify", json={"purpose": "research"}, headers=admin
+        )
+        assert answer.status_code == 409, answer.text
+        monkeypatch.undo()
+        with Session(engine) as session:
+            (copy,) = session.exec(select(DeidentifiedCopy)).all()
+            assert copy.status is CopyStatus.CREATING
+            assert copy.failure_reason == "Orthanc could not copy every image"
+            uid, copy_id = copy.study_instance_uid, copy.id
+        assert len(orthanc.studies_with_uid(uid)) == 1
+        clock.advance(seconds=ABANDONED_AFTER.total_seconds())
+        assert DeidentificationSweep(engine, orthanc, clock=clock).run_once() is None
+        assert orthanc.studies_with_uid(uid) == {}
+        with Session(engine) as session:
+            swept = session.get(DeidentifiedCopy, copy_id)
+            assert swept is not None and swept.status is CopyStatus.FAILED
         orthanc.delete_study(source_id)
