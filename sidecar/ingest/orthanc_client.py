@@ -77,8 +77,8 @@ class AnonymizedStudy:
             raise OrthancUnavailable("anonymize job: unexpected answer") from exc
 
 
-# Orthanc's answer to work on a whole study (a de-identified copy, a ZIP archive) may take
-# minutes for a large one; the first bytes of a ZIP come once its first files are read.
+# Orthanc's ZIP archive of a whole study may take minutes for a large one; its first bytes
+# come once its first files are read.
 _LONG_TIMEOUT = 600.0
 
 # The ingress filter's refusal (orthanc/dicom_ingress.lua): Orthanc answers 500 with it.
