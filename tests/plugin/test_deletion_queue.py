@@ -7,15 +7,20 @@ import socket
 import threading
 import time
 from collections.abc import Callable, Iterator
+from pathlib import Path
 
 import pytest
 
 import stable_study_notifier as ssn
 from deletion_queue import Deletion, DeletionQueue
+from sidecar.ingest.orthanc_client import OrthancClient
+from sidecar.launcher.orthanc import OrthancLayout, OrthancProcess
 
 import fake_orthanc  # also puts plugin/ on sys.path
+from dicom_factory import make_study
 from fake_orthanc import ChangeType, FakeOrthanc, ResourceType
 from sidecar_stub import ReceivedPost, SidecarStub
+from stack import free_port
 
 TOKEN = "plugin-secret"
 STUDY_ID = "6b9e19d9-62094390-5f9ddb01-4a191ae7-9766b715"
@@ -288,3 +293,42 @@ def test_entry_script_batches_deletions_to_a_real_http_server(sidecar: SidecarSt
     assert posts[0].headers["Content-Type"] == "application/json"
     fake.on_change(ChangeType.ORTHANC_STOPPED, ResourceType.NONE, "")
     assert fake.messages("warning") == []
+
+
+@pytest.mark.orthanc
+def test_a_real_orthanc_deletes_a_study_and_stops_cleanly_with_the_sidecar_unreachable(
+    tmp_path: Path,
+) -> None:
+    # The sidecar's port completes the handshake and never answers: each POST waits out its read
+    # timeout (3 s). Sent one per event on the change thread, the study's 41 deletion notices
+    # would hold Orthanc's shutdown (the plugin drains its change queue first) for two minutes.
+    with socket.socket() as silent:
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(64)
+        layout = OrthancLayout(
+            work_dir=tmp_path / "orthanc",
+            http_port=free_port(),
+            dicom_port=free_port(),
+            stable_age=3600,  # no StableStudy notice: those still post on the change thread
+            sidecar_url=f"http://127.0.0.1:{silent.getsockname()[1]}",
+            plugin_token=TOKEN,
+        )
+        orthanc = OrthancProcess(layout)
+        orthanc.start()
+        try:
+            study = make_study(tmp_path / "dicom", series_count=2, instances_per_series=19)
+            client = OrthancClient(orthanc.url, timeout=30)
+            for path in study.files:
+                client.store_instance(path.read_bytes())
+            [orthanc_id] = client.studies_with_uid(study.study_instance_uid)
+            client.delete_study(orthanc_id)
+            assert not client.studies_with_uid(study.study_instance_uid)
+            client.close()
+        finally:
+            orthanc.stop(timeout=20)  # SIGTERM, then a kill after 20 s
+    log = orthanc.log_path.read_text(errors="replace")
+    assert "sidecar_bridge.py" in log  # the plugin was loaded
+    assert "Traceback" not in log
+    # Only a clean exit logs this; a shutdown held past the 20 s is killed before it.
+    assert "Orthanc has stopped" in log
+    assert log.count("sidecar not notified") <= 1  # one warning per outage, never one per event
