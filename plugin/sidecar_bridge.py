@@ -1,10 +1,10 @@
 """Orthanc entry script ("PythonScript"): forward StableStudy events and the deletion of studies,
-series and instances to the sidecar, and answer worklist C-FINDs from the worklist directory
-when ``WORKLIST_DIR`` is set.
+series and instances to the sidecar (deletions queued, then posted in batches by a sender thread),
+and answer worklist C-FINDs from the worklist directory when ``WORKLIST_DIR`` is set.
 
-The only module that imports ``orthanc``; the logic lives in ``stable_study_notifier`` and
-``worklist_cache``, imported plainly because Orthanc puts this script's directory on
-``sys.path``. Runs on Orthanc's embedded Python 3.11.
+The only module that imports ``orthanc``; the logic lives in ``stable_study_notifier``,
+``deletion_queue`` and ``worklist_cache``, imported plainly because Orthanc puts this script's
+directory on ``sys.path``. Runs on Orthanc's embedded Python 3.11.
 """
 
 import json
@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 import requests
 
+import deletion_queue
 import stable_study_notifier
 import worklist_cache
 
@@ -45,17 +46,34 @@ def _register(environ: Mapping[str, str]) -> None:
         timeout=config.timeout,
         log=orthanc.LogWarning,
     )
+    # The sender thread gets its own session: requests.Session is not meant to be shared
+    # between threads, and the change thread keeps posting stable studies.
+    deletion_session = requests.Session()
+    deletion_session.trust_env = False
+    deletions = deletion_queue.DeletionQueue(
+        stable_study_notifier.SidecarNotifier(
+            config.sidecar_url,
+            config.token,
+            deletion_session,
+            timeout=config.timeout,
+            log=orthanc.LogWarning,
+        ).send_deletions,
+        log=orthanc.LogWarning,
+        info=orthanc.LogInfo,
+    )
+    deletions.start()
     handler = stable_study_notifier.ChangeHandler(
         notifier.notify_stable_study,
         stable_study=orthanc.ChangeType.STABLE_STUDY,
         orthanc_stopped=orthanc.ChangeType.ORTHANC_STOPPED,
-        notify_deleted=notifier.notify_deleted,
+        queue_deleted=deletions.put,
         deleted=orthanc.ChangeType.DELETED,
         deleted_levels={
             orthanc.ResourceType.STUDY: "Study",
             orthanc.ResourceType.SERIES: "Series",
             orthanc.ResourceType.INSTANCE: "Instance",
         },
+        on_stopped=deletions.stop,
     )
     orthanc.RegisterOnChangeCallback(handler)
     orthanc.LogInfo(

@@ -7,12 +7,13 @@ Pure logic, free of the ``orthanc`` module so it can be tested on any Python: th
 It runs on Orthanc's embedded Python (Debian's 3.11): stdlib only (the ``requests`` session comes
 from the caller), no syntax newer than 3.11.
 
-A notification is best effort: one POST, no retry. The sidecar reconciles from Orthanc's durable
-``/changes`` log, so a lost notification only delays a study; a retry loop here would instead stall
-every later change event (the plugin runs change callbacks one at a time on a single thread) and can
-hold up Orthanc's shutdown. Deletions are best effort the same way: Orthanc's /changes log never
-records them, so the sidecar's periodic reconciliation (sidecar.ingest.deletion_watch) catches a
-notice lost to a sidecar that was down or an Orthanc that crashed.
+A stable-study notification is best effort: one POST, no retry. The sidecar reconciles from
+Orthanc's durable ``/changes`` log, so a lost notification only delays a study; a retry loop here
+would instead stall every later change event (the plugin runs change callbacks one at a time on a
+single thread) and can hold up Orthanc's shutdown. Deletions are many (one event per instance) and
+never in /changes: the callback only queues them (``deletion_queue``), a sender thread posts them
+in batches and retries; the sidecar's periodic reconciliation (sidecar.ingest.deletion_watch)
+catches whole studies whose notices were lost anyway.
 """
 
 import math
@@ -136,19 +137,24 @@ class SidecarNotifier:
             "it will catch up from /changes",
         )
 
-    def notify_deleted(self, resource_type: str, orthanc_id: str) -> bool:
-        """POST that Orthanc deleted this resource ("Study", "Series" or "Instance") once; True
-        on 2xx. Logs one warning and returns False otherwise."""
-        return self._post(
-            DELETIONS_PATH,
-            {"resourceType": resource_type, "orthancId": orthanc_id},
-            f"deleted {resource_type.lower()} {orthanc_id}",
-            "its reconciliation will catch up",
-        )
+    def send_deletions(self, deletions: list[tuple[str, str]]) -> str | None:
+        """POST a batch of deletions ``(resource type, Orthanc id)`` once, without logging: the
+        deletion queue retries and warns once per outage. None on 2xx, else the failure."""
+        body = {"deletions": [{"resourceType": t, "orthancId": i} for t, i in deletions]}
+        return self._send(DELETIONS_PATH, body)
 
     def _post(self, path: str, body: Mapping[str, str], what: str, fallback: str) -> bool:
-        """Never raises: an exception would only become a traceback in Orthanc's log, and the
-        warnings name the Orthanc id and the failure kind only, never patient data."""
+        """Never raises; one warning on failure, naming the Orthanc id and the failure kind
+        only, never patient data."""
+        failure = self._send(path, body)
+        if failure is None:
+            return True
+        self._log(f"sidecar not notified of {what}: {failure} ({fallback})")
+        return False
+
+    def _send(self, path: str, body: Mapping[str, Any]) -> str | None:
+        """Never raises (an exception would only become a traceback in Orthanc's log): None on
+        2xx, else "HTTP <status>" or the exception's class name."""
         try:
             # A redirect means a misconfigured URL; following it would turn the POST into a GET.
             response = self._session.post(
@@ -160,23 +166,22 @@ class SidecarNotifier:
             )
             status = response.status_code
             response.close()
-        except Exception as exc:  # any failure, including a bug in a session, is one warning
-            self._log(f"sidecar not notified of {what}: {type(exc).__name__} ({fallback})")
-            return False
+        except Exception as exc:  # any failure, including a bug in a session, is one failure
+            return type(exc).__name__
         if 200 <= status < 300:
-            return True
-        self._log(f"sidecar not notified of {what}: HTTP {status} ({fallback})")
-        return False
+            return None
+        return f"HTTP {status}"
 
 
 class ChangeHandler:
-    """The OnChange callback: forwards StableStudy events and the deletion of studies, series
-    and instances, goes quiet once Orthanc stops.
+    """The OnChange callback: forwards StableStudy events, queues the deletion of studies,
+    series and instances, goes quiet once Orthanc stops.
 
     The change-type and resource-type values are injected so this module never imports
-    ``orthanc``. After ORTHANC_STOPPED every event is dropped, so shutdown never waits on HTTP.
-    Deletions of other levels (a patient) are not forwarded: Orthanc reports each study, series
-    and instance it removes with them, one event each.
+    ``orthanc``. After ORTHANC_STOPPED every event is dropped and ``on_stopped`` ends the
+    deletion sender, so shutdown never waits on HTTP. ``queue_deleted`` must not do I/O: it runs
+    on Orthanc's only change thread. Deletions of other levels (a patient) are not forwarded:
+    Orthanc reports each study, series and instance it removes with them, one event each.
     """
 
     def __init__(
@@ -185,17 +190,19 @@ class ChangeHandler:
         *,
         stable_study: object,
         orthanc_stopped: object,
-        notify_deleted: Callable[[str, str], bool] | None = None,
+        queue_deleted: Callable[[str, str], None] | None = None,
         deleted: object = None,
         deleted_levels: Mapping[object, str] | None = None,
+        on_stopped: Callable[[], None] | None = None,
     ) -> None:
         self._notify = notify
         self._stable_study = stable_study
         self._orthanc_stopped = orthanc_stopped
-        self._notify_deleted = notify_deleted
+        self._queue_deleted = queue_deleted
         self._deleted = deleted
         # Orthanc's resource type -> the name the sidecar takes ("Study", "Series", "Instance").
         self._deleted_levels = dict(deleted_levels or {})
+        self._on_stopped = on_stopped
         self._stopped = False
 
     @property
@@ -207,9 +214,11 @@ class ChangeHandler:
             return
         if change_type == self._stable_study:
             self._notify(resource_id)
-        elif change_type == self._deleted and self._notify_deleted is not None:
+        elif change_type == self._deleted and self._queue_deleted is not None:
             level_name = self._deleted_levels.get(level)
             if level_name is not None:
-                self._notify_deleted(level_name, resource_id)
+                self._queue_deleted(level_name, resource_id)
         elif change_type == self._orthanc_stopped:
             self._stopped = True
+            if self._on_stopped is not None:
+                self._on_stopped()

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Literal
@@ -75,15 +75,20 @@ class DeletionWatch:
     def notice(self, level: ResourceLevel, orthanc_id: str) -> int | None:
         """Orthanc deleted this resource: queues its study for a check, durably; the study's id,
         or None when the sidecar has no record under that Orthanc id (nothing to follow)."""
+        return self.notice_many([(level, orthanc_id)])[0]
+
+    def notice_many(self, deletions: Sequence[tuple[ResourceLevel, str]]) -> list[int | None]:
+        """`notice` for each deletion, in one transaction; the study ids in the same order."""
         with Session(self._engine) as session:
-            study_id = _study_of(session, level, orthanc_id)
-            if study_id is None:
-                return None
-            queue_checks(session, [study_id], "plugin", now=self._clock())
+            found = [_study_of(session, level, orthanc_id) for level, orthanc_id in deletions]
+            study_ids = sorted({i for i in found if i is not None})
+            if not study_ids:
+                return found
+            queue_checks(session, study_ids, "plugin", now=self._clock())
             session.commit()
         if self.on_queued is not None:
             self.on_queued()
-        return study_id
+        return found
 
     # -- the worker's part -----------------------------------------------------------------------
 

@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Depends, status
-from pydantic import Field
+from pydantic import Discriminator, Field, Tag
 
 from sidecar.accounts.security import secrets_match
 from sidecar.core.dependencies import BearerDep, SettingsDep, provide
@@ -61,6 +61,28 @@ class DeletionNotice(ApiInput):
     orthanc_id: str = Field(pattern=ORTHANC_ID.pattern)
 
 
+# The plugin sends at most this many per request (plugin/deletion_queue.py, DEFAULT_BATCH_SIZE).
+MAX_DELETIONS_PER_BATCH = 500
+
+
+class DeletionBatch(ApiInput):
+    """Deletions the plugin queued, in the order Orthanc reported them."""
+
+    deletions: list[DeletionNotice] = Field(min_length=1, max_length=MAX_DELETIONS_PER_BATCH)
+
+
+def _body_kind(value: Any) -> str:
+    return "batch" if isinstance(value, dict) and "deletions" in value else "single"
+
+
+# One item (the plugin before batches, still running in an Orthanc during an upgrade) or a batch;
+# told apart by the "deletions" key so a 422 names the fields of the body that was meant.
+DeletionBody = Annotated[
+    Annotated[DeletionNotice, Tag("single")] | Annotated[DeletionBatch, Tag("batch")],
+    Discriminator(_body_kind),
+]
+
+
 class DeletionAccepted(ApiModel):
     orthanc_id: str
     resource_type: str
@@ -70,17 +92,30 @@ class DeletionAccepted(ApiModel):
     queued: bool
 
 
+class DeletionsAccepted(ApiModel):
+    received: int
+    # Notices whose study the sidecar holds (queued for a check), and the distinct studies.
+    matched: int
+    studies_queued: int
+
+
 @router.post(
     "/deletions",
-    response_model=DeletionAccepted,
+    response_model=DeletionAccepted | DeletionsAccepted,
     status_code=status.HTTP_202_ACCEPTED,
     dependencies=[Depends(plugin_caller)],
 )
 def deletion(
-    body: DeletionNotice, watch: Annotated[DeletionWatch, Depends(provide(DeletionWatch))]
-) -> DeletionAccepted:
+    body: DeletionBody, watch: Annotated[DeletionWatch, Depends(provide(DeletionWatch))]
+) -> DeletionAccepted | DeletionsAccepted:
     # Queued durably and checked against Orthanc by the sync worker before anything is
     # dropped: the sidecar's own rewrites delete Orthanc ids too (sidecar.ingest.deletions).
+    if isinstance(body, DeletionBatch):
+        found = watch.notice_many([(d.resource_type, d.orthanc_id) for d in body.deletions])
+        matched = [i for i in found if i is not None]
+        return DeletionsAccepted(
+            received=len(found), matched=len(matched), studies_queued=len(set(matched))
+        )
     study_id = watch.notice(body.resource_type, body.orthanc_id)
     return DeletionAccepted(
         orthanc_id=body.orthanc_id,

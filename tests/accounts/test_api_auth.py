@@ -297,6 +297,10 @@ def test_every_api_route_needs_a_user_token(
     [
         ("/api/orthanc/stable-studies", {"orthancStudyId": _ORTHANC_ID}),
         ("/api/orthanc/deletions", {"resourceType": "Study", "orthancId": _ORTHANC_ID}),
+        (
+            "/api/orthanc/deletions",
+            {"deletions": [{"resourceType": "Study", "orthancId": _ORTHANC_ID}]},
+        ),
     ],
 )
 def test_plugin_route_is_refused_without_the_plugin_credential(

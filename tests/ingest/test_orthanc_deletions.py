@@ -377,6 +377,50 @@ def test_the_plugin_route_checks_its_input_and_only_queues(
     assert sidecar_view(engine, study_id) == {**intact, "queued": 1}
 
 
+def test_the_plugin_route_takes_a_batch_in_one_transaction_and_checks_every_item(
+    engine: Engine, client: TestClient
+) -> None:
+    first = seeded_study(engine, ORTHANC_ID)
+    other_id = "ffffffff-4e5f6071-8293a4b5-c6d7e8f9-01234567"
+    second = seeded_study(engine, other_id, uid="1.2.826.0.1.3680043.8.498.78")
+    intact = sidecar_view(engine, first)
+    plugin = {"Authorization": f"Bearer {TEST_PLUGIN_TOKEN}"}
+    url = "/api/orthanc/deletions"
+    unknown = "eeeeeeee-4e5f6071-8293a4b5-c6d7e8f9-01234567"
+    item = {"resourceType": "Study", "orthancId": unknown}
+
+    for body, field in (
+        ({"deletions": [item, {"resourceType": "Patient", "orthancId": unknown}]}, "resourceType"),
+        ({"deletions": [item, {"resourceType": "Study", "orthancId": "../x"}]}, "orthancId"),
+        ({"deletions": [{"resourceType": "Study"}]}, "orthancId"),
+        ({"deletions": "Study"}, "deletions"),
+        ({"deletions": []}, "deletions"),
+        ({"deletions": [item] * 501}, "deletions"),  # the bound: the plugin sends 500 at most
+        ({"deletions": [item], "resourceType": "Study"}, "resourceType"),  # not both shapes
+    ):
+        refused = client.post(url, json=body, headers=plugin)
+        assert refused.status_code == 422, (body, refused.text)
+        details = refused.json()["error"]["details"]
+        assert any(field in d["location"] for d in details), refused.text
+    # Nothing of a refused batch was queued, not even its valid items.
+    assert sidecar_view(engine, first) == intact
+
+    batch = [
+        {"resourceType": "Instance", "orthancId": unknown},
+        {"resourceType": "Study", "orthancId": ORTHANC_ID},
+        {"resourceType": "Study", "orthancId": other_id},
+        {"resourceType": "Study", "orthancId": ORTHANC_ID},  # twice: one check
+    ]
+    answer = client.post(url, json={"deletions": batch}, headers=plugin)
+    assert answer.status_code == 202, answer.text
+    assert answer.json() == {"received": 4, "matched": 3, "studiesQueued": 2}
+    with Session(engine) as session:
+        checks = session.exec(select(DeletionCheck)).all()
+    assert sorted((c.study_id, c.cause) for c in checks) == [(first, "plugin"), (second, "plugin")]
+    # Queued, durably; nothing is dropped on a notice alone.
+    assert sidecar_view(engine, first) == {**intact, "queued": 2}
+
+
 def test_a_study_removed_with_its_images_takes_no_new_report_finding_or_reading(
     app: FastAPI, client: TestClient, radiologist: dict[str, str]
 ) -> None:

@@ -1,14 +1,9 @@
 """The Orthanc plugin glue: pure logic with a recording session, then the entry script run with the
 fake ``orthanc`` module against real HTTP on loopback."""
 
-import http.server
 import json
-import queue
 import socket
-import threading
 import time
-from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +14,7 @@ import stable_study_notifier as ssn
 
 import fake_orthanc  # also puts plugin/ on sys.path for stable_study_notifier
 from fake_orthanc import ChangeType, FakeOrthanc, ResourceType
+from sidecar_stub import SidecarStub
 
 STUDY_ID = "6b9e19d9-62094390-5f9ddb01-4a191ae7-9766b715"
 TOKEN = "plugin-secret"
@@ -232,51 +228,6 @@ def test_config_with_url_without_scheme_is_refused() -> None:
 # --- the entry script under the fake orthanc module, real HTTP on loopback ----------------------
 
 
-@dataclass
-class ReceivedPost:
-    path: str
-    headers: dict[str, str]
-    body: bytes
-
-
-class SidecarStub:
-    """A real HTTP server on an ephemeral loopback port that records each POST."""
-
-    def __init__(self) -> None:
-        self.status = 204
-        self.received: queue.Queue[ReceivedPost] = queue.Queue()
-        stub = self
-
-        class Handler(http.server.BaseHTTPRequestHandler):
-            def do_POST(self) -> None:
-                body = self.rfile.read(int(self.headers.get("Content-Length", "0")))
-                # Recorded before answering, so the post is here once the client returns.
-                stub.received.put(ReceivedPost(self.path, dict(self.headers), body))
-                self.send_response(stub.status)
-                self.send_header("Content-Length", "0")
-                self.end_headers()
-
-            def log_message(self, format: str, *args: Any) -> None:
-                pass
-
-        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
-        self.thread = threading.Thread(target=self.server.serve_forever, args=(0.05,), daemon=True)
-
-    def next_post(self) -> ReceivedPost:
-        return self.received.get(timeout=5)
-
-
-@pytest.fixture
-def sidecar() -> Iterator[SidecarStub]:
-    stub = SidecarStub()
-    stub.thread.start()
-    yield stub
-    stub.server.shutdown()
-    stub.server.server_close()
-    stub.thread.join(timeout=5)
-
-
 def bridge_env(url: str, **extra: str) -> dict[str, str]:
     return {"SIDECAR_URL": url, "SIDECAR_PLUGIN_TOKEN": TOKEN, **extra}
 
@@ -383,105 +334,3 @@ def test_silent_sidecar_is_cut_off_by_the_configured_timeout() -> None:
     warnings = fake.messages("warning")
     assert len(warnings) == 1
     assert "ReadTimeout" in warnings[0]
-
-
-# --- deletions ------------------------------------------------------------------------------------
-
-SERIES_ID = "9d3a6e1c-1b2c3d4e-5f607182-93a4b5c6-d7e8f901"
-INSTANCE_ID = "0a1b2c3d-4e5f6071-8293a4b5-c6d7e8f9-01234567"
-
-
-def make_full_handler(session: RecordingSession, warnings: list[str]) -> ssn.ChangeHandler:
-    notifier = make_notifier(session, warnings)
-    return ssn.ChangeHandler(
-        notifier.notify_stable_study,
-        stable_study=ChangeType.STABLE_STUDY,
-        orthanc_stopped=ChangeType.ORTHANC_STOPPED,
-        notify_deleted=notifier.notify_deleted,
-        deleted=ChangeType.DELETED,
-        deleted_levels={
-            ResourceType.STUDY: "Study",
-            ResourceType.SERIES: "Series",
-            ResourceType.INSTANCE: "Instance",
-        },
-    )
-
-
-def test_deleted_study_series_and_instance_are_posted_with_their_level() -> None:
-    session, warnings = RecordingSession(), list[str]()
-    handler = make_full_handler(session, warnings)
-
-    handler(int(ChangeType.DELETED), int(ResourceType.INSTANCE), INSTANCE_ID)
-    handler(int(ChangeType.DELETED), int(ResourceType.SERIES), SERIES_ID)
-    handler(int(ChangeType.DELETED), int(ResourceType.STUDY), STUDY_ID)
-    # A patient's deletion comes with one event per study, series and instance: not forwarded.
-    handler(int(ChangeType.DELETED), int(ResourceType.PATIENT), "patient-id")
-
-    assert [(url, kwargs["json"]) for url, kwargs in session.calls] == [
-        (
-            f"{SIDECAR}/api/orthanc/deletions",
-            {"resourceType": "Instance", "orthancId": INSTANCE_ID},
-        ),
-        (f"{SIDECAR}/api/orthanc/deletions", {"resourceType": "Series", "orthancId": SERIES_ID}),
-        (f"{SIDECAR}/api/orthanc/deletions", {"resourceType": "Study", "orthancId": STUDY_ID}),
-    ]
-    for _, kwargs in session.calls:
-        assert kwargs["headers"] == {"Authorization": f"Bearer {TOKEN}"}
-        assert kwargs["timeout"] == (1.0, 3.0)
-        assert kwargs["allow_redirects"] is False
-    assert all(response.closed for response in session.responses)
-    assert warnings == []
-
-
-def test_deletions_after_orthanc_stopped_are_ignored() -> None:
-    session = RecordingSession()
-    handler = make_full_handler(session, [])
-    handler(int(ChangeType.ORTHANC_STOPPED), int(ResourceType.NONE), "")
-    handler(int(ChangeType.DELETED), int(ResourceType.STUDY), STUDY_ID)
-    assert session.calls == []
-
-
-@pytest.mark.parametrize(
-    ("session", "failure"),
-    [
-        (RecordingSession(503), "HTTP 503"),
-        (
-            RecordingSession(error=requests.ConnectionError("refused for PATIENT^NAME")),
-            "ConnectionError",
-        ),
-    ],
-    ids=["refused", "down"],
-)
-def test_a_lost_deletion_notice_is_one_warning_naming_the_reconciliation(
-    session: RecordingSession, failure: str
-) -> None:
-    warnings: list[str] = []
-    handler = make_full_handler(session, warnings)
-
-    handler(int(ChangeType.DELETED), int(ResourceType.SERIES), SERIES_ID)
-
-    assert len(session.calls) == 1  # no retry: the reconciliation catches what is lost
-    assert len(warnings) == 1
-    assert SERIES_ID in warnings[0] and "series" in warnings[0]
-    assert failure in warnings[0]
-    assert "reconciliation" in warnings[0]
-    assert "PATIENT" not in warnings[0] and TOKEN not in warnings[0]
-
-
-def test_entry_script_posts_deletions_to_a_real_http_server(sidecar: SidecarStub) -> None:
-    fake = FakeOrthanc()
-    fake_orthanc.load_bridge(fake, bridge_env(sidecar.url))
-
-    fake.on_change(ChangeType.DELETED, ResourceType.INSTANCE, INSTANCE_ID)
-    fake.on_change(ChangeType.DELETED, ResourceType.PATIENT, "patient-id")
-    fake.on_change(ChangeType.DELETED, ResourceType.STUDY, STUDY_ID)
-
-    first, second = sidecar.next_post(), sidecar.next_post()
-    assert sidecar.received.empty()  # nothing for the patient
-    assert (first.path, json.loads(first.body)) == (
-        "/api/orthanc/deletions",
-        {"resourceType": "Instance", "orthancId": INSTANCE_ID},
-    )
-    assert json.loads(second.body) == {"resourceType": "Study", "orthancId": STUDY_ID}
-    assert second.headers["Authorization"] == f"Bearer {TOKEN}"
-    assert fake.messages("warning") == []
