@@ -17,14 +17,17 @@ from fastapi import FastAPI
 from fastapi.testclient import TestClient
 from pwdlib import PasswordHash
 from pwdlib.hashers.argon2 import Argon2Hasher
+from sqlalchemy import Engine
 
 from sidecar.accounts import security
 from sidecar.accounts.models import Role, User
 from sidecar.accounts.security import hash_password
+from sidecar.core.database import make_engine, migrate
 from sidecar.core.logs import PatientSafeFormatter, quiet_loggers_that_print_urls
 from sidecar.core.settings import Settings
 from sidecar.launcher.orthanc import OrthancLayout, OrthancProcess
 from sidecar.main import create_app
+from sidecar.tables import metadata
 
 import patient_data
 from finding_helpers import FakeClock
@@ -148,6 +151,16 @@ def database_url(
         tmp_path,
     ) as url:
         yield url
+
+
+@pytest.fixture
+def engine(database_url: str) -> Iterator[Engine]:
+    """The test's database, for tests that work below the API (a module may define its own,
+    such as the engine of its app)."""
+    engine = make_engine(database_url)
+    migrate(engine, metadata)  # a copy of the migrated template: this only checks
+    yield engine
+    engine.dispose()
 
 
 @pytest.fixture(scope="session")

@@ -21,7 +21,6 @@ from sqlalchemy import Engine, update
 from sqlmodel import Session, col, select
 
 from sidecar.accounts.models import Role, User
-from sidecar.core.database import make_engine, migrate
 from sidecar.findings.models import CriticalFinding, Severity
 from sidecar.ingest.deletion_watch import DeletionWatch
 from sidecar.ingest.dicom_mapping import image_records, study_record
@@ -32,7 +31,6 @@ from sidecar.orders.models import ImagingOrder, Modality
 from sidecar.patients.image_rewrite import REASSIGNMENT_METADATA, rewrite_study
 from sidecar.studies.models import Image, Series, Study, StudyPublic, StudyStatus
 from sidecar.studies.registry import register_images, register_study
-from sidecar.tables import metadata
 
 from builders import audit_events
 from dicom_factory import make_study
@@ -47,14 +45,6 @@ def orthanc(plain_orthanc: OrthancProcess) -> Iterator[OrthancClient]:
     client = OrthancClient(plain_orthanc.url, timeout=30)
     yield client
     client.close()
-
-
-@pytest.fixture
-def engine(database_url: str) -> Iterator[Engine]:
-    engine = make_engine(database_url)
-    migrate(engine, metadata)
-    yield engine
-    engine.dispose()
 
 
 def register(engine: Engine, client: OrthancClient, uid: str) -> int:

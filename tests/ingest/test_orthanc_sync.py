@@ -6,7 +6,7 @@ move time by hand, so nothing sleeps.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -14,12 +14,10 @@ import pytest
 from sqlalchemy import Engine
 from sqlmodel import Session, func, select
 
-from sidecar.core.database import make_engine, migrate
 from sidecar.ingest.models import ChangesCursor, PendingStudy
 from sidecar.ingest.orthanc_client import OrthancUnavailable
 from sidecar.ingest.sync import OrthancSync, RoundReport
 from sidecar.studies.models import Image, Study
-from sidecar.tables import metadata
 
 from builders import UID_ROOT, OrthancStudy, SeriesSpec, orthanc_id, orthanc_study, unstable
 from builders import with_more_instances as grown
@@ -38,14 +36,6 @@ class Clock:
 
     def advance(self, seconds: float) -> None:
         self.now += timedelta(seconds=seconds)
-
-
-@pytest.fixture
-def engine(database_url: str) -> Iterator[Engine]:
-    engine = make_engine(database_url)
-    migrate(engine, metadata)
-    yield engine
-    engine.dispose()
 
 
 @pytest.fixture

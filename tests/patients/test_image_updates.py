@@ -20,7 +20,6 @@ import pytest
 from sqlalchemy import Engine
 from sqlmodel import Session, select
 
-from sidecar.core.database import make_engine, migrate
 from sidecar.core.models import utcnow
 from sidecar.ingest.models import PendingStudy
 from sidecar.ingest.orthanc_client import OrthancClient, OrthancUnavailable
@@ -31,7 +30,6 @@ from sidecar.patients.image_rewrite import REASSIGNMENT_METADATA, patient_values
 from sidecar.patients.image_updates import ImageUpdater, queue_if_filed_elsewhere
 from sidecar.patients.models import ImageUpdate, ImageUpdateStatus, Patient, PatientSource
 from sidecar.studies.models import Study
-from sidecar.tables import metadata
 
 from builders import audit_events
 from dicom_factory import GeneratedStudy, make_study
@@ -53,14 +51,6 @@ def client(orthanc: OrthancProcess) -> Iterator[OrthancClient]:
     client = OrthancClient(orthanc.url, timeout=30)
     yield client
     client.close()
-
-
-@pytest.fixture
-def engine(database_url: str) -> Iterator[Engine]:
-    engine = make_engine(database_url)
-    migrate(engine, metadata)
-    yield engine
-    engine.dispose()
 
 
 class Stored:

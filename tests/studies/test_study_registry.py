@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from datetime import date
 from typing import Any
 
@@ -11,10 +10,8 @@ from sqlalchemy import Engine
 from sqlmodel import Session, func, select
 
 from sidecar.core.audit import ORTHANC_SYNC_ACTOR
-from sidecar.core.database import make_engine, migrate
 from sidecar.studies.models import Image, Series, Study, StudyStatus
 from sidecar.studies.registry import known_image_orthanc_ids, register_images, register_study
-from sidecar.tables import metadata
 
 from builders import (
     UID_ROOT,
@@ -27,14 +24,6 @@ from builders import (
 )
 
 STUDY_UID = f"{UID_ROOT}.7"
-
-
-@pytest.fixture
-def engine(database_url: str) -> Iterator[Engine]:
-    engine = make_engine(database_url)
-    migrate(engine, metadata)
-    yield engine
-    engine.dispose()
 
 
 def two_series(**overrides: Any) -> OrthancStudy:
