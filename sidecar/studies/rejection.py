@@ -34,6 +34,7 @@ from sidecar.core.background import backoff_delay
 from sidecar.core.errors import ConflictingState, NotPermitted, UnknownRecord
 from sidecar.core.models import table_of, utcnow
 from sidecar.ingest.orthanc_client import OrthancClient, OrthancError
+from sidecar.patients.models import ImageUpdate, ImageUpdateStatus
 from sidecar.reports.models import RadiologyReport, ReportStatus
 from sidecar.studies.image_rows import drop_image_rows
 from sidecar.studies.models import Image, Series, Study
@@ -50,6 +51,13 @@ log = logging.getLogger(__name__)
 
 #: The actor of a removal the worker completes.
 REMOVAL_ACTOR = "system:image-removals"
+#: A removal whose study's images are being rewritten for their patient waits for that, checking
+#: again this often.
+REWRITE_RECHECK = timedelta(seconds=5)
+WAITING_FOR_REWRITE = (
+    "waiting for the update of this study's images for their patient to finish (it could store "
+    "again what was removed)"
+)
 #: While a request carries its removal out, the worker leaves it alone this long (after a
 #: crash mid-request, the worker takes it over then).
 REQUEST_LEASE = timedelta(seconds=60)
@@ -283,6 +291,8 @@ def carry_out(
         return True
     sop_uids = _sop_uids(session, removal_id)
     attempts = removal.attempts
+    started = utcnow()
+    rewriting = _images_being_rewritten(session, removal.study_id, since=started)
     session.commit()  # no transaction held open while Orthanc works
     try:
         delete_in_orthanc(orthanc, removal, sop_uids)
@@ -290,8 +300,26 @@ def carry_out(
         delay = backoff_delay(attempts + 1, cap=max_delay)
         _retry_later(session, removal_id, attempts + 1, str(error), now + timedelta(seconds=delay))
         return False
+    if rewriting or _images_being_rewritten(session, removal.study_id, since=started):
+        # The patient's image update stores a rewritten copy of each instance, then deletes the
+        # original: a copy written after this delete would bring a rejected image back. Done
+        # once no update of the study is waiting or ran meanwhile (deleting again is harmless).
+        _retry_later(session, removal_id, attempts, WAITING_FOR_REWRITE, now + REWRITE_RECHECK)
+        return False
     _complete(session, removal_id, sop_uids, actor=actor)
     return True
+
+
+def _images_being_rewritten(session: Session, study_id: int, *, since: datetime) -> bool:
+    """An update of the study's images for its patient (sidecar.patients.image_updates) is
+    waiting or running, or completed after `since`."""
+    update_row = session.get(ImageUpdate, study_id)
+    session.commit()
+    if update_row is None:
+        return False
+    return update_row.status is ImageUpdateStatus.PENDING or (
+        update_row.completed_at is not None and update_row.completed_at >= since
+    )
 
 
 def _retry_later(

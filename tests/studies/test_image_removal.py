@@ -34,6 +34,7 @@ from sidecar.ingest.orthanc_client import OrthancClient
 from sidecar.launcher.orthanc import OrthancProcess
 from sidecar.main import create_app
 from sidecar.patients.image_rewrite import rewrite_study
+from sidecar.patients.models import ImageUpdate, ImageUpdateStatus
 from sidecar.studies.image_rows import drop_image_rows
 from sidecar.studies.models import Image, Series, Study
 from sidecar.studies.registry import register_images, register_study
@@ -523,6 +524,63 @@ def test_a_copy_orthanc_refiled_under_a_corrected_patient_is_the_one_removed(
     assert answer.status_code == 200, answer.text
     assert OrthancClient(orthanc.url).resources_with_uid(uid, "Instance") == []
     assert not in_orthanc(orthanc, copy)
+    assert study_json(client, technologist, stored.study_id)["instanceCount"] == 5
+
+
+def test_a_removal_waits_for_the_patients_image_update_so_the_image_cannot_come_back(
+    client: TestClient,
+    technologist: dict[str, str],
+    orthanc: OrthancProcess,
+    engine: Engine,
+    tmp_path: Path,
+) -> None:
+    """The image-update worker writes a copy of each instance, then deletes the original: a
+    copy written after the removal deleted the image would bring it back. While an update of
+    the study waits or runs, the removal deletes but is not done; it deletes again after."""
+    stored = store(orthanc, engine, tmp_path / "h")
+    uid = stored.sop_uids(0)[0]
+    with Session(engine) as session:
+        now = utcnow()
+        session.add(
+            ImageUpdate(
+                study_id=stored.study_id,
+                status=ImageUpdateStatus.PENDING,
+                cause="merge",
+                queued_at=now,
+                next_attempt_at=now,
+            )
+        )
+        session.commit()
+
+    answer = reject_image(client, technologist, image_id(engine, uid), "QUALITY")
+
+    assert answer.status_code == 202, answer.text
+    body = answer.json()
+    assert body["state"] == "RETRYING" and "for their patient" in body["lastError"]
+    assert OrthancClient(orthanc.url).resources_with_uid(uid, "Instance") == []
+    # The update, in flight, stores its copy of the image after the removal's delete.
+    [instance] = [i for i in stored.images.instances if i.sop_instance_uid == uid]
+    httpx.post(f"{orthanc.url}/instances", content=instance.path.read_bytes()).raise_for_status()
+    remover = ImageRemover(
+        engine, OrthancClient(orthanc.url), clock=lambda: utcnow() + timedelta(minutes=1)
+    )
+    assert remover.run_once() is not None  # the update still waits: so does the removal
+    assert removals(engine)[0].state is RemovalState.RETRYING
+    with Session(engine) as session:
+        update_row = session.get(ImageUpdate, stored.study_id)
+        assert update_row is not None
+        update_row.status, update_row.completed_at = ImageUpdateStatus.DONE, utcnow()
+        session.add(update_row)
+        session.commit()
+
+    later = ImageRemover(
+        engine, OrthancClient(orthanc.url), clock=lambda: utcnow() + timedelta(minutes=2)
+    )
+    assert later.run_once() is None
+
+    assert OrthancClient(orthanc.url).resources_with_uid(uid, "Instance") == []
+    assert removals(engine)[0].state is RemovalState.DONE
+    assert uid not in listed_uids(client, technologist, stored.study_id)
     assert study_json(client, technologist, stored.study_id)["instanceCount"] == 5
 
 
