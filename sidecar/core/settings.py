@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import secrets
+import socket
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
@@ -115,6 +116,15 @@ class Settings(BaseSettings):
     orthanc_remote_access: bool = False
     dicom_modalities: str = ""  # "AET@host:port,AET@host:port"
     orthanc_index_url: str = ""  # postgresql://user:password@host:port/database
+    # Orthanc's storage (its DICOM files): the one folder every node of a cluster shares (NFS,
+    # or an object store plugin's). Default DATA_DIR/orthanc/storage.
+    orthanc_storage_dir: Path | None = None
+
+    # A cluster (sidecar.core.cluster): nodes sharing DATABASE_URL (PostgreSQL), ORTHANC_INDEX_URL
+    # and ORTHANC_STORAGE_DIR. Each node has its own name; a background job held by a node
+    # that stops answering is taken over by another within CLUSTER_LEASE_SECONDS.
+    node_name: str = Field(default_factory=socket.gethostname, min_length=1, max_length=64)
+    cluster_lease_seconds: float = Field(default=15.0, ge=3.0, le=300.0)
 
     admin_password: str = ""
     jwt_secret: str = ""
@@ -249,6 +259,11 @@ class Settings(BaseSettings):
             self.database_url = f"sqlite:///{(self.data_dir / 'sidecar.db').resolve()}"
         if self.worklist_dir is None:
             self.worklist_dir = self.data_dir / "worklist"
+        if self.orthanc_storage_dir is None:
+            self.orthanc_storage_dir = self.data_dir / "orthanc" / "storage"
+        self.node_name = self.node_name.strip()
+        if not self.node_name or not self.node_name.isprintable():
+            raise ValueError("NODE_NAME must be a printable name of 1 to 64 characters")
         if self.timezone:
             try:
                 ZoneInfo(self.timezone)
