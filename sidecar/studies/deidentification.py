@@ -129,10 +129,18 @@ def new_study_instance_uid() -> str:
 
 
 def record_copy(
-    session: Session, source_study_id: int, purpose: str, actor: str, now: datetime
+    session: Session,
+    source_study_id: int,
+    purpose: str,
+    actor: str,
+    now: datetime,
+    *,
+    orthanc_node: str | None = None,
 ) -> DeidentifiedCopy:
     """The copy about to be made, committed before Orthanc writes any of it: from then on the
-    registration of stable studies passes over its Study Instance UID."""
+    registration of stable studies passes over its Study Instance UID. `orthanc_node`: the
+    node whose Orthanc will make it, recorded in the same commit, so that no other node's sweep
+    takes it for a copy of no node's (deidentify_sweep)."""
     copy = DeidentifiedCopy(
         source_study_id=source_study_id,
         study_instance_uid=new_study_instance_uid(),
@@ -141,6 +149,7 @@ def record_copy(
         created_by=actor,
         created_at=now,
         status=CopyStatus.CREATING,
+        orthanc_node=orthanc_node,
     )
     session.add(copy)
     session.commit()

@@ -81,7 +81,10 @@ def deidentify_study(
     if not study.orthanc_id:
         raise ConflictingState(f"study {study_id} has no images in Orthanc to de-identify")
     source_orthanc_id = study.orthanc_id
-    copy = record_copy(session, study_id, body.purpose, user.username, clock())
+    # This node's Orthanc makes it: only this node can follow the job (deidentify_sweep).
+    copy = record_copy(
+        session, study_id, body.purpose, user.username, clock(), orthanc_node=settings.node_name
+    )
     asked = False  # whether Orthanc may have started writing the copy
     try:
         nested = nested_identity_paths(orthanc.study_instances_tags(source_orthanc_id))
