@@ -272,7 +272,15 @@ def build_services(
     # Image removals (IOCM rejection) Orthanc could not perform at once, until done.
     services.add(ImageRemover(engine, orthanc, max_delay=settings.result_retry_max_delay))
     # De-identified copies abandoned midway (a crash, a timeout): deleted once Orthanc is done.
-    services.add(DeidentificationSweep(engine, orthanc, clock=clock))
+    services.add(
+        DeidentificationSweep(
+            engine,
+            orthanc,
+            node_name=settings.node_name,
+            node_gone_after=settings.cluster_lease_seconds,
+            clock=clock,
+        )
+    )
     # Critical findings: notified through a webhook outbox, escalated by deadline.
     policy = services.add(FindingPolicy.from_settings(settings))
     notifier: FindingNotifier | None = None

@@ -501,6 +501,24 @@ class Cluster:
         }
 
 
+def live_nodes(session: Session, within: timedelta) -> set[str]:
+    """The names of the nodes running now: not stopped, and a heartbeat within `within` of the
+    database's clock (nodes' own clocks need not agree). What only a node itself can do, such
+    as following its Orthanc's jobs, falls to the others once it is not among them."""
+    if session.get_bind().dialect.name == "postgresql":
+        now: datetime = session.execute(text("SELECT clock_timestamp()")).scalar_one()
+    else:
+        now = utcnow()
+    return set(
+        session.exec(
+            select(ClusterNode.name).where(
+                col(ClusterNode.last_heartbeat_at) > now - within,
+                col(ClusterNode.stopped_at).is_(None),
+            )
+        ).all()
+    )
+
+
 @contextlib.contextmanager
 def joined(cluster: Cluster) -> Iterator[Cluster]:
     cluster.join()
