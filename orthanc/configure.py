@@ -11,6 +11,9 @@ then hands over to the orthancteam image's own entrypoint.
 - LuaScripts: the ingress filter, copied into the image beside this script.
 - ORTHANC_USERNAME and ORTHANC_PASSWORD_FILE (a Docker secret): RegisteredUsers, the sidecar's
   REST user, from the same secret file the sidecar reads.
+- With the index in PostgreSQL (ORTHANC__POSTGRESQL__ENABLE_INDEX), which several Orthancs may
+  share: NODE_NAME as this server's DatabaseServerIdentifier, and SaveJobs off, as the launcher
+  writes them for ORTHANC_INDEX_URL (sidecar.launcher.orthanc._configure_shared_index).
 
 The image reads every /etc/orthanc/*.json before its ORTHANC__* variables (generateConfiguration.py
 in orthanc-builder), so none of these keys may also be set as a variable in docker-compose.yml.
@@ -85,6 +88,11 @@ def configuration(environ: dict[str, str]) -> dict[str, Any]:
         # filter reads it (as in orthanc/orthanc.json).
         "UserMetadata": {"PatientReassignment": 4400},
     }
+    if environ.get("ORTHANC__POSTGRESQL__ENABLE_INDEX", "").lower() == "true":
+        node = environ.get("NODE_NAME", "").strip()
+        if node:
+            config["DatabaseServerIdentifier"] = node
+        config["SaveJobs"] = False
     if environ.get("ORTHANC_PASSWORD_FILE"):
         username = environ.get("ORTHANC_USERNAME", "") or "sidecar"
         password = read_secret("ORTHANC_PASSWORD_FILE", environ)

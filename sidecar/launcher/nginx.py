@@ -16,6 +16,7 @@ from __future__ import annotations
 import contextlib
 import os
 import pwd
+import re
 import shutil
 import signal
 import subprocess
@@ -29,8 +30,10 @@ from sidecar.viewer.bundle import VIEWER_PACKAGE_DIR, default_base_url
 
 NGINX_CONF = VIEWER_PACKAGE_DIR / "nginx.conf"
 DEFAULT_NGINX = "/usr/sbin/nginx"
-# The compose file's upstreams, in viewer/nginx.conf.
+# The compose file's upstreams, in viewer/nginx.conf: the first server of each (node 1's).
 COMPOSE_UPSTREAMS = ("orthanc:8042", "sidecar:3006", "viewer:80")
+# An upstream block of viewer/nginx.conf, whose servers are one per node of the cluster.
+_UPSTREAM_BLOCK = re.compile(r"^upstream [a-z_]+ \{\n.*?^\}\n", re.MULTILINE | re.DOTALL)
 
 
 class FrontStartError(RuntimeError):
@@ -104,9 +107,18 @@ def config_path(path: Path) -> str:
     return '"' + str(path).replace("\\", "\\\\").replace('"', '\\"') + '"'
 
 
+def _first_server_only(block: re.Match[str]) -> str:
+    lines = block[0].splitlines(keepends=True)
+    servers = [i for i, line in enumerate(lines) if line.lstrip().startswith("server ")]
+    return "".join(line for i, line in enumerate(lines) if i not in servers[1:])
+
+
 def render_server(layout: FrontLayout) -> str:
-    """The compose front's server configuration, with this machine's addresses and paths."""
-    conf = NGINX_CONF.read_text()
+    """The compose front's server configuration, with this machine's addresses and paths.
+
+    This machine runs one node: each upstream keeps its first server (the compose file's node
+    1), pointed at the local service; the other nodes' servers are left out."""
+    conf = _UPSTREAM_BLOCK.sub(_first_server_only, NGINX_CONF.read_text())
     for service, address in zip(
         COMPOSE_UPSTREAMS, (layout.orthanc, layout.sidecar, layout.viewer), strict=True
     ):

@@ -91,6 +91,41 @@ def test_the_compose_orthanc_gets_the_policy_make_run_gives(
     assert compose["DicomAlwaysAllowFindWorklist"] is (not modalities)
 
 
+SHARED_INDEX_KEYS = ("DatabaseServerIdentifier", "SaveJobs")
+
+
+@pytest.mark.parametrize("node", ["node-2", "7"])
+def test_on_a_shared_index_the_compose_orthanc_is_named_as_make_run_names_it(
+    tmp_path: Path, node: str
+) -> None:
+    env = {"NODE_NAME": node, "ORTHANC__POSTGRESQL__ENABLE_INDEX": "true"}
+    done, compose = compose_configuration(tmp_path, env)
+    assert done.returncode == 0, done.stderr
+    local = render_configuration(
+        OrthancLayout(
+            work_dir=tmp_path / "orthanc",
+            http_port=8042,
+            dicom_port=4242,
+            index_database_url="postgresql://radiology:secret@postgres:5432/orthanc",
+            node_name=node,
+        )
+    )
+    expected = {"DatabaseServerIdentifier": node, "SaveJobs": False}  # a name, even all digits
+    assert {key: compose[key] for key in SHARED_INDEX_KEYS} == expected
+    assert {key: local[key] for key in SHARED_INDEX_KEYS} == expected
+
+
+def test_without_a_postgresql_index_the_compose_orthanc_keeps_its_jobs(tmp_path: Path) -> None:
+    done, compose = compose_configuration(tmp_path, {"NODE_NAME": "node-2"})
+    assert done.returncode == 0, done.stderr
+    assert not set(SHARED_INDEX_KEYS) & set(compose)
+    # Unnamed on a PostgreSQL index, Orthanc derives its identifier itself (as make run's would
+    # with an empty name); its jobs are still not saved.
+    done, compose = compose_configuration(tmp_path, {"ORTHANC__POSTGRESQL__ENABLE_INDEX": "true"})
+    assert done.returncode == 0, done.stderr
+    assert compose["SaveJobs"] is False and "DatabaseServerIdentifier" not in compose
+
+
 def test_the_image_carries_the_filter_and_starts_through_configure() -> None:
     dockerfile = (ORTHANC_DIR / "Dockerfile").read_text()
     copied = re.search(r"(?m)^COPY (.+) (/\S+/)$", dockerfile)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import os
+import re
 import signal
 import socket
 import stat
@@ -22,6 +23,7 @@ from sidecar.launcher import processes as child_process
 from sidecar.launcher import run as launcher
 from sidecar.launcher.nginx import (
     COMPOSE_UPSTREAMS,
+    NGINX_CONF,
     FrontLayout,
     FrontStartError,
     NginxFront,
@@ -111,6 +113,13 @@ def test_the_front_runs_the_compose_configuration_with_local_addresses(tmp_path:
     assert server.count("server 127.0.0.1:3006;") == 2
     for service in COMPOSE_UPSTREAMS:
         assert f"server {service};" not in server
+    # One node here: the compose file's other nodes are left out of every upstream.
+    assert "server orthanc-2:8042;" in NGINX_CONF.read_text()
+    assert re.findall(r"(?m)^\s*server (\S+);", server) == [
+        "127.0.0.1:8042",
+        "127.0.0.1:3006",
+        "127.0.0.1:3006",
+    ]
     # Logs, the session cache (Orthanc's credential) and temporary files stay in the front's
     # own folder, never in the system's.
     main = render_main(layout)

@@ -15,15 +15,21 @@ from pathlib import Path, PurePosixPath
 from typing import Any
 from urllib.parse import urlsplit
 
+import pytest
+
 from sidecar.core.settings import SECRET_SETTINGS
+from sidecar.launcher.nginx import NGINX_CONF
 from sidecar.viewer.headers import nginx_add_headers
 
 from compose import (
+    NODES,
     ORTHANC_HTTP_PORT,
     ORTHANC_IMAGE,
     ORTHANC_TAG,
+    ORTHANCS,
     REPO,
     SECRET_MOUNTS,
+    SIDECARS,
     Render,
     Rendered,
 )
@@ -62,7 +68,13 @@ def _images(config: Rendered, service: str) -> Iterator[str]:
 
 
 def test_the_stack_has_its_services(config: Rendered) -> None:
-    assert set(config.model["services"]) == {"orthanc", "postgres", "sidecar", "viewer", "front"}
+    assert set(config.model["services"]) == {
+        *ORTHANCS,
+        *SIDECARS,
+        "postgres",
+        "viewer",
+        "front",
+    }
 
 
 # Variables that would carry a secret's value: none may be in any service's environment.
@@ -111,11 +123,14 @@ def test_each_service_mounts_the_secrets_it_names(config: Rendered) -> None:
                 assert value in mounted and mounted[value] == f"/run/secrets/{value}"
 
 
-def test_secrets_reach_the_services_that_share_them(config: Rendered) -> None:
-    sidecar = config.environment("sidecar")
-    orthanc = config.environment("orthanc")
+@pytest.mark.parametrize(("orthanc_service", "sidecar_service"), [n[1:] for n in NODES])
+def test_secrets_reach_the_services_that_share_them(
+    config: Rendered, orthanc_service: str, sidecar_service: str
+) -> None:
+    sidecar = config.environment(sidecar_service)
+    orthanc = config.environment(orthanc_service)
     postgres = config.environment("postgres")
-    secret_at = {**config.secrets_of("sidecar"), **config.secrets_of("orthanc")}
+    secret_at = {**config.secrets_of(sidecar_service), **config.secrets_of(orthanc_service)}
 
     def file_of(env: dict[str, str | None], variable: str) -> str:
         value = env.get(variable)
@@ -146,16 +161,19 @@ def test_secrets_reach_the_services_that_share_them(config: Rendered) -> None:
     assert orthanc.get("ORTHANC__POSTGRESQL__PASSWORD_SECRET") == "postgres_password"
 
 
-def test_orthanc_applies_make_runs_dicom_ingress_policy(render: Render, config: Rendered) -> None:
+@pytest.mark.parametrize("service", ORTHANCS)
+def test_orthanc_applies_make_runs_dicom_ingress_policy(
+    render: Render, config: Rendered, service: str
+) -> None:
     """DICOM_MODALITIES reaches orthanc/configure.py (the image's entry point, which writes
     DicomModalities, the worklist restriction and the Lua filter: tests/launcher/
     test_dicom_ingress.py); nothing in the environment overrides what it writes."""
-    orthanc = config.service("orthanc")
+    orthanc = config.service(service)
     assert Path(orthanc["build"]["context"]) == REPO / "orthanc"
-    assert config.environment("orthanc").get("DICOM_MODALITIES") == ""
+    assert config.environment(service).get("DICOM_MODALITIES") == ""
     registered = render({"DICOM_MODALITIES": "CT01@10.0.0.5:104,MR01@10.0.0.6:104"})
     assert registered.ok, registered.error
-    modalities = registered.environment("orthanc").get("DICOM_MODALITIES")
+    modalities = registered.environment(service).get("DICOM_MODALITIES")
     assert modalities == "CT01@10.0.0.5:104,MR01@10.0.0.6:104"
     for written_by_configure in (
         "ORTHANC__DICOM_MODALITIES",
@@ -163,9 +181,11 @@ def test_orthanc_applies_make_runs_dicom_ingress_policy(render: Render, config: 
         "ORTHANC__DICOM_ALWAYS_ALLOW_FIND_WORKLIST",
         "ORTHANC__DICOM_CHECK_MODALITY_HOST",
         "ORTHANC__REGISTERED_USERS",
+        "ORTHANC__DATABASE_SERVER_IDENTIFIER",
+        "ORTHANC__SAVE_JOBS",
         "ORTHANC_JSON",
     ):
-        assert written_by_configure not in config.environment("orthanc"), written_by_configure
+        assert written_by_configure not in config.environment(service), written_by_configure
 
 
 def test_the_front_sends_the_security_headers(config: Rendered) -> None:
@@ -186,14 +206,15 @@ def test_images_are_pinned_and_orthanc_is_the_python_311_tag(config: Rendered) -
     assert (ORTHANC_IMAGE, ORTHANC_TAG) in orthanc_refs, orthanc_refs
 
 
-def test_plugin_mount_contains_the_python_script(config: Rendered) -> None:
-    env = config.environment("orthanc")
+@pytest.mark.parametrize("service", ORTHANCS)
+def test_plugin_mount_contains_the_python_script(config: Rendered, service: str) -> None:
+    env = config.environment(service)
     script = PurePosixPath(env.get("ORTHANC__PYTHON_SCRIPT") or "")
     assert script.is_absolute(), f"ORTHANC__PYTHON_SCRIPT is {str(script)!r}"
 
     mounts = [
         v
-        for v in config.service("orthanc")["volumes"]
+        for v in config.service(service)["volumes"]
         if script.is_relative_to(PurePosixPath(v["target"]))
     ]
     assert len(mounts) == 1, f"no single volume contains {script}: {mounts}"
@@ -206,12 +227,13 @@ def test_plugin_mount_contains_the_python_script(config: Rendered) -> None:
     assert in_repo.is_file(), f"{script} would be {in_repo}, which does not exist"
 
 
+@pytest.mark.parametrize(("orthanc_service", "sidecar_service"), [n[1:] for n in NODES])
 def test_databases_are_on_the_postgres_service_and_created_by_its_init_script(
-    config: Rendered,
+    config: Rendered, orthanc_service: str, sidecar_service: str
 ) -> None:
     services = config.model["services"]
-    sidecar_env = config.environment("sidecar")
-    orthanc_env = config.environment("orthanc")
+    sidecar_env = config.environment(sidecar_service)
+    orthanc_env = config.environment(orthanc_service)
 
     # The URL is a secret file's content; its form is the example's.
     assert sidecar_env.get("DATABASE_URL_FILE") == "/run/secrets/database_url"
@@ -241,13 +263,14 @@ def test_databases_are_on_the_postgres_service_and_created_by_its_init_script(
     }
     assert {sidecar_db, orthanc_db} <= created, f"init scripts {init_scripts} create {created}"
 
-    for service in ("orthanc", "sidecar"):
+    for service in (orthanc_service, sidecar_service):
         condition = services[service].get("depends_on", {}).get("postgres", {}).get("condition")
         assert condition == "service_healthy", f"{service} may start before PostgreSQL is up"
 
 
-def test_orthanc_http_is_not_published_beyond_loopback(config: Rendered) -> None:
-    ports = config.service("orthanc")["ports"]
+@pytest.mark.parametrize("service", ORTHANCS)
+def test_orthanc_http_is_not_published_beyond_loopback(config: Rendered, service: str) -> None:
+    ports = config.service(service)["ports"]
     for port in ports:
         if int(port["target"]) != ORTHANC_HTTP_PORT or not port.get("published"):
             continue
@@ -257,7 +280,7 @@ def test_orthanc_http_is_not_published_beyond_loopback(config: Rendered) -> None
             f"Orthanc's REST API (the whole archive) is published on {host_ip or 'all interfaces'}"
         )
     assert any(int(p["target"]) == 4242 and p.get("published") for p in ports), (
-        "Orthanc's DICOM port 4242 is not published: modalities could not send"
+        f"{service}'s DICOM port 4242 is not published: modalities could not send"
     )
 
 
@@ -266,8 +289,9 @@ def test_every_service_restarts_and_reports_health(config: Rendered) -> None:
         assert svc.get("restart") == "unless-stopped", name
         test = (svc.get("healthcheck") or {}).get("test") or []
         assert test and test[0] != "NONE" and not svc["healthcheck"].get("disable"), name
-    assert any("/health" in part for part in config.service("sidecar")["healthcheck"]["test"])
-    assert config.environment("sidecar").get("ENVIRONMENT") == "production"
+    for sidecar in SIDECARS:
+        assert any("/health" in part for part in config.service(sidecar)["healthcheck"]["test"])
+        assert config.environment(sidecar).get("ENVIRONMENT") == "production"
 
 
 def test_sidecar_image_runs_as_an_unprivileged_user() -> None:
@@ -277,11 +301,12 @@ def test_sidecar_image_runs_as_an_unprivileged_user() -> None:
     assert re.search(r'(?m)^CMD \["python", "-m", "sidecar"\]', text)
 
 
+@pytest.mark.parametrize(("orthanc_service", "sidecar_service"), [n[1:] for n in NODES])
 def test_worklist_files_are_shared_written_by_the_sidecar_read_by_orthanc(
-    config: Rendered,
+    config: Rendered, orthanc_service: str, sidecar_service: str
 ) -> None:
-    sidecar_dir = config.environment("sidecar").get("WORKLIST_DIR")
-    orthanc_dir = config.environment("orthanc").get("WORKLIST_DIR")
+    sidecar_dir = config.environment(sidecar_service).get("WORKLIST_DIR")
+    orthanc_dir = config.environment(orthanc_service).get("WORKLIST_DIR")
     assert sidecar_dir and orthanc_dir, "both services need WORKLIST_DIR"
 
     def volume_at(service: str, path: str) -> dict[str, Any]:
@@ -290,7 +315,7 @@ def test_worklist_files_are_shared_written_by_the_sidecar_read_by_orthanc(
         volume: dict[str, Any] = found[0]
         return volume
 
-    written, read = volume_at("sidecar", sidecar_dir), volume_at("orthanc", orthanc_dir)
+    written, read = volume_at(sidecar_service, sidecar_dir), volume_at(orthanc_service, orthanc_dir)
     assert written["type"] == read["type"] == "volume"
     assert written["source"] == read["source"], "the two services must share one volume"
     assert not written.get("read_only"), "the sidecar writes the worklist"
@@ -300,22 +325,122 @@ def test_worklist_files_are_shared_written_by_the_sidecar_read_by_orthanc(
     assert "uid=10001" in options["o"], options
 
 
-def test_mpps_listener_is_reachable_from_the_modalities(config: Rendered) -> None:
-    env = config.environment("sidecar")
+@pytest.mark.parametrize("service", SIDECARS)
+def test_mpps_listener_is_reachable_from_the_modalities(config: Rendered, service: str) -> None:
+    env = config.environment(service)
     assert env.get("MPPS_HOST") == "0.0.0.0", "MPPS must listen on the container's interfaces"  # noqa: S104
     port = int(env.get("MPPS_PORT") or 4243)
     assert any(
-        int(p["target"]) == port and p.get("published") for p in config.service("sidecar")["ports"]
-    ), f"MPPS port {port} is not published"
+        int(p["target"]) == port and p.get("published") for p in config.service(service)["ports"]
+    ), f"{service}'s MPPS port {port} is not published"
     # The registered modalities limit MPPS as they limit C-STORE and the worklist.
     assert "DICOM_MODALITIES" in env
 
 
-def test_mllp_listener_is_reachable_from_the_his(config: Rendered) -> None:
-    env = config.environment("sidecar")
+@pytest.mark.parametrize("service", SIDECARS)
+def test_mllp_listener_is_reachable_from_the_his(config: Rendered, service: str) -> None:
+    env = config.environment(service)
     # The whole point here: a loopback bind is unreachable from outside the container.
     assert env.get("MLLP_HOST") == "0.0.0.0", "MLLP must listen on the container's interfaces"  # noqa: S104
     port = int(env.get("MLLP_PORT") or 2575)
     assert any(
-        int(p["target"]) == port and p.get("published") for p in config.service("sidecar")["ports"]
-    ), f"MLLP port {port} is not published"
+        int(p["target"]) == port and p.get("published") for p in config.service(service)["ports"]
+    ), f"{service}'s MLLP port {port} is not published"
+
+
+# --- the cluster: two nodes ---------------------------------------------------------------------
+
+# What differs between two nodes' services, and must: the node's name and which of its own
+# services it talks to. Everything else in their environment is the same.
+NODE_VARIABLES = {"NODE_NAME", "ORTHANC_URL", "SIDECAR_URL"}
+# The image's StorageDirectory (orthanc-builder's orthanc-defaults.json).
+ORTHANC_STORAGE = "/var/lib/orthanc/db"
+
+
+def _published(config: Rendered, service: str) -> dict[int, str]:
+    """Container port -> host port of what the service publishes."""
+    ports = config.service(service).get("ports") or []
+    return {int(p["target"]): str(p["published"]) for p in ports}
+
+
+def _volume_at(config: Rendered, service: str, target: str) -> str:
+    [source] = [v["source"] for v in config.service(service)["volumes"] if v["target"] == target]
+    return str(source)
+
+
+def test_the_nodes_are_configured_alike_but_for_their_name(config: Rendered) -> None:
+    for services in (ORTHANCS, SIDECARS):
+        first, *others = (config.environment(service) for service in services)
+        for other in others:
+            differing = {k for k in first.keys() | other.keys() if first.get(k) != other.get(k)}
+            assert differing <= NODE_VARIABLES, differing
+        assert config.service(services[0])["secrets"] == config.service(services[1])["secrets"]
+    names = [node for node, _, _ in NODES]
+    assert len(set(names)) == len(names)
+    for node, orthanc, sidecar in NODES:
+        # The Orthanc's name in the shared index (orthanc/configure.py) is its node's.
+        assert config.environment(orthanc).get("NODE_NAME") == node
+        assert config.environment(sidecar).get("NODE_NAME") == node
+        # Each talks to its own node's other half.
+        assert config.environment(sidecar).get("ORTHANC_URL") == f"http://{orthanc}:8042"
+        assert config.environment(orthanc).get("SIDECAR_URL") == f"http://{sidecar}:3006"
+        assert config.service(sidecar)["depends_on"][orthanc]["condition"] == "service_healthy"
+
+
+def test_the_nodes_share_the_index_the_storage_and_the_database(config: Rendered) -> None:
+    for orthanc in ORTHANCS:
+        env = config.environment(orthanc)
+        # Several writers on one index: no exclusive lock, which would let one start.
+        assert env.get("ORTHANC__POSTGRESQL__LOCK") == "false"
+        assert env.get("ORTHANC__POSTGRESQL__ENABLE_INDEX") == "true"
+    assert len({_volume_at(config, o, ORTHANC_STORAGE) for o in ORTHANCS}) == 1
+    assert len({config.environment(s).get("DATABASE_URL_FILE") for s in SIDECARS}) == 1
+    # One JWT_SECRET (a session from one node is good on the other), one plugin token.
+    for variable in ("JWT_SECRET_FILE", "SIDECAR_PLUGIN_TOKEN_FILE", "DATABASE_URL_FILE"):
+        assert len({config.environment(s).get(variable) for s in SIDECARS}) == 1, variable
+
+
+def test_each_node_has_its_own_worklist_data_and_published_ports(config: Rendered) -> None:
+    worklists = {_volume_at(config, s, "/var/lib/radiology-worklist") for s in SIDECARS}
+    data = {_volume_at(config, s, "/var/lib/sidecar") for s in SIDECARS}
+    assert len(worklists) == len(data) == len(NODES)
+    published = [
+        host_port
+        for service in config.model["services"]
+        for host_port in _published(config, service).values()
+    ]
+    assert len(published) == len(set(published)), f"a host port is published twice: {published}"
+    for _, orthanc, sidecar in NODES:
+        assert 4242 in _published(config, orthanc), f"{orthanc}: DICOM"
+        for port, what in ((2575, "MLLP"), (4243, "MPPS"), (3006, "API")):
+            assert port in _published(config, sidecar), f"{sidecar}: {what}"
+
+
+def test_a_new_cluster_starts_one_node_after_the_other(config: Rendered) -> None:
+    """The first Orthanc creates the index's tables, the first sidecar migrates its database and
+    creates the administrator; the second node starts on what they made."""
+    services = config.model["services"]
+    assert services["orthanc-2"]["depends_on"]["orthanc"]["condition"] == "service_healthy"
+    assert services["sidecar-2"]["depends_on"]["sidecar"]["condition"] == "service_healthy"
+
+
+def _upstreams(text: str) -> dict[str, list[str]]:
+    return {
+        name: re.findall(r"(?m)^\s*server (\S+);", body)
+        for name, body in re.findall(r"(?ms)^upstream (\w+) \{\n(.*?)^\}", text)
+    }
+
+
+def test_the_front_spreads_the_api_and_dicomweb_over_every_node(config: Rendered) -> None:
+    text = NGINX_CONF.read_text()
+    assert _upstreams(text) == {
+        "orthanc": [f"{o}:{ORTHANC_HTTP_PORT}" for o in ORTHANCS],
+        "sidecar": [f"{s}:3006" for s in SIDECARS],
+        "viewer": ["viewer:80"],
+    }
+    # Every location goes through an upstream, never to one node's address.
+    targets = set(re.findall(r"(?m)^\s*proxy_pass http://([a-z_]+)", text))
+    assert targets == {"orthanc", "sidecar", "viewer"}
+    depends = config.service("front")["depends_on"]
+    for service in (*ORTHANCS, *SIDECARS, "viewer"):
+        assert depends[service]["condition"] == "service_healthy", service

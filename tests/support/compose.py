@@ -30,15 +30,20 @@ ORTHANC_IMAGE = "orthancteam/orthanc"
 ORTHANC_TAG = "25.4.0"
 ORTHANC_HTTP_PORT = 8042
 
+# The nodes of docker-compose.yml's cluster: each an Orthanc and its sidecar.
+NODES = (("node-1", "orthanc", "sidecar"), ("node-2", "orthanc-2", "sidecar-2"))
+ORTHANCS = tuple(orthanc for _, orthanc, _ in NODES)
+SIDECARS = tuple(sidecar for _, _, sidecar in NODES)
+
 # The Docker secrets of docker-compose.yml (files, mounted at /run/secrets/<name>) and the
-# services that must mount each.
+# services that must mount each: every node's, the same files.
 SECRET_MOUNTS: dict[str, set[str]] = {
-    "jwt_secret": {"sidecar"},
-    "admin_password": {"sidecar"},
-    "sidecar_plugin_token": {"sidecar", "orthanc"},
-    "orthanc_password": {"sidecar", "orthanc"},
-    "postgres_password": {"postgres", "orthanc"},
-    "database_url": {"sidecar"},
+    "jwt_secret": {*SIDECARS},
+    "admin_password": {*SIDECARS},
+    "sidecar_plugin_token": {*SIDECARS, *ORTHANCS},
+    "orthanc_password": {*SIDECARS, *ORTHANCS},
+    "postgres_password": {"postgres", *ORTHANCS},
+    "database_url": {*SIDECARS},
 }
 
 
