@@ -28,7 +28,7 @@ from sidecar.accounts.router import users_router
 from sidecar.accounts.service import bootstrap_admin
 from sidecar.core.api_errors import document_error_format, install_error_handlers
 from sidecar.core.cluster import Cluster
-from sidecar.core.database import make_engine, migrate
+from sidecar.core.database import make_engine, migrate, start_up_lock
 from sidecar.core.dependencies import Clock, Services, attach
 from sidecar.core.http import AccessLog, RefuseNul, SecurityHeaders
 from sidecar.core.modalities import parse_modalities
@@ -339,9 +339,10 @@ def start_up(services: Services) -> None:
     administrator created, the worklist rebuilt from the database (a change committed but not
     written, in a crash, is repaired)."""
     engine, settings = services.get(Engine), services.get(Settings)
-    migrate(engine, tables.metadata)
+    with start_up_lock(engine):  # nodes started together set the database up in turn
+        migrate(engine, tables.metadata)
+        bootstrap_admin(engine, settings)
     services.get(Cluster).join()  # NodeRefused: this node may not run beside the others
-    bootstrap_admin(engine, settings)
     publisher = services.find(WorklistPublisher)
     if publisher is not None:
         offered = publisher.reconcile()

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import contextlib
 import os
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 from alembic import command
 from alembic.config import Config
-from sqlalchemy import Engine, MetaData, event
+from sqlalchemy import Engine, MetaData, event, text
 from sqlalchemy.engine import make_url
 from sqlmodel import create_engine
 
@@ -72,3 +73,27 @@ def alembic_config(engine: Engine, metadata: MetaData) -> Config:
 
 def migrate(engine: Engine, metadata: MetaData) -> None:
     command.upgrade(alembic_config(engine, metadata), "head")
+
+
+#: The PostgreSQL advisory lock key held while a node sets the database up (any constant the
+#: application uses for nothing else; "sidecar!" in ASCII).
+_START_UP_LOCK = 0x73_69_64_65_63_61_72_21
+
+
+@contextlib.contextmanager
+def start_up_lock(engine: Engine) -> Iterator[None]:
+    """One node at a time sets the shared database up (migrations, the first administrator):
+    nodes of a cluster started together would otherwise run the same migration twice, and
+    the second would fail. A session lock on its own connection, released when the block
+    ends, or by PostgreSQL when the process dies. SQLite has one node: nothing to hold."""
+    if engine.dialect.name != "postgresql":
+        yield
+        return
+    with engine.connect() as connection:
+        connection.execute(text("SELECT pg_advisory_lock(:key)"), {"key": _START_UP_LOCK})
+        connection.commit()
+        try:
+            yield
+        finally:
+            connection.execute(text("SELECT pg_advisory_unlock(:key)"), {"key": _START_UP_LOCK})
+            connection.commit()

@@ -10,16 +10,26 @@ import threading
 import time
 from collections.abc import Iterator
 from datetime import timedelta
+from pathlib import Path
 
 import pytest
+from alembic import command
 from sqlalchemy import Engine, text
-from sqlmodel import Session
+from sqlmodel import Session, col, func, select
 
+from sidecar.accounts.models import User
 from sidecar.core.background import BackgroundWorker
 from sidecar.core.cluster import Cluster, ClusterNode, JobLease, NodeRefused
+from sidecar.core.database import alembic_config, make_engine
+from sidecar.core.dependencies import Services
 from sidecar.core.models import utcnow
+from sidecar.main import build_services, start_up
 from sidecar.orders.events import ORDER_CHANGES_CHANNEL
-from tests.support.stack import wait_for
+from sidecar.orders.listener import OrderListener
+from sidecar.tables import metadata
+
+from stack import wait_for
+from testapp import app_settings
 
 SECRET = "cluster-test-secret-" + "s" * 40
 LEASE_SECONDS = 3.0  # the least the setting allows: leases of 2 s, renewed every 0.5 s
@@ -337,3 +347,49 @@ def test_health_names_the_node_and_lists_the_cluster(
         holders = a.holders(session)
     assert [m["name"] for m in members] == ["node-a"], "a node silent for an hour is not listed"
     assert holders == {"result-outbox": "node-a"}
+
+
+def test_nodes_started_together_set_an_empty_database_up_once(
+    database_url: str, tmp_path: Path
+) -> None:
+    """Two nodes starting at the same instant on an empty database: without the start-up lock
+    both would run the first migration, and one would fail on a table the other made."""
+    postgresql_only(database_url)
+    engine = make_engine(database_url)
+    command.downgrade(alembic_config(engine, metadata), "base")
+    engine.dispose()
+    nodes = [
+        build_services(
+            app_settings(database_url, tmp_path / name, node_name=name, worklist_enabled=False),
+            orthanc=None,
+            clock=utcnow,
+        )
+        for name in ("node-a", "node-b")
+    ]
+    barrier = threading.Barrier(len(nodes))
+    failures: list[BaseException] = []
+
+    def start(services: Services) -> None:
+        barrier.wait()
+        try:
+            start_up(services)
+        except BaseException as exc:  # reported below, with the other node's outcome
+            failures.append(exc)
+
+    threads = [threading.Thread(target=start, args=(services,)) for services in nodes]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(120)
+    try:
+        assert failures == []
+        engine = nodes[0].get(Engine)
+        with Session(engine) as session:
+            assert session.exec(select(func.count()).select_from(User)).one() == 1
+            names = session.exec(select(ClusterNode.name).order_by(col(ClusterNode.name))).all()
+        assert names == ["node-a", "node-b"]
+    finally:
+        for services in nodes:
+            services.get(Cluster).stop()
+            services.get(Engine).dispose()
+            services.get(OrderListener).intake.engine.dispose()
