@@ -25,6 +25,7 @@ from pathlib import Path
 
 import uvicorn
 
+from sidecar.core.cluster import refusal_before_start
 from sidecar.core.logs import configure_logging
 from sidecar.core.modalities import parse_modalities
 from sidecar.core.settings import SecretFileError, Settings
@@ -158,6 +159,9 @@ def main() -> None:
     except SecretFileError as exc:
         raise SystemExit(f"make run: {exc}") from None
     configure_logging(settings.log_level)
+    refusal = refusal_before_start(settings.database_url, settings.jwt_secret)
+    if refusal is not None:
+        raise SystemExit(f"make run: this node cannot start: {refusal}")
     with claim_data_dir(settings.data_dir):
         stop_leftovers(settings)
         run(settings)

@@ -24,7 +24,7 @@ from builders import audit_events
 from finding_helpers import T0, FakeClock
 from reading_helpers import radiologist, ready_study
 from reporting import SECTIONS
-from testapp import engine_of, service_of
+from testapp import ADMIN_PASSWORD, engine_of, login, service_of
 from webhook_receiver import WebhookReceiver
 
 Headers = dict[str, str]
@@ -108,7 +108,9 @@ def test_the_assignee_is_told_then_the_escalation_contact(
         (timedelta(hours=24) - timedelta(minutes=75)).total_seconds()
     )
 
-    # Restarted (a new app over the same database): nothing is sent again.
+    # Restarted (the first run stopped, a new app over the same database): nothing is sent
+    # again.
+    client.__exit__(None, None, None)
     again = create_app(settings, clock=clock)
     with TestClient(again):
         worker = service_of(again, ReadingOverdue)
@@ -152,7 +154,7 @@ def test_an_unheld_study_goes_to_the_contact_and_a_read_one_to_nobody(
 
 
 def test_without_a_notification_service_the_step_is_recorded_as_not_sent(
-    settings: Settings, clock: FakeClock, technologist: Headers, tmp_path: object
+    settings: Settings, clock: FakeClock
 ) -> None:
     app = create_app(
         settings.model_copy(
@@ -163,8 +165,6 @@ def test_without_a_notification_service_the_step_is_recorded_as_not_sent(
     with TestClient(app) as client:
         worker = service_of(app, ReadingOverdue)
         worker.stop()
-        from testapp import ADMIN_PASSWORD, login
-
         admin = login(client, "admin", ADMIN_PASSWORD)
         study = ready_study(app, client, admin, now=T0, priority="STAT")
         clock.advance(minutes=61)
