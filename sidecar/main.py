@@ -27,6 +27,7 @@ from sidecar.accounts.auth_router import auth_router
 from sidecar.accounts.router import users_router
 from sidecar.accounts.service import bootstrap_admin
 from sidecar.core.api_errors import document_error_format, install_error_handlers
+from sidecar.core.cluster import Cluster
 from sidecar.core.database import make_engine, migrate
 from sidecar.core.dependencies import Clock, Services, attach
 from sidecar.core.http import AccessLog, RefuseNul, SecurityHeaders
@@ -45,7 +46,7 @@ from sidecar.ingest.sync import OrthancSync
 from sidecar.mpps.router import router as performed_steps_router
 from sidecar.mpps.scp import MppsListener
 from sidecar.operations.health import router as health_router
-from sidecar.orders.events import OrderEvents
+from sidecar.orders.events import ORDER_CHANGES_CHANNEL, OrderEvents
 from sidecar.orders.listener import OrderListener
 from sidecar.orders.router import router as orders_router
 from sidecar.patients.image_updates import ImageUpdater
@@ -155,7 +156,19 @@ def build_services(
         ),
         OrthancClient,
     )
+    cluster = services.add(
+        Cluster(
+            engine,
+            node_name=settings.node_name,
+            lease_seconds=settings.cluster_lease_seconds,
+            jwt_secret=settings.jwt_secret,
+            database_url=settings.database_url,
+        )
+    )
     order_events = services.add(OrderEvents())
+    # Orders changed on any node (a trigger notifies at each commit, sidecar.orders.models):
+    # this node's worklist follows them too.
+    cluster.subscribe(ORDER_CHANGES_CHANNEL, lambda payload: order_events.announce_id(int(payload)))
     zone = zone_of(settings.timezone)
     if settings.worklist_enabled:
         assert settings.worklist_dir is not None
@@ -172,6 +185,8 @@ def build_services(
             )
         )
         order_events.listeners.append(publisher.publish_changes)
+        # Order changes notified while this node was not listening: rebuilt from the database.
+        cluster.on_reconnect(publisher.reconcile)
     # The HL7 intake (orders and ADT) with its own pool, without a ping before each message
     # (OrderIntake.handle).
     intake = HospitalIntake(
@@ -283,7 +298,32 @@ def build_services(
     )
     front = services.add(build_viewer_front(settings, engine, clock=clock), ViewerFront)
     services.add(viewer_links(settings, front), ViewerLinks)
+    _run_under_leases(services, cluster)
     return services
+
+
+#: The background jobs done by one node of the cluster at a time (sidecar.core.cluster): their
+#: work is in tables, so whichever node holds a job's lease finds all of it. Every node runs
+#: its own order events (its worklist) and de-identification sweep (its Orthanc's jobs).
+LEASED_JOBS = (
+    ResultOutbox,
+    FindingNotifier,
+    FindingEscalation,
+    ReadingOverdue,
+    OrthancSync,
+    ImageUpdater,
+    ImageRemover,
+)
+
+
+def _run_under_leases(services: Services, cluster: Cluster) -> None:
+    findings = services.get(FindingWorkers)
+    workers = [services.find(kind) for kind in LEASED_JOBS] + [
+        findings.notifier,
+        findings.escalation,
+    ]
+    for worker in {id(w): w for w in workers if w is not None}.values():
+        worker.run_under_lease(cluster)
 
 
 def start_up(services: Services) -> None:
@@ -292,6 +332,7 @@ def start_up(services: Services) -> None:
     written, in a crash, is repaired)."""
     engine, settings = services.get(Engine), services.get(Settings)
     migrate(engine, tables.metadata)
+    services.get(Cluster).join()  # NodeRefused: this node may not run beside the others
     bootstrap_admin(engine, settings)
     publisher = services.find(WorklistPublisher)
     if publisher is not None:
@@ -303,7 +344,8 @@ def _lifespan(services: Services) -> Callable[[FastAPI], Any]:
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
         await asyncio.to_thread(start_up, services)
-        settings = services.get(Settings)
+        settings, cluster = services.get(Settings), services.get(Cluster)
+        cluster.start()
         listener, order_events = services.get(OrderListener), services.get(OrderEvents)
         sync, findings = services.get(OrthancSync), services.get(FindingWorkers)
         outbox = services.find(ResultOutbox)
@@ -341,6 +383,7 @@ def _lifespan(services: Services) -> Callable[[FastAPI], Any]:
             await asyncio.to_thread(remover.stop)
             await asyncio.to_thread(sweep.stop)
             await asyncio.to_thread(order_events.stop)
+            await asyncio.to_thread(cluster.stop)  # after the workers: none runs unleased
             publisher = services.find(WorklistPublisher)
             if publisher is not None:
                 await asyncio.to_thread(publisher.close)

@@ -5,6 +5,7 @@ from sqlmodel import SQLModel
 from sidecar.access.models import EmergencyAccess
 from sidecar.accounts.models import LoginAttempt, RefreshToken, User
 from sidecar.core.audit import AuditEvent
+from sidecar.core.cluster import ClusterNode, JobLease
 from sidecar.findings.models import CriticalFinding, FindingNotification, NotificationAttempt
 from sidecar.ingest.models import ChangesCursor, DeletionCheck, PendingStudy
 from sidecar.mpps.models import PerformedProcedureStep
@@ -25,6 +26,7 @@ __all__ = [
     "AssignmentRule",
     "AuditEvent",
     "ChangesCursor",
+    "ClusterNode",
     "CriticalFinding",
     "DeidentifiedCopy",
     "DeletionCheck",
@@ -36,6 +38,7 @@ __all__ = [
     "ImageRemovalInstance",
     "ImageUpdate",
     "ImagingOrder",
+    "JobLease",
     "LoginAttempt",
     "NotificationAttempt",
     "Patient",

@@ -11,11 +11,14 @@ import logging
 import threading
 from collections.abc import Callable
 from datetime import datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from sqlmodel import Session, col, select
 
 from sidecar.core.models import utcnow
+
+if TYPE_CHECKING:
+    from sidecar.core.cluster import Cluster, Lease
 
 log = logging.getLogger(__name__)
 
@@ -50,7 +53,11 @@ class BackgroundWorker:
     next round now. A round that raises is logged and tried again after a delay that doubles
     with each failure in a row (`after_crash`, up to `max_after_crash`), so a worker whose
     database is down neither stops nor spins. `clock` is the time the worker reads (tests
-    give it a clock they move by hand and call `run_once` themselves)."""
+    give it a clock they move by hand and call `run_once` themselves).
+
+    In a cluster (`run_under_lease`), rounds run only while this node holds the job's lease
+    (sidecar.core.cluster): `stopping` turns true as soon as it does not, so a round stops
+    between items, and `wake()` on a node without the lease wakes the node that has it."""
 
     def __init__(
         self,
@@ -69,13 +76,22 @@ class BackgroundWorker:
         self._wake = threading.Event()
         self._stopping = threading.Event()
         self._thread: threading.Thread | None = None
+        self.lease: Lease | None = None
+        self._cluster: Cluster | None = None
+
+    def run_under_lease(self, cluster: Cluster, job: str | None = None) -> None:
+        """Runs this worker's rounds only on the node holding `job`'s lease (default: the
+        worker's name); the node that gains it is woken at once."""
+        self._cluster = cluster
+        self.lease = cluster.lease(job or self.name, on_gained=self._wake.set)
 
     def run_once(self) -> float | None:
         raise NotImplementedError
 
     @property
     def stopping(self) -> bool:
-        return self._stopping.is_set()
+        """Stop now: the worker is stopping, or this node no longer holds the job's lease."""
+        return self._stopping.is_set() or (self.lease is not None and not self.lease.held)
 
     @property
     def running(self) -> bool:
@@ -94,12 +110,21 @@ class BackgroundWorker:
             self._thread = None
 
     def wake(self) -> None:
-        self._wake.set()
+        if self.lease is None or self.lease.held or self._cluster is None:
+            self._wake.set()
+            return
+        try:
+            self._cluster.wake_holder(self.lease.job)
+        except Exception:  # the holder's idle poll comes anyway
+            log.warning("%s: could not wake the node holding the job", self.name)
 
     def _run(self) -> None:
         crashes = 0
         while not self._stopping.is_set():
             self._wake.clear()
+            if self.lease is not None and not self.lease.held:
+                self._wake.wait(self._idle_poll)  # woken when this node gains the lease
+                continue
             try:
                 delay = self.run_once()
                 crashes = 0

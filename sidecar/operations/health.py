@@ -12,6 +12,7 @@ from fastapi.responses import JSONResponse
 from sqlalchemy import Engine, text
 from sqlmodel import Session, col, func, select
 
+from sidecar.core.cluster import Cluster
 from sidecar.core.dependencies import EngineDep, SettingsDep, provide, provide_optional
 from sidecar.core.models import utcnow
 from sidecar.core.settings import Settings
@@ -19,6 +20,7 @@ from sidecar.findings.escalation import FindingWorkersDep
 from sidecar.findings.models import DeliveryStatus, FindingNotification
 from sidecar.findings.notifications import FindingNotifier
 from sidecar.ingest.deletion_watch import DeletionWatch, pending_checks
+from sidecar.ingest.models import ChangesCursor, PendingStudy
 from sidecar.ingest.orthanc_client import OrthancClient, OrthancError
 from sidecar.ingest.sync import OrthancSync
 from sidecar.mpps.models import PerformedProcedureStep
@@ -54,18 +56,46 @@ def _orthanc(orthanc: OrthancClient) -> dict[str, Any]:
         return {"status": "down", "error": str(exc)}
 
 
-def _sync(sync: OrthancSync) -> dict[str, Any]:
+def _sync(sync: OrthancSync, engine: Engine) -> dict[str, Any]:
+    """The change log's cursor and the registration queue as the database has them (the whole
+    cluster's); the rest is this node's own view (`runsHere`: whether it reads the log now)."""
     status = sync.status
+    try:
+        with Session(engine) as session:
+            cursor = session.get(ChangesCursor, 1)
+            pending = session.exec(select(func.count()).select_from(PendingStudy)).one()
+    except Exception as exc:
+        return {"error": type(exc).__name__}
     return {
-        "changesCursor": status.cursor,
+        "changesCursor": cursor.last_seq if cursor else 0,
         "orthancLastChange": status.orthanc_last_seq,
-        "pendingStudies": status.pending,
+        "pendingStudies": pending,
         "studiesRegistered": status.registered,
         "lastError": status.last_error,
-        "lastPollAt": status.last_poll_at.isoformat() if status.last_poll_at else None,
+        "lastPollAt": cursor.updated_at.isoformat() if cursor else None,
         "lastNoticeToVisibleMs": (
             round(status.notice_to_visible[0] * 1000) if status.notice_to_visible else None
         ),
+        "runsHere": sync.lease.held if sync.lease is not None else sync.running,
+    }
+
+
+def _cluster(cluster: Cluster) -> dict[str, Any]:
+    """The nodes seen in the last minute, which node runs each background job (null: none
+    now, e.g. its holder just died and another is about to take it), and whether this node
+    hears the others (PostgreSQL)."""
+    try:
+        with Session(cluster.engine) as session:
+            nodes, holders = cluster.members(session), cluster.holders(session)
+    except Exception as exc:
+        return {"error": type(exc).__name__}
+    return {
+        "shared": cluster.shared,
+        "listening": cluster.listening if cluster.shared else None,
+        "leaseSeconds": cluster.lease_seconds,
+        "heartbeatError": cluster.last_error,
+        "nodes": nodes,
+        "leases": holders,
     }
 
 
@@ -296,10 +326,13 @@ def health(
     updater: ImageUpdaterDep,
     remover: ImageRemoverDep,
     sweep: DeidentificationSweepDep,
+    cluster: Annotated[Cluster, Depends(provide(Cluster))],
 ) -> JSONResponse:
     return _answer(
         {"database": _database(engine), "orthanc": _orthanc(orthanc)},
-        sync=_sync(sync),
+        node=settings.node_name,
+        cluster=_cluster(cluster),
+        sync=_sync(sync, engine),
         studies=_studies(engine),
         deletions=_deletions(engine, deletions),
         hl7=_hl7(listener),

@@ -14,6 +14,11 @@ the same ids again, with those announced meanwhile, after RETRY_MIN seconds, dou
 RETRY_MAX: listeners must therefore be idempotent, which reading the current state makes them.
 Nothing is lost if the process dies with changes queued: the worklist is rebuilt from the
 database on every start (WorklistPublisher.reconcile).
+
+In a cluster, every node has its own worklist, and an order may change on any node: on
+PostgreSQL a trigger on imaging_order notifies ORDER_CHANGES_CHANNEL with the order's id as the
+change commits (migration 0019), and every node announces what it hears (sidecar.main). A node
+that was not listening rebuilds its worklist when it listens again.
 """
 
 from __future__ import annotations
@@ -33,6 +38,8 @@ from sidecar.orders.models import ImagingOrder
 log = logging.getLogger(__name__)
 
 OrderListener = Callable[[Sequence[int]], None]
+#: The PostgreSQL notification channel of committed order changes (payload: the order's id).
+ORDER_CHANGES_CHANNEL = "sidecar_order_changes"
 MAX_BATCH = 200
 LINGER = 0.05
 RETRY_MIN = 1.0

@@ -82,6 +82,9 @@ class DeidentifiedCopy(SQLModel, table=True):
     instance_count: int | None = None
     # Orthanc's job making the copy, while it is "creating": the sweep waits for it to end.
     orthanc_job_id: str | None = Field(default=None, max_length=64)
+    # The node whose Orthanc runs that job (NODE_NAME): jobs are each Orthanc's own, so only
+    # that node can follow it, or any node once that node is gone.
+    orthanc_node: str | None = Field(default=None, max_length=64)
     # Why a failed copy was not made (no patient data: a cause, never Orthanc's content).
     failure_reason: str | None = Field(default=None, max_length=200)
 
