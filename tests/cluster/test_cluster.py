@@ -545,12 +545,14 @@ def test_a_killed_node_s_work_is_finished_by_the_other_and_it_rejoins_when_resta
 ) -> None:
     """The node holding the results outbox's lease is killed (SIGKILL) while results and
     notifications wait: the HIS holds its answers (the node is waiting for an acknowledgement
-    when it dies) and the notification service is down. The other node finishes every item
-    within TAKEOVER_BOUND of the kill: every result and status update filed by the HIS, every
-    notification and escalation delivered; nothing lost. Nothing is delivered twice but,
-    possibly, the one message the dead node was sending at that instant (the HIS had it, its
-    acknowledgement never reached the node): sent again by the survivor under the same MSH-10,
-    which the HIS recognises. Restarted, the dead node appears again among /health's nodes."""
+    when it dies) and the notification service is down, and a study has just arrived at it. The
+    other node finishes every item within TAKEOVER_BOUND of the kill: every result and status
+    update filed by the HIS, every notification and escalation delivered, the study the dead
+    node received and one sent to the survivor after the kill registered once; nothing lost.
+    Nothing is delivered twice but, possibly, the one message the dead node was sending at that
+    instant (the HIS had it, its acknowledgement never reached the node): sent again by the
+    survivor under the same MSH-10, which the HIS recognises. Every job the dead node ran, the
+    survivor runs. Restarted, the dead node appears again among /health's nodes."""
     a, b = cluster.a, cluster.b
     orders = [new_order() for _ in range(4)]
     send_orders(b, orders)
@@ -582,9 +584,16 @@ def test_a_killed_node_s_work_is_finished_by_the_other_and_it_rejoins_when_resta
     )
     # The lease holder sends the first result and waits for the HIS's answer.
     cluster.his.wait_received(since + 1, timeout=TAKEOVER_BOUND)
+    # A study arrives at the dead node just before it dies (its StableStudy may never fire,
+    # then only Orthanc's change log tells), another at the survivor just after.
+    stored_before = make_study(tmp_path / "before-kill", series_count=1, instances_per_series=2)
+    assert storescu_dcmtk(stored_before.files, *victim.dicom_address).all_success
 
     victim.kill()
     killed_at = time.monotonic()
+    stored_after = make_study(tmp_path / "after-kill", series_count=1, instances_per_series=2)
+    assert storescu_dcmtk(stored_after.files, *survivor.dicom_address).all_success
+    stored = {stored_before.study_instance_uid, stored_after.study_instance_uid}
     in_flight = {m.control_id for m in cluster.his.received[since:]}
     assert len(in_flight) == 1, f"{len(in_flight)} messages in flight at once: one sender only"
     cluster.his.release()
@@ -593,9 +602,13 @@ def test_a_killed_node_s_work_is_finished_by_the_other_and_it_rejoins_when_resta
     def finished() -> bool:
         arrived = first_arrivals(messages_of(cluster.his, accessions))
         notified = notifications_for(cluster.notifications, set(expected.findings))
+        registered = Counter(s["studyInstanceUID"] for s in rows_of(survivor, stored))
+        assert all(n == 1 for n in registered.values()), f"registered twice: {registered}"
         return (
             arrived == expected.results
             and len(notified) >= len(expected.findings)
+            and all(r["instanceCount"] == 2 for r in rows_of(survivor, stored))
+            and set(registered) == stored
             and backlog_drained(survivor)
         )
 
