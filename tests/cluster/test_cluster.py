@@ -153,6 +153,9 @@ def cluster(
             )
             assert created.status_code == 201, created.text
             yield Cluster(a, b, his, notifications, work)
+            # A test that failed while holding them: nothing waits on them at the end.
+            his.release()
+            notifications.release()
             for node in nodes:
                 node.stop()
     finally:
@@ -351,9 +354,14 @@ def raise_finding(node: ClusterNode, study_id: int) -> int:
 
 
 def study_id_of(node: ClusterNode, study_uid: str) -> int:
-    (row,) = [s for s in node.studies() if s["studyInstanceUID"] == study_uid]
-    study_id: int = row["id"]
-    return study_id
+    """The study's id, once it is registered."""
+
+    def registered() -> int | None:
+        rows = rows_of(node, {study_uid})
+        assert len(rows) <= 1, f"study registered {len(rows)} times"
+        return int(rows[0]["id"]) if rows else None
+
+    return wait_for(registered, timeout=30, interval=0.3, what="the study registered")
 
 
 def escalations_audited(node: ClusterNode, finding_id: int) -> int:
