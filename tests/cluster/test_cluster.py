@@ -681,6 +681,7 @@ def test_a_second_node_on_one_sqlite_database_is_refused_at_start(tmp_path: Path
         code = wait_for(ended, timeout=60, interval=0.2, what="the second node's exit") - 1000
         assert code != 0, second.output()
         assert "SQLite" in second.output()
+        assert "Traceback" not in second.output(), "a refusal is a message, not a crash"
         assert first.running()
         assert httpx.get(f"{first.url}/health", timeout=10).status_code == 200
     finally:
