@@ -1,17 +1,14 @@
 """The application factory: every service built once and registered by its type
-(sidecar.core.dependencies.Services), the routers of every domain, and the one start-up step that
-does I/O before serving (migrations, the first administrator, the worklist rebuilt from the
-database, the listeners and background workers started).
+(sidecar.core.dependencies.Services) and the routers of every domain. What runs before and
+around the serving (migrations, joining the cluster, the workers) is sidecar.lifecycle.
 
 Building the app touches no database and no socket: `create_app` only builds objects.
 """
 
 from __future__ import annotations
 
-import asyncio
 import logging
-from collections.abc import AsyncIterator, Callable
-from contextlib import asynccontextmanager
+from collections.abc import Callable
 from datetime import datetime
 from typing import Any
 
@@ -20,15 +17,13 @@ from fastapi.openapi.utils import get_openapi
 from sqlalchemy import Engine
 
 from hl7.mllp.client import MllpClient
-from sidecar import tables
 from sidecar.access.emergency import router as emergency_access_router
 from sidecar.accounts.audit_router import router as audit_router
 from sidecar.accounts.auth_router import auth_router
 from sidecar.accounts.router import users_router
-from sidecar.accounts.service import bootstrap_admin
 from sidecar.core.api_errors import document_error_format, install_error_handlers
 from sidecar.core.cluster import Cluster
-from sidecar.core.database import make_engine, migrate, start_up_lock
+from sidecar.core.database import make_engine
 from sidecar.core.dependencies import Clock, Services, attach
 from sidecar.core.http import AccessLog, RefuseNul, SecurityHeaders
 from sidecar.core.modalities import parse_modalities
@@ -43,6 +38,7 @@ from sidecar.ingest.deletion_watch import DeletionWatch
 from sidecar.ingest.orthanc_client import OrthancClient
 from sidecar.ingest.router import router as ingest_router
 from sidecar.ingest.sync import OrthancSync
+from sidecar.lifecycle import lifespan, run_under_leases
 from sidecar.mpps.router import router as performed_steps_router
 from sidecar.mpps.scp import MppsListener
 from sidecar.operations.health import router as health_router
@@ -122,7 +118,7 @@ def create_app(
         title="Radiology integration sidecar",
         summary="Studies, orders, reports and audit beside Orthanc",
         version="0.1.0",
-        lifespan=_lifespan(services),
+        lifespan=lifespan(services),
     )
     attach(app, services)
     install_error_handlers(app)
@@ -306,102 +302,8 @@ def build_services(
     )
     front = services.add(build_viewer_front(settings, engine, clock=clock), ViewerFront)
     services.add(viewer_links(settings, front), ViewerLinks)
-    _run_under_leases(services, cluster)
+    run_under_leases(services, cluster)
     return services
-
-
-#: The background jobs done by one node of the cluster at a time (sidecar.core.cluster): their
-#: work is in tables, so whichever node holds a job's lease finds all of it. Every node runs
-#: its own order events (its worklist) and de-identification sweep (its Orthanc's jobs).
-LEASED_JOBS = (
-    ResultOutbox,
-    FindingNotifier,
-    FindingEscalation,
-    ReadingOverdue,
-    OrthancSync,
-    ImageUpdater,
-    ImageRemover,
-)
-
-
-def _run_under_leases(services: Services, cluster: Cluster) -> None:
-    findings = services.get(FindingWorkers)
-    workers = [services.find(kind) for kind in LEASED_JOBS] + [
-        findings.notifier,
-        findings.escalation,
-    ]
-    for worker in {id(w): w for w in workers if w is not None}.values():
-        worker.run_under_lease(cluster)
-
-
-def start_up(services: Services) -> None:
-    """The I/O before serving that must succeed first: the schema migrated, the first
-    administrator created, the worklist rebuilt from the database (a change committed but not
-    written, in a crash, is repaired)."""
-    engine, settings = services.get(Engine), services.get(Settings)
-    with start_up_lock(engine):  # nodes started together set the database up in turn
-        migrate(engine, tables.metadata)
-        bootstrap_admin(engine, settings)
-    services.get(Cluster).join()  # NodeRefused: this node may not run beside the others
-    publisher = services.find(WorklistPublisher)
-    if publisher is not None:
-        offered = publisher.reconcile()
-        log.info("worklist reconciled: %d scheduled procedure steps offered", offered)
-
-
-def _lifespan(services: Services) -> Callable[[FastAPI], Any]:
-    @asynccontextmanager
-    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
-        await asyncio.to_thread(start_up, services)
-        settings, cluster = services.get(Settings), services.get(Cluster)
-        cluster.start()
-        listener, order_events = services.get(OrderListener), services.get(OrderEvents)
-        sync, findings = services.get(OrthancSync), services.get(FindingWorkers)
-        outbox = services.find(ResultOutbox)
-        await listener.start()
-        mpps = services.get(MppsListener)
-        await asyncio.to_thread(mpps.start)
-        order_events.start()
-        image_updater, remover = services.get(ImageUpdater), services.get(ImageRemover)
-        sweep = services.get(DeidentificationSweep)
-        if settings.reconcile_enabled:
-            sync.start()
-            image_updater.start()  # work left queued by the last run too
-            remover.start()  # removals left waiting by the last run too
-            sweep.start()  # copies the last run abandoned first
-        if outbox is not None:
-            outbox.start()  # results left pending by the last run go first
-        if findings.notifier is not None:
-            findings.notifier.start()  # notifications left pending by the last run too
-        findings.escalation.start()
-        overdue = services.get(ReadingOverdue)
-        overdue.start()
-        try:
-            yield
-        finally:
-            await listener.stop()
-            await asyncio.to_thread(mpps.stop)
-            if outbox is not None:
-                await asyncio.to_thread(outbox.stop)
-            await asyncio.to_thread(findings.escalation.stop)
-            await asyncio.to_thread(overdue.stop)
-            if findings.notifier is not None:
-                await asyncio.to_thread(findings.notifier.stop)
-            await asyncio.to_thread(sync.stop)
-            await asyncio.to_thread(image_updater.stop)
-            await asyncio.to_thread(remover.stop)
-            await asyncio.to_thread(sweep.stop)
-            await asyncio.to_thread(order_events.stop)
-            await asyncio.to_thread(cluster.stop)  # after the workers: none runs unleased
-            publisher = services.find(WorklistPublisher)
-            if publisher is not None:
-                await asyncio.to_thread(publisher.close)
-            services.get(OrthancClient).close()
-            await services.get(ViewerFront).proxy.aclose()
-            listener.intake.engine.dispose()
-            services.get(Engine).dispose()
-
-    return lifespan
 
 
 def _openapi(app: FastAPI) -> dict[str, Any]:

@@ -5,7 +5,7 @@ from sqlmodel import SQLModel
 from sidecar.access.models import EmergencyAccess
 from sidecar.accounts.models import LoginAttempt, RefreshToken, User
 from sidecar.core.audit import AuditEvent
-from sidecar.core.cluster import ClusterNode, JobLease
+from sidecar.core.cluster_models import ClusterNode, JobLease
 from sidecar.findings.models import CriticalFinding, FindingNotification, NotificationAttempt
 from sidecar.ingest.models import ChangesCursor, DeletionCheck, PendingStudy
 from sidecar.mpps.models import PerformedProcedureStep

@@ -18,7 +18,8 @@ from sqlmodel import Session, col, select
 from sidecar.core.models import utcnow
 
 if TYPE_CHECKING:
-    from sidecar.core.cluster import Cluster, Lease
+    from sidecar.core.cluster import Cluster
+    from sidecar.core.cluster_models import Lease
 
 log = logging.getLogger(__name__)
 

@@ -33,94 +33,29 @@ start (`NodeRefused`), since SQLite is not a database several machines can share
 
 from __future__ import annotations
 
-import contextlib
-import fcntl
-import hashlib
 import logging
-import os
 import secrets
 import threading
 import time
 from collections.abc import Callable
 from datetime import datetime, timedelta
-from pathlib import Path
-from typing import IO, Any
+from typing import IO
 
-from sqlalchemy import Engine, inspect, text
+from sqlalchemy import Engine, text
 from sqlalchemy.engine import make_url
-from sqlalchemy.pool import NullPool
-from sqlmodel import Column, Field, Session, SQLModel, col, create_engine, select
+from sqlmodel import Session, col, select
 
-from sidecar.core.models import UTCDateTime, utcnow
+from sidecar.core.cluster_admission import lock_sqlite_node
+from sidecar.core.cluster_models import (
+    ClusterNode,
+    Lease,
+    NodeRefused,
+    database_now,
+    secret_fingerprint,
+)
+from sidecar.core.models import utcnow
 
 log = logging.getLogger(__name__)
-
-#: Nodes whose last heartbeat is older than this are not listed as members any more.
-MEMBERSHIP_WINDOW = timedelta(minutes=1)
-
-
-class NodeRefused(RuntimeError):
-    """This node cannot join: the message says why and what to change."""
-
-
-class ClusterNode(SQLModel, table=True):
-    """A node's heartbeat: written every `renew_every` seconds while it runs."""
-
-    __tablename__ = "cluster_node"
-
-    name: str = Field(primary_key=True, max_length=64)
-    #: A random id of the running process, new at every start: two processes claiming the
-    #: same NODE_NAME are told apart (and the second is refused).
-    instance: str = Field(max_length=32)
-    started_at: datetime = Field(sa_column=Column(UTCDateTime, nullable=False))
-    last_heartbeat_at: datetime = Field(sa_column=Column(UTCDateTime, nullable=False))
-    #: A digest of the node's JWT_SECRET: nodes must share it (a session made on one node is
-    #: used on another), and one that differs is refused at start. Not the secret, nor usable
-    #: to find it.
-    secret_fingerprint: str = Field(max_length=16)
-    stopped_at: datetime | None = Field(default=None, sa_column=Column(UTCDateTime, nullable=True))
-
-
-class JobLease(SQLModel, table=True):
-    """Which node runs a background job, until when (the database's clock)."""
-
-    __tablename__ = "cluster_lease"
-
-    job: str = Field(primary_key=True, max_length=64)
-    holder: str | None = Field(default=None, max_length=32)  # ClusterNode.instance
-    holder_node: str | None = Field(default=None, max_length=64)  # ClusterNode.name
-    expires_at: datetime | None = Field(default=None, sa_column=Column(UTCDateTime, nullable=True))
-    #: Goes up by one each time the job changes hands: how many takeovers there were.
-    term: int = 0
-
-
-class Lease:
-    """One job's lease as this node knows it. `held` is this node's own, conservative view:
-    it turns False before the database would let another node take the job."""
-
-    def __init__(self, job: str, on_gained: Callable[[], None] | None = None) -> None:
-        self.job = job
-        self.on_gained = on_gained
-        self._held_until = 0.0  # monotonic
-        self.term: int | None = None
-
-    @property
-    def held(self) -> bool:
-        return time.monotonic() < self._held_until
-
-    def _granted(self, until: float, term: int) -> bool:
-        """Records a grant; True when this node did not hold the job before."""
-        gained = not self.held
-        self._held_until, self.term = until, term
-        return gained
-
-    def _lost(self) -> None:
-        self._held_until = 0.0
-
-
-def secret_fingerprint(secret: str) -> str:
-    return hashlib.sha256(b"sidecar-cluster-secret-check\x00" + secret.encode()).hexdigest()[:16]
-
 
 _ACQUIRE = {
     # The database's clock decides expiry; a row held by another live instance is left alone
@@ -259,7 +194,7 @@ class Cluster:
 
     def _refusal(self, session: Session) -> tuple[str, bool] | None:
         """Why this node may not join now, and whether that is final (or may pass)."""
-        fresh_after = self._database_now(session) - timedelta(seconds=self.lease_ttl)
+        fresh_after = database_now(session) - timedelta(seconds=self.lease_ttl)
         live = session.exec(
             select(ClusterNode).where(
                 col(ClusterNode.last_heartbeat_at) > fresh_after,
@@ -343,7 +278,7 @@ class Cluster:
         asked_at = time.monotonic()
         gained: list[Lease] = []
         with Session(self.engine) as session:
-            now = self._database_now(session)
+            now = database_now(session)
             node = session.get(ClusterNode, self.node_name)
             if node is None:
                 node = ClusterNode(
@@ -391,12 +326,6 @@ class Cluster:
             },
         ).first()
         return None if row is None else int(row[0])
-
-    def _database_now(self, session: Session) -> datetime:
-        if not self._postgresql:
-            return utcnow()
-        value: datetime = session.execute(text("SELECT clock_timestamp()")).scalar_one()
-        return value
 
     # -- notifications between nodes (PostgreSQL LISTEN/NOTIFY) ---------------------------------
 
@@ -453,115 +382,3 @@ class Cluster:
                 callback(payload)
             except Exception:
                 log.exception("node %s: a %s notification failed", self.node_name, channel)
-
-    # -- what /health shows ---------------------------------------------------------------------
-
-    def members(self, session: Session) -> list[dict[str, Any]]:
-        since = self._database_now(session) - MEMBERSHIP_WINDOW
-        nodes = session.exec(
-            select(ClusterNode)
-            .where(col(ClusterNode.last_heartbeat_at) > since)
-            .order_by(col(ClusterNode.name))
-        ).all()
-        return [
-            {
-                "name": node.name,
-                "startedAt": node.started_at.isoformat(),
-                "lastHeartbeatAt": node.last_heartbeat_at.isoformat(),
-                "stopped": node.stopped_at is not None,
-            }
-            for node in nodes
-        ]
-
-    def holders(self, session: Session) -> dict[str, str | None]:
-        now = self._database_now(session)
-        return {
-            lease.job: (
-                lease.holder_node
-                if lease.holder_node and lease.expires_at and lease.expires_at > now
-                else None
-            )
-            for lease in session.exec(select(JobLease).order_by(col(JobLease.job))).all()
-        }
-
-
-def live_nodes(session: Session, within: timedelta) -> set[str]:
-    """The names of the nodes running now: not stopped, and a heartbeat within `within` of the
-    database's clock (nodes' own clocks need not agree). What only a node itself can do, such
-    as following its Orthanc's jobs, falls to the others once it is not among them."""
-    if session.get_bind().dialect.name == "postgresql":
-        now: datetime = session.execute(text("SELECT clock_timestamp()")).scalar_one()
-    else:
-        now = utcnow()
-    return set(
-        session.exec(
-            select(ClusterNode.name).where(
-                col(ClusterNode.last_heartbeat_at) > now - within,
-                col(ClusterNode.stopped_at).is_(None),
-            )
-        ).all()
-    )
-
-
-def lock_sqlite_node(database_url: str) -> IO[bytes] | None:
-    """Holds the node lock of a SQLite database file (a flock on a file beside it, released
-    when the returned file is closed or the process ends, kill -9 included); None for a
-    database without a file. NodeRefused: another process holds it."""
-    path = make_url(database_url).database
-    if not path or path == ":memory:" or path.startswith("file:"):
-        return None
-    lock_path = Path(path).resolve().with_name(Path(path).name + ".node.lock")
-    lock_path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-    handle = open(lock_path, "ab")  # noqa: SIM115  (held open by the caller)
-    try:
-        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except OSError:
-        handle.close()
-        raise NodeRefused(
-            f"the SQLite database {path} is in use by another running sidecar: SQLite holds"
-            " one node only. Several nodes need a PostgreSQL DATABASE_URL (and"
-            " ORTHANC_INDEX_URL) they all share"
-        ) from None
-    with contextlib.suppress(OSError):
-        os.chmod(lock_path, 0o600)
-    return handle
-
-
-def refusal_before_start(database_url: str, jwt_secret: str) -> str | None:
-    """Why a node could not join, known before anything is started (the launcher says it in
-    one line rather than after starting Orthanc): the SQLite file in use by another process,
-    or running nodes with another JWT_SECRET. The node checks again when it joins."""
-    if not database_url.startswith("postgresql"):
-        try:
-            handle = lock_sqlite_node(database_url)
-        except NodeRefused as exc:
-            return str(exc)
-        if handle is not None:
-            handle.close()
-        return None
-    engine = create_engine(database_url, poolclass=NullPool, hide_parameters=True)
-    try:
-        with Session(engine) as session:
-            if not inspect(session.connection()).has_table(ClusterNode.__tablename__):
-                return None
-            fresh_after = session.execute(text("SELECT clock_timestamp()")).scalar_one() - (
-                MEMBERSHIP_WINDOW
-            )
-            fingerprints = session.exec(
-                select(ClusterNode.name, ClusterNode.secret_fingerprint).where(
-                    col(ClusterNode.last_heartbeat_at) > fresh_after,
-                    col(ClusterNode.stopped_at).is_(None),
-                )
-            ).all()
-    except Exception:  # the database is the node's to report when it starts
-        return None
-    finally:
-        engine.dispose()
-    mine = secret_fingerprint(jwt_secret)
-    for name, fingerprint in fingerprints:
-        if fingerprint != mine:
-            return (
-                f"node {name} is running with another JWT_SECRET: every node of a cluster"
-                " needs the same JWT_SECRET"
-            )
-    return None

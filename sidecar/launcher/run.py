@@ -25,7 +25,7 @@ from pathlib import Path
 
 import uvicorn
 
-from sidecar.core.cluster import refusal_before_start
+from sidecar.core.cluster_admission import refusal_before_start
 from sidecar.core.logs import configure_logging
 from sidecar.core.modalities import parse_modalities
 from sidecar.core.settings import SecretFileError, Settings

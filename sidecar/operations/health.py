@@ -13,6 +13,7 @@ from sqlalchemy import Engine, text
 from sqlmodel import Session, col, func, select
 
 from sidecar.core.cluster import Cluster
+from sidecar.core.cluster_models import holders, members
 from sidecar.core.dependencies import EngineDep, SettingsDep, provide, provide_optional
 from sidecar.core.models import utcnow
 from sidecar.core.settings import Settings
@@ -86,7 +87,7 @@ def _cluster(cluster: Cluster) -> dict[str, Any]:
     hears the others (PostgreSQL)."""
     try:
         with Session(cluster.engine) as session:
-            nodes, holders = cluster.members(session), cluster.holders(session)
+            nodes, leases = members(session), holders(session)
     except Exception as exc:
         return {"error": type(exc).__name__}
     return {
@@ -95,7 +96,7 @@ def _cluster(cluster: Cluster) -> dict[str, Any]:
         "leaseSeconds": cluster.lease_seconds,
         "heartbeatError": cluster.last_error,
         "nodes": nodes,
-        "leases": holders,
+        "leases": leases,
     }
 
 

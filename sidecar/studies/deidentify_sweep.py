@@ -33,7 +33,7 @@ from sqlmodel import Session, col, func, select
 
 from sidecar.core import audit
 from sidecar.core.background import BackgroundWorker, Clock
-from sidecar.core.cluster import live_nodes
+from sidecar.core.cluster_models import live_nodes
 from sidecar.core.dependencies import provide_optional
 from sidecar.core.models import utcnow
 from sidecar.ingest.orthanc_client import OrthancClient, OrthancError

@@ -19,11 +19,13 @@ from sqlmodel import Session, col, func, select
 
 from sidecar.accounts.models import User
 from sidecar.core.background import BackgroundWorker
-from sidecar.core.cluster import Cluster, ClusterNode, JobLease, NodeRefused
+from sidecar.core.cluster import Cluster
+from sidecar.core.cluster_models import ClusterNode, JobLease, NodeRefused, holders, members
 from sidecar.core.database import alembic_config, make_engine
 from sidecar.core.dependencies import Services
 from sidecar.core.models import utcnow
-from sidecar.main import build_services, start_up
+from sidecar.lifecycle import start_up
+from sidecar.main import build_services
 from sidecar.orders.events import ORDER_CHANGES_CHANNEL
 from sidecar.orders.listener import OrderListener
 from sidecar.tables import metadata
@@ -343,10 +345,10 @@ def test_health_names_the_node_and_lists_the_cluster(
             )
         )
         session.commit()
-        members = a.members(session)
-        holders = a.holders(session)
-    assert [m["name"] for m in members] == ["node-a"], "a node silent for an hour is not listed"
-    assert holders == {"result-outbox": "node-a"}
+        listed = members(session)
+        leases = holders(session)
+    assert [m["name"] for m in listed] == ["node-a"], "a node silent for an hour is not listed"
+    assert leases == {"result-outbox": "node-a"}
 
 
 def test_nodes_started_together_set_an_empty_database_up_once(

@@ -22,7 +22,7 @@ from fastapi.testclient import TestClient
 from sqlalchemy import Engine, text
 from sqlmodel import Session, select
 
-from sidecar.core.cluster import ClusterNode
+from sidecar.core.cluster_models import ClusterNode
 from sidecar.core.models import utcnow
 from sidecar.ingest.orthanc_client import OrthancClient, OrthancUnavailable
 from sidecar.ingest.sync import OrthancSync, RoundReport
