@@ -74,6 +74,8 @@ _ACQUIRE = {
             OR cluster_lease.expires_at < clock_timestamp()
         RETURNING term
     """,
+    # One node, the only process using the file (its lock says so): a lease left by a run that
+    # died is this node's at once, not after it expires.
     "sqlite": """
         INSERT INTO cluster_lease (job, holder, holder_node, expires_at, term)
         VALUES (:job, :instance, :node, :expires, 1)
@@ -83,9 +85,6 @@ _ACQUIRE = {
             expires_at = excluded.expires_at,
             term = cluster_lease.term
                 + CASE WHEN cluster_lease.holder = excluded.holder THEN 0 ELSE 1 END
-        WHERE cluster_lease.holder = excluded.holder
-            OR cluster_lease.holder IS NULL
-            OR cluster_lease.expires_at < :now
         RETURNING term
     """,
 }
@@ -171,19 +170,10 @@ class Cluster:
     def join(self) -> None:
         """Checks this node may join, records it, and takes the leases it can, before the
         workers start. NodeRefused: it may not (the message says why)."""
-        if not self._postgresql:
-            self._lock_sqlite_file()
-        deadline = time.monotonic() + self.lease_ttl + self.renew_every
-        while True:
-            with Session(self.engine) as session:
-                refusal = self._refusal(session)
-            if refusal is None:
-                break
-            if refusal[1] or time.monotonic() >= deadline:
-                raise NodeRefused(refusal[0])
-            # The same name, another instance: a previous run of this node that died without
-            # leaving, whose heartbeat is still fresh. Wait for it to go stale.
-            time.sleep(min(1.0, self.renew_every))
+        if self._postgresql:
+            self._wait_until_admitted()
+        else:
+            self._lock_sqlite_file()  # the one node: nobody else to agree with
         self.tick()
         log.info(
             "node %s joined (%s); leases held: %s",
@@ -191,6 +181,19 @@ class Cluster:
             "PostgreSQL cluster" if self._postgresql else "SQLite: single node",
             ", ".join(sorted(job for job, lease in self._leases.items() if lease.held)) or "none",
         )
+
+    def _wait_until_admitted(self) -> None:
+        deadline = time.monotonic() + self.lease_ttl + self.renew_every
+        while True:
+            with Session(self.engine) as session:
+                refusal = self._refusal(session)
+            if refusal is None:
+                return
+            if refusal[1] or time.monotonic() >= deadline:
+                raise NodeRefused(refusal[0])
+            # The same name, another instance: a previous run of this node that died without
+            # leaving, whose heartbeat is still fresh. Wait for it to go stale.
+            time.sleep(min(1.0, self.renew_every))
 
     def _refusal(self, session: Session) -> tuple[str, bool] | None:
         """Why this node may not join now, and whether that is final (or may pass)."""
@@ -202,7 +205,9 @@ class Cluster:
             )
         ).all()
         for node in live:
-            if node.secret_fingerprint != self._fingerprint:
+            # Its own previous run (a crash) may have had another secret: the name check waits
+            # for that one to go stale instead.
+            if node.name != self.node_name and node.secret_fingerprint != self._fingerprint:
                 return (
                     f"node {node.name} is running with another JWT_SECRET: every node of a"
                     " cluster needs the same JWT_SECRET (a session opened on one node is used"

@@ -47,7 +47,7 @@ def lock_sqlite_node(database_url: str) -> IO[bytes] | None:
     return handle
 
 
-def refusal_before_start(database_url: str, jwt_secret: str) -> str | None:
+def refusal_before_start(database_url: str, jwt_secret: str, node_name: str) -> str | None:
     """Why a node could not join, known before anything is started (the launcher says it in
     one line rather than after starting Orthanc): the SQLite file in use by another process,
     or running nodes with another JWT_SECRET. The node checks again when it joins."""
@@ -77,7 +77,7 @@ def refusal_before_start(database_url: str, jwt_secret: str) -> str | None:
         engine.dispose()
     mine = secret_fingerprint(jwt_secret)
     for name, fingerprint in fingerprints:
-        if fingerprint != mine:
+        if name != node_name and fingerprint != mine:
             return (
                 f"node {name} is running with another JWT_SECRET: every node of a cluster"
                 " needs the same JWT_SECRET"

@@ -159,10 +159,12 @@ def main() -> None:
     except SecretFileError as exc:
         raise SystemExit(f"make run: {exc}") from None
     configure_logging(settings.log_level)
-    refusal = refusal_before_start(settings.database_url, settings.jwt_secret)
-    if refusal is not None:
-        raise SystemExit(f"make run: this node cannot start: {refusal}")
-    with claim_data_dir(settings.data_dir):
+    with claim_data_dir(settings.data_dir):  # first: a second launcher here is told so
+        refusal = refusal_before_start(
+            settings.database_url, settings.jwt_secret, settings.node_name
+        )
+        if refusal is not None:
+            raise SystemExit(f"make run: this node cannot start: {refusal}")
         stop_leftovers(settings)
         run(settings)
 

@@ -17,8 +17,9 @@ database on every start (WorklistPublisher.reconcile).
 
 In a cluster, every node has its own worklist, and an order may change on any node: on
 PostgreSQL a trigger on imaging_order notifies ORDER_CHANGES_CHANNEL with the order's id as the
-change commits (migration 0019), and every node announces what it hears (sidecar.main.build_services). A node
-that was not listening rebuilds its worklist when it listens again.
+change commits (migration 0019), and every node announces what it hears
+(sidecar.main.build_services). A node that was not listening rebuilds its worklist when it
+listens again.
 """
 
 from __future__ import annotations

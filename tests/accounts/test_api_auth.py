@@ -701,6 +701,7 @@ def test_second_start_with_another_admin_password_changes_nothing(
 ) -> None:
     before = [(u.id, u.username, u.password_hash) for u in user_rows(app)]
 
+    client.__exit__(None, None, None)  # stopped, then started again
     restarted = create_app(settings.model_copy(update={"admin_password": "another-admin-password"}))
     with TestClient(restarted) as second:
         after = [(u.id, u.username, u.password_hash) for u in user_rows(restarted)]

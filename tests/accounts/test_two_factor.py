@@ -159,6 +159,7 @@ def test_the_secret_is_unreadable_under_another_jwt_secret(
     new_user(client, admin_headers, "tech.one")
     secret, _ = enrol(client, login(client, "tech.one", USER_PASSWORD), clock)
     other = settings.model_copy(update={"jwt_secret": "another-secret-" + "q" * 40})
+    client.__exit__(None, None, None)  # the service stopped, then started with another secret
     with TestClient(clocked_app(other, clock)) as moved:
         answer = attempt(moved, "tech.one", USER_PASSWORD, totpCode=code(secret, clock))
         assert answer.status_code == 401

@@ -55,8 +55,11 @@ def app(
                 viewer_enabled=False,
             )
         )
-        with TestClient(application):  # runs the lifespan: workers started, then stopped
-            yield application
+        # Started once and stopped (the database set up, the administrator made), then served
+        # with the lifespan schemathesis runs for the app: one running node on the database.
+        with TestClient(application):
+            pass
+        yield application
 
 
 class Principals:

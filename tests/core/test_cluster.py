@@ -395,3 +395,22 @@ def test_nodes_started_together_set_an_empty_database_up_once(
             services.get(Cluster).stop()
             services.get(Engine).dispose()
             services.get(OrderListener).intake.engine.dispose()
+
+
+def test_on_sqlite_a_node_restarted_after_a_crash_takes_its_jobs_at_once(
+    engine: Engine, database_url: str, nodes: list[Cluster]
+) -> None:
+    """The file lock proves no other process uses the database: the lease the crashed run
+    left (not expired) is no reason to wait."""
+    if not database_url.startswith("sqlite"):
+        pytest.skip("SQLite only")
+    crashed = make_node(engine, database_url, "solo", lease_seconds=300)
+    crashed.lease("result-outbox")
+    crashed.join()
+    assert crashed._node_lock is not None
+    crashed._node_lock.close()  # what the process's death does to its lock
+    restarted = make_node(engine, database_url, "solo", secret="a new random secret" * 3)
+    nodes.append(restarted)
+    lease = restarted.lease("result-outbox")
+    restarted.join()
+    assert lease.held

@@ -604,9 +604,7 @@ def test_status_updates_wait_for_the_his_and_arrive_once_in_order(
     assert len({m.control_id for m in his.received}) == 4, "each update filed once"
 
 
-def test_no_status_updates_when_switched_off(
-    settings: Settings, his: HisSimulator, admin_headers: Headers
-) -> None:
+def test_no_status_updates_when_switched_off(settings: Settings, his: HisSimulator) -> None:
     quiet = create_app(settings.model_copy(update={"his_status_updates": False}))
     with TestClient(quiet) as quiet_client:
         headers = login(quiet_client, "admin", ADMIN_PASSWORD)

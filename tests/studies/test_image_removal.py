@@ -10,6 +10,7 @@ databases)."""
 
 from __future__ import annotations
 
+import contextlib
 import io
 from collections.abc import Callable
 from datetime import timedelta
@@ -421,9 +422,10 @@ def test_orthanc_down_queues_the_removal_and_the_worker_completes_it(
 ) -> None:
     stored = store(orthanc, engine, tmp_path / "e")
     image_uid = stored.sop_uids(0)[0]
-    # A second instance of the sidecar on the same database, whose Orthanc is down.
+    # The requests of a second instance of the sidecar on the same database, whose Orthanc is
+    # down (its background workers not started: the running app's node holds their leases).
     down = create_app(settings.model_copy(update={"orthanc_url": CLOSED_ORTHANC_URL}))
-    with TestClient(down) as down_client:
+    with contextlib.closing(TestClient(down)) as down_client:
         answer = reject_image(down_client, technologist, image_id(engine, image_uid), "QUALITY")
         assert answer.status_code == 202, answer.text
         body = answer.json()
