@@ -341,8 +341,16 @@ class Cluster:
         first = True
         while not self._stopping.is_set():
             try:
+                # TCP keepalives: a connection that died silently (the network between this
+                # node and the database cut) is noticed within seconds, not hours, and what was
+                # notified meanwhile is caught up on reconnection.
                 with psycopg.connect(
-                    conninfo.render_as_string(hide_password=False), autocommit=True
+                    conninfo.render_as_string(hide_password=False),
+                    autocommit=True,
+                    keepalives=1,
+                    keepalives_idle=5,
+                    keepalives_interval=2,
+                    keepalives_count=3,
                 ) as connection:
                     for channel in (self.WAKE_CHANNEL, *self._subscribers):
                         connection.execute(f'LISTEN "{channel}"')

@@ -286,6 +286,36 @@ class TestNotifications:
         wait_for(lambda: heard, timeout=5, what="the marker notification")
         assert heard == ["after"]
 
+    def test_a_node_whose_connection_was_cut_catches_up_and_hears_again(
+        self, engine: Engine, database_url: str, nodes: list[Cluster]
+    ) -> None:
+        """What was notified while the connection was down is lost with it: the node is told to
+        catch up from the database (its worklist rebuilt) once it listens again."""
+        postgresql_only(database_url)
+        heard: list[str] = []
+        caught_up: list[int] = []
+        b = make_node(engine, database_url, "node-b")
+        nodes.append(b)
+        b.subscribe("test_channel", heard.append)
+        b.on_reconnect(lambda: caught_up.append(1))
+        b.join()
+        b.start()
+        wait_for(lambda: b.listening, timeout=10, what="node B listening")
+        assert caught_up == [], "no catching up on the first connection: start-up did it"
+        with engine.begin() as connection:
+            cut = connection.execute(
+                text(
+                    "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity"
+                    " WHERE datname = current_database() AND query LIKE 'LISTEN%'"
+                    " AND pid <> pg_backend_pid()"
+                )
+            ).scalar_one()
+        assert cut == 1
+        wait_for(lambda: caught_up == [1], timeout=10, what="node B caught up")
+        wait_for(lambda: b.listening, timeout=10, what="node B listening again")
+        b.notify("test_channel", "again")
+        wait_for(lambda: heard == ["again"], timeout=5, what="node B hears again")
+
 
 class RoundCounter(BackgroundWorker):
     def __init__(self) -> None:
