@@ -6,6 +6,7 @@ pass and the mark must then go).
   before it listens, never reaches this node's worklist;
 - a listening connection that went silent (a firewall that dropped its state) is never noticed:
   order changes and wake-ups from other nodes are lost for good;
+- a node that never starts a job's worker still takes the job's lease, and nobody does it;
 - a paused process that resumes after another took its NODE_NAME keeps running under it;
 - a result queued by a node whose clock runs ahead waits for the holder's clock to catch up;
 - a node that lost the results outbox keeps its connection to the HIS open, and /health on it
@@ -28,6 +29,7 @@ from sqlalchemy.engine import make_url
 from sqlmodel import Session
 
 from hl7.mllp.client import MllpClient, MllpError
+from sidecar.core.background import BackgroundWorker
 from sidecar.core.cluster import Cluster
 from sidecar.core.cluster_models import ClusterNode, NodeRefused, database_now
 from sidecar.core.models import utcnow
@@ -206,6 +208,43 @@ def test_a_listening_connection_gone_silent_is_replaced_and_caught_up(
         )
     finally:
         relay.close()
+
+
+class RoundCounter(BackgroundWorker):
+    def __init__(self, name: str) -> None:
+        super().__init__(name, idle_poll=60.0)
+        self.rounds = 0
+
+    def run_once(self) -> float | None:
+        self.rounds += 1
+        return None
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="every worker built is put under its lease, started or not: a node where the"
+    " worker is not started (RECONCILE_ENABLED=false: the sync, image updates and removals)"
+    " takes the job's lease, renews it, and nobody does the job",
+)
+def test_a_node_that_does_not_run_a_job_leaves_it_to_a_node_that_does(
+    engine: Engine, database_url: str, nodes: list[Cluster]
+) -> None:
+    postgresql_only(database_url)
+    a = make_node(engine, database_url, "node-a")
+    b = make_node(engine, database_url, "node-b")
+    nodes += [a, b]
+    not_started_on_a, on_b = RoundCounter("orthanc-sync"), RoundCounter("orthanc-sync")
+    not_started_on_a.run_under_lease(a)  # built by build_services, never started
+    on_b.run_under_lease(b)
+    a.join()
+    a.start()
+    b.join()
+    b.start()
+    on_b.start()
+    try:
+        wait_for(lambda: on_b.rounds >= 1, timeout=LEASE_SECONDS * 2, what="the job done")
+    finally:
+        on_b.stop()
 
 
 # -- joining -------------------------------------------------------------------------------------
