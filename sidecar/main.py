@@ -261,6 +261,7 @@ def build_services(
             modality_facilities=settings.modality_facility_map(),
             default_issuer=settings.default_issuer,
             on_ready_to_read=lambda session, study: study_ready(session, study, now=clock()),
+            stable_age=settings.stable_age,
         )
     )
     # Stored images follow their patient's merges and corrections (IHE PIR).

@@ -84,7 +84,18 @@ class BackgroundWorker:
         """Runs this worker's rounds only on the node holding `job`'s lease (default: the
         worker's name); the node that gains it is woken at once."""
         self._cluster = cluster
-        self.lease = cluster.lease(job or self.name, on_gained=self._wake.set)
+        self.lease = cluster.lease(
+            job or self.name, on_gained=self._wake.set, on_lost=self._wake.set, wanted=False
+        )
+
+    def lease_lost(self) -> None:
+        """Called on the worker's thread when this node no longer holds the job: let go of
+        what only the holder should keep (a connection, say)."""
+
+    @property
+    def runs_here(self) -> bool:
+        """Whether this node runs the job now: started, and holding its lease if it has one."""
+        return self.running and (self.lease is None or self.lease.held)
 
     def run_once(self) -> float | None:
         raise NotImplementedError
@@ -102,6 +113,8 @@ class BackgroundWorker:
         self._stopping.clear()
         self._thread = threading.Thread(target=self._run, name=self.name, daemon=True)
         self._thread.start()
+        if self._cluster is not None and self.lease is not None:
+            self._cluster.want(self.lease.job)  # competes for the job from now on
 
     def stop(self, timeout: float = 15.0) -> None:
         self._stopping.set()
@@ -109,6 +122,11 @@ class BackgroundWorker:
         if self._thread is not None:
             self._thread.join(timeout)
             self._thread = None
+        if self._cluster is not None and self.lease is not None:
+            try:
+                self._cluster.let_go(self.lease.job)  # another node takes it now
+            except Exception:  # the lease expires by itself
+                log.warning("%s: the job's lease was not released", self.name)
 
     def wake(self) -> None:
         if self.lease is None or self.lease.held or self._cluster is None:
@@ -121,11 +139,19 @@ class BackgroundWorker:
 
     def _run(self) -> None:
         crashes = 0
+        held = False
         while not self._stopping.is_set():
             self._wake.clear()
             if self.lease is not None and not self.lease.held:
+                if held:
+                    held = False
+                    try:
+                        self.lease_lost()
+                    except Exception:  # what it let go of is the holder's no longer anyway
+                        log.exception("%s: letting go after losing the job failed", self.name)
                 self._wake.wait(self._idle_poll)  # woken when this node gains the lease
                 continue
+            held = True
             try:
                 delay = self.run_once()
                 crashes = 0
@@ -133,4 +159,7 @@ class BackgroundWorker:
                 crashes += 1
                 delay = backoff_delay(crashes, cap=self._max_after_crash, first=self._after_crash)
                 log.exception("%s: round failed; trying again in %.0f s", self.name, delay)
-            self._wake.wait(self._idle_poll if delay is None else delay)
+            wait = self._idle_poll if delay is None else delay
+            if self.lease is not None:  # awake when it lapses, to let go of what it holds
+                wait = min(wait, self.lease.remaining + 0.01)
+            self._wake.wait(wait)

@@ -1,34 +1,22 @@
 """Several nodes on one database: who is alive, and which node does each background job.
 
-A node is one sidecar process (with the Orthanc, MLLP listener and front beside it). Nodes form a
-cluster by sharing DATABASE_URL (PostgreSQL). There is no primary: every node serves the API,
-HL7, DICOM and the viewer; the background jobs that must be done once (an outbox sending in
-order, a scan raising escalations, the reading of Orthanc's change log) each run on one node at a
-time, under a **lease** kept in the database.
+A node is one sidecar process (with its Orthanc, listeners and front). Nodes form a cluster by
+sharing DATABASE_URL (PostgreSQL); there is no primary. The background jobs that must be done
+once each run on one node at a time, under a **lease** in the database (`cluster_lease`).
 
-Why leases, one per job, rather than claiming items one by one (SELECT ... FOR UPDATE SKIP
-LOCKED): the outboxes must send in order per order over one connection to the HIS, and a second
-sender would overtake the first; the scans (escalation, overdue reading, deletion checks) and the
-change log are whole-table rounds that two nodes would repeat; and every job's items already live
-in tables, so whichever node holds the lease finds all of them, including those a dead node was
-working on. None of these jobs is where the cluster's throughput comes from (C-STORE, HL7 intake,
-the API and the viewer are served by every node).
+Leases, one per job, rather than claims per item (SELECT ... FOR UPDATE SKIP LOCKED): the outbox
+sends in order per order over one HIS connection, the other jobs are rounds over whole tables, and
+every job's items live in tables, so the holder finds all of them, a dead node's included.
+Leases rather than advisory locks: a session lock lives as long as its connection, which a hung
+node keeps; a lease ends by itself when its holder stops renewing it.
 
-Why leases rather than PostgreSQL advisory locks: a session lock is held as long as the
-connection lives, and a node that hangs (stopped, swapping, partitioned from its clients) keeps
-its connection, so the job would wait on it. A lease ends by itself: the holder renews it every
-`renew_every` seconds from a thread of its own; when renewals stop, for whatever reason, another
-node takes the job within CLUSTER_LEASE_SECONDS.
+Timing, with L = CLUSTER_LEASE_SECONDS: a lease is granted for 2L/3 of the database's clock; every
+node renews its leases and tries to take free or expired ones every L/6, so a dead holder is
+replaced within 2L/3 + L/6 < L. The holder believes it holds a lease until 2L/3 after it *asked*,
+by its monotonic clock, so it stops before the database lets another node start: workers check
+`Lease.held` before each item (BackgroundWorker's `stopping`).
 
-Timing, with L = CLUSTER_LEASE_SECONDS: a lease is granted for 2L/3 of the database's clock, and
-every node renews its leases and tries to take free or expired ones every L/6. A holder that
-dies is replaced at most 2L/3 + L/6 < L later. The holder believes it holds a lease until 2L/3
-after it *asked* for it, by its own monotonic clock, so it stops believing before the database
-lets anyone else take it: workers check `Lease.held` before each item (BackgroundWorker's
-`stopping`). Expiry is read on the database's clock only, so nodes' clocks need not agree.
-
-With SQLite there is one node: a second sidecar process on the same database file is refused at
-start (`NodeRefused`), since SQLite is not a database several machines can share.
+With SQLite there is one node: a second process on the same file is refused (`NodeRefused`).
 """
 
 from __future__ import annotations
@@ -38,56 +26,25 @@ import secrets
 import threading
 import time
 from collections.abc import Callable
-from datetime import datetime, timedelta
+from datetime import timedelta
 from typing import IO
 
 from sqlalchemy import Engine, text
-from sqlalchemy.engine import make_url
-from sqlmodel import Session, col, select
+from sqlmodel import Session
 
-from sidecar.core.cluster_admission import lock_sqlite_node
+from sidecar.core.cluster_admission import lock_sqlite_node, refusal_to_join
+from sidecar.core.cluster_listener import NodeListener
 from sidecar.core.cluster_models import (
     ClusterNode,
     Lease,
     NodeRefused,
+    acquire_lease,
     database_now,
     secret_fingerprint,
 )
 from sidecar.core.models import utcnow
 
 log = logging.getLogger(__name__)
-
-_ACQUIRE = {
-    # The database's clock decides expiry; a row held by another live instance is left alone
-    # (no row returned). Renewing keeps the term; taking over adds one.
-    "postgresql": """
-        INSERT INTO cluster_lease (job, holder, holder_node, expires_at, term)
-        VALUES (:job, :instance, :node, clock_timestamp() + make_interval(secs => :ttl), 1)
-        ON CONFLICT (job) DO UPDATE SET
-            holder = EXCLUDED.holder,
-            holder_node = EXCLUDED.holder_node,
-            expires_at = EXCLUDED.expires_at,
-            term = cluster_lease.term
-                + CASE WHEN cluster_lease.holder = EXCLUDED.holder THEN 0 ELSE 1 END
-        WHERE cluster_lease.holder = EXCLUDED.holder
-            OR cluster_lease.holder IS NULL
-            OR cluster_lease.expires_at < clock_timestamp()
-        RETURNING term
-    """,
-    # One node, the only process using the file (its lock says so): a lease left by a run that
-    # died is this node's at once, not after it expires.
-    "sqlite": """
-        INSERT INTO cluster_lease (job, holder, holder_node, expires_at, term)
-        VALUES (:job, :instance, :node, :expires, 1)
-        ON CONFLICT (job) DO UPDATE SET
-            holder = excluded.holder,
-            holder_node = excluded.holder_node,
-            expires_at = excluded.expires_at,
-            term = cluster_lease.term
-                + CASE WHEN cluster_lease.holder = excluded.holder THEN 0 ELSE 1 END
-        RETURNING term
-    """,
-}
 
 
 class Cluster:
@@ -121,8 +78,24 @@ class Cluster:
         self._stopping = threading.Event()
         self._threads: list[threading.Thread] = []
         self._node_lock: IO[bytes] | None = None
+        self._tick_lock = threading.Lock()  # the heartbeat, and a worker starting, take leases
+        self._joined = False
+        self._replaced = False  # another process was admitted under this NODE_NAME
         self.last_error: str | None = None
-        self.listening = False
+        self._listener = NodeListener(
+            database_url,
+            node_name,
+            channels=lambda: (self.WAKE_CHANNEL, *self._subscribers),
+            deliver=self._dispatch,
+            caught_up=self._caught_up,
+            # Three heartbeats, and a margin for one held up by a slow database.
+            echo_timeout=3 * self.renew_every + 2.0,
+        )
+
+    @property
+    def listening(self) -> bool:
+        """Whether this node hears the others now (PostgreSQL)."""
+        return self._listener.listening
 
     @property
     def shared(self) -> bool:
@@ -131,12 +104,35 @@ class Cluster:
 
     # -- what runs here -------------------------------------------------------------------------
 
-    def lease(self, job: str, on_gained: Callable[[], None] | None = None) -> Lease:
-        """The lease of `job`, which this node will compete for once started."""
-        lease = self._leases.setdefault(job, Lease(job))
-        if on_gained is not None:
-            lease.on_gained = on_gained
+    def lease(
+        self,
+        job: str,
+        on_gained: Callable[[], None] | None = None,
+        *,
+        wanted: bool = True,
+        on_lost: Callable[[], None] | None = None,
+    ) -> Lease:
+        """The lease of `job`, which this node competes for while `wanted` (a worker wants it
+        from its start to its stop: `want`, `let_go`)."""
+        lease = self._leases.setdefault(job, Lease(job, wanted=wanted))
+        lease.on_gained = on_gained or lease.on_gained
+        lease.on_lost = on_lost or lease.on_lost
         return lease
+
+    def want(self, job: str) -> None:
+        """This node runs `job`'s worker from now: it competes for the lease, at once once
+        joined (not at the next heartbeat)."""
+        self._leases[job].wanted = True
+        if self._joined:
+            self.tick()
+
+    def let_go(self, job: str) -> None:
+        """This node stopped `job`'s worker: the lease is released now if held, for another
+        node to take without waiting for it to expire."""
+        lease = self._leases[job]
+        lease.wanted = False
+        if self._joined:
+            self.tick()
 
     def subscribe(self, channel: str, callback: Callable[[str], None]) -> None:
         """`callback(payload)` for every notification on `channel`, from any node (this one
@@ -174,7 +170,19 @@ class Cluster:
             self._wait_until_admitted()
         else:
             self._lock_sqlite_file()  # the one node: nobody else to agree with
+        self._claim_name()
+        self._joined = True
         self.tick()
+        if self._postgresql:
+            # Listening before the caller rebuilds anything from the database (the worklist):
+            # what another node commits from now on is heard; what came before, read.
+            self._stopping.clear()
+            self._spawn(lambda: self._listener.run(self._stopping), "cluster-listen")
+            deadline = time.monotonic() + 10.0
+            while not self.listening and time.monotonic() < deadline:
+                time.sleep(0.02)
+            if not self.listening:
+                log.warning("node %s: not hearing the other nodes yet", self.node_name)
         log.info(
             "node %s joined (%s); leases held: %s",
             self.node_name,
@@ -186,7 +194,13 @@ class Cluster:
         deadline = time.monotonic() + self.lease_ttl + self.renew_every
         while True:
             with Session(self.engine) as session:
-                refusal = self._refusal(session)
+                refusal = refusal_to_join(
+                    session,
+                    node_name=self.node_name,
+                    instance=self.instance,
+                    fingerprint=self._fingerprint,
+                    within=timedelta(seconds=self.lease_ttl),
+                )
             if refusal is None:
                 return
             if refusal[1] or time.monotonic() >= deadline:
@@ -195,42 +209,13 @@ class Cluster:
             # leaving, whose heartbeat is still fresh. Wait for it to go stale.
             time.sleep(min(1.0, self.renew_every))
 
-    def _refusal(self, session: Session) -> tuple[str, bool] | None:
-        """Why this node may not join now, and whether that is final (or may pass)."""
-        fresh_after = database_now(session) - timedelta(seconds=self.lease_ttl)
-        live = session.exec(
-            select(ClusterNode).where(
-                col(ClusterNode.last_heartbeat_at) > fresh_after,
-                col(ClusterNode.stopped_at).is_(None),
-            )
-        ).all()
-        for node in live:
-            # Its own previous run (a crash) may have had another secret: the name check waits
-            # for that one to go stale instead.
-            if node.name != self.node_name and node.secret_fingerprint != self._fingerprint:
-                return (
-                    f"node {node.name} is running with another JWT_SECRET: every node of a"
-                    " cluster needs the same JWT_SECRET (a session opened on one node is used"
-                    " on the others)",
-                    True,
-                )
-        for node in live:
-            if node.name == self.node_name and node.instance != self.instance:
-                return (
-                    f"NODE_NAME {self.node_name!r} is in use by a running node (heartbeat"
-                    f" {node.last_heartbeat_at.isoformat()}): give each node its own NODE_NAME",
-                    False,
-                )
-        return None
-
     def _lock_sqlite_file(self) -> None:
         self._node_lock = lock_sqlite_node(self._database_url)
 
     def start(self) -> None:
+        """The heartbeat, from now on (the listener runs from `join`)."""
         self._stopping.clear()
         self._spawn(self._heartbeat, "cluster-heartbeat")
-        if self._postgresql:
-            self._spawn(self._listen, "cluster-listen")
 
     def _spawn(self, target: Callable[[], None], name: str) -> None:
         thread = threading.Thread(target=target, name=name, daemon=True)
@@ -244,6 +229,7 @@ class Cluster:
         for thread in self._threads:
             thread.join(10)
         self._threads.clear()
+        self._joined = False
         for lease in self._leases.values():
             lease._lost()
         try:
@@ -269,40 +255,92 @@ class Cluster:
     # -- the heartbeat --------------------------------------------------------------------------
 
     def _heartbeat(self) -> None:
-        while not self._stopping.wait(self.renew_every):
-            try:
-                self.tick()
-                self.last_error = None
-            except Exception as exc:
-                self.last_error = type(exc).__name__
-                log.warning("node %s: heartbeat failed (%s)", self.node_name, type(exc).__name__)
+        self._listener.expect_echoes_from_now()
+        try:
+            while not self._stopping.wait(self.renew_every):
+                try:
+                    self.tick()
+                    self.last_error = None
+                except NodeRefused as exc:
+                    self.last_error = str(exc)
+                except Exception as exc:
+                    self.last_error = type(exc).__name__
+                    log.warning("node %s: heartbeat failed (%s)", self.node_name, self.last_error)
+        finally:
+            self._listener.expect_echoes = False
 
-    def tick(self) -> None:
-        """One heartbeat: this node's row, then every lease renewed or taken where free, in
-        one transaction. Workers that gained a lease are woken."""
-        asked_at = time.monotonic()
-        gained: list[Lease] = []
+    def _claim_name(self) -> None:
+        """This process takes its NODE_NAME's row (admitted: nobody else runs under it)."""
         with Session(self.engine) as session:
             now = database_now(session)
-            node = session.get(ClusterNode, self.node_name)
-            if node is None:
-                node = ClusterNode(
-                    name=self.node_name,
-                    instance=self.instance,
-                    started_at=self.started_at,
-                    last_heartbeat_at=now,
-                    secret_fingerprint=self._fingerprint,
-                )
+            node = session.get(ClusterNode, self.node_name) or ClusterNode(
+                name=self.node_name,
+                instance=self.instance,
+                started_at=self.started_at,
+                last_heartbeat_at=now,
+                secret_fingerprint=self._fingerprint,
+            )
             node.instance, node.started_at = self.instance, self.started_at
             node.last_heartbeat_at, node.stopped_at = now, None
             node.secret_fingerprint = self._fingerprint
             session.add(node)
-            session.flush()
+            session.commit()
+
+    def tick(self) -> None:
+        """One heartbeat: this node's row, then every lease it wants renewed or taken where
+        free, and those it no longer wants released, in one transaction. Workers that gained
+        or lost a lease are woken. NodeRefused: another process was admitted under this
+        NODE_NAME meanwhile (this one was paused past its leases): it runs no job any more."""
+        with self._tick_lock:
+            self._tick()
+
+    def _tick(self) -> None:
+        if self._replaced:
+            raise NodeRefused(self._replaced_reason())
+        asked_at = time.monotonic()
+        gained: list[Lease] = []
+        with Session(self.engine) as session:
+            now = database_now(session)
+            beat = session.execute(
+                text(
+                    "UPDATE cluster_node SET last_heartbeat_at = :now, stopped_at = NULL"
+                    " WHERE name = :name AND instance = :instance"
+                ),
+                {"now": now, "name": self.node_name, "instance": self.instance},
+            )
+            if beat.rowcount == 0:  # type: ignore[attr-defined]
+                session.rollback()
+                self._replaced = True
+                for lease in self._leases.values():
+                    lease._lost()
+                log.error("node %s: %s", self.node_name, self._replaced_reason())
+                raise NodeRefused(self._replaced_reason())
             granted: dict[str, int] = {}
-            for job in self._leases:
-                term = self._acquire(session, job, now)
-                if term is not None:
-                    granted[job] = term
+            for job, lease in self._leases.items():
+                if lease.wanted:
+                    term = acquire_lease(
+                        session,
+                        job,
+                        instance=self.instance,
+                        node=self.node_name,
+                        ttl=self.lease_ttl,
+                        now=now,
+                    )
+                    if term is not None:
+                        granted[job] = term
+                else:
+                    session.execute(
+                        text(
+                            "UPDATE cluster_lease SET holder = NULL, holder_node = NULL,"
+                            " expires_at = NULL WHERE job = :job AND holder = :instance"
+                        ),
+                        {"job": job, "instance": self.instance},
+                    )
+            if self.listening:  # heard back by this node's listener: the connection works
+                session.execute(
+                    text("SELECT pg_notify(:channel, :payload)"),
+                    {"channel": self.WAKE_CHANNEL, "payload": self._echo},
+                )
             session.commit()
         until = asked_at + self.lease_ttl
         for job, lease in self._leases.items():
@@ -310,69 +348,26 @@ class Cluster:
                 if lease._granted(until, granted[job]):
                     log.info("node %s now runs %s", self.node_name, job)
                     gained.append(lease)
-            elif lease.held:
-                log.warning("node %s no longer runs %s", self.node_name, job)
+            else:
+                if lease.held:
+                    log.warning("node %s no longer runs %s", self.node_name, job)
                 lease._lost()
         for lease in gained:
             if lease.on_gained is not None:
                 lease.on_gained()
 
-    def _acquire(self, session: Session, job: str, now: datetime) -> int | None:
-        dialect = "postgresql" if self._postgresql else "sqlite"
-        row = session.execute(
-            text(_ACQUIRE[dialect]),
-            {
-                "job": job,
-                "instance": self.instance,
-                "node": self.node_name,
-                "ttl": self.lease_ttl,
-                "now": now,
-                "expires": now + timedelta(seconds=self.lease_ttl),
-            },
-        ).first()
-        return None if row is None else int(row[0])
+    def _replaced_reason(self) -> str:
+        return (
+            f"another process was admitted under NODE_NAME {self.node_name!r} while this one"
+            " did not answer (paused past its leases): this process runs no background job"
+            " any more; stop it"
+        )
+
+    @property
+    def _echo(self) -> str:
+        return f"echo:{self.instance}"
 
     # -- notifications between nodes (PostgreSQL LISTEN/NOTIFY) ---------------------------------
-
-    def _listen(self) -> None:
-        import psycopg
-
-        conninfo = make_url(self._database_url).set(drivername="postgresql")
-        first = True
-        while not self._stopping.is_set():
-            try:
-                # TCP keepalives: a connection that died silently (the network between this
-                # node and the database cut) is noticed within seconds, not hours, and what was
-                # notified meanwhile is caught up on reconnection.
-                with psycopg.connect(
-                    conninfo.render_as_string(hide_password=False),
-                    autocommit=True,
-                    keepalives=1,
-                    keepalives_idle=5,
-                    keepalives_interval=2,
-                    keepalives_count=3,
-                ) as connection:
-                    for channel in (self.WAKE_CHANNEL, *self._subscribers):
-                        connection.execute(f'LISTEN "{channel}"')
-                    self.listening = True
-                    if not first:
-                        self._caught_up()
-                    first = False
-                    while not self._stopping.is_set():
-                        for notice in connection.notifies(timeout=1.0):
-                            self._dispatch(notice.channel, notice.payload)
-            except Exception as exc:
-                self.listening = False
-                if self._stopping.is_set():
-                    return
-                log.warning(
-                    "node %s: notifications from other nodes interrupted (%s); reconnecting",
-                    self.node_name,
-                    type(exc).__name__,
-                )
-                first = False
-                self._stopping.wait(1.0)
-        self.listening = False
 
     def _caught_up(self) -> None:
         for callback in self._on_reconnect:
@@ -385,6 +380,9 @@ class Cluster:
                 lease.on_gained()
 
     def _dispatch(self, channel: str, payload: str) -> None:
+        if channel == self.WAKE_CHANNEL and payload == self._echo:
+            self._listener.heard_echo()
+            return
         if channel == self.WAKE_CHANNEL:
             lease = self._leases.get(payload)
             if lease is not None and lease.held and lease.on_gained is not None:

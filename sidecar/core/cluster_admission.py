@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import os
+from datetime import timedelta
 from pathlib import Path
 from typing import IO
 
@@ -15,7 +16,6 @@ from sqlalchemy.pool import NullPool
 from sqlmodel import Session, col, create_engine, select
 
 from sidecar.core.cluster_models import (
-    MEMBERSHIP_WINDOW,
     ClusterNode,
     NodeRefused,
     database_now,
@@ -47,7 +47,9 @@ def lock_sqlite_node(database_url: str) -> IO[bytes] | None:
     return handle
 
 
-def refusal_before_start(database_url: str, jwt_secret: str, node_name: str) -> str | None:
+def refusal_before_start(
+    database_url: str, jwt_secret: str, node_name: str, *, within: timedelta
+) -> str | None:
     """Why a node could not join, known before anything is started (the launcher says it in
     one line rather than after starting Orthanc): the SQLite file in use by another process,
     or running nodes with another JWT_SECRET. The node checks again when it joins."""
@@ -64,7 +66,7 @@ def refusal_before_start(database_url: str, jwt_secret: str, node_name: str) -> 
         with Session(engine) as session:
             if not inspect(session.connection()).has_table(ClusterNode.__tablename__):
                 return None
-            fresh_after = database_now(session) - MEMBERSHIP_WINDOW
+            fresh_after = database_now(session) - within
             fingerprints = session.exec(
                 select(ClusterNode.name, ClusterNode.secret_fingerprint).where(
                     col(ClusterNode.last_heartbeat_at) > fresh_after,
@@ -81,5 +83,37 @@ def refusal_before_start(database_url: str, jwt_secret: str, node_name: str) -> 
             return (
                 f"node {name} is running with another JWT_SECRET: every node of a cluster"
                 " needs the same JWT_SECRET"
+            )
+    return None
+
+
+def refusal_to_join(
+    session: Session, *, node_name: str, instance: str, fingerprint: str, within: timedelta
+) -> tuple[str, bool] | None:
+    """Why a node may not join now, and whether that is final (or may pass: its own previous
+    run, dead, whose heartbeat is not stale yet)."""
+    fresh_after = database_now(session) - within
+    live = session.exec(
+        select(ClusterNode).where(
+            col(ClusterNode.last_heartbeat_at) > fresh_after,
+            col(ClusterNode.stopped_at).is_(None),
+        )
+    ).all()
+    for node in live:
+        # Its own previous run (a crash) may have had another secret: the name check waits
+        # for that one to go stale instead.
+        if node.name != node_name and node.secret_fingerprint != fingerprint:
+            return (
+                f"node {node.name} is running with another JWT_SECRET: every node of a"
+                " cluster needs the same JWT_SECRET (a session opened on one node is used"
+                " on the others)",
+                True,
+            )
+    for node in live:
+        if node.name == node_name and node.instance != instance:
+            return (
+                f"NODE_NAME {node_name!r} is in use by a running node (heartbeat"
+                f" {node.last_heartbeat_at.isoformat()}): give each node its own NODE_NAME",
+                False,
             )
     return None

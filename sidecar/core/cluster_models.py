@@ -57,24 +57,40 @@ class Lease:
     """One job's lease as this node knows it. `held` is this node's own, conservative view:
     it turns False before the database would let another node take the job."""
 
-    def __init__(self, job: str, on_gained: Callable[[], None] | None = None) -> None:
+    def __init__(self, job: str, *, wanted: bool = True) -> None:
         self.job = job
-        self.on_gained = on_gained
+        #: Whether this node competes for the job: only while its worker runs here.
+        self.wanted = wanted
+        #: Called when this node gains the job, and when it loses it (the worker is woken to
+        #: start, or to let go of what it holds, such as its connection to the HIS).
+        self.on_gained: Callable[[], None] | None = None
+        self.on_lost: Callable[[], None] | None = None
         self._held_until = 0.0  # monotonic
+        self._holding = False  # granted since it was last lost
         self.term: int | None = None
 
     @property
     def held(self) -> bool:
         return time.monotonic() < self._held_until
 
+    @property
+    def remaining(self) -> float:
+        """Seconds until this node stops believing it holds the job (0: it does not)."""
+        return max(0.0, self._held_until - time.monotonic())
+
     def _granted(self, until: float, term: int) -> bool:
         """Records a grant; True when this node did not hold the job before."""
         gained = not self.held
-        self._held_until, self.term = until, term
+        self._held_until, self.term, self._holding = until, term, True
         return gained
 
     def _lost(self) -> None:
+        """Not granted (any more): the worker is told once, however long ago it lapsed."""
         self._held_until = 0.0
+        if self._holding:
+            self._holding = False
+            if self.on_lost is not None:
+                self.on_lost()
 
 
 def database_now(session: Session) -> datetime:
@@ -135,3 +151,55 @@ def holders(session: Session) -> dict[str, str | None]:
         )
         for lease in session.exec(select(JobLease).order_by(col(JobLease.job))).all()
     }
+
+
+_ACQUIRE = {
+    # The database's clock decides expiry; a row held by another live instance is left alone
+    # (no row returned). Renewing keeps the term; taking over adds one.
+    "postgresql": """
+        INSERT INTO cluster_lease (job, holder, holder_node, expires_at, term)
+        VALUES (:job, :instance, :node, clock_timestamp() + make_interval(secs => :ttl), 1)
+        ON CONFLICT (job) DO UPDATE SET
+            holder = EXCLUDED.holder,
+            holder_node = EXCLUDED.holder_node,
+            expires_at = EXCLUDED.expires_at,
+            term = cluster_lease.term
+                + CASE WHEN cluster_lease.holder = EXCLUDED.holder THEN 0 ELSE 1 END
+        WHERE cluster_lease.holder = EXCLUDED.holder
+            OR cluster_lease.holder IS NULL
+            OR cluster_lease.expires_at < clock_timestamp()
+        RETURNING term
+    """,
+    # One node, the only process using the file (its lock says so): a lease left by a run that
+    # died is this node's at once, not after it expires.
+    "sqlite": """
+        INSERT INTO cluster_lease (job, holder, holder_node, expires_at, term)
+        VALUES (:job, :instance, :node, :expires, 1)
+        ON CONFLICT (job) DO UPDATE SET
+            holder = excluded.holder,
+            holder_node = excluded.holder_node,
+            expires_at = excluded.expires_at,
+            term = cluster_lease.term
+                + CASE WHEN cluster_lease.holder = excluded.holder THEN 0 ELSE 1 END
+        RETURNING term
+    """,
+}
+
+
+def acquire_lease(
+    session: Session, job: str, *, instance: str, node: str, ttl: float, now: datetime
+) -> int | None:
+    """Renews `job`'s lease for this instance, or takes it where free or expired: its term,
+    or None when another live instance holds it. In the caller's transaction."""
+    dialect = "postgresql" if session.get_bind().dialect.name == "postgresql" else "sqlite"
+    row = session.execute(
+        text(_ACQUIRE[dialect]),
+        {
+            "job": job,
+            "instance": instance,
+            "node": node,
+            "ttl": ttl,
+            "expires": now + timedelta(seconds=ttl),
+        },
+    ).first()
+    return None if row is None else int(row[0])

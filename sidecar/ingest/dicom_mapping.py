@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from datetime import date, time
+from datetime import UTC, date, datetime, time
 from typing import Any
 
 from sidecar.core.dicom_text import parse_da, parse_tm
@@ -201,3 +201,13 @@ def study_issuer(instances_tags: dict[str, dict[str, Any]]) -> str | None:
         if issuer:
             return issuer[:64]
     return None
+
+
+def orthanc_time(value: object) -> datetime | None:
+    """Orthanc's "20261201T052203" (UTC), or None when absent or not that."""
+    if not isinstance(value, str):
+        return None
+    try:
+        return datetime.strptime(value, "%Y%m%dT%H%M%S").replace(tzinfo=UTC)
+    except ValueError:
+        return None

@@ -30,7 +30,13 @@ from sidecar.core.background import BackgroundWorker
 from sidecar.core.models import utcnow
 from sidecar.ingest.changes import ChangeLog
 from sidecar.ingest.deletion_watch import DeletionWatch
-from sidecar.ingest.dicom_mapping import IncompleteStudy, image_records, study_issuer, study_record
+from sidecar.ingest.dicom_mapping import (
+    IncompleteStudy,
+    image_records,
+    orthanc_time,
+    study_issuer,
+    study_record,
+)
 from sidecar.ingest.models import PendingStudy
 from sidecar.ingest.orthanc_client import OrthancClient, OrthancNotFound, OrthancUnavailable
 from sidecar.ingest.queue import due_studies, forget, queue_studies, reschedule
@@ -97,6 +103,7 @@ class OrthancSync(BackgroundWorker):
         default_issuer: str | None = None,
         on_ready_to_read: Callable[[Session, Study], object] | None = None,
         deletions: DeletionWatch | None = None,
+        stable_age: float | None = None,
     ) -> None:
         # The idle poll is the interval: the change log is read that often when nothing wakes
         # the worker sooner (a plugin notice does).
@@ -120,6 +127,9 @@ class OrthancSync(BackgroundWorker):
         self._deletions = deletions
         if deletions is not None:
             deletions.on_queued = self.wake
+        # Orthanc's StableAge: how long a study must have received nothing before it is
+        # registered, by its LastUpdate (see _still_arriving). None: Orthanc's IsStable alone.
+        self._stable_age = stable_age
         self.status = SyncStatus()
         # When each plugin notice arrived (monotonic clock): for the latency figures only.
         self.noticed_at: dict[str, float] = {}
@@ -244,6 +254,18 @@ class OrthancSync(BackgroundWorker):
         report.registered.append(pending.orthanc_id)
         self.status.registered += 1
 
+    def _still_arriving(self, study_json: dict[str, Any]) -> bool:
+        """Whether the study received an instance less than StableAge ago. Orthanc follows
+        stability in the memory of the receiving Orthanc: in a cluster another node's may still
+        be receiving a study this node's calls stable. LastUpdate, in the shared index, is when
+        its last instance was stored (UTC, by the receiving node's clock)."""
+        if self._stable_age is None:
+            return False
+        last = orthanc_time(study_json.get("LastUpdate"))
+        if last is None:
+            return False
+        return utcnow() - last < timedelta(seconds=self._stable_age)
+
     def _deferred_too_long(self, orthanc_id: str) -> bool:
         first = self._deferred_since.setdefault(orthanc_id, self.clock())
         return self.clock() - first >= MAX_IMAGE_DEFERRAL
@@ -255,7 +277,7 @@ class OrthancSync(BackgroundWorker):
         if self._is_deidentified_copy(study_json):
             log.info("Orthanc study %s is a de-identified copy: not registered", orthanc_id)
             return _DONE_UNREGISTERED
-        if not study_json.get("IsStable", False):
+        if not study_json.get("IsStable", False) or self._still_arriving(study_json):
             return _UNSTABLE
         series_json = self._orthanc.study_series(orthanc_id)
         record = study_record(study_json, series_json)

@@ -21,6 +21,7 @@ import os
 import secrets
 import signal
 from collections.abc import Iterator
+from datetime import timedelta
 from pathlib import Path
 
 import uvicorn
@@ -161,7 +162,11 @@ def main() -> None:
     configure_logging(settings.log_level)
     with claim_data_dir(settings.data_dir):  # first: a second launcher here is told so
         refusal = refusal_before_start(
-            settings.database_url, settings.jwt_secret, settings.node_name
+            settings.database_url,
+            settings.jwt_secret,
+            settings.node_name,
+            # Live as the node's own join counts them: a heartbeat within the lease.
+            within=timedelta(seconds=settings.cluster_lease_seconds * 2 / 3),
         )
         if refusal is not None:
             raise SystemExit(f"make run: this node cannot start: {refusal}")

@@ -77,7 +77,7 @@ def _sync(sync: OrthancSync, engine: Engine) -> dict[str, Any]:
         "lastNoticeToVisibleMs": (
             round(status.notice_to_visible[0] * 1000) if status.notice_to_visible else None
         ),
-        "runsHere": sync.lease.held if sync.lease is not None else sync.running,
+        "runsHere": sync.runs_here,
     }
 
 
@@ -240,7 +240,8 @@ def _outbox_backlog(
     return {
         "enabled": True,
         **{label: counts.get(value, 0) for value, label in labels.items()},
-        "lastError": worker.last_error,
+        # The worker's memory: true of the cluster only on the node that runs it now.
+        "lastError": worker.last_error if worker.runs_here else None,
     }
 
 
@@ -257,13 +258,13 @@ def _image_updates(engine: Engine, updater: ImageUpdater | None) -> dict[str, An
     oldest = waiting.oldest_pending_at
     return {
         "enabled": True,
-        "running": updater.running,
+        "running": updater.runs_here,
         "pending": waiting.pending,
         "failed": waiting.failed,
         "oldestPendingSeconds": (
             round((utcnow() - oldest).total_seconds()) if oldest is not None else None
         ),
-        "lastError": updater.last_error,
+        "lastError": updater.last_error if updater.runs_here else None,
     }
 
 
@@ -280,7 +281,7 @@ def _image_removals(engine: Engine, remover: ImageRemover | None) -> dict[str, A
     oldest = waiting.oldest_requested_at
     return {
         "enabled": True,
-        "running": remover.running,
+        "running": remover.runs_here,
         "queued": waiting.queued,
         "retrying": waiting.retrying,
         "oldestWaitingSeconds": (

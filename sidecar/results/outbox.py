@@ -71,6 +71,11 @@ class ResultOutbox(BackgroundWorker):
         super().stop(timeout)
         self._disconnect()
 
+    def lease_lost(self) -> None:
+        """Another node sends to the HIS now: one connection to it, the holder's (a HIS may
+        take one connection per sender)."""
+        self._disconnect()
+
     def run_once(self) -> float | None:
         """Sends every due message in turn; returns seconds until the next one is due (None:
         nothing waiting). Stops at the first message the HIS did not answer."""

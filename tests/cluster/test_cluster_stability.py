@@ -92,12 +92,6 @@ def orthanc_is_stable(node: ClusterNode, study_instance_uid: str) -> bool | None
     return bool(study.json()["IsStable"])
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="the sync asks its own node's Orthanc whether a study is stable, and an Orthanc"
-    " knows the stability only of what it received: a study still arriving on another node"
-    " is registered (and made ready to read) at its first instance",
-)
 def test_a_study_still_arriving_on_another_node_is_not_registered_before_it_is_stable(
     nodes: tuple[ClusterNode, ClusterNode], tmp_path: Path
 ) -> None:

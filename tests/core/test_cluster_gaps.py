@@ -1,16 +1,16 @@
-"""What a cluster of nodes still gets wrong (sidecar.core.cluster and the jobs under its leases):
-each test here states what a node must do and fails until it does (xfail, strict: a fix makes it
-pass and the mark must then go).
+"""A cluster's edges, found by a hostile review (sidecar.core.cluster and the jobs under its
+leases):
 
 - an order changed on another node while this node starts, after its worklist was rebuilt and
-  before it listens, never reaches this node's worklist;
-- a listening connection that went silent (a firewall that dropped its state) is never noticed:
-  order changes and wake-ups from other nodes are lost for good;
-- a node that never starts a job's worker still takes the job's lease, and nobody does it;
-- a paused process that resumes after another took its NODE_NAME keeps running under it;
-- a result queued by a node whose clock runs ahead waits for the holder's clock to catch up;
-- a node that lost the results outbox keeps its connection to the HIS open, and /health on it
-  keeps showing the error it last had as the outbox's.
+  before it listens, reaches this node's worklist;
+- a listening connection that went silent (a firewall that dropped its state) is noticed and
+  replaced, and what it missed is caught up;
+- a node that never starts a job's worker leaves the job's lease to a node that does;
+- a paused process that resumes after another took its NODE_NAME stops running under it;
+- a node that lost the results outbox hangs up on the HIS, and /health on it stops showing the
+  error it last had as the outbox's;
+- still open (strict xfail): a result queued by a node whose clock runs ahead waits for the
+  holder's clock to catch up (due times are written and read on nodes' clocks).
 """
 
 from __future__ import annotations
@@ -88,12 +88,6 @@ def insert_order(engine: Engine, accession: str, uid: str) -> int:
 # -- the worklist on every node ----------------------------------------------------------------
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="the first LISTEN comes after start_up's worklist reconcile, and the first"
-    " connection runs no catch-up: an order committed on another node in between is never"
-    " offered by this node's worklist",
-)
 def test_an_order_committed_while_a_node_starts_reaches_its_worklist(
     engine: Engine, database_url: str, nodes: list[Cluster]
 ) -> None:
@@ -174,12 +168,6 @@ class Relay:
                 upstream.close()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="the listening connection is only read with a timeout: one that went silent is"
-    " never found dead (no keepalive, no ping), so `listening` stays true while every order"
-    " change and wake-up from the other nodes is lost",
-)
 def test_a_listening_connection_gone_silent_is_replaced_and_caught_up(
     engine: Engine, database_url: str, nodes: list[Cluster]
 ) -> None:
@@ -220,12 +208,6 @@ class RoundCounter(BackgroundWorker):
         return None
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="every worker built is put under its lease, started or not: a node where the"
-    " worker is not started (RECONCILE_ENABLED=false: the sync, image updates and removals)"
-    " takes the job's lease, renews it, and nobody does the job",
-)
 def test_a_node_that_does_not_run_a_job_leaves_it_to_a_node_that_does(
     engine: Engine, database_url: str, nodes: list[Cluster]
 ) -> None:
@@ -250,12 +232,6 @@ def test_a_node_that_does_not_run_a_job_leaves_it_to_a_node_that_does(
 # -- joining -------------------------------------------------------------------------------------
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="the heartbeat writes the node's row whatever instance it names: a process that"
-    " was paused past the lease and resumes takes its name back from the process admitted"
-    " meanwhile, and both run under one NODE_NAME",
-)
 def test_a_paused_process_resuming_does_not_take_its_name_back_from_its_successor(
     engine: Engine, database_url: str, nodes: list[Cluster]
 ) -> None:
@@ -376,6 +352,8 @@ def outboxes(
     on_a, on_b = ResultOutbox(engine, his.connect), ResultOutbox(engine, his.connect)
     on_a.run_under_lease(a)
     on_b.run_under_lease(b)
+    for node in (a, b):
+        node.want("result-outbox")  # both run the outbox (the tests drive or start them)
     a.join()
     b.join()
     b.start()
@@ -395,12 +373,6 @@ def move_outbox_to_b(outboxes: list[ResultOutbox], nodes: list[Cluster]) -> None
     assert on_a.lease is not None and not on_a.lease.held
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="a node that lost the results outbox never closes its MLLP connection: the HIS"
-    " holds one idle connection per node that ever held the job (one too many for a HIS that"
-    " takes one connection per sender)",
-)
 def test_a_node_that_lost_the_results_outbox_hangs_up_on_the_his(
     engine: Engine, outboxes: tuple[His, list[ResultOutbox]], nodes: list[Cluster]
 ) -> None:
@@ -418,11 +390,6 @@ def test_a_node_that_lost_the_results_outbox_hangs_up_on_the_his(
     assert his.open == 1
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="results.lastError in /health is the worker's memory: a node that lost the outbox"
-    " shows the error it last met forever, though the holder has since delivered everything",
-)
 def test_health_on_a_node_that_lost_the_outbox_does_not_show_its_old_error(
     engine: Engine,
     database_url: str,
