@@ -155,8 +155,11 @@ def test_studies_stored_while_the_sidecar_is_down_are_registered_once_it_is_back
 def test_study_whose_stable_event_was_lost_in_an_orthanc_crash_is_registered(
     tmp_path: Path, database_url: str
 ) -> None:
-    # StableAge far beyond the test: StableStudy never fires, as when Orthanc dies within it.
+    # Orthanc's StableAge far beyond the test: StableStudy never fires, as when Orthanc dies
+    # within it. The change log still names the study, and the sidecar registers it once its
+    # last instance (LastUpdate) is older than the sidecar's STABLE_AGE, here 2 s.
     stack = Stack(tmp_path, database_url, stable_age=600)
+    stack.settings = stack.settings.model_copy(update={"stable_age": 2})
     stack.start_orthanc()
     stack.start_sidecar()
     try:

@@ -148,6 +148,7 @@ class Stack:
             orthanc_url=f"http://127.0.0.1:{self.layout.http_port}",
             orthanc_timeout=5.0,
             reconcile_interval=reconcile_interval,
+            stable_age=stable_age,  # as its Orthanc: how long a study may still be changing
             mllp_port=self.mllp_port,
             mpps_port=self.mpps_port,
             worklist_dir=worklist_dir,
