@@ -3,7 +3,9 @@
 It listens for MLLP with the project's own server, in a thread with its own event loop, and
 behaves as a careful HIS does: it answers every message (AA by default, or the AE/AR it is told
 to give), files each control id once (a repeat gets the original answer again), and can be taken
-down and brought back up on the same port to play an outage.
+down and brought back up on the same port to play an outage. Held (`hold`), it takes messages in
+and answers none until released: the sender waits for an acknowledgement, as it does with a slow
+HIS, and a sender that dies meanwhile never hears whether its message was filed.
 """
 
 from __future__ import annotations
@@ -34,6 +36,8 @@ class HisSimulator:
         self.received: list[Received] = []  # every delivery, repeats included
         self._answers: dict[str, bytes] = {}  # control id -> the answer it got
         self._refuse: tuple[AckCode, str] | None = None
+        self._released = threading.Event()
+        self._released.set()
         self._changed = threading.Condition()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
@@ -48,11 +52,29 @@ class HisSimulator:
     def accept(self) -> None:
         self._refuse = None
 
+    def hold(self) -> None:
+        """From now on, take messages in (they count as received) and answer none of them until
+        `release`; each is filed, or refused, when it is answered."""
+        self._released.clear()
+
+    def release(self) -> None:
+        """Answer the held messages, and every message from now on, at once."""
+        self._released.set()
+
     async def _handle(self, message: bytes, _: Peer) -> bytes:
         header = read_header(message)
         control_id = header.control_id if header else ""
+        arrived = Received(message.decode("utf-8"), control_id, time.perf_counter())
+        held = not self._released.is_set()
+        if held:
+            with self._changed:
+                self.received.append(arrived)
+                self._changed.notify_all()
+            while not self._released.is_set():
+                await asyncio.sleep(0.05)
         with self._changed:
-            self.received.append(Received(message.decode("utf-8"), control_id, time.perf_counter()))
+            if not held:
+                self.received.append(arrived)
             answer = self._answers.get(control_id)
             if answer is None:
                 error = None
