@@ -24,6 +24,10 @@ one node; four to each of two), each ACK after the commit. Figures: messages/s, 
 p50/p99, and CPU ms per message from the first message until every node's worklist offers every
 order (each node's writer writes every order: that is part of the cost of a second node).
 
+Before the load, `--idle` seconds with nothing sent give what the cluster spends doing nothing
+(heartbeats, leases, polls), per second. CPU is also shown by kind of process, to say where a
+second node's extra cost goes.
+
 This machine may have two cores only: two nodes cannot be faster on it, the CPU per instance is
 what says whether they would be on two machines (goal: two nodes within 10% of one node).
 
@@ -66,6 +70,11 @@ SENDERS = 2
 # --- CPU time from /proc ----------------------------------------------------------------------
 
 
+# Where the CPU time goes: the processes of a node, by what they are, and PostgreSQL.
+SIDECAR, ORTHANC, NGINX, WRITER, POSTGRESQL = "sidecar", "Orthanc", "nginx", "writer", "PostgreSQL"
+NODE_ROLES = (SIDECAR, ORTHANC, NGINX, WRITER)
+
+
 def _ticks(pid: int) -> int | None:
     """utime + stime + cutime + cstime of `pid` (its own, and its reaped children's)."""
     try:
@@ -76,28 +85,37 @@ def _ticks(pid: int) -> int | None:
     return sum(int(value) for value in fields[11:15])
 
 
-def _key(pid: int) -> tuple[int, int] | None:
-    """(pid, start time): one process for good, whatever later reuses its pid."""
-    info = child_process.process_info(pid)
-    return None if info is None or info.ended else (info.pid, info.started)
+def _role(process: child_process.ProcessInfo, launcher: int) -> str:
+    """The launcher runs the sidecar; its other Python descendants are the worklist writer."""
+    if process.pid == launcher:
+        return SIDECAR
+    first = process.argv[0] if process.argv else ""
+    if Path(first).name == "Orthanc":
+        return ORTHANC
+    if Path(first).name == "nginx" or first.startswith("nginx:"):  # "nginx: worker process"
+        return NGINX
+    return WRITER
 
 
 @dataclass(frozen=True)
 class CpuSnapshot:
-    """CPU ticks of each process of the cluster, and of PostgreSQL's backends of its databases.
+    """CPU ticks of each process of the cluster, and of PostgreSQL's backends of its databases,
+    by (pid, start time): one process for good, whatever later reuses its pid.
 
     A process that ended between two snapshots was reaped by its parent (its ticks moved to
     the parent's cutime/cstime) and is missing from the later one; one started since counts
-    from zero: the difference of the two sums is what the cluster spent in between."""
+    from zero: the difference of the two sums is what was spent in between."""
 
-    nodes: dict[tuple[int, int], int]
-    database: dict[tuple[int, int], int]
+    ticks: dict[tuple[int, int], tuple[str, int]]
 
-    def seconds_since(self, before: CpuSnapshot) -> tuple[float, float]:
-        """(seconds of the nodes' processes, seconds of the database backends)."""
-        nodes = sum(self.nodes.values()) - sum(before.nodes.values())
-        database = sum(self.database.values()) - sum(before.database.values())
-        return nodes / TICKS, database / TICKS
+    def seconds_since(self, before: CpuSnapshot) -> dict[str, float]:
+        """Seconds of CPU by role (NODE_ROLES and POSTGRESQL)."""
+        spent = dict.fromkeys((*NODE_ROLES, POSTGRESQL), 0.0)
+        for role, ticks in self.ticks.values():
+            spent[role] += ticks / TICKS
+        for role, ticks in before.ticks.values():
+            spent[role] -= ticks / TICKS
+        return spent
 
 
 class CpuMeter:
@@ -106,35 +124,39 @@ class CpuMeter:
         self.databases = list(databases)
         self.admin = sa.create_engine(server, isolation_level="AUTOCOMMIT", poolclass=sa.NullPool)
 
-    def _node_pids(self) -> list[int]:
+    def _node_processes(self) -> list[tuple[child_process.ProcessInfo, str]]:
         table = list(child_process.processes())
-        pids = []
+        found = []
         for node in self.nodes:
             assert node.process is not None
             root = next((p for p in table if p.pid == node.process.pid), None)
             if root is None:
                 raise SystemExit(f"node {node.name} has exited:\n{node.log_tail()}")
-            pids += [root.pid, *(p.pid for p in child_process.descendants(root, table))]
-        return pids
+            for process in (root, *child_process.descendants(root, table)):
+                found.append((process, _role(process, root.pid)))
+        return found
 
-    def _backend_pids(self) -> list[int]:
+    def _backends(self) -> list[tuple[child_process.ProcessInfo, str]]:
         with self.admin.connect() as connection:
             rows = connection.execute(
                 sa.text("SELECT pid FROM pg_stat_activity WHERE datname = ANY(:names)"),
                 {"names": self.databases},
             )
-            return [row[0] for row in rows]
+            pids = [row[0] for row in rows]
+        found = []
+        for pid in pids:
+            process = child_process.process_info(pid)
+            if process is not None:
+                found.append((process, POSTGRESQL))
+        return found
 
     def snapshot(self) -> CpuSnapshot:
-        def read(pids: list[int]) -> dict[tuple[int, int], int]:
-            found = {}
-            for pid in pids:
-                key, ticks = _key(pid), _ticks(pid)
-                if key is not None and ticks is not None:
-                    found[key] = ticks
-            return found
-
-        return CpuSnapshot(read(self._node_pids()), read(self._backend_pids()))
+        ticks = {}
+        for process, role in self._node_processes() + self._backends():
+            now = _ticks(process.pid)
+            if now is not None and not process.ended:
+                ticks[(process.pid, process.started)] = (role, now)
+        return CpuSnapshot(ticks)
 
     def close(self) -> None:
         self.admin.dispose()
@@ -293,12 +315,12 @@ class RoundResult:
     instances: int
     store_seconds: float
     registered_seconds: float
-    store_cpu: float
-    store_database_cpu: float
+    store_cpu: dict[str, float]  # seconds by role
     messages: int
     intake_seconds: float
-    intake_cpu: float
-    intake_database_cpu: float
+    intake_cpu: dict[str, float]
+    idle_seconds: float
+    idle_cpu: dict[str, float]
     latencies: list[float] = field(default_factory=list)
 
     @property
@@ -309,6 +331,17 @@ class RoundResult:
     def intake_rate(self) -> float:
         return self.messages / self.intake_seconds
 
+    def per_instance(self, *roles: str) -> float:
+        """CPU ms per instance stored, of the processes of these roles."""
+        return sum(self.store_cpu[role] for role in roles) / self.instances * 1000
+
+    def per_message(self, *roles: str) -> float:
+        return sum(self.intake_cpu[role] for role in roles) / self.messages * 1000
+
+    def idle(self, *roles: str) -> float:
+        """CPU ms per second with nothing sent: heartbeats, leases, polls."""
+        return sum(self.idle_cpu[role] for role in roles) / self.idle_seconds * 1000
+
 
 def run_round(
     server: str,
@@ -318,6 +351,7 @@ def run_round(
     warm_up: list[GeneratedStudy],
     messages: int,
     stable_age: int,
+    idle_seconds: float,
     tag: str,
 ) -> RoundResult:
     with running_cluster(server, work, count, stable_age) as cluster:
@@ -329,6 +363,9 @@ def run_round(
         wait_for(lambda: registered(first, warmed), timeout=120, what="the warm-up studies")
         send_orders(cluster, count, orders(10 * count, f"W{tag}"))
         on_every_worklist(cluster, 10 * count)
+        before = cluster.meter.snapshot()
+        time.sleep(idle_seconds)  # a measurement window: what the cluster spends doing nothing
+        idle_cpu = cluster.meter.snapshot().seconds_since(before)
 
         expected = {s.study_instance_uid: s.instance_count for s in load}
         before = cluster.meter.snapshot()
@@ -336,23 +373,23 @@ def run_round(
         store_seconds = send_studies(cluster, load)
         wait_for(lambda: registered(first, expected), timeout=300, interval=0.1, what="studies")
         registered_seconds = time.perf_counter() - started
-        store_cpu, store_database_cpu = cluster.meter.snapshot().seconds_since(before)
+        store_cpu = cluster.meter.snapshot().seconds_since(before)
 
         before = cluster.meter.snapshot()
         intake_seconds, latencies = send_orders(cluster, CONNECTIONS, orders(messages, f"B{tag}"))
         on_every_worklist(cluster, 10 * count + messages)
-        intake_cpu, intake_database_cpu = cluster.meter.snapshot().seconds_since(before)
+        intake_cpu = cluster.meter.snapshot().seconds_since(before)
     return RoundResult(
         nodes=count,
         instances=sum(s.instance_count for s in load),
         store_seconds=store_seconds,
         registered_seconds=registered_seconds,
         store_cpu=store_cpu,
-        store_database_cpu=store_database_cpu,
         messages=messages,
         intake_seconds=intake_seconds,
         intake_cpu=intake_cpu,
-        intake_database_cpu=intake_database_cpu,
+        idle_seconds=idle_seconds,
+        idle_cpu=idle_cpu,
         latencies=latencies,
     )
 
@@ -360,11 +397,66 @@ def run_round(
 def describe(result: RoundResult) -> str:
     return (
         f"{result.store_rate:6.1f} instances/s, registered after {result.registered_seconds:5.1f}"
-        f" s, {result.store_cpu / result.instances * 1000:5.2f} CPU ms/instance "
-        f"(+{result.store_database_cpu / result.instances * 1000:.2f} PostgreSQL); "
+        f" s, {result.per_instance(*NODE_ROLES):5.2f} CPU ms/instance "
+        f"(+{result.per_instance(POSTGRESQL):.2f} PostgreSQL); "
         f"HL7 {result.intake_rate:6.1f} messages/s, "
-        f"{result.intake_cpu / result.messages * 1000:5.2f} CPU ms/message"
+        f"{result.per_message(*NODE_ROLES):5.2f} CPU ms/message "
+        f"(+{result.per_message(POSTGRESQL):.2f} PostgreSQL)"
     )
+
+
+def summary(results: list[RoundResult]) -> None:
+    """The medians of each configuration over its rounds (ACK latencies pooled)."""
+    print(
+        f"{'':9} {'C-STORE':>11} {'registered':>10} {'CPU ms':>9} {'+PG ms':>7} | "
+        f"{'HL7 msg/s':>9} {'p50 ms':>6} {'p99 ms':>6} {'CPU ms':>7} {'+PG ms':>7}"
+    )
+    print(
+        f"{'':9} {'instances/s':>11} {'after s':>10} {'/instance':>9} {'/inst.':>7} | "
+        f"{'(8 conn.)':>9} {'ACK':>6} {'ACK':>6} {'/msg':>7} {'/msg':>7}"
+    )
+    for count in (1, 2):
+        mine = [r for r in results if r.nodes == count]
+        latencies = [x for r in mine for x in r.latencies]
+        print(
+            f"{count} node(s) "
+            f"{statistics.median(r.store_rate for r in mine):11.1f} "
+            f"{statistics.median(r.registered_seconds for r in mine):10.1f} "
+            f"{statistics.median(r.per_instance(*NODE_ROLES) for r in mine):9.2f} "
+            f"{statistics.median(r.per_instance(POSTGRESQL) for r in mine):7.2f} | "
+            f"{statistics.median(r.intake_rate for r in mine):9.1f} "
+            f"{percentile(latencies, 0.5) * 1000:6.1f} "
+            f"{percentile(latencies, 0.99) * 1000:6.1f} "
+            f"{statistics.median(r.per_message(*NODE_ROLES) for r in mine):7.2f} "
+            f"{statistics.median(r.per_message(POSTGRESQL) for r in mine):7.2f}"
+        )
+    print()
+    roles = (*NODE_ROLES, POSTGRESQL)
+    print(f"{'CPU ms by process':26}" + "".join(f"{role:>11}" for role in roles))
+    for what, figure in (
+        ("C-STORE, per instance", RoundResult.per_instance),
+        ("HL7, per message", RoundResult.per_message),
+        ("idle, per second", RoundResult.idle),
+    ):
+        print(what)
+        for count in (1, 2):
+            mine = [r for r in results if r.nodes == count]
+            medians = [statistics.median(figure(r, role) for r in mine) for role in roles]
+            print(
+                f"  {count} node(s){'':15}"
+                + "".join(f"{round(ms, 2) + 0.0:11.2f}" for ms in medians)
+            )
+    print(
+        "(medians over the rounds; a node: its launcher (the sidecar), Orthanc, nginx, worklist "
+        "writer; PostgreSQL: its backends serving the bench's two databases)"
+    )
+    print()
+    for label, roles_counted in (("nodes", NODE_ROLES), ("nodes + PostgreSQL", roles)):
+        one, two = (
+            statistics.median(r.per_instance(*roles_counted) for r in results if r.nodes == n)
+            for n in (1, 2)
+        )
+        print(f"CPU per instance, two nodes / one node ({label}): {two / one:.3f} (goal <= 1.10)")
 
 
 def main() -> None:
@@ -374,6 +466,9 @@ def main() -> None:
     parser.add_argument("--messages", type=int, default=1000, help="ORM^O01 per round")
     parser.add_argument("--rounds", type=int, default=2, help="rounds of each configuration")
     parser.add_argument("--stable-age", type=int, default=2)
+    parser.add_argument(
+        "--idle", type=float, default=5.0, help="seconds of CPU measured with nothing sent"
+    )
     parser.add_argument("--server", default=SERVER, help="PostgreSQL server URL")
     args = parser.parse_args()
     print("command:", " ".join([sys.executable, *sys.argv]))
@@ -405,45 +500,14 @@ def main() -> None:
                     warm_up,
                     args.messages,
                     args.stable_age,
+                    args.idle,
                     f"{n}{count}",
                 )
                 results.append(result)
                 print(f"  round {n + 1} {count} node(s): {describe(result)}", flush=True)
 
     print()
-    print(
-        f"{'':9} {'C-STORE':>13} {'registered':>10} {'CPU ms':>9} {'+PG ms':>7} | "
-        f"{'HL7 msg/s':>9} {'p50 ms':>6} {'p99 ms':>6} {'CPU ms':>7} {'+PG ms':>7}"
-    )
-    print(
-        f"{'':9} {'instances/s':>13} {'s':>10} {'/instance':>9} {'/inst.':>7} | "
-        f"{'(8 conn.)':>9} {'ACK':>6} {'ACK':>6} {'/msg':>7} {'/msg':>7}"
-    )
-    per_instance: dict[int, float] = {}
-    for count in (1, 2):
-        mine = [r for r in results if r.nodes == count]
-        latencies = [x for r in mine for x in r.latencies]
-        per_instance[count] = statistics.median(r.store_cpu / r.instances for r in mine)
-        print(
-            f"{count} node(s) "
-            f"{statistics.median(r.store_rate for r in mine):13.1f} "
-            f"{statistics.median(r.registered_seconds for r in mine):10.1f} "
-            f"{per_instance[count] * 1000:9.2f} "
-            f"{statistics.median(r.store_database_cpu / r.instances for r in mine) * 1000:7.2f} | "
-            f"{statistics.median(r.intake_rate for r in mine):9.1f} "
-            f"{percentile(latencies, 0.5) * 1000:6.1f} "
-            f"{percentile(latencies, 0.99) * 1000:6.1f} "
-            f"{statistics.median(r.intake_cpu / r.messages for r in mine) * 1000:7.2f} "
-            f"{statistics.median(r.intake_database_cpu / r.messages for r in mine) * 1000:7.2f}"
-        )
-    print(
-        "(medians over the rounds; latencies pooled; CPU of every node's processes, "
-        "PostgreSQL's backends of the bench databases apart)"
-    )
-    print(
-        f"CPU per instance, two nodes / one node: {per_instance[2] / per_instance[1]:.3f} "
-        "(goal <= 1.10)"
-    )
+    summary(results)
 
 
 if __name__ == "__main__":
