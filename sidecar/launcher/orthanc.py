@@ -59,6 +59,11 @@ class OrthancLayout:
     password: str = ""
     modalities: tuple[RegisteredModality, ...] = ()
     index_database_url: str = ""
+    # Orthanc's DICOM files (ORTHANC_STORAGE_DIR), the folder every node of a cluster shares;
+    # None: beside the index, in work_dir/storage.
+    storage: Path | None = None
+    # This server among those sharing the PostgreSQL index (NODE_NAME); unused without one.
+    node_name: str = ""
     plugins_dir: Path = DEFAULT_PLUGINS_DIR
     # The directory sidecar.worklist.directory.WorklistDirectory writes; None: no worklist
     # C-FIND at all.
@@ -69,8 +74,14 @@ class OrthancLayout:
     extra: Mapping[str, Any] = field(default_factory=dict)
 
     @property
-    def storage_dir(self) -> Path:
+    def index_dir(self) -> Path:
+        """The SQLite index's folder (unused with a PostgreSQL index): where it always was, so
+        that moving the storage elsewhere keeps an existing install's index."""
         return self.work_dir / "storage"
+
+    @property
+    def storage_dir(self) -> Path:
+        return self.storage if self.storage is not None else self.index_dir
 
 
 def render_configuration(layout: OrthancLayout) -> dict[str, Any]:
@@ -81,7 +92,7 @@ def render_configuration(layout: OrthancLayout) -> dict[str, Any]:
         config["PythonScript"] = str(PLUGIN_SCRIPT)
     config.update(
         StorageDirectory=str(layout.storage_dir),
-        IndexDirectory=str(layout.storage_dir),
+        IndexDirectory=str(layout.index_dir),
         HttpPort=layout.http_port,
         DicomPort=layout.dicom_port,
         DicomAet=layout.aet,
@@ -104,10 +115,25 @@ def render_configuration(layout: OrthancLayout) -> dict[str, Any]:
     if layout.index_database_url:
         plugins.append(str(layout.plugins_dir / "libOrthancPostgreSQLIndex.so"))
         config["PostgreSQL"] = _postgresql_index(layout.index_database_url)
+        _configure_shared_index(config, layout)
     if layout.worklist_dir is not None:
         _configure_worklist(config, plugins, layout)
     config.update(layout.extra)
     return config
+
+
+def _configure_shared_index(config: dict[str, Any], layout: OrthancLayout) -> None:
+    """What each Orthanc of several sharing one PostgreSQL index (Lock false) needs.
+
+    DatabaseServerIdentifier (Orthanc 1.9.2+) keys the server's private global properties in the
+    shared database; unset, Orthanc derives it from the MAC addresses, AE title and ports, which
+    change with a container or a port. SaveJobs off, as Orthanc's documentation of the option
+    asks when several servers use one database: a server's jobs are its own (another server's
+    /jobs never lists them), and the sidecar treats a job Orthanc no longer knows, after a
+    restart, as over (sidecar.studies.deidentify_sweep)."""
+    if layout.node_name:
+        config["DatabaseServerIdentifier"] = layout.node_name
+    config["SaveJobs"] = False
 
 
 def _configure_worklist(config: dict[str, Any], plugins: list[str], layout: OrthancLayout) -> None:
@@ -255,7 +281,13 @@ class OrthancProcess:
         work = self.layout.work_dir
         work.mkdir(mode=0o700, parents=True, exist_ok=True)
         work.chmod(0o700)
-        self.layout.storage_dir.mkdir(mode=0o700, exist_ok=True)
+        self.layout.index_dir.mkdir(mode=0o700, exist_ok=True)
+        storage = self.layout.storage_dir
+        storage.mkdir(mode=0o700, parents=True, exist_ok=True)
+        if storage.stat().st_uid == os.geteuid():
+            # Outside work_dir no private parent protects it. A share owned by another user
+            # (an NFS export's root) keeps the permissions its owner gave it.
+            storage.chmod(0o700)
         if self.layout.worklist_dir is not None:
             # ModalityWorklists fails every C-FIND on a missing folder; an empty one answers.
             self.layout.worklist_dir.mkdir(mode=0o700, parents=True, exist_ok=True)

@@ -47,8 +47,14 @@ FRONT_STOP_TIMEOUT = 10.0
 
 
 def orthanc_layout(settings: Settings) -> OrthancLayout:
+    """The local Orthanc of this node. Its index stays in DATA_DIR/orthanc/storage (SQLite) or
+    goes to ORTHANC_INDEX_URL (PostgreSQL, shared by the nodes of a cluster, each known to it by
+    NODE_NAME); its files go to ORTHANC_STORAGE_DIR, by default that same folder."""
+    storage = settings.orthanc_storage_dir
     return OrthancLayout(
         work_dir=(settings.data_dir / "orthanc").resolve(),
+        storage=storage.resolve() if storage is not None else None,
+        node_name=settings.node_name,
         http_port=settings.orthanc_http_port,
         dicom_port=settings.orthanc_dicom_port,
         aet=settings.orthanc_aet,

@@ -317,14 +317,3 @@ def cluster_environment(
         "TIMEZONE": "Europe/Brussels",
         **extra,
     }
-
-
-def share_orthanc_storage(node: ClusterNode, storage_dir: Path) -> None:
-    """Makes the node's Orthanc store into `storage_dir` whichever way its launcher reads the
-    storage: ORTHANC_STORAGE_DIR (in the node's environment), and the launcher's default place,
-    DATA_DIR/orthanc/storage, a link to the same folder."""
-    storage_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
-    default = node.data_dir / "orthanc" / "storage"
-    default.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-    if not default.is_symlink():
-        default.symlink_to(storage_dir, target_is_directory=True)
