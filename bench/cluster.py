@@ -56,7 +56,7 @@ from hl7.ack import parse_ack
 from hl7.mllp.client import MllpClient
 from sidecar.launcher import processes as child_process
 
-from cluster_nodes import ClusterNode, share_orthanc_storage
+from cluster_nodes import ClusterNode
 from dicom_factory import GeneratedStudy, make_study
 from dicom_senders import storescu_dcmtk
 from figures import percentile  # bench/, beside this script
@@ -195,7 +195,6 @@ def running_cluster(server: str, work: Path, count: int, stable_age: int) -> Ite
         try:
             for number in range(count):
                 node = ClusterNode.on_free_ports(f"node-{number + 1}", work / str(number), shared)
-                share_orthanc_storage(node, storage)
                 nodes.append(node)
                 node.start().wait_ready()
             names = [sa.engine.make_url(url).database or "" for url in (database_url, index_url)]
