@@ -31,7 +31,7 @@ second node's extra cost goes.
 This machine may have two cores only: two nodes cannot be faster on it, the CPU per instance is
 what says whether they would be on two machines (goal: two nodes within 10% of one node).
 
-    .venv/bin/python bench/cluster.py --instances 600 --messages 1000 --rounds 2
+    make bench    # or: .venv/bin/python bench/cluster.py --instances 1000 --rounds 3
 """
 
 from __future__ import annotations
@@ -460,10 +460,10 @@ def summary(results: list[RoundResult]) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--instances", type=int, default=600, help="instances per round")
-    parser.add_argument("--studies", type=int, default=12, help="studies per round")
-    parser.add_argument("--messages", type=int, default=1000, help="ORM^O01 per round")
-    parser.add_argument("--rounds", type=int, default=2, help="rounds of each configuration")
+    parser.add_argument("--instances", type=int, default=1000, help="instances per round")
+    parser.add_argument("--studies", type=int, default=10, help="studies per round")
+    parser.add_argument("--messages", type=int, default=2000, help="ORM^O01 per round")
+    parser.add_argument("--rounds", type=int, default=3, help="rounds of each configuration")
     parser.add_argument("--stable-age", type=int, default=2)
     parser.add_argument(
         "--idle", type=float, default=5.0, help="seconds of CPU measured with nothing sent"
