@@ -102,8 +102,11 @@ class BackgroundWorker:
 
     @property
     def stopping(self) -> bool:
-        """Stop now: the worker is stopping, or this node no longer holds the job's lease."""
-        return self._stopping.is_set() or (self.lease is not None and not self.lease.held)
+        """Stop now: the worker is stopping, or its thread runs and this node no longer holds
+        the job's lease (a round driven by hand, a script's or a test's, is not gated)."""
+        if self._stopping.is_set():
+            return True
+        return self.running and self.lease is not None and not self.lease.held
 
     @property
     def running(self) -> bool:

@@ -243,9 +243,15 @@ def test_process_info_reads_proc_even_with_an_odd_program_name(tmp_path: Path) -
     odd = tmp_path / "a) (b c"  # /proc/<pid>/stat shows the name in parentheses
     odd.symlink_to(sys.executable)
     process = subprocess.Popen([str(odd), "-c", "import time; time.sleep(600)", "x y"])
+    argv = (str(odd), "-c", "import time; time.sleep(600)", "x y")
     try:
-        found = info(process.pid)
-        assert found.argv == (str(odd), "-c", "import time; time.sleep(600)", "x y")
+        # Until the child has exec'd, /proc shows the forked parent's command line (or none).
+        found = wait_for(
+            lambda: (seen := info(process.pid)).argv == argv and seen,
+            timeout=10,
+            what="the child's command line in /proc",
+        )
+        assert found.argv == argv
         assert found.parent == os.getpid()
         assert not found.ended
         assert child_process.running(found)

@@ -37,8 +37,8 @@ CLOSED_ORTHANC_URL = "http://127.0.0.1:9"
 
 def app_settings(database_url: str, directory: Path, **changes: Any) -> Settings:
     """An app under test: Orthanc down (a closed port), no /changes polling, no MLLP listener nor
-    MPPS SCP,
-    the department in Brussels; `changes` override any of it."""
+    MPPS SCP, the department in Brussels, STABLE_AGE 1 s as the test Orthancs have it;
+    `changes` override any of it."""
     values: dict[str, Any] = {
         "environment": "development",
         "data_dir": directory / "var",
@@ -52,6 +52,7 @@ def app_settings(database_url: str, directory: Path, **changes: Any) -> Settings
         "mllp_enabled": False,
         "mpps_enabled": False,
         "timezone": "Europe/Brussels",
+        "stable_age": 1,
     }
     return Settings(**{**values, **changes})
 
