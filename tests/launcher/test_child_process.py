@@ -246,11 +246,12 @@ def test_process_info_reads_proc_even_with_an_odd_program_name(tmp_path: Path) -
     argv = (str(odd), "-c", "import time; time.sleep(600)", "x y")
     try:
         # Until the child has exec'd, /proc shows the forked parent's command line (or none).
-        found = wait_for(
-            lambda: (seen := info(process.pid)).argv == argv and seen,
+        wait_for(
+            lambda: info(process.pid).argv == argv,
             timeout=10,
             what="the child's command line in /proc",
         )
+        found = info(process.pid)
         assert found.argv == argv
         assert found.parent == os.getpid()
         assert not found.ended
