@@ -28,14 +28,13 @@ import pytest
 from hl7.ack import parse_ack
 from hl7.mllp.client import MllpClient
 
-from cluster_nodes import ClusterNode, cluster_environment
+from cluster_nodes import ClusterNode, two_nodes
 from dicom_factory import GeneratedStudy, make_study
 from dicom_senders import storescu_dcmtk
 from findscu import find_dcmtk, findscu_keys
 from his_simulator import HisSimulator, Received
 from hl7_samples import ORM_NW_251, with_field
 from stack import STACK_ADMIN_PASSWORD, wait_for
-from testapp import admin_execute, fresh_database, with_database
 from webhook_receiver import WebhookReceiver
 
 pytestmark = pytest.mark.orthanc
@@ -64,7 +63,6 @@ class Cluster:
     b: ClusterNode
     his: HisSimulator
     notifications: WebhookReceiver
-    work_dir: Path
 
     @property
     def nodes(self) -> tuple[ClusterNode, ClusterNode]:
@@ -110,38 +108,24 @@ def cluster(
 ) -> Iterator[Cluster]:
     """Node A started, then node B (started one after the other: both would create Orthanc's
     index schema at once), on a database of their own and an Orthanc index of their own."""
-    kind = request.config.getoption("--database")
-    if kind != "postgresql":
-        pytest.skip("a cluster shares PostgreSQL: run with --database postgresql")
-    server = request.config.getoption("--postgres-url")
-    work = tmp_path_factory.mktemp("cluster")
-    index = f"radtest_orthanc_{uuid.uuid4().hex[:12]}"
-    admin_execute(server, f'CREATE DATABASE "{index}"')
     his = HisSimulator().start()
     notifications = WebhookReceiver().start()
-    nodes: list[ClusterNode] = []
     try:
-        with fresh_database(kind, server, database_template, work) as database_url:
-            storage = work / "storage"
-            shared = cluster_environment(
-                database_url=database_url,
-                orthanc_index_url=orthanc_url(with_database(server, index)),
-                storage_dir=storage,
-                lease_seconds=LEASE_SECONDS,
-                his_port=his.port,
-                notification_url=notifications.url,
-                # A held HIS or notification service keeps a node waiting, not retrying.
-                HIS_MLLP_TIMEOUT="30",
-                NOTIFICATION_TIMEOUT="30",
-                RESULT_RETRY_MAX_DELAY=str(RETRY_MAX_DELAY),
-                NOTIFICATION_RETRY_MAX_DELAY=str(RETRY_MAX_DELAY),
-                CRITICAL_FINDING_ESCALATION_CONTACTS=ESCALATION_CONTACT,
-            )
-            for name in ("node-a", "node-b"):
-                node = ClusterNode.on_free_ports(name, work / name, shared)
-                nodes.append(node)
-                node.start().wait_ready()
-            a, b = nodes
+        with two_nodes(
+            request,
+            tmp_path_factory,
+            database_template,
+            label="cluster",
+            lease_seconds=LEASE_SECONDS,
+            his_port=his.port,
+            notification_url=notifications.url,
+            # A held HIS or notification service keeps a node waiting, not retrying.
+            HIS_MLLP_TIMEOUT="30",
+            NOTIFICATION_TIMEOUT="30",
+            RESULT_RETRY_MAX_DELAY=str(RETRY_MAX_DELAY),
+            NOTIFICATION_RETRY_MAX_DELAY=str(RETRY_MAX_DELAY),
+            CRITICAL_FINDING_ESCALATION_CONTACTS=ESCALATION_CONTACT,
+        ) as (a, b):
             created = a.api(
                 "POST",
                 "/api/users",
@@ -152,23 +136,13 @@ def cluster(
                 },
             )
             assert created.status_code == 201, created.text
-            yield Cluster(a, b, his, notifications, work)
+            yield Cluster(a, b, his, notifications)
             # A test that failed while holding them: nothing waits on them at the end.
             his.release()
             notifications.release()
-            for node in nodes:
-                node.stop()
     finally:
-        for node in nodes:
-            node.kill_group()
         his.stop()
         notifications.stop()
-        admin_execute(server, f'DROP DATABASE IF EXISTS "{index}" WITH (FORCE)')
-
-
-def orthanc_url(sqlalchemy_url: str) -> str:
-    """ORTHANC_INDEX_URL is libpq's form: postgresql://, no driver."""
-    return sqlalchemy_url.replace("postgresql+psycopg://", "postgresql://", 1)
 
 
 @pytest.fixture(scope="module")

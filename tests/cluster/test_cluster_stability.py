@@ -12,18 +12,16 @@ lease and asks that node's Orthanc.
 from __future__ import annotations
 
 import time
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
 import pytest
 
-from cluster_nodes import ClusterNode, cluster_environment
+from cluster_nodes import ClusterNode, two_nodes
 from dicom_factory import make_study
 from dicom_senders import storescu_dcmtk
 from his_simulator import HisSimulator
-from testapp import admin_execute, fresh_database, with_database
 from webhook_receiver import WebhookReceiver
 
 pytestmark = pytest.mark.orthanc
@@ -42,42 +40,23 @@ def nodes(
     tmp_path_factory: pytest.TempPathFactory,
     database_template: str,
 ) -> Iterator[tuple[ClusterNode, ClusterNode]]:
-    kind = request.config.getoption("--database")
-    if kind != "postgresql":
-        pytest.skip("a cluster shares PostgreSQL: run with --database postgresql")
-    server = request.config.getoption("--postgres-url")
-    work = tmp_path_factory.mktemp("stability")
-    index = f"radtest_orthanc_{uuid.uuid4().hex[:12]}"
-    admin_execute(server, f'CREATE DATABASE "{index}"')
     his = HisSimulator().start()
     notifications = WebhookReceiver().start()
-    started: list[ClusterNode] = []
     try:
-        with fresh_database(kind, server, database_template, work) as database_url:
-            shared = cluster_environment(
-                database_url=database_url,
-                orthanc_index_url=with_database(server, index).replace(
-                    "postgresql+psycopg://", "postgresql://", 1
-                ),
-                storage_dir=work / "storage",
-                lease_seconds=LEASE_SECONDS,
-                his_port=his.port,
-                notification_url=notifications.url,
-                STABLE_AGE=str(STABLE_AGE),
-            )
-            for name in ("node-a", "node-b"):
-                node = ClusterNode.on_free_ports(name, work / name, shared)
-                started.append(node)
-                node.start().wait_ready()
-            yield started[0], started[1]
-            for node in started:
-                node.stop()
+        with two_nodes(
+            request,
+            tmp_path_factory,
+            database_template,
+            label="stability",
+            lease_seconds=LEASE_SECONDS,
+            his_port=his.port,
+            notification_url=notifications.url,
+            STABLE_AGE=str(STABLE_AGE),
+        ) as started:
+            yield started
     finally:
-        for node in started:
-            node.kill_group()
         his.stop()
         notifications.stop()
-        admin_execute(server, f'DROP DATABASE IF EXISTS "{index}" WITH (FORCE)')
 
 
 def orthanc_is_stable(node: ClusterNode, study_instance_uid: str) -> bool | None:

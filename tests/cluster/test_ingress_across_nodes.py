@@ -17,11 +17,10 @@ from pathlib import Path
 import httpx
 import pytest
 
-from cluster_nodes import ClusterNode, cluster_environment
+from cluster_nodes import ClusterNode, two_nodes
 from dicom_factory import make_study
 from dicom_senders import storescu_dcmtk
 from stack import free_port
-from testapp import admin_execute, fresh_database, with_database
 
 pytestmark = pytest.mark.orthanc
 
@@ -39,38 +38,17 @@ def nodes(
 ) -> Iterator[tuple[ClusterNode, ClusterNode]]:
     """Two nodes on one database, one Orthanc index and one storage folder, started one after
     the other (both would create Orthanc's index schema at once)."""
-    kind = request.config.getoption("--database")
-    if kind != "postgresql":
-        pytest.skip("a cluster shares PostgreSQL: run with --database postgresql")
-    server = request.config.getoption("--postgres-url")
-    work = tmp_path_factory.mktemp("ingress-cluster")
-    index = f"radtest_orthanc_{uuid.uuid4().hex[:12]}"
-    admin_execute(server, f'CREATE DATABASE "{index}"')
-    started: list[ClusterNode] = []
-    try:
-        with fresh_database(kind, server, database_template, work) as database_url:
-            shared = cluster_environment(
-                database_url=database_url,
-                orthanc_index_url=with_database(server, index).replace(
-                    "postgresql+psycopg://", "postgresql://", 1
-                ),
-                storage_dir=work / "storage",
-                lease_seconds=15.0,
-                # Nothing here sends a result or a notification: nobody listens there.
-                his_port=free_port(),
-                notification_url=f"http://127.0.0.1:{free_port()}/notify",
-            )
-            for name in ("node-a", "node-b"):
-                node = ClusterNode.on_free_ports(name, work / name, shared)
-                started.append(node)
-                node.start().wait_ready()
-            yield started[0], started[1]
-            for node in started:
-                node.stop()
-    finally:
-        for node in started:
-            node.kill_group()
-        admin_execute(server, f'DROP DATABASE IF EXISTS "{index}" WITH (FORCE)')
+    with two_nodes(
+        request,
+        tmp_path_factory,
+        database_template,
+        label="ingress-cluster",
+        lease_seconds=15.0,
+        # Nothing here sends a result or a notification: nobody listens there.
+        his_port=free_port(),
+        notification_url=f"http://127.0.0.1:{free_port()}/notify",
+    ) as started:
+        yield started
 
 
 def orthanc_patients(node: ClusterNode, study_instance_uid: str) -> list[str]:

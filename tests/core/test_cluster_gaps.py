@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import cast
 
 import pytest
+from lease_nodes import LEASE_SECONDS, insert_order, make_node, postgresql_only
 from sqlalchemy import Engine, text
 from sqlalchemy.engine import make_url
 from sqlmodel import Session
@@ -41,49 +42,6 @@ from sidecar.results.service import RESULT_MESSAGE_TYPE
 
 from stack import wait_for
 from testapp import app_settings
-
-SECRET = "cluster-test-secret-" + "s" * 40
-LEASE_SECONDS = 3.0  # the least the setting allows: leases of 2 s, renewed every 0.5 s
-
-
-def make_node(engine: Engine, database_url: str, name: str) -> Cluster:
-    return Cluster(
-        engine,
-        node_name=name,
-        lease_seconds=LEASE_SECONDS,
-        jwt_secret=SECRET,
-        database_url=database_url,
-    )
-
-
-@pytest.fixture
-def nodes(engine: Engine, database_url: str) -> Iterator[list[Cluster]]:
-    made: list[Cluster] = []
-    yield made
-    for node in made:
-        node.stop()
-
-
-def postgresql_only(database_url: str) -> None:
-    if not database_url.startswith("postgresql"):
-        pytest.skip("several nodes share PostgreSQL only (SQLite refuses a second node)")
-
-
-def insert_order(engine: Engine, accession: str, uid: str) -> int:
-    """An order committed by another node (its own connection): the trigger notifies it."""
-    with engine.begin() as connection:
-        order_id: int = connection.execute(
-            text(
-                "INSERT INTO imaging_order (accession_number, study_instance_uid, patient_id,"
-                " modality, status, priority, source, created_at, updated_at)"
-                " VALUES (:accession, :uid, 'P1', 'CT', 'SCHEDULED', 'ROUTINE', 'API', now(),"
-                " now())"
-                " RETURNING id"
-            ),
-            {"accession": accession, "uid": uid},
-        ).scalar_one()
-    return order_id
-
 
 # -- the worklist on every node ----------------------------------------------------------------
 

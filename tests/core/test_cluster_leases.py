@@ -8,12 +8,12 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Iterator
 from datetime import timedelta
 from pathlib import Path
 
 import pytest
 from alembic import command
+from lease_nodes import INSERT_ORDER, LEASE_SECONDS, make_node, postgresql_only
 from sqlalchemy import Engine, text
 from sqlmodel import Session, col, func, select
 
@@ -32,39 +32,6 @@ from sidecar.tables import metadata
 
 from stack import wait_for
 from testapp import app_settings
-
-SECRET = "cluster-test-secret-" + "s" * 40
-LEASE_SECONDS = 3.0  # the least the setting allows: leases of 2 s, renewed every 0.5 s
-
-
-def make_node(
-    engine: Engine,
-    database_url: str,
-    name: str,
-    *,
-    secret: str = SECRET,
-    lease_seconds: float = LEASE_SECONDS,
-) -> Cluster:
-    return Cluster(
-        engine,
-        node_name=name,
-        lease_seconds=lease_seconds,
-        jwt_secret=secret,
-        database_url=database_url,
-    )
-
-
-@pytest.fixture
-def nodes(engine: Engine, database_url: str) -> Iterator[list[Cluster]]:
-    made: list[Cluster] = []
-    yield made
-    for node in made:
-        node.stop()
-
-
-def postgresql_only(database_url: str) -> None:
-    if not database_url.startswith("postgresql"):
-        pytest.skip("several nodes share PostgreSQL only (SQLite refuses a second node)")
 
 
 def holder(engine: Engine, job: str) -> JobLease | None:
@@ -249,13 +216,7 @@ class TestNotifications:
         wait_for(lambda: b.listening, timeout=10, what="node B listening")
         with engine.begin() as connection:
             order_id = connection.execute(
-                text(
-                    "INSERT INTO imaging_order (accession_number, study_instance_uid, patient_id,"
-                    " modality, status, priority, source, created_at, updated_at)"
-                    " VALUES ('ACC-CLUSTER-1', '1.2.826.0.1.1', 'P1', 'CT', 'SCHEDULED',"
-                    " 'ROUTINE', 'API', now(), now())"
-                    " RETURNING id"
-                )
+                INSERT_ORDER, {"accession": "ACC-CLUSTER-1", "uid": "1.2.826.0.1.1"}
             ).scalar_one()
             assert heard == [], "notified before the commit"
         wait_for(lambda: heard == [str(order_id)], timeout=5, what="the order's id notified")
@@ -273,14 +234,7 @@ class TestNotifications:
         b.start()
         wait_for(lambda: b.listening, timeout=10, what="node B listening")
         with engine.connect() as connection:
-            connection.execute(
-                text(
-                    "INSERT INTO imaging_order (accession_number, study_instance_uid, patient_id,"
-                    " modality, status, priority, source, created_at, updated_at)"
-                    " VALUES ('ACC-CLUSTER-2', '1.2.826.0.1.2', 'P1', 'CT', 'SCHEDULED',"
-                    " 'ROUTINE', 'API', now(), now())"
-                )
-            )
+            connection.execute(INSERT_ORDER, {"accession": "ACC-CLUSTER-2", "uid": "1.2.826.0.1.2"})
             connection.rollback()
         b.notify("test_channel", "after")  # notifications arrive in commit order
         wait_for(lambda: heard, timeout=5, what="the marker notification")

@@ -17,16 +17,19 @@ import os
 import signal
 import subprocess
 import sys
-from collections.abc import Mapping
+import uuid
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
 import httpx
+import pytest
 
 from sidecar.launcher import processes as child_process
 from sidecar.launcher.processes import ProcessInfo
 
 from stack import STACK_ADMIN_PASSWORD, STACK_JWT_SECRET, STACK_PLUGIN_TOKEN, free_port, wait_for
+from testapp import admin_execute, fresh_database, with_database
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -317,3 +320,53 @@ def cluster_environment(
         "TIMEZONE": "Europe/Brussels",
         **extra,
     }
+
+
+@contextlib.contextmanager
+def two_nodes(
+    request: pytest.FixtureRequest,
+    tmp_path_factory: pytest.TempPathFactory,
+    database_template: str,
+    *,
+    label: str,
+    lease_seconds: float,
+    his_port: int,
+    notification_url: str,
+    **extra: str,
+) -> Iterator[tuple[ClusterNode, ClusterNode]]:
+    """Node A started, then node B (one after the other: both would create Orthanc's index
+    schema at once), on a sidecar database and an Orthanc index of their own, dropped after;
+    skips unless the run is on PostgreSQL. `extra`: more variables for both (README names)."""
+    kind = request.config.getoption("--database")
+    if kind != "postgresql":
+        pytest.skip("a cluster shares PostgreSQL: run with --database postgresql")
+    server = request.config.getoption("--postgres-url")
+    work = tmp_path_factory.mktemp(label)
+    index = f"radtest_orthanc_{uuid.uuid4().hex[:12]}"
+    admin_execute(server, f'CREATE DATABASE "{index}"')
+    started: list[ClusterNode] = []
+    try:
+        with fresh_database(kind, server, database_template, work) as database_url:
+            shared = cluster_environment(
+                database_url=database_url,
+                # libpq's form: postgresql://, no driver.
+                orthanc_index_url=with_database(server, index).replace(
+                    "postgresql+psycopg://", "postgresql://", 1
+                ),
+                storage_dir=work / "storage",
+                lease_seconds=lease_seconds,
+                his_port=his_port,
+                notification_url=notification_url,
+                **extra,
+            )
+            for name in ("node-a", "node-b"):
+                node = ClusterNode.on_free_ports(name, work / name, shared)
+                started.append(node)
+                node.start().wait_ready()
+            yield started[0], started[1]
+            for node in started:
+                node.stop()
+    finally:
+        for node in started:
+            node.kill_group()
+        admin_execute(server, f'DROP DATABASE IF EXISTS "{index}" WITH (FORCE)')
