@@ -37,6 +37,7 @@ what says whether they would be on two machines (goal: two nodes within 10% of o
 from __future__ import annotations
 
 import argparse
+import functools
 import os
 import statistics
 import sys
@@ -50,6 +51,7 @@ from pathlib import Path
 
 import sqlalchemy as sa
 from hl7_intake import orders  # first: puts tests/support on sys.path
+from ingest import make_load
 from sidecar_process import SERVER, _fresh_database
 
 from hl7.ack import parse_ack
@@ -59,7 +61,7 @@ from sidecar.launcher import processes as child_process
 from cluster_nodes import ClusterNode
 from dicom_factory import GeneratedStudy, make_study
 from dicom_senders import storescu_dcmtk
-from figures import percentile  # bench/, beside this script
+from figures import percentile, seconds_for  # bench/, beside this script
 from stack import STACK_ADMIN_PASSWORD, STACK_JWT_SECRET, STACK_PLUGIN_TOKEN, wait_for
 
 TICKS = os.sysconf("SC_CLK_TCK")
@@ -213,19 +215,6 @@ def running_cluster(server: str, work: Path, count: int, stable_age: int) -> Ite
 # --- the loads --------------------------------------------------------------------------------
 
 
-def make_load(directory: Path, studies: int, per_study: int) -> list[GeneratedStudy]:
-    return [
-        make_study(
-            directory / f"study{n}",
-            series_count=2,
-            instances_per_series=per_study // 2,
-            rows=128,
-            columns=128,
-        )
-        for n in range(studies)
-    ]
-
-
 def registered(node: ClusterNode, expected: dict[str, int]) -> bool:
     """Whether the sidecar lists every study of `expected` with all its instances."""
     counts = {s["studyInstanceUID"]: s["instanceCount"] for s in node.studies()}
@@ -245,13 +234,7 @@ def send_studies(cluster: Cluster, load: list[GeneratedStudy]) -> float:
                 failures.append(f"{node.name}: {result.failed[:3]}")
                 return
 
-    threads = [threading.Thread(target=sender, args=(n,)) for n in range(SENDERS)]
-    started = time.perf_counter()
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
-    elapsed = time.perf_counter() - started
+    elapsed = seconds_for(functools.partial(sender, n) for n in range(SENDERS))
     if failures:
         raise SystemExit(f"C-STORE failed: {failures[0]}")
     return elapsed
@@ -279,13 +262,7 @@ def send_orders(
         with lock:
             latencies.extend(mine)
 
-    threads = [threading.Thread(target=worker, args=(n,)) for n in range(connections)]
-    started = time.perf_counter()
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
-    elapsed = time.perf_counter() - started
+    elapsed = seconds_for(functools.partial(worker, n) for n in range(connections))
     if failures:
         raise SystemExit(f"{len(failures)} messages not accepted, e.g. {failures[0]}")
     return elapsed, latencies

@@ -24,6 +24,7 @@ changes a record and is committed before its AA.
 from __future__ import annotations
 
 import argparse
+import functools
 import os
 import statistics
 import threading
@@ -41,7 +42,7 @@ from sidecar_process import (  # first: puts tests/support on sys.path
 from hl7.ack import parse_ack
 from hl7.mllp.client import MllpClient
 
-from figures import percentile  # bench/, beside this script
+from figures import percentile, seconds_for  # bench/, beside this script
 from hl7_samples import ADT_A08_251, ORM_NW_251, with_field
 from stack import wait_for
 
@@ -127,13 +128,7 @@ def run(port: int, connections: int, messages: list[str]) -> tuple[float, list[f
         with lock:
             latencies.extend(mine)
 
-    threads = [threading.Thread(target=worker, args=(share,)) for share in shares]
-    started = time.perf_counter()
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
-    elapsed = time.perf_counter() - started
+    elapsed = seconds_for(functools.partial(worker, share) for share in shares)
     if failures:
         raise SystemExit(f"{len(failures)} messages not accepted, e.g. {failures[0]}")
     return len(messages) / elapsed, latencies
