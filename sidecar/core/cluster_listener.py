@@ -69,7 +69,8 @@ class NodeListener:
                         self._caught_up()
                     first = False
                     while not stopping.is_set():
-                        for notice in connection.notifies(timeout=1.0):
+                        # A short wait: a stopping node is not held up by its listener.
+                        for notice in connection.notifies(timeout=0.2):
                             self._deliver(notice.channel, notice.payload)
                         silent_for = time.monotonic() - self._last_echo
                         if self.expect_echoes and silent_for > self._echo_timeout:
