@@ -41,6 +41,7 @@ from sidecar.ingest.sync import OrthancSync
 from sidecar.lifecycle import lifespan, run_under_leases
 from sidecar.mpps.router import router as performed_steps_router
 from sidecar.mpps.scp import MppsListener
+from sidecar.operations.alarms import DiskWatch
 from sidecar.operations.health import router as health_router
 from sidecar.orders.events import ORDER_CHANGES_CHANNEL, OrderEvents
 from sidecar.orders.listener import OrderListener
@@ -299,6 +300,12 @@ def build_services(
     services.add(
         ReadingOverdue(
             engine, reading_policy, clock=clock, on_queued=notifier.wake if notifier else None
+        )
+    )
+    services.add(
+        DiskWatch(
+            {"orthancStorage": settings.orthanc_storage_dir, "dataDirectory": settings.data_dir},
+            settings.disk_min_free_percent,
         )
     )
     front = services.add(build_viewer_front(settings, engine, clock=clock), ViewerFront)

@@ -253,6 +253,12 @@ class Settings(BaseSettings):
     # sidecar's, to catch what a lost plugin notice missed (sidecar.ingest.deletion_watch).
     orthanc_reconcile_seconds: float = Field(default=300.0, gt=0)
 
+    # Alarms in /health (sidecar.operations.alarms): 503 when the disk of ORTHANC_STORAGE_DIR or
+    # of DATA_DIR has less free than this; 200 `degraded` when a queue's oldest item (a result
+    # for the HIS, a notification, a registration...) has waited longer than this.
+    disk_min_free_percent: float = Field(default=10.0, ge=0, le=100)
+    backlog_warn_seconds: float = Field(default=300.0, gt=0)
+
     @model_validator(mode="after")
     def _derive_and_check(self) -> Settings:
         if not self.database_url:

@@ -26,6 +26,7 @@ from sidecar.ingest.orthanc_client import OrthancClient, OrthancError
 from sidecar.ingest.sync import OrthancSync
 from sidecar.mpps.models import PerformedProcedureStep
 from sidecar.mpps.scp import MppsListener
+from sidecar.operations.alarms import DiskWatch, backlog_ages, oldest_waiting
 from sidecar.orders.listener import OrderListener
 from sidecar.patients import image_updates
 from sidecar.patients.image_updates import ImageUpdater, ImageUpdaterDep
@@ -100,10 +101,38 @@ def _cluster(cluster: Cluster) -> dict[str, Any]:
     }
 
 
-def _answer(checks: dict[str, dict[str, Any]], **extra: Any) -> JSONResponse:
-    healthy = all(check["status"] == "up" for check in checks.values())
-    body = {"status": "ok" if healthy else "unavailable", "checks": checks, **extra}
-    return JSONResponse(body, status_code=200 if healthy else 503)
+def _answer(
+    checks: dict[str, dict[str, Any]],
+    reasons: list[str] | None = None,
+    warnings: list[str] | None = None,
+    **extra: Any,
+) -> JSONResponse:
+    """503 `unavailable` when a check is down, with the reasons; else 200, `degraded` with the
+    warnings when there are any, `ok` otherwise."""
+    reasons = [
+        *(
+            f"{name}: {check.get('error', 'down')}"
+            for name, check in checks.items()
+            if check["status"] != "up" and name != "disk"
+        ),
+        *(reasons or ()),
+    ]
+    status = "unavailable" if reasons else "degraded" if warnings else "ok"
+    body: dict[str, Any] = {"status": status, "checks": checks}
+    if reasons:
+        body["reasons"] = reasons
+    if warnings:
+        body["warnings"] = warnings
+    return JSONResponse({**body, **extra}, status_code=503 if reasons else 200)
+
+
+def _backlogs(engine: Engine, settings: Settings) -> tuple[dict[str, Any], list[str]]:
+    try:
+        with Session(engine) as session:
+            oldest = oldest_waiting(session)
+    except Exception as exc:
+        return {"error": type(exc).__name__}, []
+    return backlog_ages(oldest, utcnow(), settings.backlog_warn_seconds)
 
 
 def _studies(engine: Engine) -> dict[str, Any]:
@@ -329,10 +358,16 @@ def health(
     remover: ImageRemoverDep,
     sweep: DeidentificationSweepDep,
     cluster: Annotated[Cluster, Depends(provide(Cluster))],
+    disks: Annotated[DiskWatch, Depends(provide(DiskWatch))],
 ) -> JSONResponse:
+    disk, full = disks.check()
+    backlogs, late = _backlogs(engine, settings)
     return _answer(
-        {"database": _database(engine), "orthanc": _orthanc(orthanc)},
+        {"database": _database(engine), "orthanc": _orthanc(orthanc), "disk": disk},
+        full,
+        late,
         node=settings.node_name,
+        backlogs=backlogs,
         cluster=_cluster(cluster),
         sync=_sync(sync, engine),
         studies=_studies(engine),
