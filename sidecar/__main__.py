@@ -18,7 +18,7 @@ def main() -> None:
         settings = Settings()
     except SecretFileError as exc:
         raise SystemExit(f"sidecar: {exc}") from None
-    configure_logging(settings.log_level)
+    configure_logging(settings.log_level, settings.log_format, settings.node_name)
     uvicorn.run(
         create_app(settings),
         host=settings.sidecar_host,

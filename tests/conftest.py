@@ -23,12 +23,13 @@ from sidecar.accounts import security
 from sidecar.accounts.models import Role, User
 from sidecar.accounts.security import hash_password
 from sidecar.core.database import make_engine, migrate
-from sidecar.core.logs import PatientSafeFormatter, quiet_loggers_that_print_urls
+from sidecar.core.logs import formatter_for, quiet_loggers_that_print_urls
 from sidecar.core.settings import Settings
 from sidecar.launcher.orthanc import OrthancLayout, OrthancProcess
 from sidecar.main import create_app
 from sidecar.tables import metadata
 
+import json_log
 import patient_data
 from finding_helpers import FakeClock
 from stack import Stack, free_port
@@ -89,26 +90,38 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 
 @pytest.fixture(scope="session", autouse=True)
 def logs_hold_no_patient_data(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
-    """Every log record of the whole run, written as the service writes them (its formatter,
-    INFO and up), then searched for the patient data the tests used: none may be there.
+    """Every log record of the whole run, written as the service writes them (its formatters,
+    INFO and up) in both LOG_FORMATs, then searched for the patient data the tests used: none
+    may be there. Every JSON line must be one JSON object with the service's fields; its values
+    are searched decoded (a name is escaped in the line itself).
 
     Orthanc's own logs are files of their own per test; tests/ingest/test_ingest_hostile.py reads
     them."""
-    path = tmp_path_factory.mktemp("logs") / "service.log"
-    handler = logging.FileHandler(path, encoding="utf-8")
-    handler.setFormatter(PatientSafeFormatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
-    handler.setLevel(logging.INFO)
+    folder = tmp_path_factory.mktemp("logs")
+    path, json_path = folder / "service.log", folder / "service.jsonl"
+    handlers = [logging.FileHandler(path, encoding="utf-8")]
+    handlers[0].setFormatter(formatter_for("text"))
+    handlers.append(logging.FileHandler(json_path, encoding="utf-8"))
+    handlers[1].setFormatter(formatter_for("json", "test-node"))
     quiet_loggers_that_print_urls()  # as the service does (sidecar.core.logs)
     root = logging.getLogger()
     level = root.level
-    root.addHandler(handler)
+    for handler in handlers:
+        handler.setLevel(logging.INFO)
+        root.addHandler(handler)
     root.setLevel(min(level, logging.INFO))
     yield path
-    root.removeHandler(handler)
+    for handler in handlers:
+        root.removeHandler(handler)
+        handler.close()
     root.setLevel(level)
-    handler.close()
     leaked = patient_data.found_in(path.read_text(encoding="utf-8", errors="replace"))
     assert not leaked, "patient data in the service's log lines:\n" + "\n".join(leaked)
+    json_lines = json_path.read_text(encoding="utf-8", errors="replace")
+    assert json_lines, "no JSON log line written"
+    leaked = patient_data.found_in(json_lines)
+    leaked += patient_data.found_in("\n".join(json_log.decoded_lines(json_lines)))
+    assert not leaked, "patient data in the service's JSON log lines:\n" + "\n".join(leaked)
 
 
 # The service hashes passwords with Argon2id at the recommended cost (64 MiB, 3 passes): a

@@ -19,6 +19,7 @@ from pydantic import BaseModel
 from sqlalchemy.orm.exc import StaleDataError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from sidecar.core import correlation
 from sidecar.core.errors import ConflictingState, Refusal
 
 log = logging.getLogger(__name__)
@@ -116,4 +117,7 @@ def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(Exception)
     async def _unexpected(_: Request, exc: Exception) -> JSONResponse:
         log.error("unhandled error", exc_info=exc)
-        return JSONResponse(error_body("internal_error", "internal server error"), 500)
+        # Answered outside the access log's middleware: the request's id said here.
+        request_id = correlation.current()
+        headers = {"X-Request-ID": request_id} if request_id else None
+        return JSONResponse(error_body("internal_error", "internal server error"), 500, headers)

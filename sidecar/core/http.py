@@ -1,5 +1,6 @@
-"""ASGI middleware every request goes through: the access log (route templates only), the
-refusal of NUL characters in paths and query strings, and the security headers."""
+"""ASGI middleware every request goes through: the access log (route templates only) and the
+request's id, the refusal of NUL characters in paths and query strings, and the security
+headers."""
 
 from __future__ import annotations
 
@@ -10,9 +11,12 @@ from collections.abc import Sequence
 from starlette.responses import JSONResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from sidecar.core import correlation
 from sidecar.core.api_errors import error_body
 
 log = logging.getLogger("sidecar.http")
+
+REQUEST_ID_HEADER = b"x-request-id"
 
 
 class AccessLog:
@@ -21,7 +25,13 @@ class AccessLog:
 
     Plain ASGI rather than `app.middleware("http")`: that wrapper relays every body chunk
     through an in-memory stream, a cost each proxied DICOMweb answer would pay. The time
-    logged runs to the end of the body."""
+    logged runs to the end of the body.
+
+    Every request gets an id (sidecar.core.correlation): its X-Request-ID when that is an
+    acceptable one, else a new one. Every line the request causes carries it, the access line
+    included, and every answer says it in X-Request-ID: refusals and errors too, as this is the
+    outermost of the service's middleware (the answer to an unhandled error, made outside it,
+    adds it itself: sidecar.core.api_errors)."""
 
     def __init__(self, app: ASGIApp) -> None:
         self.app = app
@@ -32,11 +42,18 @@ class AccessLog:
             return
         started = time.perf_counter()
         status = 500
+        request_id, token = correlation.bind(header_value(scope, REQUEST_ID_HEADER))
+        echoed = (REQUEST_ID_HEADER, request_id.encode())
 
         async def remember_status(message: Message) -> None:
             nonlocal status
             if message["type"] == "http.response.start":
                 status = message["status"]
+                headers = message.get("headers", [])
+                message["headers"] = [
+                    *(h for h in headers if bytes(h[0]).lower() != REQUEST_ID_HEADER),
+                    echoed,
+                ]
             await send(message)
 
         try:
@@ -49,6 +66,18 @@ class AccessLog:
                 status,
                 (time.perf_counter() - started) * 1000,
             )
+        # Only when the request ended well: an unhandled error is logged and answered after
+        # this (by Starlette's ServerErrorMiddleware, then the server), under the same id. The
+        # context is the request's own task's, gone with it.
+        correlation.unbind(token)
+
+
+def header_value(scope: Scope, name: bytes) -> bytes | None:
+    """The first value of the request header `name` (lower case), if any."""
+    for key, value in scope.get("headers", ()):
+        if key == name:
+            return bytes(value)
+    return None
 
 
 class RefuseNul:

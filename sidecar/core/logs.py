@@ -1,4 +1,11 @@
-"""Process-wide logging: one line per event, no patient data (see sidecar.main.AccessLog).
+"""Process-wide logging: one line per event, no patient data (see sidecar.core.http.AccessLog).
+
+LOG_FORMAT chooses the lines: `text` (the default: time, level, logger, message) or `json`, one
+JSON object per line for a log store (Loki, Elasticsearch): `time` (ISO 8601, UTC), `level`,
+`logger`, `message`, `node` (NODE_NAME), `requestId` when the line was logged for an API
+request, an HL7 message, a registration or an outbox delivery (sidecar.core.correlation), and
+`exception`, the traceback, formatted as below. JSON lines are pure ASCII, every other character
+escaped: nothing in a message can break a line or a reader's decoding.
 
 Tracebacks are where patient data leaks: a database driver's error quotes the failing row
 (PostgreSQL's `DETAIL: Failing row contains (...)`), SQLAlchemy appends the statement's
@@ -10,13 +17,20 @@ errors ...) are written never to quote patient data, and keep theirs.
 
 from __future__ import annotations
 
+import json
 import logging
 import traceback
+from datetime import UTC, datetime
 from types import TracebackType
+from typing import Any
+
+from sidecar.core import correlation
 
 #: Packages whose exception messages are written for logs (ids, codes, field positions).
 OWN_PACKAGES = frozenset({"sidecar", "hl7"})
 WITHHELD = "(message withheld: it may quote patient data)"
+LOG_FORMATS = ("text", "json")
+TEXT_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 
 ExcInfo = tuple[type[BaseException], BaseException, TracebackType | None]
 
@@ -65,11 +79,58 @@ def _is_own(kind: type[BaseException]) -> bool:
     return kind.__module__.split(".", 1)[0] in OWN_PACKAGES
 
 
-def configure_logging(level: str) -> None:
+class JsonFormatter(PatientSafeFormatter):
+    """One JSON object per line (see the module's docstring); `node` is this node's name."""
+
+    def __init__(self, node: str = "") -> None:
+        super().__init__()
+        self.node = node
+
+    def format(self, record: logging.LogRecord) -> str:
+        entry: dict[str, Any] = {
+            "time": datetime.fromtimestamp(record.created, UTC)
+            .isoformat(timespec="milliseconds")
+            .replace("+00:00", "Z"),
+            "level": record.levelname,
+            "logger": record.name,
+            "message": record.getMessage(),
+            "node": self.node,
+        }
+        request_id = correlation.current()
+        if request_id is not None:
+            entry["requestId"] = request_id
+        if record.exc_info and record.exc_info[1] is not None:
+            entry["exception"] = self.formatException(record.exc_info)
+        if record.stack_info:
+            entry["stack"] = self.formatStack(record.stack_info)
+        return json.dumps(entry, ensure_ascii=True, default=str)
+
+
+def formatter_for(log_format: str, node: str = "") -> logging.Formatter:
+    """The service's formatter for LOG_FORMAT `log_format`."""
+    if log_format == "json":
+        return JsonFormatter(node)
+    if log_format == "text":
+        return PatientSafeFormatter(TEXT_FORMAT)
+    raise ValueError(f"LOG_FORMAT is one of {', '.join(LOG_FORMATS)}, not {log_format!r}")
+
+
+# What configure_logging last set up: the worklist writer process logs the same way.
+_style = ("text", "")
+
+
+def configure_logging(level: str, log_format: str = "text", node: str = "") -> None:
+    global _style
     handler = logging.StreamHandler()
-    handler.setFormatter(PatientSafeFormatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    handler.setFormatter(formatter_for(log_format, node))
     logging.basicConfig(level=level.upper(), handlers=[handler])
+    _style = (log_format, node)
     quiet_loggers_that_print_urls()
+
+
+def logging_style() -> tuple[str, str]:
+    """The LOG_FORMAT and node name configure_logging was last given, for a child process's."""
+    return _style
 
 
 def quiet_loggers_that_print_urls() -> None:

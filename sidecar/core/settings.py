@@ -100,6 +100,7 @@ class Settings(BaseSettings):
     data_dir: Path = Path("./var")
     database_url: str = ""
     log_level: str = "INFO"
+    log_format: Literal["text", "json"] = "text"  # json: one object a line (sidecar.core.logs)
 
     sidecar_host: str = "127.0.0.1"
     sidecar_port: int = Field(default=3006, ge=1, le=65535)

@@ -159,7 +159,7 @@ def main() -> None:
         settings = Settings()
     except SecretFileError as exc:
         raise SystemExit(f"make run: {exc}") from None
-    configure_logging(settings.log_level)
+    configure_logging(settings.log_level, settings.log_format, settings.node_name)
     with claim_data_dir(settings.data_dir):  # first: a second launcher here is told so
         refusal = refusal_before_start(
             settings.database_url,

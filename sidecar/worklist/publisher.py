@@ -28,7 +28,7 @@ from sqlalchemy import Engine
 from sqlmodel import Session, col, select
 
 from sidecar.core.database import make_engine
-from sidecar.core.logs import configure_logging
+from sidecar.core.logs import configure_logging, logging_style
 from sidecar.core.processes import exit_with_parent
 from sidecar.orders.models import ImagingOrder, Modality, OrderStatus, Priority
 from sidecar.worklist.directory import WorklistDirectory
@@ -144,6 +144,7 @@ class WorklistPublisher:
                         max_workers=1,
                         mp_context=_writer_context(),
                         initializer=_background_priority,
+                        initargs=logging_style(),  # its lines as the service's (LOG_FORMAT)
                     )
                 where = (directory.path, directory.tz, directory.durable, self._database_url)
                 try:
@@ -236,7 +237,7 @@ def _writer_context() -> multiprocessing.context.BaseContext:
     return context
 
 
-def _background_priority() -> None:
+def _background_priority(log_format: str = "text", node: str = "") -> None:
     """Runs first in the writer process: when the CPUs are busy, the HL7 intake, the API and
     the database go first; the worklist catches up after (measured: one HL7 connection did
     160 orders/s with the writer at normal priority, against 205 with no worklist at all).
@@ -245,9 +246,9 @@ def _background_priority() -> None:
     sidecar, which finishes the batch in hand and stops it (close). A sidecar killed outright
     stops nothing: the writer then ends on its own (it would wait for work forever, keeping
     the forkserver alive with it); a batch cut short is redone from the database at start.
-    Its warnings go to stderr as the sidecar's do, patient data withheld."""
+    Its warnings go to stderr as the sidecar's do, in its LOG_FORMAT, patient data withheld."""
     exit_with_parent()
-    configure_logging("WARNING")
+    configure_logging("WARNING", log_format, node)
     os.nice(WRITER_NICENESS)
     signal.signal(signal.SIGINT, signal.SIG_IGN)
 
