@@ -13,6 +13,9 @@ The server always answers a complete message, whatever happens:
 - the frame exceeded `max_message_size`: AR 207, echoing MSH-10 when the first segment was kept.
 A connection dropped mid-message loses only that partial message (the sender resends it).
 
+`message_scope(header)`, when given, is entered around each message's handling, the log lines
+about it included (the sidecar makes its control id the id of every line it causes).
+
 `stop()` stops accepting, closes idle connections at once, lets messages being handled finish
 (their ACKs are sent) for up to `grace_period` seconds, then cancels what is left: a cancelled
 handler has not sent AA, so the sender resends and nothing acknowledged is lost.
@@ -54,6 +57,7 @@ class Peer:
 
 
 Handler = Callable[[bytes, Peer], Awaitable[bytes]]
+MessageScope = Callable[[MessageHeader | None], contextlib.AbstractContextManager[object]]
 
 
 def local_now() -> datetime:
@@ -80,6 +84,7 @@ class MllpServer:
         max_message_size: int = DEFAULT_MAX_MESSAGE_SIZE,
         clock: Callable[[], datetime] = local_now,
         control_ids: Callable[[], str] = new_control_id,
+        message_scope: MessageScope | None = None,
     ) -> None:
         self._handler = handler
         self._host = host
@@ -89,6 +94,7 @@ class MllpServer:
         self._max_message_size = max_message_size
         self._clock = clock
         self._control_ids = control_ids
+        self._message_scope = message_scope
         self._server: asyncio.Server | None = None
         self._connections: set[_Connection] = set()
         self._stopping = False
@@ -202,7 +208,15 @@ class MllpServer:
             for item in frames.feed(data):
                 if self._stopping:
                     return  # unanswered: the sender resends after reconnecting
-                answer = await self._answer(item, connection.peer)
+                if self._message_scope is None:
+                    answer = await self._answer(item, connection.peer)
+                else:
+                    # The first segment (MSH) is all a header needs: no second decoding of it all.
+                    head = (
+                        item.head if isinstance(item, OversizedMessage) else item.split(b"\r", 1)[0]
+                    )
+                    with self._message_scope(read_header(head)):
+                        answer = await self._answer(item, connection.peer)
                 writer.write(frame(answer))
                 await writer.drain()
 

@@ -35,7 +35,7 @@ from sqlalchemy import Engine, exists
 from sqlalchemy.orm import aliased
 from sqlmodel import Session, col, select
 
-from sidecar.core import audit
+from sidecar.core import audit, correlation
 from sidecar.core.background import BackgroundWorker, backoff_delay, seconds_until_next_attempt
 from sidecar.core.models import utcnow
 from sidecar.core.workflow import move_if
@@ -216,17 +216,21 @@ class FindingNotifier(BackgroundWorker):
 
     def _deliver(self, notification_id: int, payload: dict[str, Any]) -> tuple[float | None, str]:
         """One POST and its recorded outcome: the delay before retrying (None when done) and
-        what went wrong."""
-        started = time.perf_counter()
-        status: int | None = None
-        error: str | None = None
-        try:
-            answer = self._client.post(self._url, json=payload, headers=self._headers)
-            status = answer.status_code
-        except httpx.HTTPError as exc:
-            error = f"{type(exc).__name__}: {exc}"[:500]
-        elapsed_ms = (time.perf_counter() - started) * 1000
-        return self._record(notification_id, status, error, elapsed_ms), error or f"HTTP {status}"
+        what went wrong. Runs on a pool thread: its lines carry the payload's notificationId
+        (sidecar.core.correlation), bound here, which the service is sent as X-Request-ID too."""
+        with correlation.bound(payload.get("notificationId")) as request_id:
+            started = time.perf_counter()
+            status: int | None = None
+            error: str | None = None
+            headers = {**self._headers, "X-Request-ID": request_id}
+            try:
+                answer = self._client.post(self._url, json=payload, headers=headers)
+                status = answer.status_code
+            except httpx.HTTPError as exc:
+                error = f"{type(exc).__name__}: {exc}"[:500]
+            elapsed_ms = (time.perf_counter() - started) * 1000
+            delay = self._record(notification_id, status, error, elapsed_ms)
+        return delay, error or f"HTTP {status}"
 
     def _record(
         self, notification_id: int, status: int | None, error: str | None, elapsed_ms: float

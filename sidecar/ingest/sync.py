@@ -25,7 +25,7 @@ from sqlalchemy import Engine
 from sqlmodel import Session
 
 from hl7.order_status_message import OrderStatusCode
-from sidecar.core import audit
+from sidecar.core import audit, correlation
 from sidecar.core.background import BackgroundWorker
 from sidecar.core.models import utcnow
 from sidecar.ingest.changes import ChangeLog
@@ -229,24 +229,25 @@ class OrthancSync(BackgroundWorker):
         *args: object,
     ) -> object:
         """Runs one registration step, turning failures into queue decisions."""
-        try:
-            return step(*args)
-        except OrthancUnavailable as exc:
-            self._retry_later(pending, str(exc))
-            report.failed.append(pending.orthanc_id)
-            self.status.last_error = str(exc)
-            return _FAILED_ROUND  # Orthanc is down: the rest would fail the same way
-        except OrthancNotFound:
-            self._forget(pending, "study no longer in Orthanc")
-            report.dropped.append(pending.orthanc_id)
-        except IncompleteStudy as exc:
-            self._forget(pending, str(exc))
-            report.dropped.append(pending.orthanc_id)
-        except Exception as exc:  # a bug or a database error: keep the study queued
-            log.exception("registering Orthanc study %s failed", pending.orthanc_id)
-            self._retry_later(pending, type(exc).__name__)
-            report.failed.append(pending.orthanc_id)
-        return _HANDLED
+        with correlation.bound(pending.orthanc_id):  # its lines' id (a hash: no patient data)
+            try:
+                return step(*args)
+            except OrthancUnavailable as exc:
+                self._retry_later(pending, str(exc))
+                report.failed.append(pending.orthanc_id)
+                self.status.last_error = str(exc)
+                return _FAILED_ROUND  # Orthanc is down: the rest would fail the same way
+            except OrthancNotFound:
+                self._forget(pending, "study no longer in Orthanc")
+                report.dropped.append(pending.orthanc_id)
+            except IncompleteStudy as exc:
+                self._forget(pending, str(exc))
+                report.dropped.append(pending.orthanc_id)
+            except Exception as exc:  # a bug or a database error: keep the study queued
+                log.exception("registering Orthanc study %s failed", pending.orthanc_id)
+                self._retry_later(pending, type(exc).__name__)
+                report.failed.append(pending.orthanc_id)
+            return _HANDLED
 
     def _registered(self, pending: PendingStudy, report: RoundReport) -> None:
         self._forget(pending, None)
@@ -391,8 +392,7 @@ class OrthancSync(BackgroundWorker):
             log.warning("dropped Orthanc study %s from the queue: %s", pending.orthanc_id, reason)
 
     def _check_again(self, pending: PendingStudy) -> None:
-        when = self.clock() + timedelta(seconds=self._interval)
-        reschedule(self._engine, pending, when, None, 0)
+        reschedule(self._engine, pending, self.clock() + timedelta(seconds=self._interval), None, 0)
 
     def _retry_later(self, pending: PendingStudy, error: str) -> None:
         attempts = pending.attempts + 1

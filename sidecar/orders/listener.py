@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import logging
+from contextlib import AbstractContextManager
 
+from hl7.header import MessageHeader
 from hl7.mllp.server import MllpServer
+from sidecar.core import correlation
 from sidecar.orders.intake import OrderIntake
 
 log = logging.getLogger(__name__)
@@ -23,7 +26,9 @@ class OrderListener:
     async def start(self) -> None:
         if not self.enabled:
             return
-        self.server = MllpServer(self.intake, host=self.host, port=self._port)
+        self.server = MllpServer(
+            self.intake, host=self.host, port=self._port, message_scope=message_scope
+        )
         await self.server.start()
         log.info("HL7 MLLP listener on %s:%d", self.host, self.server.port)
 
@@ -31,3 +36,9 @@ class OrderListener:
         if self.server is not None:
             await self.server.stop()
             self.server = None
+
+
+def message_scope(header: MessageHeader | None) -> AbstractContextManager[str]:
+    """Every line a message causes carries its control id (MSH-10: not patient data), or a
+    generated id when it has none or an unacceptable one (sidecar.core.correlation)."""
+    return correlation.bound(header.control_id if header is not None else None)

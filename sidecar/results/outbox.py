@@ -31,7 +31,7 @@ from hl7.ack import parse_ack
 from hl7.er7 import encode_message
 from hl7.errors import Hl7Error
 from hl7.mllp.client import MllpClient, MllpError
-from sidecar.core import audit
+from sidecar.core import audit, correlation
 from sidecar.core.background import BackgroundWorker, backoff_delay, seconds_until_next_attempt
 from sidecar.core.dependencies import provide_optional
 from sidecar.core.models import utcnow
@@ -86,12 +86,14 @@ class ResultOutbox(BackgroundWorker):
                 if message is None:
                     return seconds_until_next(session, now)
                 assert message.id is not None
-                message_id, raw = message.id, message.raw
-            try:
-                ack = self._send(raw)
-            except MllpError as exc:
-                return self._record_no_answer(message_id, str(exc))
-            self._record_answer(message_id, ack)
+                message_id, raw, control_id = message.id, message.raw, message.control_id
+            # Every line of this delivery carries its MSH-10 (sidecar.core.correlation).
+            with correlation.bound(control_id):
+                try:
+                    ack = self._send(raw)
+                except MllpError as exc:
+                    return self._record_no_answer(message_id, str(exc))
+                self._record_answer(message_id, ack)
         return None
 
     def _send(self, raw: str) -> bytes:

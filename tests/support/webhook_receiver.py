@@ -22,6 +22,7 @@ class WebhookReceiver:
         self.received: list[dict[str, Any]] = []
         self.arrival_times: list[float] = []  # time.perf_counter() at each arrival
         self.authorizations: list[str | None] = []  # the Authorization header of each
+        self.request_ids: list[str | None] = []  # the X-Request-ID header of each
         self.statuses: list[int] = []  # the status each was answered
         self.answers: list[int] = []  # statuses to answer in turn before 200s
         # Hold each POST until this many are in flight together (or 5 s pass): shows whether
@@ -58,6 +59,7 @@ class WebhookReceiver:
                     receiver.received.append(json.loads(body))
                     receiver.arrival_times.append(time.perf_counter())
                     receiver.authorizations.append(self.headers.get("Authorization"))
+                    receiver.request_ids.append(self.headers.get("X-Request-ID"))
                     status = receiver.answers.pop(0) if receiver.answers else 200
                     receiver.statuses.append(status)
                 self.send_response(status)
