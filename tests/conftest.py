@@ -102,7 +102,7 @@ def logs_hold_no_patient_data(tmp_path_factory: pytest.TempPathFactory) -> Itera
     quiet_loggers_that_print_urls()  # as the service does (sidecar.core.logs)
     root = logging.getLogger()
     level = root.level
-    handlers: list[logging.Handler] = []
+    handlers: list[logging.FileHandler] = []
     for file, log_format in ((path, "text"), (json_path, "json")):
         handler = logging.FileHandler(file, encoding="utf-8")
         handler.setFormatter(formatter_for(log_format, node="test-node"))
