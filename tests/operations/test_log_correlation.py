@@ -119,6 +119,38 @@ def test_an_api_request_is_followed_by_its_x_request_id(hospital: Hospital) -> N
     assert all("requestId" in e for e in entries if e["logger"] == "sidecar.http")
 
 
+def test_an_unhandled_error_is_logged_and_answered_under_its_request_id(
+    hospital: Hospital,
+) -> None:
+    """Logged and answered outside the access log's middleware (Starlette's error middleware,
+    then the server): still under the request's id, the error's message withheld."""
+    secret = "-".join(("PAT", "CANARY", "500"))
+
+    def fail() -> None:
+        raise RuntimeError(secret)
+
+    app = hospital.sidecar.app
+    app.add_api_route("/api/test-failure", fail)
+    app.router.routes.insert(0, app.router.routes.pop())
+    with json_log.json_lines() as lines:
+        failed = httpx.get(
+            f"{hospital.sidecar.url}/api/test-failure", headers={"X-Request-ID": "bug-2"}
+        )
+        assert (failed.status_code, failed.headers["X-Request-ID"]) == (500, "bug-2")
+
+        def logged() -> list[dict[str, Any]] | None:
+            found = [e for e in lines.entries() if e.get("requestId") == "bug-2"]
+            return found if any(e["logger"] == "uvicorn.error" for e in found) else None
+
+        found = wait_for(logged, timeout=10, what="the server's own line about the error")
+    loggers = {e["logger"] for e in found}
+    assert loggers == {"sidecar.http", "sidecar.core.api_errors", "uvicorn.error"}
+    for entry in found:
+        if entry["logger"] != "sidecar.http":
+            assert "builtins.RuntimeError: (message withheld" in entry["exception"], entry
+    assert secret not in lines.text
+
+
 def test_a_registration_is_followed_by_the_study_orthanc_id(stack: Stack, tmp_path: Path) -> None:
     images = make_study(tmp_path / "dicom", series_count=1, instances_per_series=2)
     with json_log.json_lines() as lines:
