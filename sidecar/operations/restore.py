@@ -135,10 +135,10 @@ def _service_stopped(files: ServiceFiles) -> Iterator[Callable[[], None]]:
             lock_node()
         launcher = files.data_dir / LAUNCHER_LOCK
         if launcher.exists():
-            handle = launcher.open("ab")
-            held.append(handle)
+            launcher_handle: IO[bytes] = launcher.open("ab")
+            held.append(launcher_handle)
             try:
-                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                fcntl.flock(launcher_handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except OSError:
                 why = f"a launcher holds DATA_DIR {files.data_dir}"
                 raise RestoreRefused(_running(why)) from None
