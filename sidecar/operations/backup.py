@@ -116,7 +116,9 @@ def _write_parts(
     sidecar = _copy_sidecar_database(files, work)
     timings["sidecarDatabaseSeconds"] = round(time.monotonic() - clock, 3)
     clock = time.monotonic()
-    orthanc_counts, uuids = _copy_orthanc_index(files, work, index_timeout=index_timeout)
+    orthanc_counts, uuids = _copy_orthanc_index(
+        files, work, index_timeout=index_timeout, timings=timings
+    )
     timings["orthancIndexSeconds"] = round(time.monotonic() - clock, 3)
     manifest = Manifest(
         created_at=started.isoformat(),
@@ -155,14 +157,15 @@ def _copy_sidecar_database(files: ServiceFiles, work: Path) -> dict[str, Any]:
 
 
 def _copy_orthanc_index(
-    files: ServiceFiles, work: Path, *, index_timeout: float
+    files: ServiceFiles, work: Path, *, index_timeout: float, timings: dict[str, float]
 ) -> tuple[dict[str, int], list[str]]:
     if files.index_kind == "postgresql":
         with db.pg_snapshot(files.index_url) as (snapshot, read):
             counts, uuids = db.orthanc_facts(read, "postgresql")
             db.pg_dump(files.index_url, snapshot, work / INDEX_DUMP)
         return counts, uuids
-    snapshot_sqlite(files.index_file, work / INDEX_SQLITE, timeout=index_timeout)
+    attempts, _ = snapshot_sqlite(files.index_file, work / INDEX_SQLITE, timeout=index_timeout)
+    timings["orthancIndexCopies"] = attempts  # more than 1: Orthanc wrote during a copy
     read, close = db.sqlite_reader(work / INDEX_SQLITE)
     try:
         return db.orthanc_facts(read, "sqlite")

@@ -4,8 +4,11 @@ did on stdout, why it failed on stderr in one line, and exits non-zero on failur
 
 from __future__ import annotations
 
+import sqlite3
 import sys
 from pathlib import Path
+
+import psycopg
 
 from sidecar.core.settings import Settings
 from sidecar.operations.backup import ServiceFiles, take_backup
@@ -14,7 +17,16 @@ from sidecar.operations.backup_manifest import BackupInvalid, Manifest, verify
 from sidecar.operations.restore import RestoreRefused, restore_backup
 from sidecar.operations.sqlite_snapshot import SnapshotError
 
-_FAILURES = (BackupInvalid, RestoreRefused, DatabaseToolError, SnapshotError, OSError)
+# What an operator can act on from one line (a database down, a disk full, a damaged backup).
+_FAILURES = (
+    BackupInvalid,
+    RestoreRefused,
+    DatabaseToolError,
+    SnapshotError,
+    OSError,
+    sqlite3.Error,
+    psycopg.Error,
+)
 
 
 def _fail(command: str, exc: BaseException) -> int:
