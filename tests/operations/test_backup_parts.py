@@ -5,6 +5,7 @@ node.)"""
 
 from __future__ import annotations
 
+import os
 import shutil
 import sqlite3
 from pathlib import Path
@@ -18,6 +19,8 @@ from sidecar.operations import sqlite_snapshot
 from sidecar.operations.backup import ServiceFiles, attachment_path, take_backup
 from sidecar.operations.backup_manifest import MANIFEST, BackupInvalid, verify
 from sidecar.operations.restore import RestoreRefused, restore_backup
+
+from backup_traffic import REPO, sidecar_command
 
 # The tables of Orthanc's SQLite index a backup reads (Orthanc 1.10's, reduced).
 ORTHANC_INDEX_SCHEMA = (
@@ -154,3 +157,17 @@ def test_a_backup_that_fails_midway_leaves_no_folder_that_looks_complete(
     unfinished.mkdir()
     with pytest.raises(BackupInvalid, match=f"no {MANIFEST}"):
         verify(unfinished)
+
+
+def test_a_backup_of_a_node_that_is_not_there_fails_in_one_line_and_writes_nothing(
+    tmp_path: Path,
+) -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("DATABASE_URL", "ORTHANC_"))}
+    env.update(DATA_DIR=str(tmp_path / "nothing"), PYTHONPATH=str(REPO))
+    failed = sidecar_command(env, "backup", str(tmp_path / "backups"))
+    assert failed.returncode == 1
+    assert failed.stderr.strip() == (
+        f"sidecar backup: no sidecar database at {tmp_path / 'nothing' / 'sidecar.db'}"
+        " (DATABASE_URL, DATA_DIR)"
+    )
+    assert list((tmp_path / "backups").iterdir()) == []
