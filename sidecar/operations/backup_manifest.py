@@ -11,7 +11,7 @@ import hashlib
 import json
 import os
 from dataclasses import dataclass, field
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any
 
 FORMAT = "radiology-integration-backup"
@@ -129,12 +129,26 @@ def read_manifest(folder: Path) -> Manifest:
         raise BackupInvalid([f"{MANIFEST} lacks {exc}"]) from None
 
 
+def _inside(relative: str) -> bool:
+    path = PurePosixPath(relative)
+    return (
+        bool(relative)
+        and not path.is_absolute()
+        and ".." not in path.parts
+        and "\\" not in relative
+    )
+
+
 def verify(folder: Path) -> Manifest:
     """The manifest, once every file it lists has been found with its size and checksum;
     BackupInvalid lists every file missing, changed or unlisted."""
     manifest = read_manifest(folder)
     problems: list[str] = []
     for relative, expected in sorted(manifest.files.items()):
+        if not _inside(relative):
+            # A restore writes storage files where the manifest says: never outside the folder.
+            problems.append(f"not a path inside the backup: {relative!r}")
+            continue
         path = folder / relative
         if not path.is_file():
             problems.append(f"missing: {relative}")

@@ -5,6 +5,7 @@ node.)"""
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import sqlite3
@@ -171,3 +172,16 @@ def test_a_backup_of_a_node_that_is_not_there_fails_in_one_line_and_writes_nothi
         " (DATABASE_URL, DATA_DIR)"
     )
     assert list((tmp_path / "backups").iterdir()) == []
+
+
+def test_a_manifest_naming_a_file_outside_the_backup_is_refused(
+    tmp_path: Path, database_url: str
+) -> None:
+    folder = take_backup(fake_node(tmp_path / "node", database_url, UUIDS), tmp_path / "backups")
+    (tmp_path / "backups" / "outside").write_bytes(b"x")
+    manifest = json.loads((folder / MANIFEST).read_text())
+    manifest["files"]["storage/../../outside"] = manifest["files"].popitem()[1]
+    (folder / MANIFEST).write_text(json.dumps(manifest))
+    with pytest.raises(BackupInvalid) as refused:
+        verify(folder)
+    assert "not a path inside the backup: 'storage/../../outside'" in refused.value.problems

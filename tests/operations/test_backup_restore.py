@@ -256,6 +256,11 @@ def test_restore_refuses_a_node_in_use_and_existing_data_without_force(
         # Restored once, the target is no longer empty.
         _, again = restored_node(source, target, url, index_url)
         assert again.returncode == 1 and "not restoring over existing data" in again.stderr
+        if kind == "postgresql":
+            assert "the database of DATABASE_URL has tables" in again.stderr
+        # --force over a restored node: its databases emptied first, then restored again.
+        _, twice = restored_node(source, target, url, index_url, "--force")
+        assert twice.returncode == 0, twice.stderr
 
 
 def test_each_backup_is_a_new_folder(source: Source) -> None:
