@@ -14,7 +14,8 @@ BROWSER_STAMP := $(BROWSER_DIR)/node_modules/.installed-$(shell sha1sum < $(BROW
 # --ignore-scripts: the prebuilt viewer needs no install step, and none may run on our machines.
 NPM_CI := npm ci --ignore-scripts --no-audit --no-fund
 
-.PHONY: run test lint typecheck test-sqlite test-postgresql bench system-deps test-deps viewer venv clean
+.PHONY: run test lint typecheck test-sqlite test-postgresql bench system-deps test-deps viewer venv clean \
+	backup restore verify-backup
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -82,6 +83,22 @@ bench: system-deps venv viewer test-deps
 	$(BIN)/python bench/patient_merge.py
 	$(BIN)/python bench/images.py
 	$(BIN)/python bench/cluster.py
+	$(BIN)/python bench/backup.py
+
+## Backups (README, Operations). Run with the service's own environment (DATA_DIR, DATABASE_URL,
+## ORTHANC_INDEX_URL, ORTHANC_STORAGE_DIR): `backup` while it runs, its new folder's path last;
+## `restore` with it stopped, into empty places (FORCE=1 overwrites); `verify-backup` any time.
+backup: venv
+	@test -n "$(BACKUP_DIR)" || { echo "usage: make backup BACKUP_DIR=dir" >&2; exit 2; }
+	@$(BIN)/python -m sidecar backup '$(BACKUP_DIR)'
+
+restore: venv
+	@test -n "$(BACKUP)" || { echo "usage: make restore BACKUP=path [FORCE=1]" >&2; exit 2; }
+	@$(BIN)/python -m sidecar restore '$(BACKUP)' $(if $(FORCE),--force)
+
+verify-backup: venv
+	@test -n "$(BACKUP)" || { echo "usage: make verify-backup BACKUP=path" >&2; exit 2; }
+	@$(BIN)/python -m sidecar verify-backup '$(BACKUP)'
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache $(VIEWER_DIR)/node_modules $(BROWSER_DIR)/node_modules

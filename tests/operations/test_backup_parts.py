@@ -1,0 +1,187 @@
+"""The parts of a backup, without Orthanc running: the quiet-instant copy of an exclusively
+locked SQLite index, where a node's files are, and a backup that fails midway leaving nothing
+that looks complete. (tests/operations/test_backup_restore.py runs the whole against a real
+node.)"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import sqlite3
+from pathlib import Path
+
+import pytest
+
+from sidecar.core.settings import Settings
+from sidecar.launcher.run import orthanc_layout
+from sidecar.operations import backup as backup_module
+from sidecar.operations import sqlite_snapshot
+from sidecar.operations.backup import ServiceFiles, attachment_path, take_backup
+from sidecar.operations.backup_manifest import MANIFEST, BackupInvalid, verify
+from sidecar.operations.restore import RestoreRefused, restore_backup
+
+from backup_traffic import REPO, sidecar_command
+
+# The tables of Orthanc's SQLite index a backup reads (Orthanc 1.10's, reduced).
+ORTHANC_INDEX_SCHEMA = (
+    "CREATE TABLE Resources(internalId INTEGER PRIMARY KEY AUTOINCREMENT, resourceType INTEGER,"
+    " publicId TEXT, parentId INTEGER)",
+    "CREATE TABLE AttachedFiles(id INTEGER, fileType INTEGER, uuid TEXT, compressedSize INTEGER,"
+    " uncompressedSize INTEGER, compressionType INTEGER, uncompressedMD5 TEXT,"
+    " compressedMD5 TEXT, PRIMARY KEY(id, fileType))",
+)
+
+
+def held_exclusively(path: Path) -> sqlite3.Connection:
+    """A database opened as Orthanc opens its index: WAL, exclusive locking."""
+    connection = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+    connection.execute("PRAGMA journal_mode=WAL")
+    connection.execute("PRAGMA locking_mode=EXCLUSIVE")
+    connection.execute("CREATE TABLE pairs(a INTEGER, b INTEGER)")
+    connection.execute("INSERT INTO pairs VALUES (1, 1)")
+    return connection
+
+
+def test_an_exclusively_held_database_is_copied_again_when_written_during_the_copy(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    source = tmp_path / "index"
+    holder = held_exclusively(source)
+    with pytest.raises(sqlite3.OperationalError, match="locked"):  # why the backup API cannot
+        sqlite3.connect(source, timeout=0).execute("SELECT * FROM pairs").fetchall()
+
+    copies = []
+    real_copy = shutil.copyfile
+
+    def copy_then_write(src: Path, dst: Path) -> Path:
+        copied = real_copy(src, dst)
+        copies.append(Path(src).name)
+        if len(copies) == 1:  # the first read is overtaken by a transaction
+            holder.execute("INSERT INTO pairs VALUES (2, 2)")
+        return Path(copied)
+
+    monkeypatch.setattr(shutil, "copyfile", copy_then_write)
+    attempts, _ = sqlite_snapshot.snapshot_sqlite(source, tmp_path / "copy.sqlite", timeout=10)
+    holder.close()
+
+    assert attempts == 2
+    assert copies[:2] == ["index-wal", "index"] and len(copies) == 4
+    copy = sqlite3.connect(tmp_path / "copy.sqlite")
+    assert copy.execute("SELECT a, b FROM pairs ORDER BY a").fetchall() == [(1, 1), (2, 2)]
+    assert copy.execute("PRAGMA journal_mode").fetchone() == ("delete",)
+    assert not (tmp_path / "copy.sqlite-wal").exists()
+
+
+def test_a_node_s_files_are_where_the_launcher_puts_them(tmp_path: Path) -> None:
+    for storage in (None, tmp_path / "nfs" / "storage"):
+        settings = Settings(data_dir=tmp_path / "var", orthanc_storage_dir=storage)
+        files = ServiceFiles.from_settings(settings)
+        layout = orthanc_layout(settings)
+        assert files.index_dir == layout.index_dir
+        assert files.storage_dir == layout.storage_dir
+        assert files.database_url == f"sqlite:///{(tmp_path / 'var' / 'sidecar.db').resolve()}"
+
+
+def fake_node(work: Path, database_url: str, uuids: list[str]) -> ServiceFiles:
+    """A stopped node: the test's sidecar database, an Orthanc index naming `uuids`, and their
+    files (the last one missing: deleted in Orthanc as the backup ran)."""
+    files = ServiceFiles(
+        data_dir=work,
+        database_url=database_url,
+        index_dir=work / "orthanc" / "storage",
+        index_url="",
+        storage_dir=work / "orthanc" / "storage",
+        node="node-a",
+    )
+    files.index_dir.mkdir(parents=True)
+    index = sqlite3.connect(files.index_file)
+    for statement in ORTHANC_INDEX_SCHEMA:
+        index.execute(statement)
+    for number, uuid in enumerate(uuids, start=1):
+        index.execute("INSERT INTO Resources VALUES (?, 4, ?, NULL)", (number, f"i{number}"))
+        index.execute(
+            "INSERT INTO AttachedFiles (id, fileType, uuid) VALUES (?, 1, ?)", (number, uuid)
+        )
+        if number < len(uuids):
+            path = files.storage_dir / attachment_path(uuid)
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_bytes(uuid.encode() * 100)
+    index.commit()
+    index.close()
+    return files
+
+
+UUIDS = [
+    "0a1b2c3d-0000-0000-0000-000000000001",
+    "9f8e7d6c-0000-0000-0000-000000000002",
+    "5555aaaa-0000-0000-0000-000000000003",
+]
+
+
+def test_a_backup_records_attachments_deleted_meanwhile_and_restores_into_empty_places(
+    tmp_path: Path, database_url: str
+) -> None:
+    source = fake_node(tmp_path / "node", database_url, UUIDS)
+    folder = take_backup(source, tmp_path / "backups")
+    manifest = verify(folder)
+    assert manifest.counts["orthanc"] == {"studies": 0, "instances": 3, "attachments": 3}
+    assert manifest.missing_attachments == [UUIDS[2]]
+    assert manifest.node == "node-a" and manifest.alembic_revision
+
+    if source.sidecar_kind == "sqlite":
+        target = tmp_path / "restored"
+        files = ServiceFiles.from_settings(Settings(data_dir=target))
+        restore_backup(folder, files)
+        for uuid in UUIDS[:2]:
+            assert (files.storage_dir / attachment_path(uuid)).read_bytes() == uuid.encode() * 100
+        restored = sqlite3.connect(files.index_file)
+        assert restored.execute("SELECT count(*) FROM AttachedFiles").fetchone() == (3,)
+        with pytest.raises(RestoreRefused, match="not restoring over existing data"):
+            restore_backup(folder, files)
+
+
+def test_a_backup_that_fails_midway_leaves_no_folder_that_looks_complete(
+    tmp_path: Path, database_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    source = fake_node(tmp_path / "node", database_url, UUIDS)
+
+    def disk_full(*_: object) -> None:
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(backup_module, "copy_with_digest", disk_full)
+    with pytest.raises(OSError, match="No space"):
+        take_backup(source, tmp_path / "backups")
+    assert list((tmp_path / "backups").iterdir()) == []
+
+    unfinished = tmp_path / "backups" / "backup-unfinished"
+    unfinished.mkdir()
+    with pytest.raises(BackupInvalid, match=f"no {MANIFEST}"):
+        verify(unfinished)
+
+
+def test_a_backup_of_a_node_that_is_not_there_fails_in_one_line_and_writes_nothing(
+    tmp_path: Path,
+) -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("DATABASE_URL", "ORTHANC_"))}
+    env.update(DATA_DIR=str(tmp_path / "nothing"), PYTHONPATH=str(REPO))
+    failed = sidecar_command(env, "backup", str(tmp_path / "backups"))
+    assert failed.returncode == 1
+    assert failed.stderr.strip() == (
+        f"sidecar backup: no sidecar database at {tmp_path / 'nothing' / 'sidecar.db'}"
+        " (DATABASE_URL, DATA_DIR)"
+    )
+    assert list((tmp_path / "backups").iterdir()) == []
+
+
+def test_a_manifest_naming_a_file_outside_the_backup_is_refused(
+    tmp_path: Path, database_url: str
+) -> None:
+    folder = take_backup(fake_node(tmp_path / "node", database_url, UUIDS), tmp_path / "backups")
+    (tmp_path / "backups" / "outside").write_bytes(b"x")
+    manifest = json.loads((folder / MANIFEST).read_text())
+    manifest["files"]["storage/../../outside"] = manifest["files"].popitem()[1]
+    (folder / MANIFEST).write_text(json.dumps(manifest))
+    with pytest.raises(BackupInvalid) as refused:
+        verify(folder)
+    assert "not a path inside the backup: 'storage/../../outside'" in refused.value.problems
