@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 
-from hl7.mllp.server import MllpServer
+from hl7.mllp.server import Handler, MllpServer
 from sidecar.orders.intake import OrderIntake
 
 log = logging.getLogger(__name__)
@@ -15,6 +15,7 @@ class OrderListener:
 
     def __init__(self, intake: OrderIntake, *, enabled: bool, host: str, port: int) -> None:
         self.intake = intake
+        self.handler: Handler = intake  # wrapped to count (sidecar.operations.metrics)
         self.enabled = enabled
         self.host = host
         self._port = port
@@ -23,7 +24,7 @@ class OrderListener:
     async def start(self) -> None:
         if not self.enabled:
             return
-        self.server = MllpServer(self.intake, host=self.host, port=self._port)
+        self.server = MllpServer(self.handler, host=self.host, port=self._port)
         await self.server.start()
         log.info("HL7 MLLP listener on %s:%d", self.host, self.server.port)
 

@@ -17,6 +17,7 @@ from sidecar.core import audit
 from sidecar.core.errors import ConflictingState, InvalidRequest
 from sidecar.core.models import utcnow
 from sidecar.core.workflow import move
+from sidecar.operations import metrics
 from sidecar.reading import holder as reading_holder
 from sidecar.reports.models import (
     REPORT_WORKFLOW,
@@ -152,6 +153,7 @@ def sign_report(
         revision=revision.revision,
         study_id=report.study_id,
     )
+    metrics.report_signed(study.priority, study.images_received_at, revision.signed_at)
     return revision
 
 
