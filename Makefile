@@ -82,6 +82,7 @@ bench: system-deps venv viewer test-deps
 	$(BIN)/python bench/patient_merge.py
 	$(BIN)/python bench/images.py
 	$(BIN)/python bench/cluster.py
+	$(BIN)/python bench/observability.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache $(VIEWER_DIR)/node_modules $(BROWSER_DIR)/node_modules

@@ -23,7 +23,6 @@ from typing import TypeVar
 from prometheus_client import Counter, Histogram
 
 from hl7.errors import Hl7Error
-from hl7.header import read_header
 
 #: Minutes to days: registration waits for StableAge, findings and reports for people.
 _SECONDS_TO_MINUTES = (0.25, 0.5, 1, 2, 5, 10, 20, 30, 60, 120, 300, 600)
@@ -107,6 +106,21 @@ def message_type_label(message_type: str, trigger: str) -> str:
     return code if _MESSAGE_TYPE.fullmatch(code) else "other"
 
 
+def message_type_of(raw: bytes) -> str:
+    """MSH-9 of a message as received, as a label. Read from the bytes (a split of the first
+    segment), not parsed: this runs for every message, and the intake parses it anyway."""
+    if raw[:3] != b"MSH" or len(raw) < 8:
+        return "other"
+    first = raw.split(b"\r", 1)[0].split(b"\n", 1)[0]
+    fields = first.split(raw[3:4])  # MSH-1 is the separator itself: MSH-9 is fields[8]
+    if len(fields) < 9:
+        return "other"
+    parts = [*fields[8].split(raw[4:5]), b""]
+    return message_type_label(
+        parts[0].decode("ascii", "replace").strip(), parts[1].decode("ascii", "replace").strip()
+    )
+
+
 def ack_code_of(ack: bytes) -> str:
     """MSA-1 of an ACK as sent (AA, AE, AR...), "other" when it has none readable."""
     separator = ack[3:4] or b"|"
@@ -138,10 +152,7 @@ def metered_hl7(
             code = known(error.ack_code, ACK_CODES)
             raise
         finally:
-            header = read_header(raw)
-            kind = (
-                message_type_label(header.message_type, header.trigger_event) if header else "other"
-            )
+            kind = message_type_of(raw)
             HL7_RECEIVED.labels(kind, code).inc()
             HL7_ACK_LATENCY.labels(kind).observe(time.perf_counter() - started)
 
