@@ -1,6 +1,8 @@
 """What waits, read from the database when /metrics is scraped: studies queued for
 registration and the change log's lag, the HIS outbox, critical findings not acknowledged, the
-reading worklist; and this node's own state: its database pools, its background jobs' failures.
+reading worklist; and this node's own state: its database pools, its background jobs' failures,
+whether Orthanc answers it (one request for the change log's last sequence number, which the
+cursor's lag needs anyway).
 
 A collector built per scrape (not registered in prometheus_client's process-wide registry:
 tests build many apps in one process, each with its own database). The backlogs are the
@@ -23,7 +25,7 @@ from sqlmodel import Session, col, func, select
 from sidecar.core.background import ROUND_FAILURES
 from sidecar.findings.models import UNACKNOWLEDGED, CriticalFinding
 from sidecar.ingest.models import ChangesCursor, PendingStudy
-from sidecar.ingest.sync import OrthancSync
+from sidecar.ingest.orthanc_client import OrthancClient, OrthancError
 from sidecar.operations.metrics import PRIORITIES, SEVERITIES, known
 from sidecar.reading.models import StudyReading
 from sidecar.reading.policy import READY_TO_READ, ReadingPolicy, priority_of
@@ -41,7 +43,7 @@ class BacklogCollector(Collector):
 
     engine: Engine
     intake_engine: Engine
-    sync: OrthancSync
+    orthanc: OrthancClient
     policy: ReadingPolicy
     node: str
     now: datetime
@@ -54,10 +56,19 @@ class BacklogCollector(Collector):
         yield info
         yield from self._pools()
         yield from self._job_failures()
+        try:  # one short request: the change log's last sequence number
+            orthanc_last: int | None = int(self.orthanc.changes(0, 0)["Last"])
+        except (OrthancError, KeyError, TypeError, ValueError):
+            orthanc_last = None
+        orthanc_up = GaugeMetricFamily(
+            "sidecar_orthanc_up", "1 when this node reached Orthanc's REST API at this scrape"
+        )
+        orthanc_up.add_metric([], 0 if orthanc_last is None else 1)
+        yield orthanc_up
         try:
             with Session(self.engine) as session:
                 families = [
-                    *self._studies(session),
+                    *self._studies(session, orthanc_last),
                     *self._outbox(session),
                     *self._findings(session),
                     *self._worklist(session),
@@ -95,7 +106,7 @@ class BacklogCollector(Collector):
             failures.add_metric([job], count)
         yield failures
 
-    def _studies(self, session: Session) -> list[Metric]:
+    def _studies(self, session: Session, orthanc_last: int | None) -> list[Metric]:
         pending = GaugeMetricFamily(
             "sidecar_studies_pending",
             "Studies queued for registration (noticed, not yet registered)",
@@ -105,13 +116,12 @@ class BacklogCollector(Collector):
             ["cluster"], session.exec(select(func.count()).select_from(PendingStudy)).one()
         )
         families: list[Metric] = [pending]
-        orthanc_last = self.sync.status.orthanc_last_seq
-        if self.sync.runs_here and orthanc_last is not None:  # the node reading the log
+        if orthanc_last is not None:
             cursor = session.get(ChangesCursor, 1)
             lag = GaugeMetricFamily(
                 "sidecar_studies_changes_cursor_lag",
-                "Orthanc's last change (as last read) minus the sidecar's /changes cursor; "
-                "exposed by the node running the sync job",
+                "Orthanc's last change minus the sidecar's /changes cursor: changes not yet read "
+                "(absent when Orthanc did not answer)",
                 labels=["scope"],
             )
             lag.add_metric(["cluster"], max(0, orthanc_last - (cursor.last_seq if cursor else 0)))

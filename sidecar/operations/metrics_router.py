@@ -25,7 +25,7 @@ from prometheus_client.registry import CollectorRegistry
 
 from sidecar.core.dependencies import BearerDep, ClockDep, EngineDep, SettingsDep, provide
 from sidecar.core.errors import NotAuthenticated, UnknownRecord
-from sidecar.ingest.sync import OrthancSync
+from sidecar.ingest.orthanc_client import OrthancClient
 from sidecar.operations.metrics_backlog import BacklogCollector
 from sidecar.orders.listener import OrderListener
 from sidecar.reading.policy import ReadingPolicyDep
@@ -39,7 +39,7 @@ def metrics(
     bearer: BearerDep,
     engine: EngineDep,
     clock: ClockDep,
-    sync: Annotated[OrthancSync, Depends(provide(OrthancSync))],
+    orthanc: Annotated[OrthancClient, Depends(provide(OrthancClient))],
     listener: Annotated[OrderListener, Depends(provide(OrderListener))],
     policy: ReadingPolicyDep,
 ) -> Response:
@@ -55,7 +55,7 @@ def metrics(
         BacklogCollector(
             engine=engine,
             intake_engine=listener.intake.engine,
-            sync=sync,
+            orthanc=orthanc,
             policy=policy,
             node=settings.node_name,
             now=clock(),

@@ -194,6 +194,7 @@ def test_real_traffic_moves_each_counter_by_what_happened(
     # The node and its database.
     assert value(after, "sidecar_node_info", node=stack.settings.node_name) == 1
     assert value(after, "sidecar_database_up") == 1
+    assert value(after, "sidecar_orthanc_up") == 1
 
     # Nothing of the patient, the order or the study in any label.
     identifiers = [

@@ -51,6 +51,9 @@ def test_open_by_default_in_prometheus_text_format(client_with: Callable[..., Te
     assert response.headers["content-type"].startswith("text/plain; version=")
     samples = parse(response.text)
     assert value(samples, "sidecar_database_up") == 1
+    # Orthanc is down here (a closed port): said so, and the change log's lag is not guessed.
+    assert value(samples, "sidecar_orthanc_up") == 0
+    assert not any(name == "sidecar_studies_changes_cursor_lag" for name, _ in samples)
     assert ("sidecar_database_pool_connections_in_use", frozenset({("pool", "api")})) in samples
     assert "/metrics" not in client.get("/openapi.json").json()["paths"]
 
