@@ -14,6 +14,7 @@ a message is reduced to a known shape, else "other"), which also bounds the numb
 
 from __future__ import annotations
 
+import asyncio
 import re
 import time
 from collections.abc import Awaitable, Callable
@@ -151,10 +152,14 @@ def metered_hl7(
         except Hl7Error as error:
             code = known(error.ack_code, ACK_CODES)
             raise
+        except asyncio.CancelledError:  # the listener stopping: no ACK goes out at all
+            code = ""
+            raise
         finally:
-            kind = message_type_of(raw)
-            HL7_RECEIVED.labels(kind, code).inc()
-            HL7_ACK_LATENCY.labels(kind).observe(time.perf_counter() - started)
+            if code:
+                kind = message_type_of(raw)
+                HL7_RECEIVED.labels(kind, code).inc()
+                HL7_ACK_LATENCY.labels(kind).observe(time.perf_counter() - started)
 
     return metered
 

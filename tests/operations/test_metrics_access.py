@@ -99,7 +99,8 @@ def test_turned_off_it_answers_404_and_measures_nothing(
 
 def test_each_hl7_message_is_counted_with_the_ack_the_server_sends() -> None:
     """The wrapped MLLP handler: an ACK returned is read for its MSA-1; an HL7 error raised is
-    counted with its own code, anything else raised as AR (what the MLLP server answers)."""
+    counted with its own code, anything else raised as AR (what the MLLP server answers); a
+    cancelled one (no ACK sent) not at all."""
     header = read_header(ORM_NW_251.encode())
 
     def handler(outcome: Exception | None) -> Callable[[bytes, object], Awaitable[bytes]]:
@@ -132,6 +133,18 @@ def test_each_hl7_message_is_counted_with_the_ack_the_server_sends() -> None:
         assert moved(before, after, name, message_type="ORM^O01", ack_code=code) == 1, outcome
         latency = "sidecar_hl7_ack_latency_seconds_count"
         assert moved(before, after, latency, message_type="ORM^O01") == 1
+
+    # A message cut short by the listener stopping got no ACK: not counted.
+    async def cancelled(raw: bytes, peer: object) -> bytes:
+        raise asyncio.CancelledError
+
+    before = count()
+    with pytest.raises(asyncio.CancelledError):
+        asyncio.run(_awaited(metered_hl7(cancelled)(ORM_NW_251.encode(), None)))
+    after = count()
+    assert (
+        moved(before, after, "sidecar_hl7_ack_latency_seconds_count", message_type="ORM^O01") == 0
+    )
 
 
 async def _awaited(answer: Awaitable[bytes]) -> bytes:
