@@ -77,7 +77,7 @@ REPORTS_SIGNED = Counter(
 )
 REPORTS_TURNAROUND = Histogram(
     "sidecar_reports_turnaround_seconds",
-    "From a study's images received to its report signed final, by priority",
+    "From a study ready to read (its images complete) to its report signed final, by priority",
     ["priority"],
     buckets=_MINUTES_TO_DAYS,
 )
@@ -181,9 +181,9 @@ def finding_acknowledged(severity: object, raised_at: datetime, acknowledged_at:
     )
 
 
-def report_signed(priority: str | None, images_at: datetime | None, signed_at: datetime) -> None:
-    """A report signed final; its turnaround when the study's images were received."""
+def report_signed(priority: str | None, ready_at: datetime | None, signed_at: datetime) -> None:
+    """A report signed final; its turnaround when the study's ready time is known."""
     label = known(priority, PRIORITIES, other="ROUTINE")  # no priority: read as routine
     REPORTS_SIGNED.labels(label).inc()
-    if images_at is not None:
-        REPORTS_TURNAROUND.labels(label).observe(max(0.0, (signed_at - images_at).total_seconds()))
+    if ready_at is not None:
+        REPORTS_TURNAROUND.labels(label).observe(max(0.0, (signed_at - ready_at).total_seconds()))

@@ -153,7 +153,9 @@ def sign_report(
         revision=revision.revision,
         study_id=report.study_id,
     )
-    metrics.report_signed(study.priority, study.images_received_at, revision.signed_at)
+    reading = reading_holder.reading_of(session, report.study_id)  # ready to read since when
+    ready_at = (reading.ready_at if reading else None) or study.images_received_at
+    metrics.report_signed(study.priority, ready_at, revision.signed_at)
     return revision
 
 
