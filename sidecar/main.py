@@ -43,6 +43,9 @@ from sidecar.mpps.router import router as performed_steps_router
 from sidecar.mpps.scp import MppsListener
 from sidecar.operations.alarms import DiskWatch
 from sidecar.operations.health import router as health_router
+from sidecar.operations.metrics import metered_hl7
+from sidecar.operations.metrics_http import HttpMetrics
+from sidecar.operations.metrics_router import router as metrics_router
 from sidecar.orders.events import ORDER_CHANGES_CHANNEL, OrderEvents
 from sidecar.orders.listener import OrderListener
 from sidecar.orders.router import router as orders_router
@@ -101,6 +104,7 @@ ROUTERS = (
     audit_router,
     emergency_access_router,
     health_router,
+    metrics_router,
     stow_router,
 )
 
@@ -128,6 +132,8 @@ def create_app(
     # Outside RefuseNul: its refusals carry the headers too.
     app.add_middleware(SecurityHeaders, headers=sidecar_headers(settings.public_viewer_url))
     app.add_middleware(AccessLog)
+    if settings.metrics_enabled:  # off: not a single request timed
+        app.add_middleware(HttpMetrics)
     for router in ROUTERS:
         app.include_router(router)
     # Last: its catch-all serves the viewer's client-side routes.
@@ -192,11 +198,13 @@ def build_services(
         announce=order_events.announce_id,
         facility_field=settings.order_facility_field,
     )
-    services.add(
+    listener = services.add(
         OrderListener(
             intake, enabled=settings.mllp_enabled, host=settings.mllp_host, port=settings.mllp_port
         )
     )
+    if settings.metrics_enabled:  # each message counted by type and ACK code, its ACK timed
+        listener.handler = metered_hl7(intake)
     department = settings.department_name
     routing = services.add(
         ResultRouting(

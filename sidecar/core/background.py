@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import threading
+from collections import Counter
 from collections.abc import Callable
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
@@ -22,6 +23,9 @@ if TYPE_CHECKING:
     from sidecar.core.cluster_models import Lease
 
 log = logging.getLogger(__name__)
+
+#: Rounds that raised since the process started, by worker name (GET /metrics reads them).
+ROUND_FAILURES: Counter[str] = Counter()
 
 
 def backoff_delay(attempts: int, *, cap: float, first: float = 1.0) -> float:
@@ -160,6 +164,7 @@ class BackgroundWorker:
                 crashes = 0
             except Exception:  # keep the worker alive whatever one round does
                 crashes += 1
+                ROUND_FAILURES[self.name] += 1
                 delay = backoff_delay(crashes, cap=self._max_after_crash, first=self._after_crash)
                 log.exception("%s: round failed; trying again in %.0f s", self.name, delay)
             wait = self._idle_poll if delay is None else delay

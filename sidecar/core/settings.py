@@ -26,6 +26,7 @@ SECRET_SETTINGS = (
     "sidecar_plugin_token",
     "orthanc_password",
     "notification_service_token",
+    "metrics_token",
     "database_url",
     "orthanc_index_url",
 )
@@ -259,6 +260,11 @@ class Settings(BaseSettings):
     # for the HIS, a notification, a registration...) has waited longer than this.
     disk_min_free_percent: float = Field(default=10.0, ge=0, le=100)
     backlog_warn_seconds: float = Field(default=300.0, gt=0)
+
+    # GET /metrics (sidecar.operations.metrics_router), Prometheus' text format: open unless
+    # METRICS_TOKEN is set (then a bearer token); METRICS_ENABLED false: 404, nothing measured.
+    metrics_enabled: bool = True
+    metrics_token: str = ""
 
     @model_validator(mode="after")
     def _derive_and_check(self) -> Settings:

@@ -34,6 +34,7 @@ from sidecar.findings.models import (
 )
 from sidecar.findings.notifications import queue_notification
 from sidecar.findings.policy import FindingPolicy
+from sidecar.operations import metrics
 from sidecar.orders.models import ImagingOrder
 from sidecar.reports.models import RadiologyReport
 from sidecar.studies.models import Study
@@ -130,6 +131,7 @@ def raise_finding(
             order_id=finding.order_id,
             escalates_at_once=finding.next_escalation_at is not None,
         )
+    metrics.finding_raised(severity)
     return finding
 
 
@@ -247,6 +249,7 @@ def acknowledge(
         escalation_level=finding.escalation_level,
         minutes=round((now - finding.created_at).total_seconds() / 60, 1),
     )
+    metrics.finding_acknowledged(finding.severity, finding.created_at, now)
 
 
 def update_finding(

@@ -41,6 +41,7 @@ from sidecar.ingest.models import PendingStudy
 from sidecar.ingest.orthanc_client import OrthancClient, OrthancNotFound, OrthancUnavailable
 from sidecar.ingest.queue import due_studies, forget, queue_studies, reschedule
 from sidecar.mpps import service as mpps
+from sidecar.operations import metrics
 from sidecar.orders import matching as order_matching
 from sidecar.orders.models import ImagingOrder
 from sidecar.patients import image_updates
@@ -222,11 +223,7 @@ class OrthancSync(BackgroundWorker):
                 self._registered(pending, report)
 
     def _attempt(
-        self,
-        pending: PendingStudy,
-        report: RoundReport,
-        step: Callable[..., object],
-        *args: object,
+        self, pending: PendingStudy, report: RoundReport, step: Callable[..., object], *args: object
     ) -> object:
         """Runs one registration step, turning failures into queue decisions."""
         with correlation.bound(pending.orthanc_id):  # its lines' id (a hash: no patient data)
@@ -377,6 +374,7 @@ class OrthancSync(BackgroundWorker):
             # Images under a merged-away identifier: Orthanc's copy follows the registry.
             image_updates.queue_if_filed_elsewhere(session, current)
             session.commit()
+        metrics.STUDIES_INSTANCES.inc(created)
         log.info("registered Orthanc study %s: %d new images", orthanc_id, created)
         return _DONE
 
@@ -384,6 +382,7 @@ class OrthancSync(BackgroundWorker):
         noticed = self.noticed_at.pop(orthanc_id, None)
         if noticed is not None:
             self.status.notice_to_visible.appendleft(time.monotonic() - noticed)
+            metrics.STUDIES_REGISTRATION_LAG.observe(self.status.notice_to_visible[0])
 
     def _forget(self, pending: PendingStudy, reason: str | None) -> None:
         self._receiving.discard(pending.orthanc_id)

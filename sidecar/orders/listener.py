@@ -6,7 +6,7 @@ import logging
 from contextlib import AbstractContextManager
 
 from hl7.header import MessageHeader
-from hl7.mllp.server import MllpServer
+from hl7.mllp.server import Handler, MllpServer
 from sidecar.core import correlation
 from sidecar.orders.intake import OrderIntake
 
@@ -18,6 +18,7 @@ class OrderListener:
 
     def __init__(self, intake: OrderIntake, *, enabled: bool, host: str, port: int) -> None:
         self.intake = intake
+        self.handler: Handler = intake  # wrapped to count (sidecar.operations.metrics)
         self.enabled = enabled
         self.host = host
         self._port = port
@@ -27,7 +28,7 @@ class OrderListener:
         if not self.enabled:
             return
         self.server = MllpServer(
-            self.intake, host=self.host, port=self._port, message_scope=message_scope
+            self.handler, host=self.host, port=self._port, message_scope=message_scope
         )
         await self.server.start()
         log.info("HL7 MLLP listener on %s:%d", self.host, self.server.port)

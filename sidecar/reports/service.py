@@ -17,6 +17,7 @@ from sidecar.core import audit
 from sidecar.core.errors import ConflictingState, InvalidRequest
 from sidecar.core.models import utcnow
 from sidecar.core.workflow import move
+from sidecar.operations import metrics
 from sidecar.reading import holder as reading_holder
 from sidecar.reports.models import (
     REPORT_WORKFLOW,
@@ -152,6 +153,9 @@ def sign_report(
         revision=revision.revision,
         study_id=report.study_id,
     )
+    reading = reading_holder.reading_of(session, report.study_id)  # ready to read since when
+    ready_at = (reading.ready_at if reading else None) or study.images_received_at
+    metrics.report_signed(study.priority, ready_at, revision.signed_at)
     return revision
 
 

@@ -35,6 +35,7 @@ from sidecar.core import audit, correlation
 from sidecar.core.background import BackgroundWorker, backoff_delay, seconds_until_next_attempt
 from sidecar.core.dependencies import provide_optional
 from sidecar.core.models import utcnow
+from sidecar.operations import metrics
 from sidecar.orders.models import ImagingOrder
 from sidecar.results.message_log import Hl7Direction, Hl7Message, Hl7MessageStatus
 from sidecar.results.service import RESULT_MESSAGE_TYPE, complete_order
@@ -121,6 +122,7 @@ class ResultOutbox(BackgroundWorker):
                 :1000
             ]
             session.add(message)
+            metrics.hl7_sent(_kind(message), "no_answer")
             session.commit()
         self.last_error = reason
         log.warning(
@@ -161,6 +163,7 @@ class ResultOutbox(BackgroundWorker):
                 order_id=message.order_id,
                 ack_code=message.ack_code,
             )
+            metrics.hl7_sent(_kind(message), "delivered" if code in _ACCEPTED else "refused")
             session.commit()
             if changed is not None:
                 session.refresh(changed)

@@ -23,6 +23,7 @@ from sidecar.core import audit
 from sidecar.core.models import join_multi, utcnow
 from sidecar.core.workflow import move
 from sidecar.ingest.dicom_mapping import ImageRecord, StudyRecord
+from sidecar.operations import metrics
 from sidecar.studies.models import STUDY_WORKFLOW, Image, Series, Study, StudyStatus
 
 log = logging.getLogger(__name__)
@@ -88,6 +89,8 @@ def register_study(
     now = utcnow()
     study.images_received_at = now
     after = (study.series_count, study.instance_count, study.status)
+    if study.instance_count and (created or not before[1]):  # once, at its first images
+        metrics.STUDIES_REGISTERED.inc()
     if created or after != before:
         study.updated_at = now
         session.add(study)
