@@ -1,0 +1,181 @@
+"""Review of issue 17 (metrics, JSON logs, alarms, backup and restore): each test shows a defect
+and is expected to fail until it is fixed (xfail strict: a fix makes it pass, and the marker
+must then go)."""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import json
+import sqlite3
+from pathlib import Path
+
+import pytest
+
+from sidecar.core.settings import Settings
+from sidecar.operations import commands
+from sidecar.operations.alarms import DiskUsage, DiskWatch
+from sidecar.operations.backup import ServiceFiles, attachment_path, take_backup
+from sidecar.operations.backup_manifest import MANIFEST, BackupInvalid, verify
+from sidecar.operations.metrics import HL7_RECEIVED, metered_hl7
+from sidecar.operations.restore import restore_backup
+
+# Orthanc's SQLite index as a backup reads it (reduced), and the sidecar tables it counts.
+ORTHANC_INDEX_SCHEMA = (
+    "CREATE TABLE Resources(internalId INTEGER PRIMARY KEY AUTOINCREMENT, resourceType INTEGER,"
+    " publicId TEXT, parentId INTEGER)",
+    "CREATE TABLE AttachedFiles(id INTEGER, fileType INTEGER, uuid TEXT, compressedSize INTEGER,"
+    " uncompressedSize INTEGER, compressionType INTEGER, uncompressedMD5 TEXT,"
+    " compressedMD5 TEXT, PRIMARY KEY(id, fileType))",
+)
+SIDECAR_SCHEMA = (
+    "CREATE TABLE alembic_version(version_num TEXT)",
+    "INSERT INTO alembic_version VALUES ('review17')",
+    "CREATE TABLE study(id INTEGER)",
+    "CREATE TABLE imaging_order(id INTEGER)",
+    "CREATE TABLE radiology_report(id INTEGER)",
+)
+UUIDS = [
+    "0a1b2c3d-0000-0000-0000-000000000001",
+    "9f8e7d6c-0000-0000-0000-000000000002",
+]
+
+
+def stopped_node(work: Path, *, write_files: bool = True) -> ServiceFiles:
+    """A stopped node on SQLite: a sidecar database, an Orthanc index naming UUIDS and (unless
+    `write_files` is false) their files. Needs neither Orthanc nor the test database."""
+    files = ServiceFiles(
+        data_dir=work,
+        database_url=f"sqlite:///{work / 'sidecar.db'}",
+        index_dir=work / "orthanc" / "storage",
+        index_url="",
+        storage_dir=work / "orthanc" / "storage",
+        node="node-a",
+    )
+    files.index_dir.mkdir(parents=True)
+    sidecar = sqlite3.connect(work / "sidecar.db")
+    for statement in SIDECAR_SCHEMA:
+        sidecar.execute(statement)
+    sidecar.commit()
+    sidecar.close()
+    index = sqlite3.connect(files.index_file)
+    for statement in ORTHANC_INDEX_SCHEMA:
+        index.execute(statement)
+    for number, uuid in enumerate(UUIDS, start=1):
+        index.execute("INSERT INTO Resources VALUES (?, 4, ?, NULL)", (number, f"i{number}"))
+        index.execute(
+            "INSERT INTO AttachedFiles (id, fileType, uuid) VALUES (?, 1, ?)", (number, uuid)
+        )
+        if write_files:
+            path = files.storage_dir / attachment_path(uuid)
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_bytes(uuid.encode() * 100)
+    index.commit()
+    index.close()
+    return files
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="restore.py _restore_storage: a manifest entry 'storage//abs/path' passes _inside()"
+    " (PurePosixPath collapses //) and `storage / '/abs/path'` is the absolute path: a crafted"
+    " backup writes any file anywhere the restoring user may write",
+)
+def test_a_crafted_manifest_cannot_make_restore_write_outside_the_storage(tmp_path: Path) -> None:
+    folder = take_backup(stopped_node(tmp_path / "node"), tmp_path / "backups")
+    victim = tmp_path / "elsewhere" / "authorized_keys"  # e.g. ~/.ssh/authorized_keys
+    planted = folder / "storage" / victim.relative_to("/")
+    planted.parent.mkdir(parents=True)
+    planted.write_bytes(b"ssh-ed25519 AAAA attacker\n")
+    manifest = json.loads((folder / MANIFEST).read_text())
+    entry = {"size": planted.stat().st_size, "sha256": _sha256(planted)}
+    # The file listed under its own name (so verify finds nothing unlisted) and under a name
+    # with a double slash, which restore joins onto the storage folder as an absolute path.
+    manifest["files"][f"storage/{victim.relative_to('/')}"] = entry
+    manifest["files"][f"storage/{victim}"] = entry
+    (folder / MANIFEST).write_text(json.dumps(manifest))
+
+    target = ServiceFiles.from_settings(Settings(data_dir=tmp_path / "restored"))
+    try:
+        verify(folder)
+        restore_backup(folder, target)
+    except BackupInvalid:
+        pass  # refused: what a fix does
+    assert not victim.exists(), f"restore wrote {victim}, outside {target.storage_dir}"
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="backup.py _copy_storage / commands.backup: every file the index names may be absent"
+    " (ORTHANC_STORAGE_DIR wrong, storage volume not mounted) and the backup still exits 0 and"
+    " prints its path; the files are only reported as 'deleted in Orthanc during the backup'",
+)
+def test_a_backup_without_any_of_the_images_the_index_names_is_not_a_success(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    node = stopped_node(tmp_path / "node", write_files=False)  # the index names 2 files: none there
+    monkeypatch.setattr(ServiceFiles, "from_settings", classmethod(lambda cls, _: node))
+    code = commands.backup(
+        Settings(data_dir=tmp_path / "node"), tmp_path / "backups", index_timeout=5
+    )
+    printed = capsys.readouterr()
+    assert code != 0, f"exit 0, stdout: {printed.out!r}"
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="metrics.py message_type_label: any [A-Z][A-Z0-9]{2}^[A-Z][A-Z0-9]{2} from MSH-9 is a"
+    " label value (about 1e9 of them): an MLLP sender creates a counter and a 13-bucket"
+    " histogram series per message type it invents, without bound",
+)
+def test_an_hl7_sender_cannot_grow_the_message_type_labels_without_bound() -> None:
+    async def refuse(raw: bytes, peer: object) -> bytes:
+        return b"MSH|^~\\&|S|F|R|F|20240101||ACK|1|P|2.5\rMSA|AR|1"
+
+    metered = metered_hl7(refuse)
+    before = _message_types()
+
+    async def send_all() -> None:
+        for number in range(200):
+            kind = "Z" + chr(65 + number % 26) + chr(65 + number // 26)
+            raw = f"MSH|^~\\&|A|B|C|D|20240101||{kind}^Z01|CTRL{number}|P|2.5\rPID|||1".encode()
+            await metered(raw, None)
+
+    asyncio.run(send_all())
+    invented = _message_types() - before
+    assert len(invented) <= 1, f"{len(invented)} new message_type label values"
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="alarms.py DiskWatch.check: a storage whose free space cannot be read (a dead NFS"
+    " mount: ESTALE/EIO) is 'unknown' and the disk check stays 'up': /health says ok while"
+    " Orthanc cannot store a single image",
+)
+def test_a_storage_that_cannot_be_measured_is_not_reported_up(tmp_path: Path) -> None:
+    def dead_mount(path: Path) -> DiskUsage:
+        if path.name == "storage":
+            raise OSError(errno.ESTALE, "Stale file handle")
+        return DiskUsage(100, 10, 90)
+
+    watch = DiskWatch(
+        {"orthancStorage": tmp_path / "storage", "dataDirectory": tmp_path}, 10.0, dead_mount
+    )
+    body, reasons = watch.check()
+    assert body["orthancStorage"]["status"] == "unknown"
+    assert body["status"] != "up" or reasons, body
+
+
+def _message_types() -> set[str]:
+    return {
+        sample.labels["message_type"]
+        for family in HL7_RECEIVED.collect()
+        for sample in family.samples
+        if "message_type" in sample.labels
+    }
+
+
+def _sha256(path: Path) -> str:
+    import hashlib
+
+    return hashlib.sha256(path.read_bytes()).hexdigest()
