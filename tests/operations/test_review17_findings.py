@@ -47,9 +47,10 @@ UUIDS = [
 ]
 
 
-def stopped_node(work: Path, *, write_files: bool = True) -> ServiceFiles:
+def stopped_node(work: Path, *, write_files: bool = True, missing: int = 0) -> ServiceFiles:
     """A stopped node on SQLite: a sidecar database, an Orthanc index naming UUIDS and (unless
-    `write_files` is false) their files. Needs neither Orthanc nor the test database."""
+    `write_files` is false) their files but the last `missing`. Needs neither Orthanc nor the
+    test database."""
     files = ServiceFiles(
         data_dir=work,
         database_url=f"sqlite:///{work / 'sidecar.db'}",
@@ -72,7 +73,7 @@ def stopped_node(work: Path, *, write_files: bool = True) -> ServiceFiles:
         index.execute(
             "INSERT INTO AttachedFiles (id, fileType, uuid) VALUES (?, 1, ?)", (number, uuid)
         )
-        if write_files:
+        if write_files and number <= len(UUIDS) - missing:
             path = files.storage_dir / attachment_path(uuid)
             path.parent.mkdir(parents=True, exist_ok=True)
             path.write_bytes(uuid.encode() * 100)
@@ -227,6 +228,25 @@ def test_pg_dump_gets_no_password_on_its_command_line(
     arguments = [argument for command in commands_run for argument in command]
     assert len(commands_run) == 2
     assert not [argument for argument in arguments if "s3cret-pw" in argument], arguments
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="backup.py _copy_storage / restore.py: an attachment gone from the storage during the"
+    " backup stays in the index copy, and restore puts that index back as is: the restored"
+    " Orthanc names an instance whose file it does not have (WADO fails), for ever, as nothing"
+    " in the restored node deletes it",
+)
+def test_a_restored_index_names_no_file_the_restored_storage_lacks(tmp_path: Path) -> None:
+    folder = take_backup(stopped_node(tmp_path / "node", missing=1), tmp_path / "backups")
+    assert verify(folder).missing_attachments == [UUIDS[-1]]
+    target = ServiceFiles.from_settings(Settings(data_dir=tmp_path / "restored"))
+    restore_backup(folder, target)
+    index = sqlite3.connect(target.index_file)
+    named = [row[0] for row in index.execute("SELECT uuid FROM AttachedFiles")]
+    index.close()
+    absent = [u for u in named if not (target.storage_dir / attachment_path(u)).is_file()]
+    assert absent == []
 
 
 def _message_types() -> set[str]:
