@@ -1,8 +1,9 @@
 """The alarms /health raises beyond reachability: disks filling up, and work left waiting.
 
 - Disk: the free space of Orthanc's storage (ORTHANC_STORAGE_DIR) and of the data directory
-  (DATA_DIR). Below DISK_MIN_FREE_PERCENT on either, /health answers 503 with the reason: a
-  full disk refuses C-STORE and stops the database, and a monitor must page someone before it.
+  (DATA_DIR). Below DISK_MIN_FREE_PERCENT on either, or unreadable (a dead network mount),
+  /health answers 503 with the reason: a full disk refuses C-STORE and stops the database, and a
+  monitor must page someone before it.
 - Backlogs: the oldest item still waiting in each queue the service works through (results to
   the HIS, critical finding notifications, patient updates and removals to write to Orthanc,
   studies waiting to be registered). Older than BACKLOG_WARN_SECONDS, /health answers 200
@@ -12,6 +13,7 @@
 
 from __future__ import annotations
 
+import errno
 import shutil
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -69,7 +71,11 @@ class DiskWatch:
                 body[name] = {"status": "unknown", "error": "not found"}
                 continue
             except OSError as exc:
-                body[name] = {"status": "unknown", "error": type(exc).__name__}
+                # There but unreadable (a dead NFS mount: ESTALE, EIO; a permission): what
+                # cannot be measured here cannot be written to by Orthanc either.
+                error = errno.errorcode.get(exc.errno or 0, type(exc).__name__)
+                body[name] = {"status": "unknown", "error": error}
+                reasons.append(f"disk: {name} cannot be measured ({error})")
                 continue
             percent = 100.0 * usage.free / usage.total if usage.total else 0.0
             low = percent < self.min_free_percent

@@ -153,12 +153,6 @@ def test_an_hl7_sender_cannot_grow_the_message_type_labels_without_bound() -> No
     assert len(invented) <= 1, f"{len(invented)} new message_type label values"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="alarms.py DiskWatch.check: a storage whose free space cannot be read (a dead NFS"
-    " mount: ESTALE/EIO) is 'unknown' and the disk check stays 'up': /health says ok while"
-    " Orthanc cannot store a single image",
-)
 def test_a_storage_that_cannot_be_measured_is_not_reported_up(tmp_path: Path) -> None:
     def dead_mount(path: Path) -> DiskUsage:
         if path.name == "storage":
@@ -169,8 +163,9 @@ def test_a_storage_that_cannot_be_measured_is_not_reported_up(tmp_path: Path) ->
         {"orthancStorage": tmp_path / "storage", "dataDirectory": tmp_path}, 10.0, dead_mount
     )
     body, reasons = watch.check()
-    assert body["orthancStorage"]["status"] == "unknown"
-    assert body["status"] != "up" or reasons, body
+    assert body["orthancStorage"] == {"status": "unknown", "error": "ESTALE"}
+    assert body["status"] == "down"
+    assert reasons == ["disk: orthancStorage cannot be measured (ESTALE)"]
 
 
 @pytest.mark.xfail(
@@ -266,12 +261,6 @@ def test_verify_backup_reports_a_damaged_manifest_entry_in_its_own_words(
     assert "does not match its manifest" in capsys.readouterr().err
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="docker-compose.yml / sidecar/Dockerfile: the shipped PostgreSQL deployment cannot run"
-    " `python -m sidecar backup` in its sidecar container: no ORTHANC_INDEX_URL there (the"
-    " backup looks for a SQLite index under DATA_DIR and fails) and no pg_dump in the image",
-)
 def test_the_compose_deployment_has_what_a_backup_needs() -> None:
     import yaml
 

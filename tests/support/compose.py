@@ -44,6 +44,7 @@ SECRET_MOUNTS: dict[str, set[str]] = {
     "orthanc_password": {*SIDECARS, *ORTHANCS},
     "postgres_password": {"postgres", *ORTHANCS},
     "database_url": {*SIDECARS},
+    "orthanc_index_url": {*SIDECARS},
 }
 
 
