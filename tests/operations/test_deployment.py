@@ -444,3 +444,17 @@ def test_the_front_spreads_the_api_and_dicomweb_over_every_node(config: Rendered
     depends = config.service("front")["depends_on"]
     for service in (*ORTHANCS, *SIDECARS, "viewer"):
         assert depends[service]["condition"] == "service_healthy", service
+
+
+def test_each_sidecar_has_what_a_backup_reads(config: Rendered) -> None:
+    """`python -m sidecar backup` in a sidecar container (README, Operations): both databases'
+    URLs from secrets, Orthanc's storage read-only from the Orthancs' volume, pg_dump."""
+    for sidecar in SIDECARS:
+        env = config.environment(sidecar)
+        assert env.get("ORTHANC_INDEX_URL_FILE") in config.secrets_of(sidecar).values()
+        assert env.get("ORTHANC_STORAGE_DIR") == ORTHANC_STORAGE
+        [mount] = [v for v in config.service(sidecar)["volumes"] if v["target"] == ORTHANC_STORAGE]
+        assert mount.get("read_only") is True, sidecar
+        assert mount["source"] == _volume_at(config, ORTHANCS[0], ORTHANC_STORAGE)
+    dockerfile = (REPO / "sidecar" / "Dockerfile").read_text(encoding="utf-8")
+    assert "postgresql-client-15" in dockerfile

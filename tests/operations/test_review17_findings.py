@@ -261,16 +261,6 @@ def test_verify_backup_reports_a_damaged_manifest_entry_in_its_own_words(
     assert "does not match its manifest" in capsys.readouterr().err
 
 
-def test_the_compose_deployment_has_what_a_backup_needs() -> None:
-    import yaml
-
-    root = Path(__file__).resolve().parents[2]
-    compose = yaml.safe_load((root / "docker-compose.yml").read_text())
-    environment = compose["x-sidecar-environment"]
-    assert {"ORTHANC_INDEX_URL", "ORTHANC_INDEX_URL_FILE"} & set(environment), sorted(environment)
-    assert "postgresql-client" in (root / "sidecar" / "Dockerfile").read_text()
-
-
 def _message_types() -> set[str]:
     return {
         sample.labels["message_type"]
