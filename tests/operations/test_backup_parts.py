@@ -9,6 +9,7 @@ import json
 import os
 import shutil
 import sqlite3
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -248,3 +249,47 @@ def test_a_failed_pg_restore_quotes_no_row(tmp_path: Path) -> None:
     )
     with pytest.raises(DatabaseToolError, match=r"exit 1.*password authentication failed"):
         backup_databases._run([str(tool)], dict(os.environ))
+
+
+def test_a_postgresql_index_is_dumped_again_once_files_it_named_are_deleted(
+    tmp_path: Path, database_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    if not database_url.startswith("postgresql"):
+        pytest.skip("a PostgreSQL index (--database postgresql)")
+    # The index's two tables beside the sidecar's, in the test's database (the plugin's
+    # resource types: instance 3).
+    node = replace(fake_node(tmp_path / "node", database_url, UUIDS), index_url=database_url)
+    with backup_databases.Libpq.of(database_url).connect() as index:
+        index.execute("CREATE TABLE Resources(internalId BIGINT, resourceType INT)")
+        index.execute("CREATE TABLE AttachedFiles(id BIGINT, fileType INT, uuid TEXT)")
+        for number, uuid in enumerate(UUIDS, start=1):
+            index.execute("INSERT INTO Resources VALUES (%s, 3)", (number,))
+            index.execute("INSERT INTO AttachedFiles VALUES (%s, 1, %s)", (number, uuid))
+    deleted = UUIDS[-1]
+    read_facts = backup_databases.orthanc_facts
+    passes = []
+
+    def then_delete(read: backup_databases.Reader, kind: str) -> tuple[dict[str, int], list[str]]:
+        facts = read_facts(read, kind)
+        passes.append(facts[1])
+        if len(passes) == 1:  # Orthanc deletes an instance once its index was read
+            with backup_databases.Libpq.of(database_url).connect() as index:
+                index.execute("DELETE FROM AttachedFiles WHERE uuid = %s", (deleted,))
+            (node.storage_dir / attachment_path(deleted)).unlink()
+        return facts
+
+    monkeypatch.setattr(backup_databases, "orthanc_facts", then_delete)
+    folder = take_backup(node, tmp_path / "backups")
+    manifest = verify(folder)
+    assert [len(uuids) for uuids in passes] == [3, 2]
+    assert manifest.counts["orthanc"]["attachments"] == 2
+    stored = sorted(name for name in manifest.files if name.startswith("storage/"))
+    assert stored == sorted(f"storage/{attachment_path(uuid)}" for uuid in UUIDS[:2])
+
+    # A file removed with its manifest line: fewer storage files than the dumped index named.
+    written = json.loads((folder / MANIFEST).read_text())
+    del written["files"][stored[0]]
+    (folder / stored[0]).unlink()
+    (folder / MANIFEST).write_text(json.dumps(written))
+    with pytest.raises(BackupInvalid, match="1 storage files, and Orthanc's index named 2"):
+        verify(folder)
