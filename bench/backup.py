@@ -114,6 +114,8 @@ def main() -> None:
             )
             if "orthancIndexCopies" in timings:
                 split += f"; index copied {timings['orthancIndexCopies']} time(s)"
+            if timings.get("orthancIndexPasses", 1) > 1:  # files deleted during the backup
+                split += f", taken {timings['orthancIndexPasses']} times"
             size = folder_bytes(backup) / 1e6
             files = len(manifest["files"])
             print(f"backup       : {backup_s:6.1f} s wall ({split}); {size:.0f} MB, {files} files")

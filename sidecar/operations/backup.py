@@ -6,9 +6,15 @@ In this order, each part consistent in itself:
    pg_dump for PostgreSQL), which therefore knows every study the sidecar's copy knows: what
    arrived in between is in the index's change log past the sidecar's cursor, and is registered
    by the restored sidecar as any late study is;
-3. Orthanc's storage: the files the index copy names, copied after it, so each exists (files are
-   immutable once written; one deleted in Orthanc meanwhile is recorded as missing).
-Then the manifest, and the folder renamed from its temporary name: complete, or not there.
+3. Orthanc's storage: the files the index copy names, copied after it (files are immutable once
+   written). A file the index copy names but the storage lacks was deleted in Orthanc since the
+   copy (Orthanc removes the index rows, then the files), or the storage is not where the
+   environment says: the index is copied again (still after the sidecar's database, so the
+   order holds) and what the newer copy names is copied, up to INDEX_PASSES copies. A file
+   deleted meanwhile is no longer named; if files are still lacking after the last copy, the
+   backup fails: a restored index naming files its storage lacks serves errors for ever.
+Then the manifest, every file and folder flushed to disk, and the folder renamed from its
+temporary name: complete, or not there.
 """
 
 from __future__ import annotations
@@ -28,6 +34,7 @@ from sidecar import __version__
 from sidecar.core.settings import Settings
 from sidecar.operations import backup_databases as db
 from sidecar.operations.backup_manifest import (
+    DATABASE_FILES,
     INDEX_DUMP,
     INDEX_SQLITE,
     SIDECAR_DUMP,
@@ -35,10 +42,16 @@ from sidecar.operations.backup_manifest import (
     STORAGE,
     Manifest,
 )
+from sidecar.operations.backup_manifest import attachment_path as attachment_path
 from sidecar.operations.sqlite_snapshot import snapshot_sqlite, sqlite_online_copy
 
 ORTHANC_SQLITE_INDEX = "index"  # the file Orthanc keeps in its IndexDirectory
+INDEX_PASSES = 3  # copies of the index at most, while its copy names files the storage lacks
 _CHUNK = 1024 * 1024
+
+
+class StorageIncomplete(RuntimeError):
+    """The storage lacks files Orthanc's index names, and no backup was written."""
 
 
 @dataclass(frozen=True)
@@ -82,11 +95,6 @@ class ServiceFiles:
         return self.index_dir / ORTHANC_SQLITE_INDEX
 
 
-def attachment_path(uuid: str) -> str:
-    """Where Orthanc's filesystem storage keeps an attachment, relative to its folder."""
-    return f"{uuid[0:2]}/{uuid[2:4]}/{uuid}"
-
-
 def _now() -> datetime:
     return datetime.now(UTC)
 
@@ -115,11 +123,32 @@ def _write_parts(
     clock = time.monotonic()
     sidecar = _copy_sidecar_database(files, work)
     timings["sidecarDatabaseSeconds"] = round(time.monotonic() - clock, 3)
-    clock = time.monotonic()
-    orthanc_counts, uuids = _copy_orthanc_index(
-        files, work, index_timeout=index_timeout, timings=timings
-    )
-    timings["orthancIndexSeconds"] = round(time.monotonic() - clock, 3)
+    stored: dict[str, dict[str, Any]] = {}  # storage files copied, by their backup name
+    index_seconds = storage_seconds = 0.0
+    for passes in range(1, INDEX_PASSES + 1):
+        clock = time.monotonic()
+        orthanc_counts, uuids = _copy_orthanc_index(
+            files, work, index_timeout=index_timeout, timings=timings
+        )
+        index_seconds += time.monotonic() - clock
+        timings["orthancIndexPasses"] = passes  # more than 1: files the index named were gone
+        clock = time.monotonic()
+        named = {f"{STORAGE}/{attachment_path(uuid)}" for uuid in uuids}
+        lacking = _copy_storage(files.storage_dir, named, work, stored)
+        storage_seconds += time.monotonic() - clock
+        if not lacking:
+            break
+    else:
+        raise StorageIncomplete(
+            f"{len(lacking)} of the {len(named)} files Orthanc's index names are not in the"
+            f" storage folder {files.storage_dir} (ORTHANC_STORAGE_DIR; is it mounted?):"
+            " no backup written"
+        )
+    for name in sorted(set(stored) - named):  # deleted in Orthanc since an earlier pass
+        (work / name).unlink()
+        del stored[name]
+    timings["orthancIndexSeconds"] = round(index_seconds, 3)
+    timings["storageSeconds"] = round(storage_seconds, 3)
     manifest = Manifest(
         created_at=started.isoformat(),
         node=files.node,
@@ -130,12 +159,10 @@ def _write_parts(
         counts={"sidecar": sidecar["counts"], "orthanc": orthanc_counts},
         timings=timings,
     )
-    for name in (SIDECAR_SQLITE, SIDECAR_DUMP, INDEX_SQLITE, INDEX_DUMP):
+    for name in DATABASE_FILES:
         if (work / name).exists():
             manifest.add_file(work, name)
-    clock = time.monotonic()
-    _copy_storage(files.storage_dir, uuids, work, manifest)
-    timings["storageSeconds"] = round(time.monotonic() - clock, 3)
+    manifest.files.update(sorted(stored.items()))
     return manifest
 
 
@@ -185,36 +212,58 @@ def copy_with_digest(source: Path, destination: Path) -> tuple[int, str]:
     return size, digest.hexdigest()
 
 
-def _copy_storage(storage: Path, uuids: list[str], work: Path, manifest: Manifest) -> None:
+def _copy_storage(
+    storage: Path, named: set[str], work: Path, stored: dict[str, dict[str, Any]]
+) -> list[str]:
+    """Copies the named files not copied yet into `stored`; returns those the storage lacks."""
+    lacking: list[str] = []
     made: set[Path] = set()
-    for uuid in sorted(uuids):
-        relative = attachment_path(uuid)
-        destination = work / STORAGE / relative
+    for name in sorted(named - set(stored)):
+        destination = work / name
         if destination.parent not in made:
             destination.parent.mkdir(parents=True, exist_ok=True)
             made.add(destination.parent)
         try:
-            size, sha256 = copy_with_digest(storage / relative, destination)
+            size, sha256 = copy_with_digest(storage / name.removeprefix(f"{STORAGE}/"), destination)
         except FileNotFoundError:
             with contextlib.suppress(FileNotFoundError):
                 destination.unlink()
-            manifest.missing_attachments.append(uuid)
+            lacking.append(name)
             continue
-        manifest.files[f"{STORAGE}/{relative}"] = {"size": size, "sha256": sha256}
+        stored[name] = {"size": size, "sha256": sha256}
+    return lacking
+
+
+def _sync_tree(folder: Path) -> None:
+    """Every file and folder of the backup on disk before the rename says it is complete (a
+    power cut must not leave a complete-looking folder of empty files)."""
+    for root, _, names in os.walk(folder, topdown=False):
+        for name in names:
+            descriptor = os.open(Path(root) / name, os.O_RDONLY)
+            try:
+                os.fsync(descriptor)
+            finally:
+                os.close(descriptor)
+        _sync_folder(Path(root))
+
+
+def _sync_folder(folder: Path) -> None:
+    with contextlib.suppress(OSError):  # a filesystem without directory fsync
+        descriptor = os.open(folder, os.O_RDONLY)
+        try:
+            os.fsync(descriptor)
+        finally:
+            os.close(descriptor)
 
 
 def _complete(work: Path, into: Path, name: str) -> Path:
     """Renames the finished folder to its final name, never onto an existing backup."""
+    _sync_tree(work)
     for attempt in range(1, 1000):
         final = into / (name if attempt == 1 else f"{name}-{attempt}")
         if final.exists():
             continue
         os.rename(work, final)
-        with contextlib.suppress(OSError):  # the rename itself made durable
-            directory = os.open(into, os.O_RDONLY)
-            try:
-                os.fsync(directory)
-            finally:
-                os.close(directory)
+        _sync_folder(into)  # the rename itself made durable
         return final
     raise FileExistsError(f"no free backup name for {name} in {into}")

@@ -13,14 +13,14 @@ import glob
 import os
 import shutil
 import subprocess
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import psycopg
-from sqlalchemy.engine import make_url
+from sqlalchemy.engine import URL, make_url
 
 # Orthanc's resource types as each index stores them: Orthanc's own SQLite index its
 # ResourceType (Patient 1, Study 2, Series 3, Instance 4), the PostgreSQL plugin the plugin
@@ -56,11 +56,22 @@ class Libpq:
 
     @classmethod
     def of(cls, url: str) -> Libpq:
+        """The URL built again from its parts without the password (URL.set(password=None)
+        keeps it: SQLAlchemy skips None values), a `password` query parameter included."""
         parsed = make_url(url)
+        query = {k: v for k, v in parsed.query.items() if k.lower() != "password"}
+        password = parsed.password or _query_password(parsed.query)
         env = {**os.environ}
-        if parsed.password:
-            env["PGPASSWORD"] = str(parsed.password)
-        bare = parsed.set(drivername="postgresql", password=None)
+        if password:
+            env["PGPASSWORD"] = str(password)
+        bare = URL.create(
+            drivername="postgresql",
+            username=parsed.username,
+            host=parsed.host,
+            port=parsed.port,
+            database=parsed.database,
+            query=query,
+        )
         return cls(bare.render_as_string(hide_password=False), env)
 
     def connect(self, *, autocommit: bool = True) -> psycopg.Connection[Any]:
@@ -91,11 +102,47 @@ def pg_tool(name: str) -> str:
     return candidates[-1]
 
 
+def _query_password(query: Mapping[str, str | tuple[str, ...]]) -> str | None:
+    for key, value in query.items():
+        if key.lower() == "password":
+            return value if isinstance(value, str) else (value[-1] if value else None)
+    return None
+
+
+# pg_dump's and pg_restore's errors that quote no row: a failed COPY quotes the row or the value
+# it could not load (DETAIL: Failing row contains (...), invalid input syntax ...: "Doe^John"),
+# which is patient data and must reach neither the terminal's scrollback nor a log.
+_SAFE_ERRORS = (
+    "connection to server",
+    "could not connect",
+    "password authentication failed",
+    "no password supplied",
+    "could not open input file",
+    "could not open output file",
+    "input file appears not to be a valid archive",
+    "server version mismatch",
+    "unsupported version",
+    "permission denied for",
+    "No space left on device",
+)
+_ROW_DATA = ("COPY", "DETAIL", "CONTEXT", "Failing row", "Key (", "LINE ", "input syntax")
+
+
 def _run(command: Sequence[str], env: dict[str, str]) -> None:
+    """Runs a PostgreSQL tool; on failure its exit code and, only when it is one known to quote
+    no data (a connection refused, a file unreadable), its first error line."""
     result = subprocess.run(command, env=env, capture_output=True, text=True, check=False)
-    if result.returncode != 0:
-        tail = (result.stderr or result.stdout).strip().splitlines()[-5:]
-        raise DatabaseToolError(f"{Path(command[0]).name} failed: " + " | ".join(tail))
+    if result.returncode == 0:
+        return
+    tool = Path(command[0]).name
+    why = "run it by hand to see why (its messages may quote rows, so they are not shown)"
+    for line in (result.stderr or "").splitlines():
+        if any(mark in line for mark in _ROW_DATA):
+            break
+        if any(safe in line for safe in _SAFE_ERRORS):
+            why = line.strip()
+            break
+    raise DatabaseToolError(f"{tool} failed (exit {result.returncode}); {why}")
 
 
 Reader = Callable[[str], list[tuple[Any, ...]]]

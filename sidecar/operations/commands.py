@@ -11,7 +11,7 @@ from pathlib import Path
 import psycopg
 
 from sidecar.core.settings import Settings
-from sidecar.operations.backup import ServiceFiles, take_backup
+from sidecar.operations.backup import ServiceFiles, StorageIncomplete, take_backup
 from sidecar.operations.backup_databases import DatabaseToolError
 from sidecar.operations.backup_manifest import BackupInvalid, Manifest, verify
 from sidecar.operations.restore import RestoreRefused, restore_backup
@@ -20,6 +20,7 @@ from sidecar.operations.sqlite_snapshot import SnapshotError
 # What an operator can act on from one line (a database down, a disk full, a damaged backup).
 _FAILURES = (
     BackupInvalid,
+    StorageIncomplete,
     RestoreRefused,
     DatabaseToolError,
     SnapshotError,
@@ -56,11 +57,6 @@ def backup(settings: Settings, directory: Path, *, index_timeout: float) -> int:
     except _FAILURES as exc:
         return _fail("backup", exc)
     print(f"backup: {_describe(manifest)}")
-    if manifest.missing_attachments:
-        print(
-            f"backup: {len(manifest.missing_attachments)} file(s) deleted in Orthanc during the"
-            " backup were not copied"
-        )
     print(folder)
     return 0
 

@@ -31,7 +31,9 @@ from sidecar.operations.backup_manifest import (
     SIDECAR_DUMP,
     SIDECAR_SQLITE,
     STORAGE,
+    BackupInvalid,
     Manifest,
+    is_backup_name,
     verify,
 )
 
@@ -57,11 +59,12 @@ def restore_backup(backup: Path, files: ServiceFiles, *, force: bool = False) ->
                 " DATA_DIR, storage and databases, or restore --force to overwrite them"
             )
         lock_node()
+        storage = _storage_targets(manifest, files.storage_dir)  # refused before any change
         if occupied:
             _empty_databases(files)
         _restore_sidecar_database(backup, files)
         _restore_index(backup, files)
-        _restore_storage(backup, manifest, files.storage_dir)
+        _restore_storage(backup, storage, files.storage_dir)
     return manifest
 
 
@@ -230,14 +233,32 @@ def _restore_index(backup: Path, files: ServiceFiles) -> None:
         _put_file(backup / INDEX_SQLITE, files.index_file)
 
 
-def _restore_storage(backup: Path, manifest: Manifest, storage: Path) -> None:
-    _private_folder(storage)
+def _storage_targets(manifest: Manifest, storage: Path) -> dict[str, Path]:
+    """Where each storage file of the backup goes: its resolved path, inside the resolved
+    storage folder. verify() checked the manifest's names; this also holds whatever the
+    storage folder already contains (a symbolic link left in it, with --force)."""
+    root = storage.resolve()
     prefix = f"{STORAGE}/"
-    made: set[Path] = set()
+    targets: dict[str, Path] = {}
     for relative in sorted(manifest.files):
         if not relative.startswith(prefix):
             continue
-        target = storage / relative[len(prefix) :]
+        if not is_backup_name(relative):
+            raise BackupInvalid([f"not a path inside the backup: {relative!r}"])
+        target = (root / relative[len(prefix) :]).resolve()
+        if not target.is_relative_to(root):
+            raise RestoreRefused(
+                f"{relative} would be written to {target}, outside the storage folder {root}"
+                " (a symbolic link in it?): nothing restored"
+            )
+        targets[relative] = target
+    return targets
+
+
+def _restore_storage(backup: Path, targets: dict[str, Path], storage: Path) -> None:
+    _private_folder(storage)
+    made: set[Path] = set()
+    for relative, target in targets.items():
         if target.parent not in made:
             _private_folder(target.parent)
             made.add(target.parent)

@@ -152,7 +152,10 @@ def test_a_backup_taken_under_traffic_restores_into_a_working_node(
     # The traffic had stored a study before the backup began (Traffic.running).
     assert counts["orthanc"]["studies"] >= 4
     assert counts["orthanc"]["attachments"] == counts["orthanc"]["instances"]
-    assert not source.manifest["missingAttachments"]
+    # Every file the index copy names, and only those (none lacking: the backup would fail).
+    stored = [name for name in source.manifest["files"] if name.startswith(f"{STORAGE}/")]
+    assert len(stored) == counts["orthanc"]["attachments"]
+    assert "missingAttachments" not in source.manifest
     assert not list((source.stack.work_dir / "backups").glob(".*")), "a partial folder left"
 
     target = tmp_path / "restored"
@@ -208,6 +211,21 @@ def test_verify_backup_finds_a_changed_file_and_a_missing_one(
     assert checked.returncode == 1
     assert f"checksum differs: {changed}" in checked.stderr
     assert f"missing: {gone}" in checked.stderr
+
+    # A file removed together with its manifest line: the index copy still names it.
+    dropped = tmp_path / "dropped"
+    shutil.copytree(source.backup, dropped)
+    manifest = json.loads((dropped / MANIFEST).read_text())
+    del manifest["files"][gone]
+    (dropped / gone).unlink()
+    (dropped / MANIFEST).write_text(json.dumps(manifest))
+    lacking = sidecar_command(env, "verify-backup", str(dropped))
+    assert lacking.returncode == 1
+    assert (
+        f"1 file(s) orthanc-index.sqlite names are not in the backup: {gone}" in lacking.stderr
+        if source.manifest["databases"]["orthancIndex"] == "sqlite"
+        else "storage files, and Orthanc's index named" in lacking.stderr
+    ), lacking.stderr
 
     # A restore checks first, and restores nothing from a damaged backup.
     target = tmp_path / "target"

@@ -16,12 +16,19 @@ from sqlalchemy import Engine
 from sqlmodel import Session
 
 from sidecar.core.settings import Settings
+from sidecar.operations import backup as backup_module
 from sidecar.operations import backup_databases, commands
 from sidecar.operations.alarms import DiskUsage, DiskWatch
-from sidecar.operations.backup import ServiceFiles, attachment_path, take_backup
+from sidecar.operations.backup import (
+    ServiceFiles,
+    StorageIncomplete,
+    attachment_path,
+    take_backup,
+)
 from sidecar.operations.backup_manifest import MANIFEST, BackupInvalid, verify
 from sidecar.operations.metrics import HL7_RECEIVED, metered_hl7
 from sidecar.operations.restore import restore_backup
+from sidecar.operations.sqlite_snapshot import snapshot_sqlite
 from sidecar.studies.registry import register_study
 
 from builders import orthanc_study
@@ -82,12 +89,6 @@ def stopped_node(work: Path, *, write_files: bool = True, missing: int = 0) -> S
     return files
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="restore.py _restore_storage: a manifest entry 'storage//abs/path' passes _inside()"
-    " (PurePosixPath collapses //) and `storage / '/abs/path'` is the absolute path: a crafted"
-    " backup writes any file anywhere the restoring user may write",
-)
 def test_a_crafted_manifest_cannot_make_restore_write_outside_the_storage(tmp_path: Path) -> None:
     folder = take_backup(stopped_node(tmp_path / "node"), tmp_path / "backups")
     victim = tmp_path / "elsewhere" / "authorized_keys"  # e.g. ~/.ssh/authorized_keys
@@ -109,14 +110,11 @@ def test_a_crafted_manifest_cannot_make_restore_write_outside_the_storage(tmp_pa
     except BackupInvalid:
         pass  # refused: what a fix does
     assert not victim.exists(), f"restore wrote {victim}, outside {target.storage_dir}"
+    with pytest.raises(BackupInvalid) as refused:
+        verify(folder)
+    assert f"not a path inside the backup: 'storage/{victim}'" in refused.value.problems
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="backup.py _copy_storage / commands.backup: every file the index names may be absent"
-    " (ORTHANC_STORAGE_DIR wrong, storage volume not mounted) and the backup still exits 0 and"
-    " prints its path; the files are only reported as 'deleted in Orthanc during the backup'",
-)
 def test_a_backup_without_any_of_the_images_the_index_names_is_not_a_success(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -127,6 +125,11 @@ def test_a_backup_without_any_of_the_images_the_index_names_is_not_a_success(
     )
     printed = capsys.readouterr()
     assert code != 0, f"exit 0, stdout: {printed.out!r}"
+    assert printed.err.strip() == (
+        f"sidecar backup: 2 of the 2 files Orthanc's index names are not in the storage folder"
+        f" {node.storage_dir} (ORTHANC_STORAGE_DIR; is it mounted?): no backup written"
+    )
+    assert list((tmp_path / "backups").iterdir()) == []  # no folder, complete or partial
 
 
 @pytest.mark.xfail(
@@ -186,12 +189,6 @@ def test_a_registration_rolled_back_then_retried_counts_one_study(engine: Engine
     assert after - before == 1
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="backup_manifest.py verify: the files are checked against the manifest only, never"
-    " against the index copy: a backup lacking images its Orthanc index names (file and line"
-    " removed) verifies as complete, and restores to an Orthanc that cannot serve them",
-)
 def test_verify_refuses_a_backup_lacking_files_its_index_names(tmp_path: Path) -> None:
     folder = take_backup(stopped_node(tmp_path / "node"), tmp_path / "backups")
     manifest = json.loads((folder / MANIFEST).read_text())
@@ -203,62 +200,94 @@ def test_verify_refuses_a_backup_lacking_files_its_index_names(tmp_path: Path) -
         verify(folder)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="backup_databases.py Libpq.of: `URL.set(password=None)` keeps the password (SQLAlchemy's"
-    " set() ignores None), so pg_dump and pg_restore get it in --dbname on their command line,"
-    " readable by every local user in /proc/PID/cmdline and `ps`",
-)
 def test_pg_dump_gets_no_password_on_its_command_line(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     commands_run: list[list[str]] = []
+    passwords: list[str | None] = []
+
+    def run(command: list[str], env: dict[str, str]) -> None:
+        commands_run.append(list(command))
+        passwords.append(env.get("PGPASSWORD"))
+
     monkeypatch.setattr(backup_databases, "pg_tool", lambda name: f"/usr/bin/{name}")
-    monkeypatch.setattr(
-        backup_databases, "_run", lambda command, env: commands_run.append(list(command))
-    )
-    url = "postgresql+psycopg://sidecar:s3cret-pw@db.example:5432/sidecar"
-    backup_databases.pg_dump(url, "00000003-1", tmp_path / "dump")
-    backup_databases.pg_restore(url, tmp_path / "dump")
+    monkeypatch.setattr(backup_databases, "_run", run)
+    for url in (
+        "postgresql+psycopg://sidecar:s3cret-pw@db.example:5432/sidecar",
+        "postgresql+psycopg://sidecar@db.example:5432/sidecar?password=s3cret-pw&sslmode=require",
+    ):
+        backup_databases.pg_dump(url, "00000003-1", tmp_path / "dump")
+        backup_databases.pg_restore(url, tmp_path / "dump")
     arguments = [argument for command in commands_run for argument in command]
-    assert len(commands_run) == 2
+    assert len(commands_run) == 4
     assert not [argument for argument in arguments if "s3cret-pw" in argument], arguments
+    assert "--dbname=postgresql://sidecar@db.example:5432/sidecar?sslmode=require" in arguments
+    assert passwords == ["s3cret-pw"] * 4  # the password travels in the environment
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="backup.py _copy_storage / restore.py: an attachment gone from the storage during the"
-    " backup stays in the index copy, and restore puts that index back as is: the restored"
-    " Orthanc names an instance whose file it does not have (WADO fails), for ever, as nothing"
-    " in the restored node deletes it",
-)
-def test_a_restored_index_names_no_file_the_restored_storage_lacks(tmp_path: Path) -> None:
-    folder = take_backup(stopped_node(tmp_path / "node", missing=1), tmp_path / "backups")
-    assert verify(folder).missing_attachments == [UUIDS[-1]]
+def test_a_restored_index_names_no_file_the_restored_storage_lacks(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A file the index copy names but the storage lacks, for good: no backup at all.
+    with pytest.raises(StorageIncomplete, match="1 of the 2 files"):
+        take_backup(stopped_node(tmp_path / "broken", missing=1), tmp_path / "backups")
+    assert list((tmp_path / "backups").iterdir()) == []
+
+    # An instance deleted in Orthanc after the index was copied (Orthanc removes its index row,
+    # then its file): the next copy of the index no longer names it, and the backup holds
+    # neither.
+    node = stopped_node(tmp_path / "node")
+    deleted = UUIDS[-1]
+    snapshots = []
+
+    def then_delete(database: Path, destination: Path, **options: float) -> tuple[int, float]:
+        taken = snapshot_sqlite(database, destination, **options)
+        snapshots.append(destination)
+        if len(snapshots) == 1:
+            index = sqlite3.connect(database)
+            index.execute("DELETE FROM AttachedFiles WHERE uuid = ?", (deleted,))
+            index.commit()
+            index.close()
+            (node.storage_dir / attachment_path(deleted)).unlink()
+        return taken
+
+    monkeypatch.setattr(backup_module, "snapshot_sqlite", then_delete)
+    folder = take_backup(node, tmp_path / "backups")
+    manifest = verify(folder)
+    assert len(snapshots) == 2 and manifest.timings["orthancIndexPasses"] == 2
+    assert manifest.counts["orthanc"]["attachments"] == 1
+    assert "missingAttachments" not in json.loads((folder / MANIFEST).read_text())
     target = ServiceFiles.from_settings(Settings(data_dir=tmp_path / "restored"))
     restore_backup(folder, target)
     index = sqlite3.connect(target.index_file)
     named = [row[0] for row in index.execute("SELECT uuid FROM AttachedFiles")]
     index.close()
+    assert named == UUIDS[:-1]
     absent = [u for u in named if not (target.storage_dir / attachment_path(u)).is_file()]
     assert absent == []
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="backup_manifest.py verify: a damaged manifest entry (no 'size', not an object) raises"
-    " KeyError/TypeError out of verify, which verify-backup and restore do not catch: a"
-    " traceback instead of the one-line 'does not match its manifest'",
-)
 def test_verify_backup_reports_a_damaged_manifest_entry_in_its_own_words(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     folder = take_backup(stopped_node(tmp_path / "node"), tmp_path / "backups")
-    manifest = json.loads((folder / MANIFEST).read_text())
+    intact = json.loads((folder / MANIFEST).read_text())
+    manifest = json.loads(json.dumps(intact))
     del manifest["files"]["sidecar.sqlite"]["size"]
     (folder / MANIFEST).write_text(json.dumps(manifest))
     assert commands.verify_backup(folder) == 1
     assert "does not match its manifest" in capsys.readouterr().err
+    # Other damage: an entry that is not an object, counts that are not numbers, no object.
+    entry = json.loads(json.dumps(intact))
+    entry["files"]["orthanc-index.sqlite"] = "ok"
+    counts = json.loads(json.dumps(intact))
+    counts["counts"] = ["orthanc"]
+    for damaged in (entry, counts, [intact]):
+        (folder / MANIFEST).write_text(json.dumps(damaged))
+        assert commands.verify_backup(folder) == 1
+        assert "does not match its manifest" in capsys.readouterr().err
+        with pytest.raises(BackupInvalid):
+            restore_backup(folder, ServiceFiles.from_settings(Settings(data_dir=tmp_path / "r")))
 
 
 def _message_types() -> set[str]:
