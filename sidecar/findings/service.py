@@ -131,7 +131,7 @@ def raise_finding(
             order_id=finding.order_id,
             escalates_at_once=finding.next_escalation_at is not None,
         )
-    metrics.finding_raised(severity)
+    metrics.finding_raised(session, severity)
     return finding
 
 
@@ -249,7 +249,7 @@ def acknowledge(
         escalation_level=finding.escalation_level,
         minutes=round((now - finding.created_at).total_seconds() / 60, 1),
     )
-    metrics.finding_acknowledged(finding.severity, finding.created_at, now)
+    metrics.finding_acknowledged(session, finding.severity, finding.created_at, now)
 
 
 def update_finding(

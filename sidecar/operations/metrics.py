@@ -5,25 +5,32 @@ Module-level, in prometheus_client's process-wide registry, as is usual: a count
 process, whichever app object counted (tests build many apps in one process and compare
 deltas). Backlogs read from the database at scrape time are not here but in
 sidecar.operations.metrics_backlog. This module imports no domain package, so that every domain
-may import it; the recording functions take plain values.
+may import it; the recording functions take plain values, and the session of the work they count
+when that work is counted once committed (on_commit, at the end).
 
 No label may carry patient data: labels are message types, ACK codes, severities, priorities,
-outcomes, route templates and statuses, each checked against what it may be (a label fed from
-a message is reduced to a known shape, else "other"), which also bounds the number of series.
+outcomes, route templates and statuses, each checked against a fixed set of what it may be (a
+value fed from a message is one of a list, else "other"), which also bounds the number of
+series: a series, once created, lives as long as the process, so a label an MLLP sender could
+choose would let it grow the memory without bound.
 """
 
 from __future__ import annotations
 
 import asyncio
-import re
 import time
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from datetime import datetime
 from typing import TypeVar
 
 from prometheus_client import Counter, Histogram
+from sqlalchemy import event
+from sqlalchemy.orm import Session, SessionTransaction
 
+from hl7.adt import ADT_EVENTS
 from hl7.errors import Hl7Error
+from hl7.orders import SUPPORTED_MESSAGES
 
 #: Minutes to days: registration waits for StableAge, findings and reports for people.
 _SECONDS_TO_MINUTES = (0.25, 0.5, 1, 2, 5, 10, 20, 30, 60, 120, 300, 600)
@@ -88,7 +95,15 @@ HTTP_DURATION = Histogram(
     buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
 )
 
-_MESSAGE_TYPE = re.compile(r"[A-Z][A-Z0-9]{2}(\^[A-Z][A-Z0-9]{2})?")
+#: MSH-9 values counted under their own name: what the intake takes (orders, ADT), and what a
+#: hospital feed commonly sends besides (the ADT it refuses, results, scheduling, documents),
+#: to tell a misrouted feed from noise. Any other value is "other".
+MESSAGE_TYPES = frozenset(
+    {f"{kind}^{trigger}" for kind, trigger in SUPPORTED_MESSAGES}
+    | {f"ADT^{trigger}" for trigger in ADT_EVENTS}
+    | {f"ADT^{trigger}" for trigger in ("A02", "A03", "A06", "A07", "A11", "A12", "A13")}
+    | {"ORU^R01", "OML^O21", "SIU^S12", "MDM^T02"}
+)
 ACK_CODES = frozenset({"AA", "AE", "AR", "CA", "CE", "CR"})
 PRIORITIES = frozenset({"STAT", "URGENT", "ROUTINE"})
 SEVERITIES = frozenset({"CRITICAL", "HIGH", "MODERATE", "LOW"})
@@ -102,9 +117,8 @@ def known(value: object, allowed: frozenset[str], other: str = "other") -> str:
 
 
 def message_type_label(message_type: str, trigger: str) -> str:
-    """ORM^O01, ADT^A08...: a sender's MSH-9 reduced to that shape, else "other"."""
-    code = f"{message_type}^{trigger}" if trigger else message_type
-    return code if _MESSAGE_TYPE.fullmatch(code) else "other"
+    """ORM^O01, ADT^A08...: a sender's MSH-9 if one of MESSAGE_TYPES, else "other"."""
+    return known(f"{message_type}^{trigger}", MESSAGE_TYPES)
 
 
 def message_type_of(raw: bytes) -> str:
@@ -165,25 +179,89 @@ def metered_hl7(
 
 
 def hl7_sent(kind: str, outcome: str) -> None:
-    """One delivery attempt of the result outbox (sidecar.results.outbox)."""
+    """One delivery attempt of the result outbox (sidecar.results.outbox), once recorded."""
     HL7_SENT.labels(kind, outcome).inc()
 
 
-def finding_raised(severity: object) -> None:
-    FINDINGS_RAISED.labels(known(severity, SEVERITIES)).inc()
-
-
-def finding_acknowledged(severity: object, raised_at: datetime, acknowledged_at: datetime) -> None:
+def finding_raised(session: Session, severity: object) -> None:
     label = known(severity, SEVERITIES)
-    FINDINGS_ACKNOWLEDGED.labels(label).inc()
-    FINDINGS_TIME_TO_ACKNOWLEDGE.labels(label).observe(
-        max(0.0, (acknowledged_at - raised_at).total_seconds())
-    )
+    on_commit(session, lambda: FINDINGS_RAISED.labels(label).inc())
 
 
-def report_signed(priority: str | None, ready_at: datetime | None, signed_at: datetime) -> None:
+def finding_acknowledged(
+    session: Session, severity: object, raised_at: datetime, acknowledged_at: datetime
+) -> None:
+    label = known(severity, SEVERITIES)
+    waited = max(0.0, (acknowledged_at - raised_at).total_seconds())
+
+    def count() -> None:
+        FINDINGS_ACKNOWLEDGED.labels(label).inc()
+        FINDINGS_TIME_TO_ACKNOWLEDGE.labels(label).observe(waited)
+
+    on_commit(session, count)
+
+
+def report_signed(
+    session: Session, priority: str | None, ready_at: datetime | None, signed_at: datetime
+) -> None:
     """A report signed final; its turnaround when the study's ready time is known."""
     label = known(priority, PRIORITIES, other="ROUTINE")  # no priority: read as routine
-    REPORTS_SIGNED.labels(label).inc()
-    if ready_at is not None:
-        REPORTS_TURNAROUND.labels(label).observe(max(0.0, (signed_at - ready_at).total_seconds()))
+    turnaround = None if ready_at is None else max(0.0, (signed_at - ready_at).total_seconds())
+
+    def count() -> None:
+        REPORTS_SIGNED.labels(label).inc()
+        if turnaround is not None:
+            REPORTS_TURNAROUND.labels(label).observe(turnaround)
+
+    on_commit(session, count)
+
+
+# --- counted when committed ---------------------------------------------------------------------
+#
+# Work done in a transaction is counted when that transaction commits, not when the work is done:
+# a registration or a signature rolled back (a database error, a conflict) and done again is
+# counted once, and one never committed not at all. The counts wait in session.info, each with
+# the transaction it was done in (a savepoint's or the session's): a savepoint that commits hands
+# them to its enclosing transaction, the session's transaction that commits runs them, and any
+# transaction that ends otherwise (rollback, close) drops its own.
+
+_PENDING = "sidecar.metrics.pending"
+
+
+@dataclass
+class _Pending:
+    transaction: SessionTransaction
+    count: Callable[[], object]
+
+
+def on_commit(session: Session, count: Callable[[], object]) -> None:
+    """Run `count` once the transaction now in progress in `session` is committed (none in
+    progress: the one the session's next statement would begin)."""
+    pending: list[_Pending] | None = session.info.get(_PENDING)
+    if pending is None:
+        pending = session.info[_PENDING] = []
+        event.listen(session, "after_commit", _committed)
+        event.listen(session, "after_transaction_end", _ended)
+    transaction = session.get_nested_transaction() or session.get_transaction() or session.begin()
+    pending.append(_Pending(transaction, count))
+
+
+def _committed(session: Session) -> None:
+    # Dispatched while the transaction committing is still the session's current one.
+    done = session.get_nested_transaction() or session.get_transaction()
+    enclosing = done.parent if done is not None else None
+    while enclosing is not None and enclosing.parent is not None and not enclosing.nested:
+        enclosing = enclosing.parent  # a flush's subtransaction is no boundary
+    pending: list[_Pending] = session.info[_PENDING]
+    for entry in [entry for entry in pending if entry.transaction is done]:
+        if enclosing is None:
+            pending.remove(entry)
+            entry.count()
+        else:
+            entry.transaction = enclosing
+
+
+def _ended(session: Session, transaction: SessionTransaction) -> None:
+    # After _committed: what is left of this transaction's counts was never committed.
+    pending: list[_Pending] = session.info[_PENDING]
+    pending[:] = [entry for entry in pending if entry.transaction is not transaction]

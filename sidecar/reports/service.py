@@ -155,7 +155,7 @@ def sign_report(
     )
     reading = reading_holder.reading_of(session, report.study_id)  # ready to read since when
     ready_at = (reading.ready_at if reading else None) or study.images_received_at
-    metrics.report_signed(study.priority, ready_at, revision.signed_at)
+    metrics.report_signed(session, study.priority, ready_at, revision.signed_at)
     return revision
 
 

@@ -122,8 +122,9 @@ class ResultOutbox(BackgroundWorker):
                 :1000
             ]
             session.add(message)
-            metrics.hl7_sent(_kind(message), "no_answer")
+            kind = _kind(message)
             session.commit()
+        metrics.hl7_sent(kind, "no_answer")
         self.last_error = reason
         log.warning(
             "HIS did not answer result message %d; next attempt in %.0f s", message_id, delay
@@ -163,8 +164,9 @@ class ResultOutbox(BackgroundWorker):
                 order_id=message.order_id,
                 ack_code=message.ack_code,
             )
-            metrics.hl7_sent(_kind(message), "delivered" if code in _ACCEPTED else "refused")
+            kind = _kind(message)
             session.commit()
+            metrics.hl7_sent(kind, "delivered" if code in _ACCEPTED else "refused")
             if changed is not None:
                 session.refresh(changed)
         self.last_error = None if code in _ACCEPTED else text

@@ -90,7 +90,7 @@ def register_study(
     study.images_received_at = now
     after = (study.series_count, study.instance_count, study.status)
     if study.instance_count and (created or not before[1]):  # once, at its first images
-        metrics.STUDIES_REGISTERED.inc()
+        metrics.on_commit(session, metrics.STUDIES_REGISTERED.inc)
     if created or after != before:
         study.updated_at = now
         session.add(study)

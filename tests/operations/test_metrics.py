@@ -143,7 +143,8 @@ def test_real_traffic_moves_each_counter_by_what_happened(
     # HL7 in, by type and ACK code, each ACK timed.
     received = "sidecar_hl7_messages_received_total"
     assert moved(before, after, received, message_type="ORM^O01", ack_code="AA") == 1
-    assert moved(before, after, received, message_type="ZZZ^Z01", ack_code=refused) == 1
+    assert moved(before, after, received, message_type="other", ack_code=refused) == 1
+    assert moved(before, after, received, message_type="ZZZ^Z01", ack_code=refused) == 0
     assert (
         moved(before, after, "sidecar_hl7_ack_latency_seconds_count", message_type="ORM^O01") == 1
     )
