@@ -1,6 +1,6 @@
-"""Review of issue 17 (metrics, JSON logs, alarms, backup and restore): each test shows a defect
-and is expected to fail until it is fixed (xfail strict: a fix makes it pass, and the marker
-must then go)."""
+"""Operations under attack and mishap: a crafted backup manifest, a backup of a storage that is
+not mounted, the database password and ps, a hostile HL7 sender growing metric labels, a dead
+network mount under Orthanc's storage, counts of work rolled back."""
 
 from __future__ import annotations
 
