@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 from starlette.responses import JSONResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -17,6 +17,12 @@ from sidecar.core.api_errors import error_body
 log = logging.getLogger("sidecar.http")
 
 REQUEST_ID_HEADER = b"x-request-id"
+#: The route of a request no route matched (a 404, a refusal before routing).
+UNMATCHED = "<unmatched>"
+
+#: Told of each request once it ends: route template, method, status, seconds to the end of the
+#: body (the metrics' HTTP histogram: sidecar.operations.metrics).
+RequestObserver = Callable[[str, str, int, float], None]
 
 
 class AccessLog:
@@ -31,10 +37,14 @@ class AccessLog:
     acceptable one, else a new one. Every line the request causes carries it, the access line
     included, and every answer says it in X-Request-ID: refusals and errors too, as this is the
     outermost of the service's middleware (the answer to an unhandled error, made outside it,
-    adds it itself: sidecar.core.api_errors)."""
+    adds it itself: sidecar.core.api_errors).
 
-    def __init__(self, app: ASGIApp) -> None:
+    The same measure goes to each of `observers`, so that what is timed for the log is not timed
+    again by another wrapper of every request."""
+
+    def __init__(self, app: ASGIApp, observers: Sequence[RequestObserver] = ()) -> None:
         self.app = app
+        self.observers = tuple(observers)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -59,13 +69,11 @@ class AccessLog:
         try:
             await self.app(scope, receive, remember_status)
         finally:
-            log.info(
-                "%s %s -> %d in %.1f ms",
-                scope["method"],
-                getattr(scope.get("route"), "path", "<unmatched>"),
-                status,
-                (time.perf_counter() - started) * 1000,
-            )
+            seconds = time.perf_counter() - started
+            route = getattr(scope.get("route"), "path", UNMATCHED)
+            log.info("%s %s -> %d in %.1f ms", scope["method"], route, status, seconds * 1000)
+            for observe in self.observers:
+                observe(route, scope["method"], status, seconds)
         # Only when the request ended well: an unhandled error is logged and answered after
         # this (by Starlette's ServerErrorMiddleware, then the server), under the same id. The
         # context is the request's own task's, gone with it.
