@@ -37,7 +37,8 @@ $(VIEWER_STAMP): $(VIEWER_DIR)/package-lock.json
 	cd $(VIEWER_DIR) && $(NPM_CI)
 	touch $@
 
-## Chromium and nginx (Debian), playwright-core (npm): the viewer tests and benchmark.
+## Chromium and nginx (Debian), playwright-core and axe-core (npm): the viewer and page tests
+## and the benchmark.
 test-deps: $(BROWSER_STAMP)
 	@orthanc/install-test-packages.sh
 

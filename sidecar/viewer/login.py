@@ -25,7 +25,7 @@ form{{background:#151a3d;padding:2rem;border-radius:8px;width:18rem}}
 label{{display:block;margin-top:1rem}} input{{width:100%;padding:.4rem;box-sizing:border-box}}
 button{{margin-top:1.5rem;width:100%;padding:.5rem}} .error{{color:#ff8a80}}
 </style></head>
-<body><form method="post" action="/login" id="login">
+<body><main><form method="post" action="/login" id="login">
 <h1>Radiology viewer</h1>
 {error}
 <label>User name <input name="username" autocomplete="username" required maxlength="64"></label>
@@ -33,7 +33,7 @@ button{{margin-top:1.5rem;width:100%;padding:.5rem}} .error{{color:#ff8a80}}
 maxlength="256"></label>
 {totp}<input type="hidden" name="next" value="{next}">
 <button type="submit">Log in</button>
-</form>
+</form></main>
 <script>{script}</script>
 </body></html>
 """
