@@ -76,6 +76,8 @@ from sidecar.viewer.front import ViewerFront, ViewerLinks, build_viewer_front, v
 from sidecar.viewer.headers import sidecar_headers
 from sidecar.viewer.router import router as viewer_router
 from sidecar.viewer.stow_router import router as stow_router
+from sidecar.web.errors import install_page_errors
+from sidecar.web.router import router as web_router
 from sidecar.worklist.directory import WorklistDirectory
 from sidecar.worklist.publisher import WorklistPublisher, zone_of
 
@@ -127,6 +129,8 @@ def create_app(
     )
     attach(app, services)
     install_error_handlers(app)
+    # Refusals under /app/ answered as pages (the login form, an error page), the API's as JSON.
+    install_page_errors(app)
     app.openapi = lambda: _openapi(app)  # type: ignore[method-assign]
     app.add_middleware(RefuseNul)
     # Outside RefuseNul: its refusals carry the headers too.
@@ -135,6 +139,8 @@ def create_app(
     app.add_middleware(AccessLog, observers=[observe_request] if settings.metrics_enabled else [])
     for router in ROUTERS:
         app.include_router(router)
+    # The pages under /app/ (sidecar.web), before the viewer's catch-all.
+    app.include_router(web_router)
     # Last: its catch-all serves the viewer's client-side routes.
     app.include_router(viewer_router)
     return app
