@@ -3,17 +3,12 @@
 from __future__ import annotations
 
 from fastapi import APIRouter, Request
-from fastapi.responses import HTMLResponse, RedirectResponse
+from fastapi.responses import HTMLResponse
 
 from sidecar.web.session import PageUser
 from sidecar.web.templating import pages_for, render
 
 router = APIRouter(include_in_schema=False)
-
-
-@router.get("/app", include_in_schema=False)
-def app_root() -> RedirectResponse:
-    return RedirectResponse("/app/", status_code=307)
 
 
 @router.get("/app/", response_class=HTMLResponse)

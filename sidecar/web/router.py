@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from fastapi import APIRouter, Depends, Request
-from fastapi.responses import Response
+from fastapi.responses import RedirectResponse, Response
 
 from sidecar.core.errors import UnknownRecord
 from sidecar.web import home
@@ -59,6 +59,12 @@ def _static_files(folder: Path) -> dict[str, StaticFile]:
 STATIC_FILES = _static_files(STATIC_DIR)
 
 router = APIRouter(include_in_schema=False)
+
+
+@router.get("/app")
+def app_root() -> RedirectResponse:
+    """/app is /app/, session or not (the page then asks for one)."""
+    return RedirectResponse("/app/", status_code=307)
 
 
 @router.api_route("/app/static/{name}", methods=["GET", "HEAD"])

@@ -151,6 +151,7 @@ def test_app_without_slash_and_unknown_pages(logged_in: Callable[[Role], TestCli
     # Never the viewer's catch-all, with or without a session.
     client.cookies.clear()
     assert client.get("/app/no-such-page", headers=HTML).status_code == 401
+    assert client.get("/app", follow_redirects=False).status_code == 307
 
 
 def test_the_api_keeps_answering_json(client: TestClient) -> None:
