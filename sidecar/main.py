@@ -12,7 +12,7 @@ from collections.abc import Callable
 from datetime import datetime
 from typing import Any
 
-from fastapi import FastAPI
+from fastapi import Depends, FastAPI
 from fastapi.openapi.utils import get_openapi
 from sqlalchemy import Engine
 
@@ -77,7 +77,9 @@ from sidecar.viewer.headers import sidecar_headers
 from sidecar.viewer.router import router as viewer_router
 from sidecar.viewer.stow_router import router as stow_router
 from sidecar.web.errors import install_page_errors
+from sidecar.web.home import router as home_page_router
 from sidecar.web.router import router as web_router
+from sidecar.web.session import check_csrf
 from sidecar.worklist.directory import WorklistDirectory
 from sidecar.worklist.publisher import WorklistPublisher, zone_of
 
@@ -110,6 +112,9 @@ ROUTERS = (
     stow_router,
 )
 
+# The pages under /app/ (sidecar/web), one router per page group.
+PAGE_ROUTERS = (home_page_router,)
+
 
 def create_app(
     settings: Settings | None = None,
@@ -139,7 +144,10 @@ def create_app(
     app.add_middleware(AccessLog, observers=[observe_request] if settings.metrics_enabled else [])
     for router in ROUTERS:
         app.include_router(router)
-    # The pages under /app/ (sidecar.web), before the viewer's catch-all.
+    # The pages, each with the CSRF check on its forms; then their static files and the 404
+    # page of any other /app/ path; all before the viewer's catch-all.
+    for router in PAGE_ROUTERS:
+        app.include_router(router, dependencies=[Depends(check_csrf)])
     app.include_router(web_router)
     # Last: its catch-all serves the viewer's client-side routes.
     app.include_router(viewer_router)

@@ -1,9 +1,11 @@
-"""Everything under /app/: the page routers, the pages' static files, and a 404 page for any
-other /app/ path (the viewer's catch-all never sees /app: sidecar.viewer.router._NOT_VIEWER).
+"""What /app/ serves besides the pages: /app's redirect, the pages' static files, and a 404 page
+for any other /app/ path (the viewer's catch-all never sees /app:
+sidecar.viewer.router._NOT_VIEWER).
 
 A page module (sidecar/web/<name>_page.py) has `router = APIRouter(include_in_schema=False)` with
-its routes under /app/...; it is added to PAGE_ROUTERS below. Each is included with the CSRF
-check (sidecar.web.session.check_csrf): no POST, PUT, PATCH or DELETE of a page goes without.
+its routes under /app/...; sidecar.main lists it in PAGE_ROUTERS (routers do not import routers),
+and includes each with the CSRF check (sidecar.web.session.check_csrf), so no POST, PUT, PATCH
+or DELETE of a page goes without, before this router, whose catch-all comes last.
 """
 
 from __future__ import annotations
@@ -13,12 +15,11 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from fastapi import APIRouter, Depends, Request
+from fastapi import APIRouter, Request
 from fastapi.responses import RedirectResponse, Response
 
 from sidecar.core.errors import UnknownRecord
-from sidecar.web import home
-from sidecar.web.session import PageUser, check_csrf
+from sidecar.web.session import PageUser
 
 STATIC_DIR = Path(__file__).parent / "static"
 # Served by name from what the folder holds when the service starts: a name is looked up, never
@@ -33,8 +34,6 @@ _CONTENT_TYPES = {
     ".woff2": "font/woff2",
     ".LICENSE": "text/plain; charset=utf-8",
 }
-
-PAGE_ROUTERS: tuple[APIRouter, ...] = (home.router,)
 
 
 @dataclass(frozen=True)
@@ -78,10 +77,6 @@ def static_file(request: Request, name: str) -> Response:
     if found.etag in request.headers.get("if-none-match", ""):
         return Response(status_code=304, headers=headers)
     return Response(found.body, media_type=found.content_type, headers=headers)
-
-
-for page_router in PAGE_ROUTERS:
-    router.include_router(page_router, dependencies=[Depends(check_csrf)])
 
 
 # Last: any other /app/ path, once the session holds (without one, the login page).

@@ -1,6 +1,6 @@
 """CSRF: every POST, PUT, PATCH and DELETE of a page needs the session's token, in the form field
 csrf_token or the X-CSRF-Token header. No page posts anything yet (the pages that do are built on
-this), so a test-only page router is included the way sidecar.web.router includes the real ones:
+this), so a test-only page router is included the way sidecar.main includes the real ones:
 with the check as a router dependency."""
 
 from __future__ import annotations
