@@ -10,6 +10,9 @@ from fastapi.testclient import TestClient
 
 from sidecar.web.router import STATIC_DIR
 
+# The files are the same whatever the database.
+pytestmark = pytest.mark.one_database
+
 HTMX_SHA256 = "d6fdc75f204e6bdefa99b69bf1e6d4ac69b8a364f77929f45c13476b4000f717"
 
 
