@@ -12,7 +12,7 @@ from collections.abc import Callable
 from datetime import datetime
 from typing import Any
 
-from fastapi import FastAPI
+from fastapi import Depends, FastAPI
 from fastapi.openapi.utils import get_openapi
 from sqlalchemy import Engine
 
@@ -76,6 +76,10 @@ from sidecar.viewer.front import ViewerFront, ViewerLinks, build_viewer_front, v
 from sidecar.viewer.headers import sidecar_headers
 from sidecar.viewer.router import router as viewer_router
 from sidecar.viewer.stow_router import router as stow_router
+from sidecar.web.errors import install_page_errors
+from sidecar.web.home import router as home_page_router
+from sidecar.web.router import router as web_router
+from sidecar.web.session import check_csrf
 from sidecar.worklist.directory import WorklistDirectory
 from sidecar.worklist.publisher import WorklistPublisher, zone_of
 
@@ -108,6 +112,9 @@ ROUTERS = (
     stow_router,
 )
 
+# The pages under /app/ (sidecar/web), one router per page group.
+PAGE_ROUTERS = (home_page_router,)
+
 
 def create_app(
     settings: Settings | None = None,
@@ -127,6 +134,8 @@ def create_app(
     )
     attach(app, services)
     install_error_handlers(app)
+    # Refusals under /app/ answered as pages (the login form, an error page), the API's as JSON.
+    install_page_errors(app)
     app.openapi = lambda: _openapi(app)  # type: ignore[method-assign]
     app.add_middleware(RefuseNul)
     # Outside RefuseNul: its refusals carry the headers too.
@@ -135,6 +144,11 @@ def create_app(
     app.add_middleware(AccessLog, observers=[observe_request] if settings.metrics_enabled else [])
     for router in ROUTERS:
         app.include_router(router)
+    # The pages, each with the CSRF check on its forms; then their static files and the 404
+    # page of any other /app/ path; all before the viewer's catch-all.
+    for router in PAGE_ROUTERS:
+        app.include_router(router, dependencies=[Depends(check_csrf)])
+    app.include_router(web_router)
     # Last: its catch-all serves the viewer's client-side routes.
     app.include_router(viewer_router)
     return app

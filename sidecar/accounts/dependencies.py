@@ -11,6 +11,7 @@ from collections.abc import Callable
 from typing import Annotated
 
 from fastapi import Depends, Request
+from sqlmodel import Session
 
 from sidecar.accounts.models import Role, TokenScope, User
 from sidecar.accounts.security import InvalidToken, decode_access_token
@@ -29,13 +30,15 @@ SCOPE_REFUSALS = {
 }
 
 
-def _authenticated(
-    session: SessionDep, settings: SettingsDep, credentials: BearerDep
-) -> tuple[User, TokenScope]:
-    if credentials is None:
+def token_holder(session: Session, token: str | None, jwt_secret: str) -> tuple[User, TokenScope]:
+    """The account an access token opens, and the token's scope: the one rule every credential
+    is checked by, a bearer token of the API as a page's session cookie (sidecar.web.session).
+    Raises NotAuthenticated when there is no token, or it is invalid, expired, of a disabled
+    account, or older than the account's last password or role change."""
+    if not token:
         raise NotAuthenticated("authentication required: send 'Authorization: Bearer <token>'")
     try:
-        claims = decode_access_token(credentials.credentials, settings.jwt_secret)
+        claims = decode_access_token(token, jwt_secret)
     except InvalidToken as exc:
         raise NotAuthenticated("the access token is invalid or expired") from exc
     user = session.get(User, claims.user_id)
@@ -46,6 +49,13 @@ def _authenticated(
             "the password or role changed since this token was issued: log in again"
         )
     return user, claims.scope
+
+
+def _authenticated(
+    session: SessionDep, settings: SettingsDep, credentials: BearerDep
+) -> tuple[User, TokenScope]:
+    token = credentials.credentials if credentials is not None else None
+    return token_holder(session, token, settings.jwt_secret)
 
 
 Authenticated = Annotated[tuple[User, TokenScope], Depends(_authenticated)]

@@ -36,8 +36,8 @@ log = logging.getLogger(__name__)
 router = APIRouter(tags=["viewer"])
 
 # Paths the catch-all must leave to their own routes (an unknown /api/... is a 404, never the
-# viewer's index.html).
-_NOT_VIEWER = re.compile(r"^(api|health|docs|redoc|openapi\.json|dicom-web|wado)(/|$)")
+# viewer's index.html; /app is the pages', sidecar.web).
+_NOT_VIEWER = re.compile(r"^(api|app|health|docs|redoc|openapi\.json|dicom-web|wado)(/|$)")
 # A host[:port], as nginx's front checks it too (sidecar.viewer.paths.HOST).
 _HOST = re.compile(HOST)
 _MAX_FORM_BYTES = 4096
