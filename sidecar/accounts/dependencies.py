@@ -11,9 +11,10 @@ from collections.abc import Callable
 from typing import Annotated
 
 from fastapi import Depends, Request
+from sqlmodel import Session
 
 from sidecar.accounts.models import Role, TokenScope, User
-from sidecar.accounts.security import InvalidToken, decode_access_token
+from sidecar.accounts.security import InvalidToken, TokenClaims, decode_access_token
 from sidecar.core.dependencies import BearerDep, SessionDep, SettingsDep
 from sidecar.core.errors import NotAuthenticated, NotPermitted
 
@@ -34,8 +35,16 @@ def _authenticated(
 ) -> tuple[User, TokenScope]:
     if credentials is None:
         raise NotAuthenticated("authentication required: send 'Authorization: Bearer <token>'")
+    user, claims = user_of_token(session, settings.jwt_secret, credentials.credentials)
+    return user, claims.scope
+
+
+def user_of_token(session: Session, jwt_secret: str, token: str) -> tuple[User, TokenClaims]:
+    """The API's checks of an access token, wherever it came from (a bearer header, the
+    viewer's session cookie): signed and unexpired, its account active, issued after the last
+    password or role change. NotAuthenticated otherwise."""
     try:
-        claims = decode_access_token(credentials.credentials, settings.jwt_secret)
+        claims = decode_access_token(token, jwt_secret)
     except InvalidToken as exc:
         raise NotAuthenticated("the access token is invalid or expired") from exc
     user = session.get(User, claims.user_id)
@@ -45,7 +54,7 @@ def _authenticated(
         raise NotAuthenticated(
             "the password or role changed since this token was issued: log in again"
         )
-    return user, claims.scope
+    return user, claims
 
 
 Authenticated = Annotated[tuple[User, TokenScope], Depends(_authenticated)]
