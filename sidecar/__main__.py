@@ -65,15 +65,18 @@ def main(argv: list[str] | None = None) -> None:
 def _serve(settings: Settings) -> None:
     import uvicorn
 
+    from sidecar.events.serving import Server
     from sidecar.main import create_app
 
-    uvicorn.run(
-        create_app(settings),
-        host=settings.sidecar_host,
-        port=settings.sidecar_port,
-        access_log=False,
-        log_config=None,
-    )
+    Server(
+        uvicorn.Config(
+            create_app(settings),
+            host=settings.sidecar_host,
+            port=settings.sidecar_port,
+            access_log=False,
+            log_config=None,
+        )
+    ).run()
 
 
 if __name__ == "__main__":

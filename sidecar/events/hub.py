@@ -30,6 +30,8 @@ log = logging.getLogger(__name__)
 
 #: Put in a stream's queue in place of what it could not keep up with.
 RESET: Final = "reset"
+#: Put in a stream's queue to end it (the server shuts down).
+CLOSE: Final = "close"
 
 _SNAPSHOT_XMIN = text("SELECT pg_snapshot_xmin(pg_current_snapshot())::text::bigint")
 _SNAPSHOT_XMAX = text("SELECT pg_snapshot_xmax(pg_current_snapshot())::text::bigint")
@@ -77,6 +79,15 @@ class EventHub:
 
     def unsubscribe(self, subscription: Subscription) -> None:
         self._subscriptions.discard(subscription)
+
+    def close_streams(self) -> None:
+        """Ends every open stream (their clients reconnect, to another node or to this one
+        started again): a server waits for every response in progress before it stops."""
+        for subscription in list(self._subscriptions):
+            while not subscription.queue.empty():
+                subscription.queue.get_nowait()
+            subscription.queue.put_nowait(CLOSE)
+        self._subscriptions.clear()
 
     async def stop(self) -> None:
         self._subscriptions.clear()

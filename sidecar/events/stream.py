@@ -19,7 +19,7 @@ from sqlmodel import Session, col, select
 from sidecar.access.care_scope import CareScope
 from sidecar.accounts.models import User
 from sidecar.core.models import utcnow
-from sidecar.events.hub import RESET, EventHub, Subscription
+from sidecar.events.hub import CLOSE, RESET, EventHub, Subscription
 from sidecar.events.models import LiveEvent
 from sidecar.events.scope import ScopeFilter
 
@@ -138,7 +138,7 @@ class EventStream:
                 item = await asyncio.wait_for(subscription.queue.get(), timeout=wait)
             except TimeoutError:
                 item = None
-            if await self._is_disconnected():
+            if item == CLOSE or await self._is_disconnected():
                 return
             if self.caller.clock() >= self.caller.expires_at:
                 return
