@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+
 from hl7.ack import parse_ack
 from hl7.mllp.client import MllpClient
 
