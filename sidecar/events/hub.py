@@ -8,9 +8,10 @@ page reloads its lists) and goes on with what comes next, rather than holding me
 Ids are handed out at insert time but rows become visible at commit, and concurrent
 transactions on PostgreSQL commit in any order: a reader that moved past id 11 while id 10
 was still uncommitted would never deliver 10. So the hub delivers a gap-free run of ids only. A
-missing id is waited for until every transaction that could hold it has ended (the oldest
-running transaction, `pg_snapshot_xmin`, is past the newest one at the time the gap was seen);
-then it was rolled back and is skipped. SQLite has one writer at a time: ids commit in order.
+missing id is waited for until every transaction of this database that was writing when the gap
+was seen has ended (pg_stat_activity's backend_xid; not the server-wide oldest transaction, which
+another database's long transaction would hold back); then it was rolled back and is skipped.
+SQLite has one writer at a time: ids commit in order.
 """
 
 from __future__ import annotations
@@ -33,8 +34,11 @@ RESET: Final = "reset"
 #: Put in a stream's queue to end it (the server shuts down).
 CLOSE: Final = "close"
 
-_SNAPSHOT_XMIN = text("SELECT pg_snapshot_xmin(pg_current_snapshot())::text::bigint")
-_SNAPSHOT_XMAX = text("SELECT pg_snapshot_xmax(pg_current_snapshot())::text::bigint")
+_CLEAR_STATUS = text("SELECT pg_stat_clear_snapshot()")  # read the sessions anew, not as cached
+_WRITING = text(
+    "SELECT backend_xid::text FROM pg_stat_activity"
+    " WHERE datname = current_database() AND backend_xid IS NOT NULL"
+)
 _BATCH = 500
 
 
@@ -55,8 +59,8 @@ class EventHub:
         self._cursor = 0
         self._task: asyncio.Task[None] | None = None
         self._lock = asyncio.Lock()
-        # (first missing id, the newest transaction id when the gap was seen)
-        self._gap: tuple[int, int] | None = None
+        # (first missing id, the transactions writing when the gap was seen)
+        self._gap: tuple[int, frozenset[str]] | None = None
 
     @property
     def cursor(self) -> int:
@@ -113,7 +117,6 @@ class EventHub:
                 await asyncio.sleep(min(30.0, self.interval * 2**failures))
                 continue
             if batch:
-                self._cursor = batch[-1].id or self._cursor
                 self._fan_out(batch)
             if len(batch) < _BATCH:
                 await asyncio.sleep(self.interval)
@@ -129,14 +132,14 @@ class EventHub:
             queue.put_nowait(batch)
 
     def read_new(self) -> list[LiveEvent]:
-        """The next gap-free run of events after the cursor (does not move it)."""
+        """The next gap-free run of events after the cursor, which moves past them (called by
+        the hub's task alone, one call at a time)."""
         postgres = self.engine.dialect.name == "postgresql"
         with Session(self.engine) as session:
             gap_closed = False
             if postgres and self._gap is not None:
                 # Before reading: every transaction that ended by now is visible to the read.
-                xmin = session.connection().execute(_SNAPSHOT_XMIN).scalar_one()
-                gap_closed = int(xmin) >= self._gap[1]
+                gap_closed = not (self._gap[1] & _writing(session))
             rows = session.exec(
                 select(LiveEvent)
                 .where(col(LiveEvent.id) > self._cursor)
@@ -152,10 +155,18 @@ class EventHub:
                         self._gap = None  # rolled back: nothing can fill it any more
                     else:
                         if self._gap is None or self._gap[0] != expected:
-                            xmax = session.connection().execute(_SNAPSHOT_XMAX).scalar_one()
-                            self._gap = (expected, int(xmax))
+                            self._gap = (expected, _writing(session))
                         break
                 run.append(row)
                 expected = row.id + 1
             session.expunge_all()
-            return run
+        if run:
+            self._cursor = run[-1].id or self._cursor
+        return run
+
+
+def _writing(session: Session) -> frozenset[str]:
+    """The ids of this database's transactions that have written something and not ended."""
+    connection = session.connection()
+    connection.execute(_CLEAR_STATUS)
+    return frozenset(connection.execute(_WRITING).scalars())
