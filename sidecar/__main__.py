@@ -5,6 +5,7 @@ sidecar.operations.commands."""
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 from pathlib import Path
 
@@ -68,7 +69,7 @@ def _serve(settings: Settings) -> None:
     from sidecar.events.serving import Server
     from sidecar.main import create_app
 
-    Server(
+    server = Server(
         uvicorn.Config(
             create_app(settings),
             host=settings.sidecar_host,
@@ -76,7 +77,9 @@ def _serve(settings: Settings) -> None:
             access_log=False,
             log_config=None,
         )
-    ).run()
+    )
+    with contextlib.suppress(KeyboardInterrupt):  # Ctrl-C: shut down cleanly, as uvicorn.run
+        server.run()
 
 
 if __name__ == "__main__":
