@@ -16,8 +16,9 @@ from typing import Annotated
 
 from fastapi import APIRouter, Depends, Header, Query, Response
 from fastapi.responses import StreamingResponse
+from sqlmodel import Session
 
-from sidecar.access.care_scope import CareScopeDep
+from sidecar.access.care_scope import CareScope, CareScopeDep
 from sidecar.accounts.dependencies import ClientAddress, Clinician
 from sidecar.core import audit
 from sidecar.core.dependencies import ClockDep, SessionDep, SettingsDep, provide
@@ -189,13 +190,25 @@ def study_thumbnail(
 ) -> Response:
     """The study's thumbnail, as PNG: the middle instance of its first series, scaled down
     (cached)."""
+    picture = study_thumbnail_picture(session, study_id, scope, orthanc, cache)
+    return picture_response(picture, if_none_match)
+
+
+def study_thumbnail_picture(
+    session: Session,
+    study_id: int,
+    scope: CareScope,
+    orthanc: OrthancClient,
+    cache: ThumbnailCache,
+) -> Picture:
+    """The thumbnail of a study the caller may read (404 otherwise), for the API and the
+    study page alike."""
     readable_study(session, study_id, scope)
     image = study_thumbnail_image(session, study_id)
     if image is None or image.orthanc_id is None:
         raise UnknownRecord(f"study {study_id} has no images yet: no thumbnail to show")
     with orthanc_errors(image.id or 0):
-        picture = render(orthanc, cache, image.orthanc_id, Rendering.THUMBNAIL)
-    return picture_response(picture, if_none_match)
+        return render(orthanc, cache, image.orthanc_id, Rendering.THUMBNAIL)
 
 
 def picture_response(picture: Picture, if_none_match: str | None) -> Response:
