@@ -29,13 +29,13 @@ from sidecar.reports.models import SECTIONS, AmendmentKind, ReportAmend, ReportS
 from sidecar.reports.pdf import gather, render_pdf
 from sidecar.results.outbox import ResultOutboxDep
 from sidecar.results.routing import ResultRoutingDep
-from sidecar.studies.image_access import (
+from sidecar.studies.lookup import readable_study
+from sidecar.studies.pictures import (
     OrthancDep,
     ThumbnailCacheDep,
     picture_response,
     study_thumbnail_picture,
 )
-from sidecar.studies.lookup import readable_study
 from sidecar.viewer.front import ViewerLinksDep
 from sidecar.web.care import PageScope
 from sidecar.web.session import PageUser
