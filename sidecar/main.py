@@ -83,6 +83,8 @@ from sidecar.web.errors import install_page_errors
 from sidecar.web.home import router as home_page_router
 from sidecar.web.router import router as web_router
 from sidecar.web.session import check_csrf
+from sidecar.web.study_page import router as study_page_router
+from sidecar.web.worklist_page import router as worklist_page_router
 from sidecar.worklist.directory import WorklistDirectory
 from sidecar.worklist.publisher import WorklistPublisher, zone_of
 
@@ -117,7 +119,7 @@ ROUTERS = (
 )
 
 # The pages under /app/ (sidecar/web), one router per page group.
-PAGE_ROUTERS = (home_page_router,)
+PAGE_ROUTERS = (home_page_router, worklist_page_router, study_page_router)
 
 
 def create_app(

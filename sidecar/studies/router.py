@@ -9,7 +9,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Depends, Query, Request, status
 from pydantic import Field
 from sqlalchemy import literal
-from sqlmodel import Session, col, select
+from sqlmodel import col, select
 from starlette.concurrency import run_in_threadpool
 
 from hl7.order_status_message import OrderStatusCode
@@ -29,7 +29,6 @@ from sidecar.core.pagination import (
 )
 from sidecar.ingest.orthanc_client import OrthancClient
 from sidecar.ingest.sync import OrthancSync
-from sidecar.mpps.models import PerformedProcedureStep
 from sidecar.orders import matching as order_matching
 from sidecar.orders.events import OrderEventsDep
 from sidecar.orders.identifiers import new_accession_number, new_study_instance_uid
@@ -47,6 +46,7 @@ from sidecar.studies.lookup import (
     listed_studies,
     public_study,
     readable_study,
+    study_detail,
 )
 from sidecar.studies.models import (
     Image,
@@ -61,7 +61,7 @@ from sidecar.studies.models import (
     StudyUpdate,
 )
 from sidecar.studies.uploads import UploadResult
-from sidecar.viewer.front import ViewerLinks, ViewerLinksDep
+from sidecar.viewer.front import ViewerLinksDep
 
 router = APIRouter(prefix="/api/studies", tags=["studies"])
 
@@ -177,7 +177,7 @@ def get_study_by_accession(
             f"several studies carry accession number {accession_number}; "
             "list them with GET /api/studies?accessionNumber=..."
         )
-    return _detail(session, matches[0], links)
+    return study_detail(session, matches[0], links)
 
 
 @router.get("/{study_id}", response_model=StudyDetail)
@@ -188,7 +188,7 @@ def get_study(
     scope: CareScopeDep,
     links: ViewerLinksDep,
 ) -> StudyDetail:
-    return _detail(session, readable_study(session, study_id, scope), links)
+    return study_detail(session, readable_study(session, study_id, scope), links)
 
 
 @router.patch("/{study_id}", response_model=StudyPublic)
@@ -374,23 +374,3 @@ def link_order(
         session.refresh(order)
         events.announce(order)
     return public_study(links, study)
-
-
-def _detail(session: Session, study: Study, links: ViewerLinks) -> StudyDetail:
-    series = session.exec(
-        select(Series)
-        .where(Series.study_id == study.id)
-        .order_by(col(Series.series_number).nulls_last(), col(Series.id))
-    ).all()
-    steps = session.exec(
-        select(PerformedProcedureStep)
-        .where(PerformedProcedureStep.study_instance_uid == study.study_instance_uid)
-        .order_by(col(PerformedProcedureStep.id))
-    ).all()
-    return StudyDetail.model_validate(
-        {
-            **public_study(links, study).model_dump(),
-            "series": series,
-            "performed_procedure_steps": steps,
-        }
-    )
