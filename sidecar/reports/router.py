@@ -18,7 +18,7 @@ from sidecar.access.care_scope import CareScope, CareScopeDep
 from sidecar.accounts.dependencies import require_roles
 from sidecar.accounts.models import Role, User
 from sidecar.core.dependencies import SessionDep, SettingsDep
-from sidecar.core.errors import InvalidRequest, UnknownRecord
+from sidecar.core.errors import InvalidRequest
 from sidecar.core.models import Page
 from sidecar.core.pagination import (
     Pagination,
@@ -136,7 +136,7 @@ def get_report(
     scope: CareScopeDep,
     response: Response,
 ) -> RadiologyReport:
-    report = readable_report(session, report_id, scope)
+    report = reports.readable_report(session, report_id, scope)
     response.headers["ETag"] = etag(report)
     return report
 
@@ -146,7 +146,7 @@ def list_versions(
     report_id: RecordId, session: SessionDep, _: ReportReader, scope: CareScopeDep
 ) -> list[Any]:
     """Every signed revision, oldest first: what was signed, by whom, when and why amended."""
-    readable_report(session, report_id, scope)
+    reports.readable_report(session, report_id, scope)
     return list(reports.revisions(session, report_id))
 
 
@@ -165,7 +165,7 @@ def render_report(
 ) -> Response:
     """The report as a clinician reads it: plain text (default), HTML, or PDF (with the
     amendment history and any critical finding's communication record)."""
-    report = readable_report(session, report_id, scope)
+    report = reports.readable_report(session, report_id, scope)
     if format == "pdf":
         document = render_pdf(gather(session, report, settings.department_name))
         return Response(
@@ -193,7 +193,7 @@ def update_report(
     response: Response,
     if_match: IfMatch = None,
 ) -> RadiologyReport:
-    report = _get(session, report_id)
+    report = reports.get_report(session, report_id)
     values = body.model_dump(exclude={"version"}, exclude_unset=True)
     reports.update_report(
         session, report, values, actor=user, expected_version=_expected(body.version, if_match)
@@ -213,7 +213,7 @@ def sign_report(
     body: ReportSign | None = None,
     if_match: IfMatch = None,
 ) -> RadiologyReport:
-    report = _get(session, report_id)
+    report = reports.get_report(session, report_id)
     expected = _expected(body.version if body else None, if_match)
     reports.sign_report(session, report, user, expected_version=expected)
     _queue_result(routing, session, report, user)
@@ -231,7 +231,7 @@ def amend_report(
     response: Response,
     if_match: IfMatch = None,
 ) -> RadiologyReport:
-    report = _get(session, report_id)
+    report = reports.get_report(session, report_id)
     sections = body.model_dump(exclude={"version", "kind", "reason"}, exclude_unset=True)
     reports.amend_report(
         session,
@@ -251,33 +251,13 @@ def delete_report(
     report_id: RecordId, session: SessionDep, user: Radiologist, if_match: IfMatch = None
 ) -> None:
     """Deletes a preliminary report (kept on record, out of every list)."""
-    report = _get(session, report_id)
+    report = reports.get_report(session, report_id)
     reports.discard_report(session, report, user, expected_version=_expected(None, if_match))
     session.commit()
 
 
 def etag(report: RadiologyReport) -> str:
     return f'"{report.version}"'
-
-
-def readable_report(session: Session, report_id: int, scope: CareScope) -> RadiologyReport:
-    report = _get(session, report_id)
-    if (
-        scope.limited
-        and not session.exec(
-            select(RadiologyReport.id).where(RadiologyReport.id == report_id, *scope.reports())
-        ).first()
-    ):
-        # Not "forbidden": whether a report exists is itself not theirs to know.
-        raise UnknownRecord(f"report {report_id} not found")
-    return report
-
-
-def _get(session: Session, report_id: int) -> RadiologyReport:
-    report = session.get(RadiologyReport, report_id)
-    if report is None or report.deleted_at is not None:
-        raise UnknownRecord(f"report {report_id} not found")
-    return report
 
 
 def _page(
