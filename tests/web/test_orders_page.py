@@ -95,7 +95,7 @@ def test_a_technologist_sees_todays_orders_with_their_mpps_state_not_yesterdays(
     _no_inline_script(page.text)
     rows = client.get("/app/orders/rows")
     assert rows.status_code == 200
-    assert rows.text.startswith("<div id=\"orders-live\"") and "<html" not in rows.text
+    assert rows.text.startswith('<div id="orders-live"') and "<html" not in rows.text
 
 
 def test_linking_an_unmatched_study_through_the_form(
@@ -191,7 +191,11 @@ def test_a_conflict_is_shown_plainly(
 
     refused = client.post(
         "/app/orders/link",
-        data={"csrf_token": token, "study_id": study_id, "accession_number": other["accessionNumber"]},
+        data={
+            "csrf_token": token,
+            "study_id": study_id,
+            "accession_number": other["accessionNumber"],
+        },
     )
 
     assert refused.status_code == 409
