@@ -168,14 +168,16 @@ def report_pdf(
     clock: ClockDep,
     settings: SettingsDep,
 ) -> Response:
-    """The PDF of GET /api/reports/{id}/rendering?format=pdf, for the session's user."""
+    """The PDF of GET /api/reports/{id}/rendering?format=pdf, for the session's user; sent as
+    an attachment: the page's link downloads it (a browser without a PDF viewer would not show
+    it inline)."""
     report = reports.readable_report(session, report_id, CareScope(user, clock()))
     document = render_pdf(gather(session, report, settings.department_name))
     return Response(
         document,
         media_type="application/pdf",
         headers={
-            "Content-Disposition": f'inline; filename="report-{report.id}.pdf"',
+            "Content-Disposition": f'attachment; filename="report-{report.id}.pdf"',
             "Cache-Control": "no-store",
         },
     )

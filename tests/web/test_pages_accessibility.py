@@ -31,6 +31,8 @@ class Page(NamedTuple):
 PAGES = [
     Page(None, "/login", ("User name", "Password", "Log in")),
     # Issue 18's pages, e.g. Page("radiologist", "/app/worklist"),
+    Page("technologist", "/app/orders"),
+    Page("physician", "/app/results"),
 ]
 
 

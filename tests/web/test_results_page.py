@@ -117,6 +117,7 @@ def test_the_pdf_downloads_with_the_session(
     assert pdf.status_code == 200
     assert pdf.headers["content-type"] == "application/pdf"
     assert pdf.content.startswith(b"%PDF")
+    assert pdf.headers["content-disposition"] == f'attachment; filename="report-{mine["id"]}.pdf"'
     client.cookies.clear()
     assert client.get(f"/app/results/reports/{mine['id']}/pdf", headers=HTML).status_code == 401
 
