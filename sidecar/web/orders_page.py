@@ -25,7 +25,7 @@ from sidecar.core.dependencies import ClockDep, SessionDep, SettingsDep
 from sidecar.core.errors import InvalidRequest, Refusal
 from sidecar.core.models import MAX_RECORD_ID
 from sidecar.mpps.models import PerformedProcedureStep
-from sidecar.mpps.router import in_reach as steps_in_reach
+from sidecar.mpps.service import in_reach as steps_in_reach
 from sidecar.orders.events import OrderEventsDep
 from sidecar.orders.models import ImagingOrder, OrderStatus
 from sidecar.results.outbox import ResultOutboxDep
