@@ -81,6 +81,8 @@ from sidecar.viewer.router import router as viewer_router
 from sidecar.viewer.stow_router import router as stow_router
 from sidecar.web.errors import install_page_errors
 from sidecar.web.home import router as home_page_router
+from sidecar.web.orders_page import router as orders_page_router
+from sidecar.web.results_page import router as results_page_router
 from sidecar.web.router import router as web_router
 from sidecar.web.session import check_csrf
 from sidecar.web.study_page import router as study_page_router
@@ -119,7 +121,13 @@ ROUTERS = (
 )
 
 # The pages under /app/ (sidecar/web), one router per page group.
-PAGE_ROUTERS = (home_page_router, worklist_page_router, study_page_router)
+PAGE_ROUTERS = (
+    home_page_router,
+    worklist_page_router,
+    study_page_router,
+    orders_page_router,
+    results_page_router,
+)
 
 
 def create_app(

@@ -8,11 +8,10 @@ from __future__ import annotations
 
 from typing import Any
 
-from sqlmodel import Session, select
+from sqlmodel import Session
 
-from sidecar.access.care_scope import CareScope
 from sidecar.accounts.models import User
-from sidecar.core.errors import InvalidRequest, UnknownRecord
+from sidecar.core.errors import InvalidRequest
 from sidecar.reports import service as reports
 from sidecar.reports.models import AmendmentKind, RadiologyReport
 from sidecar.reports.templates import ReportTemplate
@@ -20,26 +19,6 @@ from sidecar.results import service as results
 from sidecar.results.outbox import ResultOutbox
 from sidecar.results.routing import ResultRouting
 from sidecar.studies.models import Study
-
-
-def get_report(session: Session, report_id: int) -> RadiologyReport:
-    report = session.get(RadiologyReport, report_id)
-    if report is None or report.deleted_at is not None:
-        raise UnknownRecord(f"report {report_id} not found")
-    return report
-
-
-def readable_report(session: Session, report_id: int, scope: CareScope) -> RadiologyReport:
-    report = get_report(session, report_id)
-    if (
-        scope.limited
-        and not session.exec(
-            select(RadiologyReport.id).where(RadiologyReport.id == report_id, *scope.reports())
-        ).first()
-    ):
-        # Not "forbidden": whether a report exists is itself not theirs to know.
-        raise UnknownRecord(f"report {report_id} not found")
-    return report
 
 
 def template_sections(session: Session, template_id: int) -> dict[str, str]:

@@ -129,7 +129,7 @@ def get_report(
     scope: CareScopeDep,
     response: Response,
 ) -> RadiologyReport:
-    report = readable_report(session, report_id, scope)
+    report = reports.readable_report(session, report_id, scope)
     response.headers["ETag"] = etag(report)
     return report
 
@@ -139,7 +139,7 @@ def list_versions(
     report_id: RecordId, session: SessionDep, _: ReportReader, scope: CareScopeDep
 ) -> list[Any]:
     """Every signed revision, oldest first: what was signed, by whom, when and why amended."""
-    readable_report(session, report_id, scope)
+    reports.readable_report(session, report_id, scope)
     return list(reports.revisions(session, report_id))
 
 
@@ -158,7 +158,7 @@ def render_report(
 ) -> Response:
     """The report as a clinician reads it: plain text (default), HTML, or PDF (with the
     amendment history and any critical finding's communication record)."""
-    report = readable_report(session, report_id, scope)
+    report = reports.readable_report(session, report_id, scope)
     if format == "pdf":
         document = render_pdf(gather(session, report, settings.department_name))
         return Response(
@@ -186,7 +186,7 @@ def update_report(
     response: Response,
     if_match: IfMatch = None,
 ) -> RadiologyReport:
-    report = _get(session, report_id)
+    report = reports.get_report(session, report_id)
     values = body.model_dump(exclude={"version"}, exclude_unset=True)
     expected = _expected(body.version, if_match)
     actions.update(session, report, values, user, routing, expected_version=expected)
@@ -204,7 +204,7 @@ def sign_report(
     body: ReportSign | None = None,
     if_match: IfMatch = None,
 ) -> RadiologyReport:
-    report = _get(session, report_id)
+    report = reports.get_report(session, report_id)
     expected = _expected(body.version if body else None, if_match)
     actions.sign(session, report, user, routing, expected_version=expected)
     return _commit(session, report, outbox, response)
@@ -221,7 +221,7 @@ def amend_report(
     response: Response,
     if_match: IfMatch = None,
 ) -> RadiologyReport:
-    report = _get(session, report_id)
+    report = reports.get_report(session, report_id)
     sections = body.model_dump(exclude={"version", "kind", "reason"}, exclude_unset=True)
     actions.amend(
         session,
@@ -241,17 +241,13 @@ def delete_report(
     report_id: RecordId, session: SessionDep, user: Radiologist, if_match: IfMatch = None
 ) -> None:
     """Deletes a preliminary report (kept on record, out of every list)."""
-    report = _get(session, report_id)
+    report = reports.get_report(session, report_id)
     reports.discard_report(session, report, user, expected_version=_expected(None, if_match))
     session.commit()
 
 
 def etag(report: RadiologyReport) -> str:
     return f'"{report.version}"'
-
-
-readable_report = actions.readable_report
-_get = actions.get_report
 
 
 def _page(

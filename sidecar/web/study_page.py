@@ -25,6 +25,7 @@ from sidecar.findings.escalation import FindingWorkersDep
 from sidecar.findings.models import FindingCreate
 from sidecar.findings.policy import FindingPolicyDep
 from sidecar.reports import actions
+from sidecar.reports import service as reports
 from sidecar.reports.models import SECTIONS, AmendmentKind, ReportAmend, ReportSections
 from sidecar.reports.pdf import gather, render_pdf
 from sidecar.results.outbox import ResultOutboxDep
@@ -84,15 +85,17 @@ def report_pdf(
     scope: PageScope,
     settings: SettingsDep,
 ) -> Response:
-    """GET /api/reports/{id}/rendering?format=pdf for the page's session."""
+    """GET /api/reports/{id}/rendering?format=pdf for the page's session (the study page's and
+    the results page's link): sent as an attachment, so the link downloads it (a browser
+    without a PDF viewer would not show it inline)."""
     del user
-    report = actions.readable_report(session, report_id, scope)
+    report = reports.readable_report(session, report_id, scope)
     document = render_pdf(gather(session, report, settings.department_name))
     return Response(
         document,
         media_type="application/pdf",
         headers={
-            "Content-Disposition": f'inline; filename="report-{report.id}.pdf"',
+            "Content-Disposition": f'attachment; filename="report-{report.id}.pdf"',
             "Cache-Control": "no-store",
         },
     )

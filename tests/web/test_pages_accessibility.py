@@ -53,6 +53,8 @@ PAGES = [
         ),
         study=True,
     ),
+    Page("technologist", "/app/orders"),
+    Page("physician", "/app/results"),
 ]
 
 
