@@ -76,6 +76,9 @@ from sidecar.viewer.front import ViewerFront, ViewerLinks, build_viewer_front, v
 from sidecar.viewer.headers import sidecar_headers
 from sidecar.viewer.router import router as viewer_router
 from sidecar.viewer.stow_router import router as stow_router
+from sidecar.web.admin_page import router as admin_page_router
+from sidecar.web.admin_setup_page import router as admin_setup_page_router
+from sidecar.web.analytics_page import router as analytics_page_router
 from sidecar.web.errors import install_page_errors
 from sidecar.web.home import router as home_page_router
 from sidecar.web.router import router as web_router
@@ -113,7 +116,12 @@ ROUTERS = (
 )
 
 # The pages under /app/ (sidecar/web), one router per page group.
-PAGE_ROUTERS = (home_page_router,)
+PAGE_ROUTERS = (
+    home_page_router,
+    analytics_page_router,
+    admin_page_router,
+    admin_setup_page_router,
+)
 
 
 def create_app(
