@@ -58,7 +58,8 @@ def problems(error: Exception, labels: Mapping[str, str]) -> list[str]:
         for detail in error.details:
             location = str(detail.get("location", "")).split(".")[-1]
             label = labels.get(location)
-            found.append(f"{label}: {detail.get('message')}" if label else detail.get("message"))
+            text = str(detail.get("message", ""))
+            found.append(f"{label}: {text}" if label else text)
         return found or [error.message]
     raise error
 

@@ -31,6 +31,13 @@ class Page(NamedTuple):
 PAGES = [
     Page(None, "/login", ("User name", "Password", "Log in")),
     # Issue 18's pages, e.g. Page("radiologist", "/app/worklist"),
+    Page("radiologist", "/app/analytics", ("Period", "Show")),
+    Page("admin", "/app/analytics"),
+    Page("admin", "/app/admin"),
+    Page("admin", "/app/admin/users", ("User name", "Password", "Role")),
+    Page("admin", "/app/admin/procedures", ("Catalog file (CSV)", "Import")),
+    Page("admin", "/app/admin/rules", ("Name", "Position")),
+    Page("admin", "/app/admin/templates", ("Name", "Modality")),
 ]
 
 
