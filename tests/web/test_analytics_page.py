@@ -174,7 +174,7 @@ def test_charts_have_an_accessible_name_and_their_numbers_in_tables(
         assert re.search(r"<desc>[^<]+</desc>", body)
     workload_chart = next(body for attrs, body in charts if "Studies read per" in attrs)
     assert "dr.a: 1" in workload_chart and "dr.b: 1" in workload_chart
-    assert re.search(r"<details>\s*<summary>[^<]+</summary>\s*<div class=\"table-wrap\">", page)
+    assert re.search(r"<details>\s*<summary>[^<]+</summary>\s*<div class=\"table-wrap\"", page)
     for table in re.findall(r"<table\b.*?</table>", page, re.S):
         assert "<caption>" in table and '<th scope="col"' in table
     for script in re.findall(r"<script\b[^>]*>", page):

@@ -37,7 +37,7 @@ PAGES = [
     Page("admin", "/app/admin/users", ("User name", "Password", "Role")),
     Page("admin", "/app/admin/procedures", ("Catalog file (CSV)", "Import")),
     Page("admin", "/app/admin/rules", ("Name", "Position")),
-    Page("admin", "/app/admin/templates", ("Name", "Modality")),
+    Page("admin", "/app/admin/templates", ("Name", "Modality (optional, e.g. CT)")),
 ]
 
 
