@@ -10,9 +10,9 @@ refusal)."""
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import Any
 
-from fastapi import APIRouter, Depends, Request
+from fastapi import APIRouter, Request
 from fastapi.responses import HTMLResponse, Response
 from pydantic import ValidationError
 from sqlmodel import Session, col, func, select
@@ -20,28 +20,19 @@ from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import UploadFile
 
 from sidecar.accounts import service as accounts
-from sidecar.accounts.models import Role, User, UserCreate, UserUpdate
+from sidecar.accounts.models import Role, UserCreate, UserUpdate
 from sidecar.core.dependencies import ClockDep, SessionDep
 from sidecar.core.errors import Refusal, UnacceptableValue
 from sidecar.core.pagination import Pagination, RecordId
 from sidecar.procedures import catalog
 from sidecar.procedures.csv_file import MAX_BYTES
 from sidecar.procedures.models import Procedure
+from sidecar.web.admin_sections import SECTIONS, PageAdmin
 from sidecar.web.forms import done, form_fields, given, message_of, problems, refused_status
-from sidecar.web.session import page_roles
-from sidecar.web.templating import page_link, render
+from sidecar.web.templating import render
 
 router = APIRouter(include_in_schema=False)
 
-PageAdmin = Annotated[User, Depends(page_roles(*page_link("admin").roles))]
-
-#: The sub-pages, for the overview and each page's own navigation.
-SECTIONS = (
-    ("/app/admin/users", "Users", "Accounts: create, disable or enable, reset a password."),
-    ("/app/admin/procedures", "Procedure catalog", "Import the catalog from a CSV file."),
-    ("/app/admin/rules", "Assignment rules", "Which radiologists get which studies."),
-    ("/app/admin/templates", "Report templates", "The text a report starts from."),
-)
 USER_LABELS = {
     "username": "User name",
     "password": "Password",

@@ -22,7 +22,7 @@ from sidecar.reading.models import RuleCreate
 from sidecar.reports import templates_service
 from sidecar.reports.models import SECTIONS as REPORT_SECTIONS
 from sidecar.reports.templates import ReportTemplate, TemplateCreate, TemplateUpdate
-from sidecar.web.admin_page import SECTIONS, PageAdmin
+from sidecar.web.admin_sections import SECTIONS, PageAdmin
 from sidecar.web.forms import (
     done,
     form_fields,
