@@ -5,6 +5,7 @@ sidecar.operations.commands."""
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 from pathlib import Path
 
@@ -65,15 +66,20 @@ def main(argv: list[str] | None = None) -> None:
 def _serve(settings: Settings) -> None:
     import uvicorn
 
+    from sidecar.events.serving import Server
     from sidecar.main import create_app
 
-    uvicorn.run(
-        create_app(settings),
-        host=settings.sidecar_host,
-        port=settings.sidecar_port,
-        access_log=False,
-        log_config=None,
+    server = Server(
+        uvicorn.Config(
+            create_app(settings),
+            host=settings.sidecar_host,
+            port=settings.sidecar_port,
+            access_log=False,
+            log_config=None,
+        )
     )
+    with contextlib.suppress(KeyboardInterrupt):  # Ctrl-C: shut down cleanly, as uvicorn.run
+        server.run()
 
 
 if __name__ == "__main__":

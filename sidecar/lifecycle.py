@@ -19,6 +19,8 @@ from sidecar.core.cluster import Cluster
 from sidecar.core.database import migrate, start_up_lock
 from sidecar.core.dependencies import Services
 from sidecar.core.settings import Settings
+from sidecar.events.hub import EventHub
+from sidecar.events.retention import EventRetention
 from sidecar.findings.escalation import FindingEscalation, FindingWorkers
 from sidecar.findings.notifications import FindingNotifier
 from sidecar.ingest.orthanc_client import OrthancClient
@@ -48,6 +50,7 @@ LEASED_JOBS = (
     OrthancSync,
     ImageUpdater,
     ImageRemover,
+    EventRetention,
 )
 
 
@@ -103,15 +106,19 @@ def lifespan(services: Services) -> Callable[[FastAPI], Any]:
         findings.escalation.start()
         overdue = services.get(ReadingOverdue)
         overdue.start()
+        retention = services.get(EventRetention)
+        retention.start()
         try:
             yield
         finally:
+            await services.get(EventHub).stop()  # the open streams end
             await listener.stop()
             await asyncio.to_thread(mpps.stop)
             if outbox is not None:
                 await asyncio.to_thread(outbox.stop)
             await asyncio.to_thread(findings.escalation.stop)
             await asyncio.to_thread(overdue.stop)
+            await asyncio.to_thread(retention.stop)
             if findings.notifier is not None:
                 await asyncio.to_thread(findings.notifier.stop)
             await asyncio.to_thread(sync.stop)

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 from fastapi import Depends, FastAPI
@@ -29,6 +29,9 @@ from sidecar.core.http import AccessLog, RefuseNul, SecurityHeaders
 from sidecar.core.modalities import parse_modalities
 from sidecar.core.models import utcnow
 from sidecar.core.settings import Settings
+from sidecar.events.hub import EventHub
+from sidecar.events.retention import EventRetention
+from sidecar.events.router import router as events_router
 from sidecar.findings.escalation import FindingEscalation, FindingWorkers
 from sidecar.findings.notifications import FindingNotifier
 from sidecar.findings.policy import FindingPolicy
@@ -81,8 +84,12 @@ from sidecar.web.admin_setup_page import router as admin_setup_page_router
 from sidecar.web.analytics_page import router as analytics_page_router
 from sidecar.web.errors import install_page_errors
 from sidecar.web.home import router as home_page_router
+from sidecar.web.orders_page import router as orders_page_router
+from sidecar.web.results_page import router as results_page_router
 from sidecar.web.router import router as web_router
 from sidecar.web.session import check_csrf
+from sidecar.web.study_page import router as study_page_router
+from sidecar.web.worklist_page import router as worklist_page_router
 from sidecar.worklist.directory import WorklistDirectory
 from sidecar.worklist.publisher import WorklistPublisher, zone_of
 
@@ -113,11 +120,16 @@ ROUTERS = (
     health_router,
     metrics_router,
     stow_router,
+    events_router,
 )
 
 # The pages under /app/ (sidecar/web), one router per page group.
 PAGE_ROUTERS = (
     home_page_router,
+    worklist_page_router,
+    study_page_router,
+    orders_page_router,
+    results_page_router,
     analytics_page_router,
     admin_page_router,
     admin_setup_page_router,
@@ -336,6 +348,11 @@ def build_services(
             {"orthancStorage": settings.orthanc_storage_dir, "dataDirectory": settings.data_dir},
             settings.disk_min_free_percent,
         )
+    )
+    # Live events: one reader of the event table per process; old events pruned.
+    services.add(EventHub(engine))
+    services.add(
+        EventRetention(engine, timedelta(hours=settings.events_retention_hours), clock=clock)
     )
     front = services.add(build_viewer_front(settings, engine, clock=clock), ViewerFront)
     services.add(viewer_links(settings, front), ViewerLinks)

@@ -6,6 +6,7 @@ from sidecar.access.models import EmergencyAccess
 from sidecar.accounts.models import LoginAttempt, RefreshToken, User
 from sidecar.core.audit import AuditEvent
 from sidecar.core.cluster_models import ClusterNode, JobLease
+from sidecar.events.models import LiveEvent
 from sidecar.findings.models import CriticalFinding, FindingNotification, NotificationAttempt
 from sidecar.ingest.models import ChangesCursor, DeletionCheck, PendingStudy
 from sidecar.mpps.models import PerformedProcedureStep
@@ -39,6 +40,7 @@ __all__ = [
     "ImageUpdate",
     "ImagingOrder",
     "JobLease",
+    "LiveEvent",
     "LoginAttempt",
     "NotificationAttempt",
     "Patient",

@@ -14,7 +14,7 @@ from fastapi import Depends, Request
 from sqlmodel import Session
 
 from sidecar.accounts.models import Role, TokenScope, User
-from sidecar.accounts.security import InvalidToken, decode_access_token
+from sidecar.accounts.security import InvalidToken, TokenClaims, decode_access_token
 from sidecar.core.dependencies import BearerDep, SessionDep, SettingsDep
 from sidecar.core.errors import NotAuthenticated, NotPermitted
 
@@ -37,6 +37,14 @@ def token_holder(session: Session, token: str | None, jwt_secret: str) -> tuple[
     account, or older than the account's last password or role change."""
     if not token:
         raise NotAuthenticated("authentication required: send 'Authorization: Bearer <token>'")
+    user, claims = user_of_token(session, jwt_secret, token)
+    return user, claims.scope
+
+
+def user_of_token(session: Session, jwt_secret: str, token: str) -> tuple[User, TokenClaims]:
+    """The API's checks of an access token, wherever it came from (a bearer header, the
+    viewer's session cookie): signed and unexpired, its account active, issued after the last
+    password or role change. NotAuthenticated otherwise."""
     try:
         claims = decode_access_token(token, jwt_secret)
     except InvalidToken as exc:
@@ -48,7 +56,7 @@ def token_holder(session: Session, token: str | None, jwt_secret: str) -> tuple[
         raise NotAuthenticated(
             "the password or role changed since this token was issued: log in again"
         )
-    return user, claims.scope
+    return user, claims
 
 
 def _authenticated(

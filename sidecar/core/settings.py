@@ -135,6 +135,8 @@ class Settings(BaseSettings):
     jwt_expire_minutes: int = Field(default=15, ge=1)
     refresh_token_days: int = Field(default=7, ge=1, le=365)
     viewer_session_minutes: int = Field(default=480, ge=1)
+    # Live events (sidecar.events) are kept this long: a client reconnecting later gets a reset.
+    events_retention_hours: float = Field(default=24.0, gt=0, le=24 * 90)
     # Login throttling (sidecar.accounts.throttle): this many failures for one user name within
     # the window lock it (429) until the window has passed or an administrator unlocks it; a
     # client address gets a higher limit of its own, counting failures only.

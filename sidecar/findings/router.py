@@ -16,13 +16,12 @@ from __future__ import annotations
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Query, status
-from sqlmodel import Session, col, select
+from sqlmodel import Session, col
 
 from sidecar.access.care_scope import CareScope, CareScopeDep
 from sidecar.accounts.dependencies import require_roles
 from sidecar.accounts.models import Role, User
 from sidecar.core.dependencies import ClockDep, SessionDep
-from sidecar.core.errors import UnknownRecord
 from sidecar.core.models import Page, SupportedTime
 from sidecar.core.pagination import Pagination, PaginationDep, RecordId, paginate
 from sidecar.findings import service as findings
@@ -149,7 +148,7 @@ def get_finding(
     finding_id: RecordId, session: SessionDep, _: FindingReader, scope: CareScopeDep
 ) -> dict[str, Any]:
     """The finding with its notification timeline (each message, its delivery and attempts)."""
-    return _detail(session, _readable(session, finding_id, scope))
+    return _detail(session, findings.readable_finding(session, finding_id, scope))
 
 
 @router.patch("/{finding_id}", response_model=FindingDetail)
@@ -162,7 +161,7 @@ def update_finding(
     clock: ClockDep,
     workers: FindingWorkersDep,
 ) -> dict[str, Any]:
-    finding = _get(session, finding_id)
+    finding = findings.get_finding(session, finding_id)
     findings.update_finding(
         session,
         finding,
@@ -184,29 +183,9 @@ def acknowledge_finding(
     clock: ClockDep,
     workers: FindingWorkersDep,
 ) -> dict[str, Any]:
-    finding = _readable(session, finding_id, scope)
+    finding = findings.readable_finding(session, finding_id, scope)
     findings.acknowledge(session, finding, user, body, now=clock())
     return _commit(session, finding, workers)
-
-
-def _get(session: Session, finding_id: int) -> CriticalFinding:
-    finding = session.get(CriticalFinding, finding_id)
-    if finding is None:
-        raise UnknownRecord(f"critical finding {finding_id} not found")
-    return finding
-
-
-def _readable(session: Session, finding_id: int, scope: CareScope) -> CriticalFinding:
-    finding = _get(session, finding_id)
-    if (
-        scope.limited
-        and not session.exec(
-            select(CriticalFinding.id).where(CriticalFinding.id == finding_id, *scope.findings())
-        ).first()
-    ):
-        # Not "forbidden": whether a finding exists is itself not theirs to know.
-        raise UnknownRecord(f"critical finding {finding_id} not found")
-    return finding
 
 
 def _page(

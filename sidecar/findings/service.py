@@ -17,6 +17,7 @@ from typing import Any
 from sqlmodel import Session, col, select
 
 from hl7.result_message import FlaggedFinding
+from sidecar.access.care_scope import CareScope
 from sidecar.accounts.models import Role, User
 from sidecar.core import audit
 from sidecar.core.errors import ConflictingState, InvalidRequest, NotPermitted, UnknownRecord
@@ -334,6 +335,27 @@ def _reschedule(finding: CriticalFinding, policy: FindingPolicy, now: datetime) 
         finding.next_escalation_at = now + deadline
     else:
         finding.next_escalation_at = None
+
+
+def get_finding(session: Session, finding_id: int) -> CriticalFinding:
+    finding = session.get(CriticalFinding, finding_id)
+    if finding is None:
+        raise UnknownRecord(f"critical finding {finding_id} not found")
+    return finding
+
+
+def readable_finding(session: Session, finding_id: int, scope: CareScope) -> CriticalFinding:
+    """The finding, when the caller may read it; 404 otherwise (the API's and the results
+    page's rule): whether a finding exists is itself not theirs to know."""
+    finding = get_finding(session, finding_id)
+    if (
+        scope.limited
+        and not session.exec(
+            select(CriticalFinding.id).where(CriticalFinding.id == finding_id, *scope.findings())
+        ).first()
+    ):
+        raise UnknownRecord(f"critical finding {finding_id} not found")
+    return finding
 
 
 def recipients(session: Session, finding_id: int) -> set[str]:

@@ -30,6 +30,7 @@ from sidecar.core.cluster_admission import refusal_before_start
 from sidecar.core.logs import configure_logging
 from sidecar.core.modalities import parse_modalities
 from sidecar.core.settings import SecretFileError, Settings
+from sidecar.events.serving import Server
 from sidecar.launcher import processes as child_process
 from sidecar.launcher.nginx import FrontLayout, NginxFront, is_front_command, nginx_binary
 from sidecar.launcher.orthanc import (
@@ -202,7 +203,7 @@ def run(settings: Settings) -> None:
             settings.sidecar_host,
             settings.sidecar_port,
         )
-        uvicorn.Server(
+        Server(  # uvicorn's, ending the open event streams first at shutdown
             uvicorn.Config(
                 app,
                 host=settings.sidecar_host,

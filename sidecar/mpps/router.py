@@ -8,7 +8,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Depends, Query
 from sqlmodel import Session, col, select
 
-from sidecar.access.care_scope import CareScope, CareScopeDep
+from sidecar.access.care_scope import CareScopeDep
 from sidecar.accounts.dependencies import require_roles
 from sidecar.accounts.models import Role, User
 from sidecar.core.dependencies import SessionDep
@@ -16,7 +16,7 @@ from sidecar.core.errors import UnknownRecord
 from sidecar.core.models import Page, SupportedTime
 from sidecar.core.pagination import PaginationDep, RecordId, equal_to, paginate, record_id_query
 from sidecar.mpps.models import PerformedProcedureStep, PerformedStepPublic, PerformedStepStatus
-from sidecar.orders.models import ImagingOrder
+from sidecar.mpps.service import in_reach
 from sidecar.studies.models import Study
 
 router = APIRouter(prefix="/api/performed-procedure-steps", tags=["performed procedure steps"])
@@ -86,16 +86,6 @@ def get_step(
     if step is None:
         raise UnknownRecord(f"performed procedure step {step_id} not found")
     return public_steps(session, [step])[0]
-
-
-def in_reach(scope: CareScope) -> list[Any]:
-    """A caller limited to facilities sees the steps of the orders in reach (an unscheduled step
-    belongs to no facility yet: an unlimited user reconciles it)."""
-    if not scope.limited:
-        return []
-    return [
-        col(PerformedProcedureStep.order_id).in_(select(ImagingOrder.id).where(*scope.orders()))
-    ]
 
 
 def public_steps(

@@ -18,6 +18,7 @@ worklist) and the outbox are told after the commit by the caller.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
 
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session, col, func, select
@@ -46,6 +47,9 @@ from sidecar.orders.models import EXAM_DISCONTINUED, ImagingOrder, OrderStatus
 from sidecar.results.routing import ResultRouting
 from sidecar.results.status_updates import queue_status_update
 from sidecar.studies.models import Study
+
+if TYPE_CHECKING:  # the care scope is the caller's; imported for its type only
+    from sidecar.access.care_scope import CareScope
 
 MPPS_ACTOR = "system:mpps"
 NO_ORDER = "no order with this accession number, Study Instance UID or requested procedure id"
@@ -289,3 +293,13 @@ def _acquired(session: Session, order: ImagingOrder, step: PerformedProcedureSte
         )
     ).first()
     return other is not None
+
+
+def in_reach(scope: CareScope) -> list[Any]:
+    """A caller limited to facilities sees the steps of the orders in reach (an unscheduled step
+    belongs to no facility yet: an unlimited user reconciles it)."""
+    if not scope.limited:
+        return []
+    return [
+        col(PerformedProcedureStep.order_id).in_(select(ImagingOrder.id).where(*scope.orders()))
+    ]

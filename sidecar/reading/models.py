@@ -83,6 +83,12 @@ class Procedure(ApiModel):
 class WorklistItem(ApiModel):
     study_id: int
     accession_number: str | None
+    # Who the study is of, as GET /api/studies shows it to the same readers.
+    patient_name: str | None = None
+    patient_id: str | None = None
+    study_instance_uid: str | None = None
+    # OHIF's link to this study (as GET /api/studies gives it); None when no viewer is set up.
+    viewer_url: str | None = None
     status: str
     priority: Priority
     ready_at: datetime | None

@@ -30,6 +30,7 @@ from sidecar.reading.policy import (
 )
 from sidecar.reports.models import RadiologyReport
 from sidecar.studies.models import Study, StudyStatus
+from sidecar.viewer.front import ViewerLinks
 
 UNASSIGNED = "unassigned"
 ORDER_MODALITIES = frozenset(m.value for m in Modality)
@@ -46,6 +47,24 @@ class WorklistFilter:
     overdue: bool | None = None
 
 
+def worklist_filter(
+    user: User,
+    assigned_to: str | None,
+    modality: str | None = None,
+    body_part: str | None = None,
+    priority: Priority | None = None,
+    overdue: bool | None = None,
+) -> WorklistFilter:
+    """The filter of the API's query (and the worklist page's): `assigned_to` is "me" (the
+    caller), UNASSIGNED, a user id as digits, or None (everyone's)."""
+    who: int | str | None = assigned_to
+    if assigned_to == "me":
+        who = user.id
+    elif assigned_to is not None and assigned_to != UNASSIGNED:
+        who = int(assigned_to)
+    return WorklistFilter(who, modality, body_part, priority, overdue)
+
+
 def worklist(
     session: Session,
     policy: ReadingPolicy,
@@ -54,6 +73,7 @@ def worklist(
     pagination: Pagination,
     *,
     now: datetime,
+    links: ViewerLinks | None = None,
 ) -> dict[str, Any]:
     conditions = [
         col(Study.status).in_(READY_TO_READ),
@@ -100,6 +120,9 @@ def worklist(
         _item(policy, now, study, reading, order, user, report_id, priors)
         for study, reading, order, user, report_id, priors in rows
     ]
+    if links is not None:
+        for item in items:
+            item.viewer_url = links.study(item.study_instance_uid or "")
     return page(items, total, pagination)
 
 
@@ -152,6 +175,9 @@ def _item(
     return WorklistItem(
         study_id=study.id,
         accession_number=study.accession_number,
+        patient_name=study.patient_name,
+        patient_id=study.patient_id,
+        study_instance_uid=study.study_instance_uid,
         status=study.status.value,
         priority=priority,
         ready_at=ready,

@@ -21,7 +21,7 @@ _TITLES = {
 
 
 @dataclass(frozen=True)
-class _Rendering:
+class Rendering:
     title: str
     header: list[tuple[str, str]]
     sections: list[tuple[str, str]]
@@ -36,9 +36,9 @@ def person_name(name: str | None) -> str:
     return " ".join(p for p in (prefix, given, middle, family, suffix) if p)
 
 
-def _compose(
+def compose(
     report: RadiologyReport, study: Study, order: ImagingOrder | None, signer: User | None
-) -> _Rendering:
+) -> Rendering:
     status = ReportStatus(report.status)
     header = [
         ("Patient", person_name(study.patient_name or (order.patient_name if order else None))),
@@ -62,7 +62,7 @@ def _compose(
             signature += f" (revision {report.revision}, {status.value.lower()})"
     else:
         signature = "PRELIMINARY: not signed"
-    return _Rendering(
+    return Rendering(
         title=f"Radiology report {report.id}",
         header=[(label, value) for label, value in header if value],
         sections=sections,
@@ -73,7 +73,7 @@ def _compose(
 def render_text(
     report: RadiologyReport, study: Study, order: ImagingOrder | None, signer: User | None
 ) -> str:
-    rendering = _compose(report, study, order, signer)
+    rendering = compose(report, study, order, signer)
     lines = [rendering.title, "=" * len(rendering.title), ""]
     width = max((len(label) for label, _ in rendering.header), default=0)
     lines += [f"{label + ':':<{width + 1}} {value}" for label, value in rendering.header]
@@ -86,7 +86,7 @@ def render_text(
 def render_html(
     report: RadiologyReport, study: Study, order: ImagingOrder | None, signer: User | None
 ) -> str:
-    rendering = _compose(report, study, order, signer)
+    rendering = compose(report, study, order, signer)
     rows = "".join(
         f"<tr><th>{escape(label)}</th><td>{escape(value)}</td></tr>"
         for label, value in rendering.header

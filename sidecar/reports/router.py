@@ -18,7 +18,7 @@ from sidecar.access.care_scope import CareScope, CareScopeDep
 from sidecar.accounts.dependencies import require_roles
 from sidecar.accounts.models import Role, User
 from sidecar.core.dependencies import SessionDep, SettingsDep
-from sidecar.core.errors import InvalidRequest, UnknownRecord
+from sidecar.core.errors import InvalidRequest
 from sidecar.core.models import Page
 from sidecar.core.pagination import (
     Pagination,
@@ -29,6 +29,7 @@ from sidecar.core.pagination import (
     record_id_query,
 )
 from sidecar.orders.models import ImagingOrder
+from sidecar.reports import actions
 from sidecar.reports import service as reports
 from sidecar.reports.models import (
     RadiologyReport,
@@ -42,10 +43,8 @@ from sidecar.reports.models import (
 )
 from sidecar.reports.pdf import gather, render_pdf
 from sidecar.reports.rendering import render_html, render_text
-from sidecar.reports.templates import ReportTemplate
-from sidecar.results import service as results
 from sidecar.results.outbox import ResultOutbox, ResultOutboxDep
-from sidecar.results.routing import ResultRouting, ResultRoutingDep
+from sidecar.results.routing import ResultRoutingDep
 from sidecar.studies.lookup import get_study_or_404
 from sidecar.studies.models import Study
 
@@ -70,13 +69,7 @@ def create_report(
 ) -> RadiologyReport:
     study = get_study_or_404(session, body.study_id)  # not one removed with its images
     values = body.model_dump(exclude={"study_id", "template_id"}, exclude_unset=True)
-    if body.template_id is not None:
-        template = session.get(ReportTemplate, body.template_id)
-        if template is None:
-            raise InvalidRequest(f"templateId: report template {body.template_id} not found")
-        values = {**template.sections, **values}
-    report = reports.create_report(session, study, user, values, template_id=body.template_id)
-    _queue_result(routing, session, report, user)
+    report = actions.create(session, study, user, values, routing, template_id=body.template_id)
     return _commit(session, report, outbox, response)
 
 
@@ -136,7 +129,7 @@ def get_report(
     scope: CareScopeDep,
     response: Response,
 ) -> RadiologyReport:
-    report = readable_report(session, report_id, scope)
+    report = reports.readable_report(session, report_id, scope)
     response.headers["ETag"] = etag(report)
     return report
 
@@ -146,7 +139,7 @@ def list_versions(
     report_id: RecordId, session: SessionDep, _: ReportReader, scope: CareScopeDep
 ) -> list[Any]:
     """Every signed revision, oldest first: what was signed, by whom, when and why amended."""
-    readable_report(session, report_id, scope)
+    reports.readable_report(session, report_id, scope)
     return list(reports.revisions(session, report_id))
 
 
@@ -165,7 +158,7 @@ def render_report(
 ) -> Response:
     """The report as a clinician reads it: plain text (default), HTML, or PDF (with the
     amendment history and any critical finding's communication record)."""
-    report = readable_report(session, report_id, scope)
+    report = reports.readable_report(session, report_id, scope)
     if format == "pdf":
         document = render_pdf(gather(session, report, settings.department_name))
         return Response(
@@ -193,12 +186,10 @@ def update_report(
     response: Response,
     if_match: IfMatch = None,
 ) -> RadiologyReport:
-    report = _get(session, report_id)
+    report = reports.get_report(session, report_id)
     values = body.model_dump(exclude={"version"}, exclude_unset=True)
-    reports.update_report(
-        session, report, values, actor=user, expected_version=_expected(body.version, if_match)
-    )
-    _queue_result(routing, session, report, user)
+    expected = _expected(body.version, if_match)
+    actions.update(session, report, values, user, routing, expected_version=expected)
     return _commit(session, report, outbox, response)
 
 
@@ -213,10 +204,9 @@ def sign_report(
     body: ReportSign | None = None,
     if_match: IfMatch = None,
 ) -> RadiologyReport:
-    report = _get(session, report_id)
+    report = reports.get_report(session, report_id)
     expected = _expected(body.version if body else None, if_match)
-    reports.sign_report(session, report, user, expected_version=expected)
-    _queue_result(routing, session, report, user)
+    actions.sign(session, report, user, routing, expected_version=expected)
     return _commit(session, report, outbox, response)
 
 
@@ -231,18 +221,18 @@ def amend_report(
     response: Response,
     if_match: IfMatch = None,
 ) -> RadiologyReport:
-    report = _get(session, report_id)
+    report = reports.get_report(session, report_id)
     sections = body.model_dump(exclude={"version", "kind", "reason"}, exclude_unset=True)
-    reports.amend_report(
+    actions.amend(
         session,
         report,
         user,
         sections,
+        routing,
         kind=body.kind,
         reason=body.reason,
         expected_version=_expected(body.version, if_match),
     )
-    _queue_result(routing, session, report, user)
     return _commit(session, report, outbox, response)
 
 
@@ -251,33 +241,13 @@ def delete_report(
     report_id: RecordId, session: SessionDep, user: Radiologist, if_match: IfMatch = None
 ) -> None:
     """Deletes a preliminary report (kept on record, out of every list)."""
-    report = _get(session, report_id)
+    report = reports.get_report(session, report_id)
     reports.discard_report(session, report, user, expected_version=_expected(None, if_match))
     session.commit()
 
 
 def etag(report: RadiologyReport) -> str:
     return f'"{report.version}"'
-
-
-def readable_report(session: Session, report_id: int, scope: CareScope) -> RadiologyReport:
-    report = _get(session, report_id)
-    if (
-        scope.limited
-        and not session.exec(
-            select(RadiologyReport.id).where(RadiologyReport.id == report_id, *scope.reports())
-        ).first()
-    ):
-        # Not "forbidden": whether a report exists is itself not theirs to know.
-        raise UnknownRecord(f"report {report_id} not found")
-    return report
-
-
-def _get(session: Session, report_id: int) -> RadiologyReport:
-    report = session.get(RadiologyReport, report_id)
-    if report is None or report.deleted_at is not None:
-        raise UnknownRecord(f"report {report_id} not found")
-    return report
 
 
 def _page(
@@ -299,19 +269,9 @@ def _expected(body_version: int | None, if_match: str | None) -> int | None:
     return int(tag)
 
 
-def _queue_result(
-    routing: ResultRouting, session: Session, report: RadiologyReport, user: User
-) -> None:
-    session.flush()
-    results.queue_result(session, report, routing, actor=user.username)
-
-
 def _commit(
     session: Session, report: RadiologyReport, outbox: ResultOutbox | None, response: Response
 ) -> RadiologyReport:
-    session.commit()
-    session.refresh(report)
-    if outbox is not None:
-        outbox.wake()
+    actions.commit(session, report, outbox)
     response.headers["ETag"] = etag(report)
     return report

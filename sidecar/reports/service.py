@@ -12,9 +12,10 @@ from typing import Any
 
 from sqlmodel import Session, col, select
 
+from sidecar.access.care_scope import CareScope
 from sidecar.accounts.models import User
 from sidecar.core import audit
-from sidecar.core.errors import ConflictingState, InvalidRequest
+from sidecar.core.errors import ConflictingState, InvalidRequest, UnknownRecord
 from sidecar.core.models import utcnow
 from sidecar.core.workflow import move
 from sidecar.operations import metrics
@@ -42,6 +43,28 @@ class StaleReport(ReportConflict):
 
 class IncompleteReport(InvalidRequest):
     """Signing needs an impression or findings (HTTP 400)."""
+
+
+def get_report(session: Session, report_id: int) -> RadiologyReport:
+    """The report, 404 when unknown or discarded."""
+    report = session.get(RadiologyReport, report_id)
+    if report is None or report.deleted_at is not None:
+        raise UnknownRecord(f"report {report_id} not found")
+    return report
+
+
+def readable_report(session: Session, report_id: int, scope: CareScope) -> RadiologyReport:
+    """The report, when the caller may read it (the API's and the results page's rule)."""
+    report = get_report(session, report_id)
+    if (
+        scope.limited
+        and not session.exec(
+            select(RadiologyReport.id).where(RadiologyReport.id == report_id, *scope.reports())
+        ).first()
+    ):
+        # Not "forbidden": whether a report exists is itself not theirs to know.
+        raise UnknownRecord(f"report {report_id} not found")
+    return report
 
 
 def active_report(session: Session, study_id: int) -> RadiologyReport | None:

@@ -10,55 +10,42 @@ exist). A link's use is checked by its signature alone, and audited.
 from __future__ import annotations
 
 from collections.abc import Iterator
-from contextlib import contextmanager
 from datetime import datetime
 from typing import Annotated
 
-from fastapi import APIRouter, Depends, Header, Query, Response
+from fastapi import APIRouter, Header, Query, Response
 from fastapi.responses import StreamingResponse
 
 from sidecar.access.care_scope import CareScopeDep
 from sidecar.accounts.dependencies import ClientAddress, Clinician
 from sidecar.core import audit
-from sidecar.core.dependencies import ClockDep, SessionDep, SettingsDep, provide
-from sidecar.core.errors import ConflictingState, Unavailable, UnknownRecord
+from sidecar.core.dependencies import ClockDep, SessionDep, SettingsDep
+from sidecar.core.errors import UnknownRecord
 from sidecar.core.models import ApiModel
 from sidecar.core.pagination import RecordId
 from sidecar.core.settings import Settings
-from sidecar.ingest.orthanc_client import (
-    OrthancCannotRender,
-    OrthancClient,
-    OrthancError,
-    OrthancNotFound,
-)
 from sidecar.studies.image_links import ImageFormat, check_link, link_key, make_link
-from sidecar.studies.lookup import readable_image, readable_study
+from sidecar.studies.lookup import readable_image
 from sidecar.studies.models import Image
-from sidecar.studies.thumbnails import Picture, Rendering, ThumbnailCache, matches, render
-from sidecar.studies.thumbnails import representative_image as study_thumbnail_image
+from sidecar.studies.pictures import (
+    OrthancDep,
+    ThumbnailCacheDep,
+    orthanc_errors,
+    picture_response,
+    study_thumbnail_picture,
+)
+from sidecar.studies.thumbnails import Rendering, render
 
 router = APIRouter(tags=["images"])
 
-OrthancDep = Annotated[OrthancClient, Depends(provide(OrthancClient))]
 #: The actor of a link's use: whoever holds the link (no account is presented).
 LINK_ACTOR = "signed-link"
 NO_STORE = {"Cache-Control": "private, no-store"}
-# Renderings of an instance do not change; a browser may keep them a few minutes.
-PICTURE_CACHE_CONTROL = "private, max-age=300"
 
 
 class ImageLink(ApiModel):
     url: str
     expires_at: datetime
-
-
-def thumbnail_cache(settings: SettingsDep) -> ThumbnailCache:
-    return ThumbnailCache(
-        settings.data_dir / "thumbnails", max_bytes=settings.thumbnail_cache_mb * 1024 * 1024
-    )
-
-
-ThumbnailCacheDep = Annotated[ThumbnailCache, Depends(thumbnail_cache)]
 
 
 @router.get("/api/images/{image_id}/url", response_model=ImageLink)
@@ -189,36 +176,8 @@ def study_thumbnail(
 ) -> Response:
     """The study's thumbnail, as PNG: the middle instance of its first series, scaled down
     (cached)."""
-    readable_study(session, study_id, scope)
-    image = study_thumbnail_image(session, study_id)
-    if image is None or image.orthanc_id is None:
-        raise UnknownRecord(f"study {study_id} has no images yet: no thumbnail to show")
-    with orthanc_errors(image.id or 0):
-        picture = render(orthanc, cache, image.orthanc_id, Rendering.THUMBNAIL)
+    picture = study_thumbnail_picture(session, study_id, scope, orthanc, cache)
     return picture_response(picture, if_none_match)
-
-
-def picture_response(picture: Picture, if_none_match: str | None) -> Response:
-    headers = {"ETag": picture.etag, "Cache-Control": PICTURE_CACHE_CONTROL}
-    if matches(if_none_match, picture.etag):
-        return Response(status_code=304, headers=headers)
-    return Response(picture.content, media_type="image/png", headers=headers)
-
-
-@contextmanager
-def orthanc_errors(image_id: int) -> Iterator[None]:
-    """Orthanc's errors as the API's refusals."""
-    try:
-        yield
-    except OrthancNotFound as exc:
-        raise UnknownRecord(f"image {image_id} is no longer in Orthanc") from exc
-    except OrthancCannotRender as exc:
-        raise ConflictingState(
-            f"Orthanc cannot render image {image_id} (it holds no picture Orthanc can draw); "
-            "its DICOM file is still available"
-        ) from exc
-    except OrthancError as exc:
-        raise Unavailable("Orthanc is not answering: try again shortly") from exc
 
 
 def _key(settings: Settings) -> bytes:

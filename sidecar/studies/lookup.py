@@ -11,7 +11,8 @@ from sqlmodel import Session, col, func, select
 from sidecar.access.care_scope import CareScope
 from sidecar.core.errors import UnknownRecord
 from sidecar.core.pagination import Pagination, page
-from sidecar.studies.models import Image, ImagePublic, Series, Study, StudyPublic
+from sidecar.mpps.models import PerformedProcedureStep
+from sidecar.studies.models import Image, ImagePublic, Series, Study, StudyDetail, StudyPublic
 from sidecar.viewer.front import ViewerLinks
 
 
@@ -98,3 +99,24 @@ def image_page(session: Session, pagination: Pagination, condition: Any) -> dict
         .limit(pagination.limit)
     ).all()
     return page([to_public(image, uid) for image, uid in rows], total, pagination)
+
+
+def study_detail(session: Session, study: Study, links: ViewerLinks) -> StudyDetail:
+    """The study with its series and performed procedure steps (GET /api/studies/{id})."""
+    series = session.exec(
+        select(Series)
+        .where(Series.study_id == study.id)
+        .order_by(col(Series.series_number).nulls_last(), col(Series.id))
+    ).all()
+    steps = session.exec(
+        select(PerformedProcedureStep)
+        .where(PerformedProcedureStep.study_instance_uid == study.study_instance_uid)
+        .order_by(col(PerformedProcedureStep.id))
+    ).all()
+    return StudyDetail.model_validate(
+        {
+            **public_study(links, study).model_dump(),
+            "series": series,
+            "performed_procedure_steps": steps,
+        }
+    )

@@ -9,17 +9,15 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Depends, Query, Request, status
 from pydantic import Field
 from sqlalchemy import literal
-from sqlmodel import Session, col, select
+from sqlmodel import col, select
 from starlette.concurrency import run_in_threadpool
 
-from hl7.order_status_message import OrderStatusCode
 from sidecar.access.care_scope import CareScopeDep
 from sidecar.accounts.dependencies import Clinician, Scheduler, StudyEditor
-from sidecar.accounts.models import Role
 from sidecar.core import audit
 from sidecar.core.api_errors import ErrorBody
 from sidecar.core.dependencies import SessionDep, SettingsDep, provide, provide_optional
-from sidecar.core.errors import ConflictingState, NotPermitted, UnknownRecord
+from sidecar.core.errors import ConflictingState, UnknownRecord
 from sidecar.core.models import MAX_RECORD_ID, ApiInput, Page, join_multi, utcnow
 from sidecar.core.pagination import (
     PaginationDep,
@@ -29,24 +27,20 @@ from sidecar.core.pagination import (
 )
 from sidecar.ingest.orthanc_client import OrthancClient
 from sidecar.ingest.sync import OrthancSync
-from sidecar.mpps.models import PerformedProcedureStep
-from sidecar.orders import matching as order_matching
 from sidecar.orders.events import OrderEventsDep
 from sidecar.orders.identifiers import new_accession_number, new_study_instance_uid
-from sidecar.orders.models import ImagingOrder
 from sidecar.patients import service as patients
-from sidecar.results import service as results
 from sidecar.results.outbox import ResultOutboxDep
 from sidecar.results.routing import ResultRoutingDep
-from sidecar.results.status_updates import queue_status_update
+from sidecar.studies import order_link, upload_body, uploads
 from sidecar.studies import registry as study_registry
-from sidecar.studies import upload_body, uploads
 from sidecar.studies.lookup import (
     get_study_or_404,
     image_page,
     listed_studies,
     public_study,
     readable_study,
+    study_detail,
 )
 from sidecar.studies.models import (
     Image,
@@ -61,7 +55,7 @@ from sidecar.studies.models import (
     StudyUpdate,
 )
 from sidecar.studies.uploads import UploadResult
-from sidecar.viewer.front import ViewerLinks, ViewerLinksDep
+from sidecar.viewer.front import ViewerLinksDep
 
 router = APIRouter(prefix="/api/studies", tags=["studies"])
 
@@ -177,7 +171,7 @@ def get_study_by_accession(
             f"several studies carry accession number {accession_number}; "
             "list them with GET /api/studies?accessionNumber=..."
         )
-    return _detail(session, matches[0], links)
+    return study_detail(session, matches[0], links)
 
 
 @router.get("/{study_id}", response_model=StudyDetail)
@@ -188,7 +182,7 @@ def get_study(
     scope: CareScopeDep,
     links: ViewerLinksDep,
 ) -> StudyDetail:
-    return _detail(session, readable_study(session, study_id, scope), links)
+    return study_detail(session, readable_study(session, study_id, scope), links)
 
 
 @router.patch("/{study_id}", response_model=StudyPublic)
@@ -336,61 +330,14 @@ def link_order(
 ) -> StudyPublic:
     """Links a study to an imaging order by hand. Images under another patient id: 409, unless
     an administrator moves the study to the order's patient (`moveToOrderPatient`)."""
-    study = get_study_or_404(session, study_id)
-    order = session.get(ImagingOrder, body.order_id)
-    if order is None:
-        raise UnknownRecord(f"imaging order {body.order_id} not found")
-    if study.order_id is not None:
-        raise ConflictingState(f"study {study_id} is already linked to order {study.order_id}")
-    taken = session.exec(select(Study.id).where(Study.order_id == order.id)).first()
-    if taken is not None:
-        raise ConflictingState(f"order {order.id} is already linked to study {taken}")
-    try:
-        moved = order_matching.link(session, study, order, actor=user.username)
-    except order_matching.PatientMismatch as exc:
-        if not body.move_to_order_patient:
-            raise ConflictingState(
-                f"study {study_id} and order {order.id} belong to different patient ids; "
-                "correct the patient id first, or (an administrator) move the study to the "
-                "order's patient with moveToOrderPatient"
-            ) from exc
-        if user.role != Role.ADMIN:
-            raise NotPermitted("only an administrator may move a study to another patient") from exc
-        moved = order_matching.move_to_order_patient(session, study, order, actor=user.username)
-    # Images and an order that were not linked: the exam started, the HIS hears it first.
-    started = moved and (
-        queue_status_update(
-            session, order, OrderStatusCode.IN_PROCESS, routing, actor=user.username
-        )
-        is not None
+    study = order_link.link_order(
+        session,
+        get_study_or_404(session, study_id),
+        body.order_id,
+        user,
+        move_to_order_patient=body.move_to_order_patient,
+        routing=routing,
+        outbox=outbox,
+        events=events,
     )
-    joined = results.report_joins_order(session, study_id, order, routing, actor=user.username)
-    queued = started or joined
-    session.commit()
-    session.refresh(study)
-    if queued and outbox is not None:
-        outbox.wake()
-    if moved:
-        session.refresh(order)
-        events.announce(order)
     return public_study(links, study)
-
-
-def _detail(session: Session, study: Study, links: ViewerLinks) -> StudyDetail:
-    series = session.exec(
-        select(Series)
-        .where(Series.study_id == study.id)
-        .order_by(col(Series.series_number).nulls_last(), col(Series.id))
-    ).all()
-    steps = session.exec(
-        select(PerformedProcedureStep)
-        .where(PerformedProcedureStep.study_instance_uid == study.study_instance_uid)
-        .order_by(col(PerformedProcedureStep.id))
-    ).all()
-    return StudyDetail.model_validate(
-        {
-            **public_study(links, study).model_dump(),
-            "series": series,
-            "performed_procedure_steps": steps,
-        }
-    )

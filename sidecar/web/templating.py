@@ -65,7 +65,8 @@ PAGES: tuple[PageLink, ...] = (
         "Worklist",
         "/app/worklist",
         "The reading queue: priority, due time, overdue and assigned studies; claim and read.",
-        frozenset({_R.ADMIN, _R.RADIOLOGIST, _R.TECHNOLOGIST}),
+        # GET /api/reading-worklist's roles (technologists have the orders page).
+        frozenset({_R.ADMIN, _R.RADIOLOGIST}),
     ),
     PageLink(
         "orders",

@@ -14,9 +14,13 @@ import pytest
 from fastapi import FastAPI
 from fastapi.routing import APIRoute
 from fastapi.testclient import TestClient
-from sqlmodel import Session
+from sqlmodel import Session, select
 
-from sidecar.accounts.models import Role
+from sidecar.access.care_scope import CareScope
+from sidecar.accounts.models import Role, User
+from sidecar.core.models import utcnow
+from sidecar.events.models import LiveEvent
+from sidecar.events.scope import ScopeFilter
 from sidecar.patients import service as patients
 from sidecar.studies.models import Study
 
@@ -234,6 +238,7 @@ NOT_PATIENT_RECORDS = {
     "/health": "counts only, no patient",
     "/api/procedures": "the procedure catalog: codes and rooms, no patient",
     "/api/procedures/{procedure_id}": "a procedure catalog entry, no patient",
+    "/api/events": "a stream, checked by _events_outside_reach below",
 }
 
 
@@ -248,10 +253,28 @@ def _expected(
 
 @pytest.mark.parametrize("physician", sorted(REACH))
 def test_a_physician_reads_exactly_the_patients_they_care_for(
-    client: TestClient, world: World, physicians: dict[str, Headers], physician: str
+    app: FastAPI, client: TestClient, world: World, physicians: dict[str, Headers], physician: str
 ) -> None:
     wrong = _outside_reach(client, world, physicians[physician], REACH[physician])
+    wrong += _events_outside_reach(app, world, physician, REACH[physician])
     assert not wrong, "\n".join(wrong)
+
+
+def _events_outside_reach(app: FastAPI, world: World, username: str, reach: set[str]) -> list[str]:
+    """GET /api/events: the events of the records the user reads, and of no other."""
+    kinds = {
+        "study": "study_id",
+        "order": "order_id",
+        "report": "report_id",
+        "finding": "finding_id",
+    }
+    expected = {(kind, i) for kind, attr in kinds.items() for i in world.ids(reach, attr)}
+    with Session(engine_of(app)) as session:
+        user = session.exec(select(User).where(User.username == username)).one()
+        events = session.exec(select(LiveEvent)).all()
+        seen = ScopeFilter(CareScope(user, utcnow())).visible(session, events)
+    got = {(event.kind, event.entity_id) for event in seen}
+    return [f"/api/events: {sorted(got)}, not {sorted(expected)}"] if got != expected else []
 
 
 #: Users limited to facilities: (role, provider id, facilities, the records they read).
@@ -292,6 +315,7 @@ def test_a_user_limited_to_facilities_reads_exactly_their_records(
     assert created.json()["facilities"] == sorted(facilities)
     headers = login(client, "limited.user", USER_PASSWORD)
     wrong = _outside_reach(client, world, headers, reach)
+    wrong += _events_outside_reach(app, world, "limited.user", reach)
     assert not wrong, "\n".join(wrong)
 
 

@@ -18,6 +18,7 @@ import httpx
 import uvicorn
 
 from sidecar.core.settings import Settings
+from sidecar.events.serving import Server
 from sidecar.launcher.orthanc import OrthancLayout, OrthancProcess
 from sidecar.main import create_app
 
@@ -84,7 +85,7 @@ class LiveSidecar:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self.app = create_app(settings)
-        self._server = uvicorn.Server(
+        self._server = Server(
             uvicorn.Config(
                 self.app,
                 host="127.0.0.1",

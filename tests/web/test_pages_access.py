@@ -24,7 +24,7 @@ from testapp import ADMIN_PASSWORD, TEST_JWT_SECRET, USER_PASSWORD, engine_of
 # The links of each role's home page (the cards; the navigation has the same and Home).
 HOME_LINKS = {
     Role.RADIOLOGIST: ["/app/worklist", "/app/analytics"],
-    Role.TECHNOLOGIST: ["/app/worklist", "/app/orders"],
+    Role.TECHNOLOGIST: ["/app/orders"],
     Role.PHYSICIAN: ["/app/results"],
     Role.ADMIN: [
         "/app/worklist",

@@ -26,11 +26,35 @@ class Page(NamedTuple):
     path: str
     #: Accessible names the keyboard must reach from the top, in this order.
     reach: tuple[str, ...] = ()
+    #: The page shows a study (a STAT order's, ready to read): `{study}` in `path` is its id.
+    study: bool = False
 
 
 PAGES = [
     Page(None, "/login", ("User name", "Password", "Log in")),
     # Issue 18's pages, e.g. Page("radiologist", "/app/worklist"),
+    Page(
+        "radiologist",
+        "/app/worklist",
+        ("Show", "Modality", "Priority", "Overdue only", "Apply filters"),
+        study=True,
+    ),
+    Page(
+        "radiologist",
+        "/app/studies/{study}",
+        (
+            "Technique",
+            "Comparison",
+            "Findings",
+            "Impression",
+            "Recommendations",
+            "Save draft",
+            "Sign",
+        ),
+        study=True,
+    ),
+    Page("technologist", "/app/orders"),
+    Page("physician", "/app/results"),
     Page("radiologist", "/app/analytics", ("Period", "Show")),
     Page("admin", "/app/analytics"),
     Page("admin", "/app/admin"),
@@ -41,6 +65,47 @@ PAGES = [
 ]
 
 
+def ready_study(stack: Any) -> int:
+    """A STAT order and its study, marked COMPLETED (ready to read) over the API."""
+    order = stack.api(
+        "POST",
+        "/api/imaging-orders",
+        json={
+            "patientId": "PAGE-0001",
+            "issuerOfPatientId": "HOSP",
+            "patientName": "DOE^JANE",
+            "modality": "CT",
+            "bodyPart": "HEAD",
+            "procedureCode": "CTHEAD",
+            "procedureDescription": "CT head",
+            "priority": "STAT",
+            "clinicalIndication": "Fall, headache",
+            "placerOrderNumber": "PAGE-1",
+        },
+    )
+    assert order.status_code == 201, order.text
+    study = stack.api(
+        "POST",
+        "/api/studies",
+        json={
+            "patientId": "PAGE-0001",
+            "issuerOfPatientId": "HOSP",
+            "patientName": "DOE^JANE",
+            "accessionNumber": order.json()["accessionNumber"],
+            "modalities": ["CT"],
+        },
+    )
+    assert study.status_code == 201, study.text
+    study_id: int = study.json()["id"]
+    linked = stack.api(
+        "POST", f"/api/studies/{study_id}/link-order", json={"orderId": order.json()["id"]}
+    )
+    assert linked.status_code == 200, linked.text
+    ready = stack.api("PATCH", f"/api/studies/{study_id}/status", json={"status": "COMPLETED"})
+    assert ready.status_code == 200, ready.text
+    return study_id
+
+
 @pytest.mark.parametrize("page", PAGES, ids=lambda page: f"{page.role or 'anonymous'}{page.path}")
 def test_each_page_passes_axe_and_works_with_the_keyboard_alone(
     app_front: AppFront, page_users: dict[str, PageUser], page: Page
@@ -48,8 +113,9 @@ def test_each_page_passes_axe_and_works_with_the_keyboard_alone(
     steps: list[dict[str, Any]] = []
     if page.role is not None:
         steps.append(page_users[page.role].login_step())
+    path = page.path.format(study=ready_study(app_front.stack)) if page.study else page.path
     steps += [
-        {"goto": {"path": page.path, "status": 200}},
+        {"goto": {"path": path, "status": 200}},
         {"axe": {"name": page.path}},
         {"keyboardAll": True},
         *({"keyboard": {"name": name, "fromTop": i == 0}} for i, name in enumerate(page.reach)),
