@@ -79,6 +79,9 @@ from sidecar.viewer.front import ViewerFront, ViewerLinks, build_viewer_front, v
 from sidecar.viewer.headers import sidecar_headers
 from sidecar.viewer.router import router as viewer_router
 from sidecar.viewer.stow_router import router as stow_router
+from sidecar.web.admin_page import router as admin_page_router
+from sidecar.web.admin_setup_page import router as admin_setup_page_router
+from sidecar.web.analytics_page import router as analytics_page_router
 from sidecar.web.errors import install_page_errors
 from sidecar.web.home import router as home_page_router
 from sidecar.web.orders_page import router as orders_page_router
@@ -127,6 +130,9 @@ PAGE_ROUTERS = (
     study_page_router,
     orders_page_router,
     results_page_router,
+    analytics_page_router,
+    admin_page_router,
+    admin_setup_page_router,
 )
 
 

@@ -18,6 +18,7 @@ from sidecar.core import audit
 from sidecar.core.errors import ConflictingState
 from sidecar.core.models import table_of, utcnow
 from sidecar.orders.models import Modality, Priority
+from sidecar.procedures.csv_file import read_catalog
 from sidecar.procedures.models import ImportOutcome, Procedure
 
 #: Order values a catalog entry provides, by the entry's field that holds each.
@@ -146,6 +147,16 @@ def import_rows(
         created=outcome.created,
         updated=outcome.updated,
     )
+    return outcome
+
+
+def import_file(session: Session, data: bytes, *, actor: str) -> ImportOutcome:
+    """A catalog file (sidecar.procedures.csv_file) imported whole and committed, or nothing
+    (UnacceptableValue naming each row and column at fault). What POST /api/procedures/import
+    and the admin page both call."""
+    parsed = read_catalog(data)
+    outcome = import_rows(session, parsed.rows, parsed.columns, actor=actor)
+    session.commit()
     return outcome
 
 

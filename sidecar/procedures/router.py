@@ -18,7 +18,7 @@ from sidecar.core.models import Page
 from sidecar.core.pagination import PaginationDep, RecordId, equal_to, paginate
 from sidecar.orders.models import Modality
 from sidecar.procedures import catalog
-from sidecar.procedures.csv_file import MAX_BYTES, read_catalog
+from sidecar.procedures.csv_file import MAX_BYTES
 from sidecar.procedures.models import (
     ImportOutcome,
     Procedure,
@@ -110,14 +110,7 @@ async def import_procedures(request: Request, session: SessionDep, user: Admin) 
         if not isinstance(upload, UploadFile):
             raise UnacceptableValue("file", "send the CSV file as the multipart field `file`")
         data = await upload.read(MAX_BYTES + 1)
-    return await run_in_threadpool(_import, session, data, user.username)
-
-
-def _import(session: Session, data: bytes, actor: str) -> ImportOutcome:
-    parsed = read_catalog(data)
-    outcome = catalog.import_rows(session, parsed.rows, parsed.columns, actor=actor)
-    session.commit()
-    return outcome
+    return await run_in_threadpool(catalog.import_file, session, data, actor=user.username)
 
 
 @router.get("/{procedure_id}", response_model=ProcedurePublic)

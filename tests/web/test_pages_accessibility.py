@@ -55,6 +55,13 @@ PAGES = [
     ),
     Page("technologist", "/app/orders"),
     Page("physician", "/app/results"),
+    Page("radiologist", "/app/analytics", ("Period", "Show")),
+    Page("admin", "/app/analytics"),
+    Page("admin", "/app/admin"),
+    Page("admin", "/app/admin/users", ("User name", "Password", "Role")),
+    Page("admin", "/app/admin/procedures", ("Catalog file (CSV)", "Import")),
+    Page("admin", "/app/admin/rules", ("Name", "Position")),
+    Page("admin", "/app/admin/templates", ("Name", "Modality (optional, e.g. CT)")),
 ]
 
 
