@@ -37,6 +37,7 @@ from sqlmodel import Session, col, select
 
 from sidecar.core import audit, correlation
 from sidecar.core.background import BackgroundWorker, backoff_delay, seconds_until_next_attempt
+from sidecar.core.http import tls_context
 from sidecar.core.models import utcnow
 from sidecar.core.workflow import move_if
 from sidecar.findings.models import (
@@ -185,7 +186,7 @@ class FindingNotifier(BackgroundWorker):
         )
         self._engine = engine
         self._url = url
-        self._client = client or httpx.Client(timeout=timeout)
+        self._client = client or httpx.Client(timeout=timeout, verify=tls_context())
         self._headers = {"Authorization": f"Bearer {token}"} if token else {}
         self._max_delay = max_delay
         self.last_error: str | None = None

@@ -19,6 +19,8 @@ from typing import IO, Any
 
 import httpx
 
+from sidecar.core.http import tls_context
+
 # Orthanc identifiers are SHA-1 based: five dash-separated groups of eight hex digits.
 ORTHANC_ID = re.compile(r"^[0-9a-f]{8}(-[0-9a-f]{8}){4}$")
 _UPLOAD_CHUNK = 1024 * 1024
@@ -97,7 +99,11 @@ class OrthancClient:
     ) -> None:
         auth = httpx.BasicAuth(username, password) if username else None
         self._http = httpx.Client(
-            base_url=base_url, auth=auth, timeout=timeout, transport=transport
+            base_url=base_url,
+            auth=auth,
+            timeout=timeout,
+            transport=transport,
+            verify=tls_context(),
         )
 
     def close(self) -> None:

@@ -22,6 +22,7 @@ from urllib.parse import urlsplit
 
 import httpx
 
+from sidecar.core.http import tls_context
 from sidecar.core.modalities import RegisteredModality
 from sidecar.launcher import processes as child_process
 
@@ -331,7 +332,12 @@ class OrthancProcess:
 
         def answers() -> bool:
             try:
-                return httpx.get(f"{self.url}/system", auth=auth, timeout=1.0).status_code == 200
+                return (
+                    httpx.get(
+                        f"{self.url}/system", auth=auth, timeout=1.0, verify=tls_context()
+                    ).status_code
+                    == 200
+                )
             except httpx.HTTPError:
                 return False
 

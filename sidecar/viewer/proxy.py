@@ -26,6 +26,7 @@ from starlette.background import BackgroundTask
 from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 
+from sidecar.core.http import tls_context
 from sidecar.ingest.orthanc_client import OrthancUnavailable
 from sidecar.viewer.paths import FORWARDED_REQUEST_HEADERS, Verdict, verdict
 
@@ -65,6 +66,7 @@ class DicomWebProxy:
             # reusing one older than that could hit a closed socket.
             limits=httpx.Limits(max_keepalive_connections=20, keepalive_expiry=0.8),
             transport=transport,
+            verify=tls_context(),
         )
 
     async def forward(self, request: Request, target: str) -> Response:

@@ -131,6 +131,7 @@ def failing_app(app: FastAPI) -> FastAPI:
     ],
     ids=["crlf", "over-long", "non-ascii", "not-utf8", "json-quotes"],
 )
+@pytest.mark.one_database
 def test_a_hostile_request_id_never_reaches_a_line_nor_the_answer(
     client: TestClient, hostile: bytes
 ) -> None:
@@ -146,6 +147,7 @@ def test_a_hostile_request_id_never_reaches_a_line_nor_the_answer(
     assert "X-Admin" not in lines.text and "CRITICAL" not in lines.text
 
 
+@pytest.mark.one_database
 def test_refusals_and_errors_say_their_request_id(failing_app: FastAPI) -> None:
     with (
         TestClient(failing_app, raise_server_exceptions=False) as client,
@@ -179,6 +181,8 @@ def test_refusals_and_errors_say_their_request_id(failing_app: FastAPI) -> None:
     assert len(requests) == 6 and all("requestId" in e for e in requests), lines.text
 
 
+# The lines' shape and ids are the process's, whichever database it has (as below).
+@pytest.mark.one_database
 def test_the_service_process_writes_json_lines(tmp_path: Path, database_url: str) -> None:
     """`python -m sidecar` with LOG_FORMAT=json: every line on stderr, from the start to the
     stop, is a JSON object; a request's lines carry its id."""

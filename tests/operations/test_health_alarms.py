@@ -53,6 +53,8 @@ def fake_disks(free_percent: dict[str, float]) -> Any:
     return read
 
 
+# The disk alarms read the file system, not the database (the backlog alarm below reads it).
+@pytest.mark.one_database
 def test_a_full_disk_makes_health_unavailable_and_says_which(health_of: Any) -> None:
     client, disks = health_of(disk_min_free_percent=10)
     disks.reader = fake_disks({"storage": 4.2, "var": 55.0})
@@ -90,6 +92,7 @@ def test_a_full_disk_makes_health_unavailable_and_says_which(health_of: Any) -> 
     assert "reasons" not in answer.json()
 
 
+@pytest.mark.one_database
 def test_the_real_filesystem_is_measured(health_of: Any, tmp_path: Path) -> None:
     """The real reader on the test's own filesystem: figures that hold together; and as no
     filesystem is entirely free, a minimum of 100% must raise the alarm."""
@@ -106,6 +109,7 @@ def test_the_real_filesystem_is_measured(health_of: Any, tmp_path: Path) -> None
     assert any(reason.startswith("disk: orthancStorage has") for reason in answer.json()["reasons"])
 
 
+@pytest.mark.one_database
 def test_a_storage_folder_not_mounted_here_is_unknown_not_an_alarm(
     health_of: Any, tmp_path: Path
 ) -> None:

@@ -27,6 +27,10 @@ from reporting import ordered_study, write_report
 from stack import Stack, wait_for
 from webhook_receiver import WebhookReceiver
 
+# Which id a line carries is settled in the process (sidecar.core.correlation), not in the
+# database: the SQLite run checks it (the work itself runs on both, in its own tests).
+pytestmark = pytest.mark.one_database
+
 GENERATED = re.compile(r"[0-9a-f]{32}")
 # The loggers of an HL7 message's path: the listener, the intakes.
 HL7_PATH = {"hl7.mllp.server", "sidecar.orders.intake", "sidecar.patients.intake"}

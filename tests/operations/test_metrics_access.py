@@ -44,6 +44,9 @@ def client_with(database_url: str, tmp_path: Path) -> Iterator[Callable[..., Tes
         client.__exit__(None, None, None)
 
 
+# Who may scrape, and in which format: not the database's. The backlog gauges a scrape reads
+# from the database are checked on both in test_metrics_backlog.py and test_metrics.py.
+@pytest.mark.one_database
 def test_open_by_default_in_prometheus_text_format(client_with: Callable[..., TestClient]) -> None:
     client = client_with()
     response = client.get("/metrics")
@@ -62,6 +65,7 @@ def test_open_by_default_in_prometheus_text_format(client_with: Callable[..., Te
     "authorization",
     [None, "Bearer not-the-token", f"Bearer {TOKEN}x", f"Basic {TOKEN}", TOKEN, "Bearer "],
 )
+@pytest.mark.one_database
 def test_with_a_token_a_scrape_without_it_is_refused(
     client_with: Callable[..., TestClient], authorization: str | None
 ) -> None:
@@ -74,6 +78,7 @@ def test_with_a_token_a_scrape_without_it_is_refused(
     assert TOKEN not in response.text
 
 
+@pytest.mark.one_database
 def test_with_a_token_the_bearer_of_it_reads(client_with: Callable[..., TestClient]) -> None:
     client = client_with(metrics_token=TOKEN)
     response = client.get("/metrics", headers={"Authorization": f"Bearer {TOKEN}"})
@@ -81,6 +86,7 @@ def test_with_a_token_the_bearer_of_it_reads(client_with: Callable[..., TestClie
     assert value(parse(response.text), "sidecar_database_up") == 1
 
 
+@pytest.mark.one_database
 def test_turned_off_it_answers_404_and_measures_nothing(
     client_with: Callable[..., TestClient],
 ) -> None:
