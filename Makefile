@@ -59,16 +59,23 @@ lint: venv
 typecheck: venv
 	$(BIN)/mypy
 
+# Each run has a temporary root of its own: pytest prunes older numbered folders under the
+# shared default one, which a run beside it may still be using.
 test-sqlite: system-deps venv viewer test-deps
-	$(BIN)/pytest --database sqlite
+	$(BIN)/pytest --database sqlite --basetemp="$$(mktemp -d -t pytest-sqlite-XXXXXX)"
 
 # PostgreSQL must be reachable at TEST_POSTGRES_URL (127.0.0.1:5432 on these machines).
 test-postgresql: system-deps venv viewer test-deps
-	$(BIN)/pytest --database postgresql --postgres-url '$(TEST_POSTGRES_URL)'
+	$(BIN)/pytest --database postgresql --postgres-url '$(TEST_POSTGRES_URL)' \
+		--basetemp="$$(mktemp -d -t pytest-postgresql-XXXXXX)"
 
-## The whole suite: lint, types, every test on SQLite, then again on PostgreSQL each test that
-## uses the sidecar's database (tests/conftest.py).
-test: lint typecheck test-sqlite test-postgresql
+## The whole suite: lint, types, every test on SQLite, and again on PostgreSQL each test that
+## uses the sidecar's database (tests/conftest.py). The two runs go side by side: much of a run
+## waits on Orthanc, nginx, sockets and child processes, so on two cores they take little more
+## than the longer one alone. Each keeps its output until it ends (--output-sync), so a failure
+## reads whole; SERIAL=1 runs them one after the other.
+test: lint typecheck system-deps venv viewer test-deps
+	@$(MAKE) --no-print-directory $(if $(SERIAL),,-j2 --output-sync=target) test-sqlite test-postgresql
 
 ## Benchmarks (by hand; figures go in the closing notes). hl7_intake, report_results,
 ## critical_findings and mpps need PostgreSQL; viewer needs the viewer and Chromium.
