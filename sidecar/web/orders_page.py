@@ -272,6 +272,11 @@ def _chosen_order(
         return found
     if not order_id.strip():
         raise InvalidRequest("Order: choose an order, or type its accession number")
-    if not order_id.isdigit() or not 1 <= int(order_id) <= MAX_RECORD_ID:
+    if not _number(order_id) or not 1 <= int(order_id) <= MAX_RECORD_ID:
         raise InvalidRequest("Order: not an order of the list")
     return int(order_id)
+
+
+def _number(value: str) -> bool:
+    """ASCII digits only: str.isdigit() takes '²' too, which int() refuses."""
+    return value.isascii() and value.isdigit()
