@@ -61,7 +61,7 @@ def _last_event_id(header: str | None, query: str | None) -> int | None:
     value = header if header is not None else query
     if value is None or value == "":
         return None
-    if not value.isdigit() or len(value) > 18:
+    if not (value.isascii() and value.isdigit()) or len(value) > 18:  # int() refuses '²'
         field = "header.Last-Event-ID" if header is not None else "query.lastEventId"
         raise UnacceptableValue(field, "must be an event id (a non-negative integer)")
     return int(value)

@@ -5,6 +5,10 @@ Images under another patient id: 409, unless an administrator moves the study to
 patient. Images and an order that were not linked mean the exam started: the HIS hears it first
 (ORC-5 IP); a report already written on the study joins the order's result. Committed here, then
 the result outbox is woken and the worklist told of the order.
+
+Both the study and the order must lie in the caller's reach (sidecar.access.care_scope: a user
+limited to facilities links nothing of another facility); out of reach answers 404, as a record
+that does not exist.
 """
 
 from __future__ import annotations
@@ -12,6 +16,7 @@ from __future__ import annotations
 from sqlmodel import Session, select
 
 from hl7.order_status_message import OrderStatusCode
+from sidecar.access.care_scope import CareScope
 from sidecar.accounts.models import Role, User
 from sidecar.core.errors import ConflictingState, NotPermitted, UnknownRecord
 from sidecar.orders import matching as order_matching
@@ -21,14 +26,16 @@ from sidecar.results import service as results
 from sidecar.results.outbox import ResultOutbox
 from sidecar.results.routing import ResultRouting
 from sidecar.results.status_updates import queue_status_update
+from sidecar.studies.lookup import readable_study
 from sidecar.studies.models import Study
 
 
 def link_order(
     session: Session,
-    study: Study,
+    study_id: int,
     order_id: int,
     user: User,
+    scope: CareScope,
     *,
     move_to_order_patient: bool,
     routing: ResultRouting,
@@ -36,7 +43,10 @@ def link_order(
     events: OrderEvents,
 ) -> Study:
     """Links the study to the order and commits; the study as it now is."""
-    order = session.get(ImagingOrder, order_id)
+    study = readable_study(session, study_id, scope)
+    order = session.exec(
+        select(ImagingOrder).where(ImagingOrder.id == order_id, *scope.orders())
+    ).first()
     if order is None:
         raise UnknownRecord(f"imaging order {order_id} not found")
     if study.order_id is not None:

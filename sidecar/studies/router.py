@@ -323,6 +323,7 @@ def link_order(
     body: LinkOrder,
     session: SessionDep,
     user: StudyEditor,
+    scope: CareScopeDep,
     links: ViewerLinksDep,
     routing: ResultRoutingDep,
     outbox: ResultOutboxDep,
@@ -332,9 +333,10 @@ def link_order(
     an administrator moves the study to the order's patient (`moveToOrderPatient`)."""
     study = order_link.link_order(
         session,
-        get_study_or_404(session, study_id),
+        study_id,
         body.order_id,
         user,
+        scope,
         move_to_order_patient=body.move_to_order_patient,
         routing=routing,
         outbox=outbox,

@@ -30,7 +30,7 @@ from sidecar.orders.events import OrderEventsDep
 from sidecar.orders.models import ImagingOrder, OrderStatus
 from sidecar.results.outbox import ResultOutboxDep
 from sidecar.results.routing import ResultRoutingDep
-from sidecar.studies.lookup import get_study_or_404, listed_studies
+from sidecar.studies.lookup import listed_studies
 from sidecar.studies.models import Study
 from sidecar.studies.order_link import link_order
 from sidecar.web.session import page_roles
@@ -229,9 +229,10 @@ def link_study(
         form.order_id = _chosen_order(session, user, clock, form, order_id)
         link_order(
             session,
-            get_study_or_404(session, study_id),
+            study_id,
             form.order_id,
             user,
+            CareScope(user, clock()),
             move_to_order_patient=move_to_order_patient,
             routing=routing,
             outbox=outbox,
@@ -271,6 +272,11 @@ def _chosen_order(
         return found
     if not order_id.strip():
         raise InvalidRequest("Order: choose an order, or type its accession number")
-    if not order_id.isdigit() or not 1 <= int(order_id) <= MAX_RECORD_ID:
+    if not _number(order_id) or not 1 <= int(order_id) <= MAX_RECORD_ID:
         raise InvalidRequest("Order: not an order of the list")
     return int(order_id)
+
+
+def _number(value: str) -> bool:
+    """ASCII digits only: str.isdigit() takes '²' too, which int() refuses."""
+    return value.isascii() and value.isdigit()

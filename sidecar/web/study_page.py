@@ -19,6 +19,7 @@ from pydantic import ValidationError
 
 from sidecar.core.dependencies import ClockDep, SessionDep, SettingsDep
 from sidecar.core.errors import ConflictingState, InvalidRequest, NotPermitted
+from sidecar.core.models import MAX_RECORD_ID
 from sidecar.core.pagination import RecordId
 from sidecar.findings import service as findings
 from sidecar.findings.escalation import FindingWorkersDep
@@ -128,8 +129,10 @@ def report_sent(
     try:
         expected = _version(version)
         if action == "template":
-            if not template_id.isdigit():
+            if not _number(template_id):
                 raise InvalidRequest("Start from template: choose a template first")
+            if int(template_id) > MAX_RECORD_ID:
+                raise InvalidRequest("Start from template: report template not found")
             filled = {**texts, **actions.template_sections(session, int(template_id))}
             editor = {"sections": filled, "version": version}
             return _section(request, session, user, scope, links, study_id, editor, "")
@@ -258,6 +261,11 @@ def _writer(user: Any) -> None:
         raise NotPermitted("this action needs one of the roles: radiologist")
 
 
+def _number(value: str) -> bool:
+    """ASCII digits only: str.isdigit() takes '²' too, which int() refuses."""
+    return value.isascii() and value.isdigit()
+
+
 def _texts(*values: str) -> dict[str, str]:
     return dict(zip(SECTIONS, values, strict=True))
 
@@ -265,7 +273,7 @@ def _texts(*values: str) -> dict[str, str]:
 def _version(value: str) -> int | None:
     if not value:
         return None
-    if not value.isdigit() or int(value) < 1:
+    if not _number(value) or int(value) < 1:
         raise InvalidRequest("version: the report version the editor read")
     return int(value)
 

@@ -54,7 +54,7 @@ class Filters:
             raise InvalidRequest(f"modality: one of {', '.join(MODALITIES)}")
         if self.priority and self.priority not in PRIORITIES:
             raise InvalidRequest(f"priority: one of {', '.join(PRIORITIES)}")
-        if not offset.isdigit() or int(offset) > MAX_OFFSET:
+        if not (offset.isascii() and offset.isdigit()) or int(offset) > MAX_OFFSET:
             raise InvalidRequest("offset: a number of rows to skip")
         self.offset = int(offset)
 
