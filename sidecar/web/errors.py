@@ -1,8 +1,10 @@
 """Refusals met under /app/ answered as pages, every other path as the API answers them.
 
 - 401 (no session, an expired or forged one, a disabled account): the login form, at the URL
-  asked for, whose `next` returns there after logging in. To an htmx request (a fragment whose
-  session ran out) with HX-Refresh too, so that the whole page reloads onto the login form.
+  asked for, whose `next` returns there after logging in. To an htmx GET (a fragment whose
+  session ran out) with HX-Refresh too, so that the whole page reloads onto the login form; never
+  to an htmx POST (Save, Sign...): a reload would throw away what the user typed, so the page
+  stays and its script says that nothing was saved (static/app.js).
 - any other refusal (403, 404, 409...) and an unknown /app/ path: the error page with the reason.
 """
 
@@ -35,7 +37,7 @@ def page_refused(request: Request, status_code: int, message: str) -> Response:
     if status_code == 401:
         target = request.url.path + (f"?{request.url.query}" if request.url.query else "")
         headers = {"Cache-Control": "no-store"}
-        if request.headers.get("HX-Request"):
+        if request.headers.get("HX-Request") and request.method in ("GET", "HEAD"):
             headers["HX-Refresh"] = "true"
         return HTMLResponse(login_page(next_url=target), status_code=401, headers=headers)
     heading = {403: "Not allowed", 404: "Not found"}.get(status_code)

@@ -1,6 +1,7 @@
 """What the report editor's htmx "Sign" meets when the session has ended meanwhile: the answer
-must not reload the page (HX-Refresh), which would discard the report text typed in the editor;
-a fragment refreshed by GET may reload onto the login form."""
+must not reload the page (HX-Refresh), which would discard the report text typed in the editor,
+and the page says nothing was saved; a fragment refreshed by GET may reload onto the login
+form."""
 
 from __future__ import annotations
 
@@ -26,13 +27,6 @@ def test_a_fragment_refresh_without_session_reloads_the_page(
 
 
 @pytest.mark.one_database
-@pytest.mark.xfail(
-    strict=True,
-    reason="an htmx POST refused 401 is answered HX-Refresh: the page reloads onto the login "
-    "form and the report text typed in the editor is lost (sidecar/web/errors.py page_refused); "
-    "app.js shows no htmx error either (htmx:responseError), so dropping HX-Refresh alone would "
-    "leave a silent failure",
-)
 def test_signing_after_the_session_ended_keeps_the_typed_report(
     logged_in: Callable[[Role], TestClient],
 ) -> None:
@@ -47,3 +41,8 @@ def test_signing_after_the_session_ended_keeps_the_typed_report(
 
     assert refused.status_code == 401
     assert "HX-Refresh" not in refused.headers
+    # What says so instead: the page's script fills this region on an htmx error status.
+    page = logged_in(Role.RADIOLOGIST).get("/app/")
+    assert '<div id="request-alert" class="alert alert--error" role="alert" hidden>' in page.text
+    script = client.get("/app/static/app.js").text
+    assert "htmx:responseError" in script and "nothing was saved" in script

@@ -6,7 +6,11 @@
       GET /api/events (Server-Sent Events) and turns each event of kind K into the htmx event
       "live-K" on <body>; its fragments refresh with hx-trigger="live-study from:body". An
       `event: reset` (the stream lost track) fires every kind. #live-status tells screen
-      readers whether updates are on. */
+      readers whether updates are on.
+   3. Refusals htmx does not show: an htmx request answered with an error status (the session
+      ended, a stale page, a server fault) or not answered at all swaps nothing, so the
+      #request-alert region says that nothing was saved; what the user typed stays in the page
+      (the server never reloads a page for a refused POST). */
 (function () {
   'use strict';
 
@@ -23,6 +27,37 @@
     if (verb !== 'get') {
       event.detail.headers['X-CSRF-Token'] = csrfToken();
     }
+  });
+
+  var REFUSALS = {
+    401: 'Your session has ended, so nothing was saved. What you typed is still on this page: ' +
+      'copy what you need, then reload the page to log in again.',
+    403: 'This was refused (403), so nothing was saved. The page may be out of date: copy what ' +
+      'you typed, then reload the page.',
+    404: 'Not found (404): nothing was saved. The record may have been removed; reload the page.'
+  };
+
+  function requestAlert(text) {
+    var region = document.getElementById('request-alert');
+    if (!region) return;
+    region.textContent = text;
+    region.hidden = !text;
+  }
+
+  document.addEventListener('htmx:responseError', function (event) {
+    var status = event.detail.xhr ? event.detail.xhr.status : 0;
+    requestAlert(REFUSALS[status] ||
+      'The server answered ' + status + ', so nothing was saved. What you typed is still on ' +
+      'this page; try again, or reload the page.');
+  });
+
+  document.addEventListener('htmx:sendError', function () {
+    requestAlert('The server could not be reached, so nothing was saved. What you typed is ' +
+      'still on this page; try again in a moment.');
+  });
+
+  document.addEventListener('htmx:afterRequest', function (event) {
+    if (event.detail.successful) requestAlert('');
   });
 
   function setStatus(text) {
