@@ -249,3 +249,44 @@ def sidecar_front(stack: Stack, tmp_path: Path) -> Iterator[AppFront]:
 @pytest.fixture
 def nginx_app_front(stack: Stack, tmp_path: Path) -> Iterator[AppFront]:
     yield from start_app_front("nginx", stack, tmp_path)
+
+
+def ready_stat_study(stack: Any) -> int:
+    """A STAT order and its study, marked COMPLETED (ready to read) over the API."""
+    order = stack.api(
+        "POST",
+        "/api/imaging-orders",
+        json={
+            "patientId": "PAGE-0001",
+            "issuerOfPatientId": "HOSP",
+            "patientName": "DOE^JANE",
+            "modality": "CT",
+            "bodyPart": "HEAD",
+            "procedureCode": "CTHEAD",
+            "procedureDescription": "CT head",
+            "priority": "STAT",
+            "clinicalIndication": "Fall, headache",
+            "placerOrderNumber": "PAGE-1",
+        },
+    )
+    assert order.status_code == 201, order.text
+    study = stack.api(
+        "POST",
+        "/api/studies",
+        json={
+            "patientId": "PAGE-0001",
+            "issuerOfPatientId": "HOSP",
+            "patientName": "DOE^JANE",
+            "accessionNumber": order.json()["accessionNumber"],
+            "modalities": ["CT"],
+        },
+    )
+    assert study.status_code == 201, study.text
+    study_id: int = study.json()["id"]
+    linked = stack.api(
+        "POST", f"/api/studies/{study_id}/link-order", json={"orderId": order.json()["id"]}
+    )
+    assert linked.status_code == 200, linked.text
+    ready = stack.api("PATCH", f"/api/studies/{study_id}/status", json={"status": "COMPLETED"})
+    assert ready.status_code == 200, ready.text
+    return study_id

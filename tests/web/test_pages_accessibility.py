@@ -13,7 +13,7 @@ from typing import Any, NamedTuple
 
 import pytest
 
-from app_browser import AppFront, PageUser
+from app_browser import AppFront, PageUser, ready_stat_study
 
 pytestmark = [pytest.mark.orthanc, pytest.mark.one_database]
 
@@ -65,47 +65,6 @@ PAGES = [
 ]
 
 
-def ready_study(stack: Any) -> int:
-    """A STAT order and its study, marked COMPLETED (ready to read) over the API."""
-    order = stack.api(
-        "POST",
-        "/api/imaging-orders",
-        json={
-            "patientId": "PAGE-0001",
-            "issuerOfPatientId": "HOSP",
-            "patientName": "DOE^JANE",
-            "modality": "CT",
-            "bodyPart": "HEAD",
-            "procedureCode": "CTHEAD",
-            "procedureDescription": "CT head",
-            "priority": "STAT",
-            "clinicalIndication": "Fall, headache",
-            "placerOrderNumber": "PAGE-1",
-        },
-    )
-    assert order.status_code == 201, order.text
-    study = stack.api(
-        "POST",
-        "/api/studies",
-        json={
-            "patientId": "PAGE-0001",
-            "issuerOfPatientId": "HOSP",
-            "patientName": "DOE^JANE",
-            "accessionNumber": order.json()["accessionNumber"],
-            "modalities": ["CT"],
-        },
-    )
-    assert study.status_code == 201, study.text
-    study_id: int = study.json()["id"]
-    linked = stack.api(
-        "POST", f"/api/studies/{study_id}/link-order", json={"orderId": order.json()["id"]}
-    )
-    assert linked.status_code == 200, linked.text
-    ready = stack.api("PATCH", f"/api/studies/{study_id}/status", json={"status": "COMPLETED"})
-    assert ready.status_code == 200, ready.text
-    return study_id
-
-
 @pytest.mark.parametrize("page", PAGES, ids=lambda page: f"{page.role or 'anonymous'}{page.path}")
 def test_each_page_passes_axe_and_works_with_the_keyboard_alone(
     app_front: AppFront, page_users: dict[str, PageUser], page: Page
@@ -113,7 +72,7 @@ def test_each_page_passes_axe_and_works_with_the_keyboard_alone(
     steps: list[dict[str, Any]] = []
     if page.role is not None:
         steps.append(page_users[page.role].login_step())
-    path = page.path.format(study=ready_study(app_front.stack)) if page.study else page.path
+    path = page.path.format(study=ready_stat_study(app_front.stack)) if page.study else page.path
     steps += [
         {"goto": {"path": path, "status": 200}},
         {"axe": {"name": page.path}},
