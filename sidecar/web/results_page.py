@@ -4,7 +4,8 @@ not yet acknowledged, each with the acknowledgement form (how it was received, t
 
 Through the APIs a physician may use, with their rules: reports as GET /api/reports answers
 them (sidecar.reports.service.readable_report and the care scope: a report out of reach is 404),
-the PDF at /app/reports/{id}/pdf (sidecar.web.study_page, the same scope), findings as GET /api/critical-findings/pending scopes them,
+the PDF at /app/reports/{id}/pdf (sidecar.web.study_page, the same scope), findings as GET
+/api/critical-findings/pending scopes them,
 acknowledged through sidecar.findings.service.acknowledge (audited there) as POST
 /api/critical-findings/{id}/acknowledge is. Administrators see every signed report and pending
 finding; only the finding's recipients acknowledge it (the service refuses others).
@@ -15,18 +16,24 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, Request
-from fastapi.responses import HTMLResponse
+from fastapi import APIRouter, Depends, Form, Request
+from fastapi.responses import HTMLResponse, RedirectResponse, Response
+from pydantic import ValidationError
 from sqlmodel import Session, col, select
 
 from sidecar.access.care_scope import CareScope
 from sidecar.accounts.models import Role, User
 from sidecar.core.dependencies import ClockDep, SessionDep
+from sidecar.core.errors import Refusal
+from sidecar.core.models import api_alias
 from sidecar.core.pagination import RecordId
+from sidecar.findings import service as findings
+from sidecar.findings.escalation import FindingWorkersDep
 from sidecar.findings.models import (
     UNACKNOWLEDGED,
     AcknowledgementMethod,
     CriticalFinding,
+    FindingAcknowledge,
     FindingNotification,
 )
 from sidecar.orders.models import ImagingOrder
@@ -150,3 +157,64 @@ def report_page(
     signer = session.get(User, report.signed_by_id) if report.signed_by_id else None
     context = {"report": report, "rendering": compose(report, study, order, signer)}
     return render(request, "result_report.html", context)
+
+
+@router.post("/app/results/findings/{finding_id}/acknowledge", response_model=None)
+def acknowledge(
+    finding_id: RecordId,
+    request: Request,
+    user: Physician,
+    session: SessionDep,
+    clock: ClockDep,
+    workers: FindingWorkersDep,
+    method: Annotated[str, Form(max_length=32)] = "",
+    read_back_confirmed: Annotated[bool, Form()] = False,
+    read_back_text: Annotated[str, Form(max_length=20000)] = "",
+    acknowledged_by_name: Annotated[str, Form(max_length=1000)] = "",
+    notes: Annotated[str, Form(max_length=20000)] = "",
+) -> Response:
+    form = AcknowledgeForm(method, read_back_confirmed, read_back_text, acknowledged_by_name, notes)
+    htmx = bool(request.headers.get("HX-Request"))
+    status_code = 400
+    try:
+        body = FindingAcknowledge(
+            method=method,
+            read_back_confirmed=read_back_confirmed,
+            read_back_text=read_back_text.strip() or None,
+            acknowledged_by_name=acknowledged_by_name.strip() or None,
+            notes=notes.strip() or None,
+        )
+        finding = findings.readable_finding(session, finding_id, CareScope(user, clock()))
+        findings.acknowledge(session, finding, user, body, now=clock())
+        session.commit()
+        workers.wake()
+    except ValidationError as invalid:
+        form.errors = [_field_error(error) for error in invalid.errors()]
+    except Refusal as refusal:
+        session.rollback()
+        form.errors = [refusal.message]
+        status_code = refusal.status_code
+    else:
+        if not htmx:
+            return RedirectResponse(f"/app/results?acknowledged={finding_id}", status_code=303)
+        context = _context(session, user, clock)
+        context["acknowledged"] = True
+        return render(request, "_results_rows.html", context)
+    context = _context(session, user, clock)
+    context["forms"] = {finding_id: form}
+    if htmx:  # htmx swaps only a 2xx answer: the error goes in the fragment
+        return render(request, "_results_rows.html", context)
+    return render(request, "results.html", context, status_code=status_code)
+
+
+_FIELD_LABELS = {
+    "method": "How it was received",
+    "readBackText": "Read-back",
+    "acknowledgedByName": "Received by",
+    "notes": "Notes",
+}
+
+
+def _field_error(error: Any) -> str:
+    name = api_alias(str(error["loc"][-1])) if error.get("loc") else ""  # either spelling
+    return f"{_FIELD_LABELS.get(name, name or 'Form')}: {error['msg']}"
