@@ -6,6 +6,9 @@ stack (Orthanc with the plugin, the sidecar, the HIS simulator on MLLP), on each
   study first;
 - with the worklist open, a third study arrives (storescu) and its row appears without a reload
   (the live event stream);
+- the sidecar stops; another node (here: a direct write) registers a study meanwhile; once the
+  sidecar is back, the open page resumes its event stream from the last event it saw
+  (?lastEventId=, sidecar/web/static/app.js) and shows that study, still without a reload;
 - the radiologist claims the STAT study, opens it, starts from a template, fills the sections and
   signs: the HIS receives the ORU^R01; the radiologist raises a critical finding;
 - the ordering physician (the order names their provider id) sees the signed result on
@@ -23,9 +26,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from sqlmodel import Session, create_engine
 
 from hl7.ack import parse_ack
 from hl7.mllp.client import MllpClient
+from sidecar.studies.models import Study, StudyStatus
 
 from app_browser import AppFront, PageUser
 from dicom_factory import make_study
@@ -44,6 +49,7 @@ ROUTINE_ACCESSION = "RTN-0001"
 ROUTINE_PATIENT = "FLOW-0002"
 LATE_ACCESSION = "LATE-0001"  # the third study's: no order has it
 LATE_PATIENT = "FLOW-0003"
+DOWN_ACCESSION = "DOWN-0001"  # registered while the sidecar is down
 SECTIONS = {
     "Comparison": "None available.",
     "Findings": "Spiculated 2 cm nodule in the right upper lobe.",
@@ -155,6 +161,24 @@ def test_a_department_day_through_the_pages(
         )
         late.update(stack.wait_for_study(uid, instances=2))
 
+    def the_sidecar_restarts() -> None:
+        stack.stop_sidecar()
+        engine = create_engine(stack.settings.database_url)
+        with Session(engine) as session:  # the live event row comes from the table's trigger
+            session.add(
+                Study(
+                    study_instance_uid="1.2.826.0.1.3680043.9.7.2.1",
+                    accession_number=DOWN_ACCESSION,
+                    patient_id="FLOW-0004",
+                    modalities="CT",
+                    status=StudyStatus.COMPLETED,
+                    images_received_at=datetime.now(UTC),
+                )
+            )
+            session.commit()
+        engine.dispose()
+        stack.start_sidecar()
+
     radiologist = nginx_app_front.run(
         [
             page_users["radiologist"].login_step(),
@@ -162,6 +186,8 @@ def test_a_department_day_through_the_pages(
             {"read": "#worklist-rows tbody th[scope=row]"},
             {"pause": "a study arrives"},
             {"waitForText": LATE_ACCESSION, "within": "#worklist-rows"},
+            {"pause": "the sidecar restarts"},
+            {"waitForText": DOWN_ACCESSION, "within": "#worklist-rows"},
             {"click": {"role": "button", "name": f"Claim {STAT_ACCESSION}"}},
             {"waitForText": "(claimed)", "within": f"#study-{stat['id']}"},
             {"click": {"role": "link", "name": STAT_ACCESSION}},
@@ -178,7 +204,7 @@ def test_a_department_day_through_the_pages(
             {"click": {"role": "button", "name": "Raise critical finding"}},
             {"waitForText": "Critical finding raised."},
         ],
-        hooks={"a study arrives": a_study_arrives},
+        hooks={"a study arrives": a_study_arrives, "the sidecar restarts": the_sidecar_restarts},
     )
 
     [rows] = [step["texts"] for step in radiologist["steps"] if step["name"].startswith("read")]
@@ -222,7 +248,8 @@ def test_a_department_day_through_the_pages(
                 "fill": {
                     "label": "Or the order's accession number",
                     "value": late_order["accessionNumber"],
-                }
+                },
+                "within": {"role": "form", "name": f"Study {late['id']}: {LATE_ACCESSION}"},
             },
             {"click": {"role": "button", "name": f"Link study {late['id']}"}},
             {"waitForText": f"Study {late['id']} is linked to its order."},
