@@ -7,8 +7,9 @@ stack (Orthanc with the plugin, the sidecar, the HIS simulator on MLLP), on each
 - with the worklist open, a third study arrives (storescu) and its row appears without a reload
   (the live event stream);
 - the sidecar stops; another node (here: a direct write) registers a study meanwhile; once the
-  sidecar is back, the open page resumes its event stream from the last event it saw
-  (?lastEventId=, sidecar/web/static/app.js) and shows that study, still without a reload;
+  sidecar is back, the open page's event stream resumes from the last event it saw (the
+  EventSource's Last-Event-ID, or app.js's ?lastEventId= after a refusal) and the page shows that
+  study, still without a reload;
 - the radiologist claims the STAT study, opens it, starts from a template, fills the sections and
   signs: the HIS receives the ORU^R01; the radiologist raises a critical finding;
 - the ordering physician (the order names their provider id) sees the signed result on
@@ -105,9 +106,18 @@ def _api_order(stack: Stack, patient_id: str, accession: str | None = None) -> d
     return _ok(stack.api("POST", "/api/imaging-orders", json=body), 201)
 
 
-def _send(stack: Stack, directory: Path, **study: str) -> str:
-    """One small CT study by C-STORE; its Study Instance UID once the sidecar lists it."""
-    images = make_study(directory, series_count=1, instances_per_series=2, **study)
+def _send(
+    stack: Stack, directory: Path, accession: str, patient: str, uid: str | None = None
+) -> str:
+    """One small CT study by C-STORE; its Study Instance UID."""
+    images = make_study(
+        directory,
+        series_count=1,
+        instances_per_series=2,
+        accession_number=accession,
+        patient_id=patient,
+        study_instance_uid=uid,
+    )
     assert storescu_dcmtk(images.files, *stack.dicom_address).all_success
     return images.study_instance_uid
 
@@ -136,16 +146,8 @@ def test_a_department_day_through_the_pages(
         201,
     )
     # The routine study first: the worklist's order is its rule, not arrival.
-    routine_uid = _send(
-        stack, tmp_path / "routine", accession_number=ROUTINE_ACCESSION, patient_id=ROUTINE_PATIENT
-    )
-    _send(
-        stack,
-        tmp_path / "stat",
-        accession_number=STAT_ACCESSION,
-        patient_id=STAT_PATIENT,
-        study_instance_uid=STAT_UID,
-    )
+    routine_uid = _send(stack, tmp_path / "routine", ROUTINE_ACCESSION, ROUTINE_PATIENT)
+    _send(stack, tmp_path / "stat", STAT_ACCESSION, STAT_PATIENT, STAT_UID)
     stat = stack.wait_for_study(STAT_UID, instances=2)
     stack.wait_for_study(routine_uid, instances=2)
     wait_for(
@@ -156,9 +158,7 @@ def test_a_department_day_through_the_pages(
     late: dict[str, Any] = {}
 
     def a_study_arrives() -> None:
-        uid = _send(
-            stack, tmp_path / "late", accession_number=LATE_ACCESSION, patient_id=LATE_PATIENT
-        )
+        uid = _send(stack, tmp_path / "late", LATE_ACCESSION, LATE_PATIENT)
         late.update(stack.wait_for_study(uid, instances=2))
 
     def the_sidecar_restarts() -> None:
