@@ -89,6 +89,7 @@ bench: system-deps venv viewer test-deps
 	$(BIN)/python bench/mpps.py
 	$(BIN)/python bench/reading.py
 	$(BIN)/python bench/patient_merge.py
+	$(BIN)/python bench/pages.py
 	$(BIN)/python bench/images.py
 	$(BIN)/python bench/cluster.py
 	$(BIN)/python bench/backup.py

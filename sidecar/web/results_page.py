@@ -5,9 +5,9 @@ not yet acknowledged, each with the acknowledgement form (how it was received, t
 Through the APIs a physician may use, with their rules: reports as GET /api/reports answers
 them (sidecar.reports.service.readable_report and the care scope: a report out of reach is 404),
 the PDF at /app/reports/{id}/pdf (sidecar.web.study_page, the same scope), findings as GET
-/api/critical-findings/pending scopes them, acknowledged through
-sidecar.findings.service.acknowledge (audited there) as POST /api/critical-findings/{id}/acknowledge
-is. Administrators see every signed report and pending
+/api/critical-findings/pending scopes them,
+acknowledged through sidecar.findings.service.acknowledge (audited there) as POST
+/api/critical-findings/{id}/acknowledge is. Administrators see every signed report and pending
 finding; only the finding's recipients acknowledge it (the service refuses others).
 """
 

@@ -135,7 +135,8 @@ def report_sent(
                 raise InvalidRequest("Start from template: report template not found")
             filled = {**texts, **actions.template_sections(session, int(template_id))}
             editor = {"sections": filled, "version": version}
-            return _section(request, session, user, scope, links, study_id, editor, "")
+            applied = "Template applied: check each section, then save or sign."
+            return _section(request, session, user, scope, links, study_id, editor, applied)
         sections = _sections(texts)
         if action == "sign":
             report = actions.save_and_sign(

@@ -113,6 +113,7 @@ def test_a_template_pre_fills_the_editor_and_saves_nothing(
         findings="My own findings.",
     )
     assert filled.status_code == 200
+    assert "Template applied: check each section" in alert(filled.text)
     assert field(filled.text, "technique") == "Axial CT of the head."
     assert field(filled.text, "impression") == "[[impression]]"
     assert field(filled.text, "findings") == "My own findings."  # not in the template: kept
