@@ -9,7 +9,7 @@
       readers whether updates are on.
    3. Refusals htmx does not show: an htmx request answered with an error status (the session
       ended, a stale page, a server fault) or not answered at all swaps nothing, so the
-      #request-alert region says that nothing was saved; what the user typed stays in the page
+      #request-alert region (aria-live="assertive": read out at once) says that nothing was saved; what the user typed stays in the page
       (the server never reloads a page for a refused POST). */
 (function () {
   'use strict';
