@@ -60,13 +60,15 @@ typecheck: venv
 	$(BIN)/mypy
 
 # Each run has a temporary root of its own: pytest prunes older numbered folders under the
-# shared default one, which a run beside it may still be using.
+# shared default one, which a run beside it may still be using. Each run ends with its slowest
+# steps (setup, call and teardown apart), so the place to cut shows in CI's own output.
+PYTEST_TIMES := --durations=40 --durations-min=8
 test-sqlite: system-deps venv viewer test-deps
-	$(BIN)/pytest --database sqlite --basetemp="$$(mktemp -d -t pytest-sqlite-XXXXXX)"
+	$(BIN)/pytest $(PYTEST_TIMES) --database sqlite --basetemp="$$(mktemp -d -t pytest-sqlite-XXXXXX)"
 
 # PostgreSQL must be reachable at TEST_POSTGRES_URL (127.0.0.1:5432 on these machines).
 test-postgresql: system-deps venv viewer test-deps
-	$(BIN)/pytest --database postgresql --postgres-url '$(TEST_POSTGRES_URL)' \
+	$(BIN)/pytest $(PYTEST_TIMES) --database postgresql --postgres-url '$(TEST_POSTGRES_URL)' \
 		--basetemp="$$(mktemp -d -t pytest-postgresql-XXXXXX)"
 
 ## The whole suite: lint, types, every test on SQLite, and again on PostgreSQL each test that

@@ -12,7 +12,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 import pytest
@@ -256,8 +256,16 @@ def test_process_info_reads_proc_even_with_an_odd_program_name(tmp_path: Path) -
         assert found.parent == os.getpid()
         assert not found.ended
         assert child_process.running(found)
-        assert found in child_process.processes()
-        assert found in child_process.descendants(info(os.getpid()), child_process.processes())
+
+        # The state moves between R and S from one reading to the next: pid and start time name it.
+        def named(processes: Iterable[child_process.ProcessInfo]) -> list[tuple[int, int]]:
+            return [(p.pid, p.started) for p in processes]
+
+        assert (found.pid, found.started) in named(child_process.processes())
+        everyone = child_process.processes()
+        assert (found.pid, found.started) in named(
+            child_process.descendants(info(os.getpid()), everyone)
+        )
     finally:
         process.kill()
         process.wait(10)
