@@ -4,6 +4,7 @@ from sqlmodel import SQLModel
 
 from sidecar.access.models import EmergencyAccess
 from sidecar.accounts.models import LoginAttempt, RefreshToken, User
+from sidecar.analyses.models import Analysis, AnalysisFinding, AnalysisTask, Workitem
 from sidecar.core.audit import AuditEvent
 from sidecar.core.cluster_models import ClusterNode, JobLease
 from sidecar.events.models import LiveEvent
@@ -24,6 +25,9 @@ from sidecar.studies.removal_models import ImageRemoval, ImageRemovalInstance
 metadata = SQLModel.metadata
 
 __all__ = [
+    "Analysis",
+    "AnalysisFinding",
+    "AnalysisTask",
     "AssignmentRule",
     "AuditEvent",
     "ChangesCursor",
@@ -55,5 +59,6 @@ __all__ = [
     "Study",
     "StudyReading",
     "User",
+    "Workitem",
     "metadata",
 ]

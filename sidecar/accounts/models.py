@@ -19,6 +19,9 @@ class Role(StrEnum):
     TECHNOLOGIST = "technologist"
     PHYSICIAN = "physician"
     INTEGRATION = "integration"
+    # An AI analyzer's machine account: performs UPS work items (sidecar.analyses), and sees a
+    # study only while it holds one of its work items.
+    ANALYZER = "analyzer"
 
 
 class User(SQLModel, table=True):

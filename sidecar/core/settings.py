@@ -17,6 +17,8 @@ from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, Settings
 # Values people paste from examples; refusing them in production beats a forged token later.
 _PLACEHOLDER_SECRETS = {"", "changethis", "change-me", "changeme", "secret", "jwt-secret", "xxx"}
 _MIN_SECRET_LENGTH = 32
+# A comma-separated list of analyzer names (sidecar.analyses), each a lower-case token.
+_ANALYZER_LIST = r"^\s*([a-z0-9][a-z0-9._-]{0,63}\s*(,\s*[a-z0-9][a-z0-9._-]{0,63}\s*)*)?$"
 
 # Settings that may also be given as <NAME>_FILE: the path of a file holding the value (Docker
 # secrets, /run/secrets/...), so that the value stays out of the container's environment.
@@ -241,6 +243,16 @@ class Settings(BaseSettings):
     reading_escalation_contact: str = Field(default="", max_length=64)
     reading_escalation_minutes: int = Field(default=30, ge=0)
 
+    # AI analysis (sidecar.analyses): analyzers run on every stable study, and the analyzers
+    # that are external programs (their tasks are UPS work items at /dicom-web/workitems), each
+    # a comma-separated list of names; how long a claimed work item may go without a sign of its
+    # performer before it is scheduled again; how soon a radiologist is asked to review a study
+    # with a critical AI finding (it is overdue after that, and escalates like any other).
+    ai_auto_analyzers: str = Field(default="", max_length=1024, pattern=_ANALYZER_LIST)
+    ai_external_analyzers: str = Field(default="", max_length=1024, pattern=_ANALYZER_LIST)
+    ai_claim_timeout_minutes: int = Field(default=30, ge=1)
+    ai_review_minutes: int = Field(default=15, ge=1)
+
     # Images (sidecar.studies.image_access): how long a signed link to one image works without
     # a token, and the on-disk cache of rendered previews and thumbnails (DATA_DIR/thumbnails),
     # its oldest-used files removed past this size.
@@ -322,6 +334,18 @@ class Settings(BaseSettings):
                 )
             facilities[aet] = facility
         return facilities
+
+    def auto_analyzers(self) -> tuple[str, ...]:
+        """AI_AUTO_ANALYZERS as names, in the order given, each once."""
+        return _names(self.ai_auto_analyzers)
+
+    def external_analyzers(self) -> tuple[str, ...]:
+        """AI_EXTERNAL_ANALYZERS as names, in the order given, each once."""
+        return _names(self.ai_external_analyzers)
+
+
+def _names(listed: str) -> tuple[str, ...]:
+    return tuple(dict.fromkeys(filter(None, (name.strip() for name in listed.split(",")))))
 
 
 def _require_secret(name: str, value: str) -> None:

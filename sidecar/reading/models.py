@@ -41,6 +41,10 @@ class StudyReading(SQLModel, table=True):
     # The overdue worker: 0 not overdue; 1 the assignee told; 2 the escalation contact told.
     overdue_level: int = 0
     overdue_at: datetime | None = Field(default=None, sa_column=Column(UTCDateTime))
+    # An AI finding of severity critical asks for a radiologist's review by this time
+    # (AI_REVIEW_MINUTES, sidecar.analyses): the study is due then, if that comes before its
+    # priority's target.
+    review_due_at: datetime | None = Field(default=None, sa_column=Column(UTCDateTime))
     version: int = Field(default=1, sa_column=_version_column)
 
 
