@@ -74,3 +74,58 @@ def finding_rows(
             )
         )
     return rows
+
+
+def complete_task(
+    session: Session,
+    task: AnalysisTask,
+    findings: Sequence[AnalyzerFinding],
+    report_sop_instance_uid: str,
+    now: datetime,
+) -> list[AnalysisFinding]:
+    """A task's results are stored in the study (the Structured Report `report_sop_instance_uid`):
+    its findings recorded, the task COMPLETED, the analysis' status refreshed. In the caller's
+    transaction; the caller audits."""
+    analysis = session.get(Analysis, task.analysis_id)
+    if analysis is None:  # a task belongs to its analysis (foreign key)
+        raise LookupError(f"analysis {task.analysis_id} of task {task.id} not found")
+    rows = finding_rows(task, analysis.study_id, findings)
+    session.add_all(rows)
+    task.status = AnalysisStatus.COMPLETED
+    task.report_sop_instance_uid = report_sop_instance_uid
+    task.held_until = None
+    task.ended_at = now
+    session.add(task)
+    session.flush()
+    refresh_status(session, analysis, now)
+    return rows
+
+
+def end_task(
+    session: Session, task: AnalysisTask, status: AnalysisStatus, reason: str, now: datetime
+) -> None:
+    """A task FAILED or CANCELED, with why (no patient data); the analysis' status refreshed."""
+    if status not in (AnalysisStatus.FAILED, AnalysisStatus.CANCELED):
+        raise ValueError(f"a task ends FAILED or CANCELED, not {status}")
+    analysis = session.get(Analysis, task.analysis_id)
+    if analysis is None:
+        raise LookupError(f"analysis {task.analysis_id} of task {task.id} not found")
+    task.status = status
+    task.reason = reason[:512]
+    task.held_until = None
+    task.ended_at = now
+    session.add(task)
+    session.flush()
+    refresh_status(session, analysis, now)
+
+
+def start_task(session: Session, task: AnalysisTask, now: datetime) -> None:
+    """A task IN_PROGRESS (claimed by its analyzer); the analysis' status refreshed."""
+    analysis = session.get(Analysis, task.analysis_id)
+    if analysis is None:
+        raise LookupError(f"analysis {task.analysis_id} of task {task.id} not found")
+    task.status = AnalysisStatus.IN_PROGRESS
+    task.started_at = task.started_at or now
+    session.add(task)
+    session.flush()
+    refresh_status(session, analysis, now)
