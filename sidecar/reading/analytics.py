@@ -140,15 +140,17 @@ def workload(
         )
     ).all()
     held = session.exec(
-        select(StudyReading.assigned_to_id, Study.priority, ready_time())
+        select(
+            StudyReading.assigned_to_id, Study.priority, ready_time(), StudyReading.review_due_at
+        )
         .join(Study, col(Study.id) == col(StudyReading.study_id))
         .where(col(Study.status).in_(READY_TO_READ), col(StudyReading.assigned_to_id).is_not(None))
     ).all()
     answer = []
     for user in radiologists:
         assert user.id is not None
-        mine = [(priority, ready) for holder_id, priority, ready in held if holder_id == user.id]
-        due = [policy.due(as_priority(priority), ready) for priority, ready in mine]
+        mine = [(p, ready, review) for holder_id, p, ready, review in held if holder_id == user.id]
+        due = [policy.due(as_priority(p), ready, review) for p, ready, review in mine]
         answer.append(
             RadiologistWorkload(
                 radiologist_id=user.id,

@@ -108,6 +108,8 @@ class WorklistItem(ApiModel):
     procedure: Procedure
     indication: str | None
     prior_studies: int
+    # A critical AI finding asks for a radiologist's review by then (sidecar.analyses.review).
+    ai_review_due_at: datetime | None = None
 
 
 class ReadingState(ApiModel):

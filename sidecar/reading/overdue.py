@@ -1,8 +1,9 @@
 """The overdue worker: a study not read by its target time (READING_TARGET_MINUTES_<PRIORITY>
-from images complete) is marked overdue and its assigned radiologist told; if it is still
-unread READING_ESCALATION_MINUTES later, the escalation contact (READING_ESCALATION_CONTACT) is
-told. A study nobody holds goes straight to the escalation contact. Both messages go through
-the critical findings' durable notification outbox, with ids only.
+from images complete, or its AI review deadline if sooner: sidecar.analyses.review) is marked
+overdue and its assigned radiologist told; if it is still unread READING_ESCALATION_MINUTES
+later, the escalation contact (READING_ESCALATION_CONTACT) is told. A study nobody holds goes
+straight to the escalation contact. Both messages go through the critical findings' durable
+notification outbox, with ids only.
 
 The step reached is stored on the study's reading row (`overdue_level`) in the same transaction
 as its notification: a restart sends nothing twice. The clock is injected: tests move a fake
@@ -93,7 +94,9 @@ class ReadingOverdue(BackgroundWorker):
                 return False  # read meanwhile
             reading = holder.ensure_reading(session, study)
             priority = as_priority(study.priority)
-            due = self._policy.due(priority, reading.ready_at or study.images_received_at)
+            due = self._policy.due(
+                priority, reading.ready_at or study.images_received_at, reading.review_due_at
+            )
             if due is None or due > now:
                 return False
             assignee = holder.active_holder(session, reading)
@@ -157,6 +160,13 @@ class ReadingOverdue(BackgroundWorker):
                 ).one()
                 if earliest is not None:
                     upcoming.append(earliest + target)
+            review = session.exec(
+                self._waiting(NOT_OVERDUE)
+                .with_only_columns(func.min(StudyReading.review_due_at))
+                .order_by(None)
+            ).one()
+            if review is not None:
+                upcoming.append(review)
             told = session.exec(
                 self._waiting(ASSIGNEE_TOLD)
                 .with_only_columns(func.min(StudyReading.overdue_at))

@@ -45,17 +45,25 @@ class ReadingPolicy:
             public_url=settings.public_url,
         )
 
-    def due(self, priority: Priority, ready_at: datetime | None) -> datetime | None:
-        return None if ready_at is None else ready_at + self.targets[priority]
+    def due(
+        self, priority: Priority, ready_at: datetime | None, review_due_at: datetime | None = None
+    ) -> datetime | None:
+        """When the study should be read: its priority's target from when it was ready, or
+        sooner when a critical AI finding asks for review by `review_due_at`."""
+        target = None if ready_at is None else ready_at + self.targets[priority]
+        if target is None or review_due_at is None:
+            return target or review_due_at
+        return min(target, review_due_at)
 
     def overdue_condition(self, now: datetime) -> Any:
         """A condition: the study's due time has passed at `now` (one threshold per priority,
-        so the database compares plain timestamps)."""
+        so the database compares plain timestamps), or its AI review deadline has."""
         return or_(
             *(
                 (priority_of() == priority.value) & (ready_time() <= now - target)
                 for priority, target in self.targets.items()
-            )
+            ),
+            col(StudyReading.review_due_at) <= now,
         )
 
 
@@ -71,6 +79,13 @@ def priority_rank() -> Any:
         (col(Study.priority) == Priority.URGENT.value, 1),
         else_=2,
     )
+
+
+def review_first() -> list[Any]:
+    """Within a priority, a study whose critical AI finding awaits review first, the soonest
+    review deadline first (sidecar.analyses.review)."""
+    deadline = col(StudyReading.review_due_at)
+    return [case((deadline.is_(None), 1), else_=0), deadline]
 
 
 def ready_time() -> Any:

@@ -1,4 +1,5 @@
-"""The reading worklist: studies ready to read, STAT first, then by due time.
+"""The reading worklist: studies ready to read, STAT first, then by due time (within a priority,
+a study whose critical AI finding awaits review first).
 
 One query: each study with its reading row, order, holder and preliminary report (outer joins)
 and the count of the patient's prior studies (a correlated count on the indexed patient id).
@@ -27,6 +28,7 @@ from sidecar.reading.policy import (
     priority_of,
     priority_rank,
     ready_time,
+    review_first,
 )
 from sidecar.reports.models import RadiologyReport
 from sidecar.studies.models import Study, StudyStatus
@@ -112,7 +114,7 @@ def worklist(
             report, and_(col(report.study_id) == col(Study.id), col(report.deleted_at).is_(None))
         )
         .where(*conditions)
-        .order_by(priority_rank(), ready_time(), col(Study.id))
+        .order_by(priority_rank(), *review_first(), ready_time(), col(Study.id))
         .offset(pagination.offset)
         .limit(pagination.limit)
     ).all()
@@ -170,7 +172,8 @@ def _item(
 ) -> WorklistItem:
     priority = as_priority(study.priority)
     ready = reading.ready_at if reading and reading.ready_at else study.images_received_at
-    due = policy.due(priority, ready)
+    review_due_at = reading.review_due_at if reading else None
+    due = policy.due(priority, ready, review_due_at)
     assert study.id is not None
     return WorklistItem(
         study_id=study.id,
@@ -196,4 +199,5 @@ def _item(
         ),
         indication=study.clinical_indication or (order.clinical_indication if order else None),
         prior_studies=int(priors or 0),
+        ai_review_due_at=review_due_at,
     )
