@@ -4,7 +4,7 @@ place both the in-process runner and a completed UPS work item go through."""
 from __future__ import annotations
 
 from collections.abc import Sequence
-from datetime import datetime
+from datetime import datetime, timedelta
 
 from sqlmodel import Session, col, select
 
@@ -16,6 +16,7 @@ from sidecar.analyses.models import (
     AnalysisStatus,
     AnalysisTask,
 )
+from sidecar.analyses.review import DEFAULT_REVIEW_AFTER, ask_for_review
 
 
 def status_of(tasks: Sequence[AnalysisTask]) -> AnalysisStatus:
@@ -82,10 +83,14 @@ def complete_task(
     findings: Sequence[AnalyzerFinding],
     report_sop_instance_uid: str,
     now: datetime,
+    *,
+    review_after: timedelta = DEFAULT_REVIEW_AFTER,
 ) -> list[AnalysisFinding]:
     """A task's results are stored in the study (the Structured Report `report_sop_instance_uid`):
-    its findings recorded, the task COMPLETED, the analysis' status refreshed. In the caller's
-    transaction; the caller audits."""
+    its findings recorded, the task COMPLETED, the analysis' status refreshed. A critical
+    finding raises the study to STAT, due for review `review_after` (AI_REVIEW_MINUTES) from
+    `now` (sidecar.analyses.review); it raises no critical finding. In the caller's
+    transaction; the caller audits the completion."""
     analysis = session.get(Analysis, task.analysis_id)
     if analysis is None:  # a task belongs to its analysis (foreign key)
         raise LookupError(f"analysis {task.analysis_id} of task {task.id} not found")
@@ -98,6 +103,10 @@ def complete_task(
     session.add(task)
     session.flush()
     refresh_status(session, analysis, now)
+    assert analysis.id is not None
+    ask_for_review(
+        session, analysis.study_id, analysis.id, rows, now=now, review_after=review_after
+    )
     return rows
 
 
