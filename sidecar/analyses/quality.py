@@ -52,9 +52,9 @@ from sidecar.analyses.quality_pixels import (
     Clipping,
     Flatness,
     clipping,
+    exposed_field,
     flatness,
     frames,
-    image_mask,
     pixel_layout,
 )
 
@@ -224,14 +224,14 @@ class _Study:
         first_blank: Flatness | None = None
         worst: tuple[int, Clipping] | None = None
         for number, frame in enumerate(all_frames, start=1):
-            valid = image_mask(frame, layout)
-            measure = flatness(frame, valid)
+            field = exposed_field(frame, layout)
+            measure = flatness(field)
             if measure.blank:
                 blank_frames.append(number)
                 first_blank = first_blank or measure
                 continue
             if worst is None and acquisition:
-                clipped = [c for c in clipping(frame, valid, layout) if c.clipped]
+                clipped = [c for c in clipping(field, layout) if c.clipped]
                 if clipped:
                     worst = (number, max(clipped, key=lambda c: max(c.enclosed, c.total)))
         if first_blank is not None:

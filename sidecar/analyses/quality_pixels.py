@@ -111,12 +111,51 @@ def frames(ds: Dataset, pixels: Pixels) -> list[Pixels]:
     return [pixels]
 
 
-def image_mask(frame: Pixels, layout: PixelLayout) -> Mask | None:
-    """The pixels that are image, not padding; None when all are."""
-    if layout.padding is None or not layout.grayscale:
-        return None
-    first, last = layout.padding
-    return (frame < first) | (frame > last)
+@dataclass(frozen=True)
+class Field:
+    """The part of one frame that is image: the frame less its shutter (rows and columns cut
+    off, see `exposed_field`), less its padding (`valid`: None when nothing is padding)."""
+
+    pixels: Pixels
+    valid: Mask | None
+    top: int  # where the field starts in the frame
+    left: int
+
+
+def exposed_field(frame: Pixels, layout: PixelLayout) -> Field:
+    """The field both measures are made in. A shutter is cut off first: whole rows and columns
+    at the frame's edge that are (almost) all at one stored limit, as an electronic shutter
+    paints the collimated border; an exposure that failed inside a shutter is blank, and a
+    shutter is no saturation. At most a quarter of the frame goes from each side, so a frame
+    all at one limit keeps a field to be measured in."""
+    valid = None
+    if layout.padding is not None and layout.grayscale:
+        first, last = layout.padding
+        valid = (frame < first) | (frame > last)
+    if frame.ndim != 2:  # colour: no shutter is painted at a stored limit
+        return Field(frame, valid, 0, 0)
+    rows, columns = frame.shape
+    by_row = np.zeros(rows, np.bool_)
+    by_column = np.zeros(columns, np.bool_)
+    for limit in (frame <= layout.low, frame >= layout.high):
+        if valid is not None:
+            limit &= valid
+        by_row |= limit.mean(axis=1) >= SHUTTER_LINE
+        by_column |= limit.mean(axis=0) >= SHUTTER_LINE
+    top = _run(by_row, rows // 4)
+    bottom = rows - _run(by_row[::-1], rows // 4)
+    left = _run(by_column, columns // 4)
+    right = columns - _run(by_column[::-1], columns // 4)
+    inside = None if valid is None else valid[top:bottom, left:right]
+    return Field(frame[top:bottom, left:right], inside, top, left)
+
+
+def _run(flags: NDArray[np.bool_], most: int) -> int:
+    """How many of the first `flags` are set, up to `most`."""
+    length = 0
+    while length < most and flags[length]:
+        length += 1
+    return length
 
 
 @dataclass(frozen=True)
@@ -137,8 +176,9 @@ class Flatness:
         return self.uniform or self.ratio < BLANK_STRUCTURE
 
 
-def flatness(frame: Pixels, valid: Mask | None) -> Flatness:
-    """The blank measure of one frame (colour: of the mean of its samples)."""
+def flatness(field: Field) -> Flatness:
+    """The blank measure of one frame's field (colour: of the mean of its samples)."""
+    frame, valid = field.pixels, field.valid
     values = frame.mean(axis=-1) if frame.ndim == 3 else frame
     inside = values if valid is None else values[valid]
     if inside.size == 0 or inside.min() == inside.max():  # nothing but padding, or one value
@@ -182,8 +222,8 @@ class Clipping:
         return self.enclosed >= CLIPPED_ENCLOSED or self.total >= CLIPPED_TOTAL
 
 
-def clipping(frame: Pixels, valid: Mask | None, layout: PixelLayout) -> list[Clipping]:
-    """The plateaus at both stored limits of a grayscale frame (none for colour). A CT's
+def clipping(exposed: Field, layout: PixelLayout) -> list[Clipping]:
+    """The plateaus at both stored limits of a grayscale frame's field (none for colour). A CT's
     minimum is left out when it is air or below (-1000 HU): scanners clamp air there, and it
     is no saturation.
 
@@ -192,11 +232,10 @@ def clipping(frame: Pixels, valid: Mask | None, layout: PixelLayout) -> list[Cli
     neither plateau nor padding. The silhouette is every cell with body both to its left and
     right and both above and below it: lungs between the ribs, the spine and the shoulders are
     in it; the background beside a chest, between a hand's fingers or beyond a breast is not."""
-    if not layout.grayscale or frame.ndim != 2:
+    field, top, left = exposed.pixels, exposed.top, exposed.left
+    if not layout.grayscale or field.ndim != 2:
         return []
-    top, bottom, left, right = _exposed_field(frame, valid, layout)
-    field = frame[top:bottom, left:right]
-    inside = np.ones(field.shape, np.bool_) if valid is None else valid[top:bottom, left:right]
+    inside = np.ones(field.shape, np.bool_) if exposed.valid is None else exposed.valid
     count = int(np.count_nonzero(inside))
     if count == 0:
         return []
@@ -222,35 +261,6 @@ def clipping(frame: Pixels, valid: Mask | None, layout: PixelLayout) -> list[Cli
         box = _box(within, block, field.shape, top, left)
         found.append(Clipping(end, plateaus[end] / count, enclosed, box))
     return found
-
-
-def _exposed_field(
-    frame: Pixels, valid: Mask | None, layout: PixelLayout
-) -> tuple[int, int, int, int]:
-    """Rows top:bottom and columns left:right of the image less its shutter: whole rows and
-    columns at the image's edge that are (almost) all at one stored limit, as an electronic
-    shutter paints the collimated border. At most a quarter of the image goes from each side,
-    so an image all at one limit keeps a field to be measured in."""
-    rows, columns = frame.shape
-    by_row = np.zeros(rows, np.bool_)
-    by_column = np.zeros(columns, np.bool_)
-    for limit in (frame <= layout.low, frame >= layout.high):
-        if valid is not None:
-            limit &= valid
-        by_row |= limit.mean(axis=1) >= SHUTTER_LINE
-        by_column |= limit.mean(axis=0) >= SHUTTER_LINE
-
-    def run(flags: NDArray[np.bool_], most: int) -> int:
-        length = 0
-        while length < most and flags[length]:
-            length += 1
-        return length
-
-    top = run(by_row, rows // 4)
-    bottom = rows - run(by_row[::-1], rows // 4)
-    left = run(by_column, columns // 4)
-    right = columns - run(by_column[::-1], columns // 4)
-    return top, bottom, left, right
 
 
 def _cells(values: Pixels, block: int, dtype: type = np.int64) -> Pixels:
