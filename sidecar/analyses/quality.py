@@ -26,10 +26,12 @@ from __future__ import annotations
 import hashlib
 from collections import Counter
 from collections.abc import Iterable
-from typing import Any, Final
+from dataclasses import dataclass
+from typing import Final
 
 import numpy as np
 from pydicom import Dataset
+from pydicom.pixels.utils import iter_pixels
 from pydicom.uid import UID
 
 from sidecar.analyses.findings import (
@@ -54,7 +56,6 @@ from sidecar.analyses.quality_pixels import (
     clipping,
     exposed_field,
     flatness,
-    frames,
     pixel_layout,
 )
 
@@ -143,18 +144,17 @@ class _Study:
         )
         self._header_checks(ds, image)
         try:
-            pixels = ds.pixel_array
+            measured = _measure(ds, acquisition=_is_acquisition(ds, image))
         except Exception:  # any decoding failure: this image goes unchecked, the study goes on
             self.undecodable[_transfer_syntax(ds)] += 1
             encoded = _encoded_bytes(ds)
             if encoded:
-                self._duplicate(ds, image, b"encoded", encoded)
+                self._duplicate(ds, image, hashlib.sha256(b"encoded" + encoded).digest())
             return
         self.decoded += 1
-        blank = self._pixel_checks(ds, image, pixels, acquisition=_is_acquisition(ds, image))
-        if not blank:  # blank images are all alike; the blank finding says enough
-            shape = f"decoded {pixels.dtype.str} {pixels.shape}".encode()
-            self._duplicate(ds, image, shape, np.ascontiguousarray(pixels).data)
+        self._pixel_findings(image, measured)
+        if not measured.blank:  # blank images are all alike; the blank finding says enough
+            self._duplicate(ds, image, measured.digest)
 
     def close(self) -> list[AnalyzerFinding]:
         images = len(self.seen)
@@ -211,42 +211,23 @@ class _Study:
             self.contradicted.add((check, value))
             self._add(check, confidence, Severity.HIGH, _RECOMMENDATIONS[check], image)
 
-    def _pixel_checks(
-        self, ds: Dataset, image: ImageRef, pixels: Any, *, acquisition: bool
-    ) -> bool:
-        """The blank and clipped checks (clipped on acquisitions only), frame by frame; at
-        most one finding of each per image, on the first frame showing it (all frames blank:
-        the image). True when the image is blank."""
-        layout = pixel_layout(ds)
-        all_frames = frames(ds, pixels)
-        several = len(all_frames) > 1
-        blank_frames: list[int] = []
-        first_blank: Flatness | None = None
-        worst: tuple[int, Clipping] | None = None
-        for number, frame in enumerate(all_frames, start=1):
-            field = exposed_field(frame, layout)
-            measure = flatness(field)
-            if measure.blank:
-                blank_frames.append(number)
-                first_blank = first_blank or measure
-                continue
-            if worst is None and acquisition:
-                clipped = [c for c in clipping(field, layout) if c.clipped]
-                if clipped:
-                    worst = (number, max(clipped, key=lambda c: max(c.enclosed, c.total)))
-        if first_blank is not None:
-            frame_number = None if len(blank_frames) == len(all_frames) else blank_frames[0]
+    def _pixel_findings(self, image: ImageRef, measured: _Measured) -> None:
+        """At most one blank and one clipped finding per image, on the first frame showing
+        it (for a multi-frame image; all frames blank: the image)."""
+        several = measured.frames > 1
+        if measured.first_blank is not None:
+            number, flat = measured.first_blank
             self._add(
                 CHECK_BLANK,
                 # Exactly uniform is certain; merely flat leaves room for a genuinely
                 # featureless image (a phantom, a test exposure).
-                1.0 if first_blank.uniform else 0.9,
+                1.0 if flat.uniform else 0.9,
                 Severity.MODERATE,
                 _RECOMMENDATIONS[CHECK_BLANK],
-                _frame(image, frame_number if several else None),
+                _frame(image, number if several and not measured.blank else None),
             )
-        if worst is not None:
-            number, found = worst
+        if measured.clipped is not None:
+            number, found = measured.clipped
             self._add(
                 CHECK_CLIPPED,
                 _clipped_confidence(found),
@@ -255,14 +236,8 @@ class _Study:
                 _frame(image, number if several else None),
                 found.box if found.enclosed >= CLIPPED_ENCLOSED else None,
             )
-        return len(blank_frames) == len(all_frames)
 
-    def _duplicate(
-        self, ds: Dataset, image: ImageRef, kind: bytes, content: bytes | memoryview
-    ) -> None:
-        hasher = hashlib.sha256(kind)
-        hasher.update(content)
-        digest = hasher.digest()
+    def _duplicate(self, ds: Dataset, image: ImageRef, digest: bytes) -> None:
         earlier = self.first_with.get(digest)
         if earlier is None:
             self.first_with[digest] = _describe(ds)
@@ -288,6 +263,46 @@ class _Study:
         self.findings.append(
             AnalyzerFinding(self.model, check, confidence, severity, recommendation, image, box)
         )
+
+
+@dataclass
+class _Measured:
+    """What the pixels of one image showed, frame by frame."""
+
+    frames: int = 0
+    blank_frames: int = 0
+    first_blank: tuple[int, Flatness] | None = None
+    clipped: tuple[int, Clipping] | None = None  # the first clipped frame, its worse end
+    digest: bytes = b""  # SHA-256 of the decoded frames
+
+    @property
+    def blank(self) -> bool:
+        return self.frames > 0 and self.blank_frames == self.frames
+
+
+def _measure(ds: Dataset, *, acquisition: bool) -> _Measured:
+    """Decodes `ds` one frame at a time (none kept, nothing cached on the dataset) and
+    measures each: blank, clipped (acquisitions only, frames that are not blank), and the
+    hash the duplicate check compares. Raises whatever decoding raises."""
+    layout = pixel_layout(ds)
+    measured = _Measured()
+    hasher = hashlib.sha256(b"decoded")
+    for number, frame in enumerate(iter_pixels(ds), start=1):
+        measured.frames = number
+        hasher.update(f"{frame.dtype.str} {frame.shape}".encode())
+        hasher.update(np.ascontiguousarray(frame).data)
+        field = exposed_field(frame, layout)
+        flat = flatness(field)
+        if flat.blank:
+            measured.blank_frames += 1
+            measured.first_blank = measured.first_blank or (number, flat)
+        elif measured.clipped is None and acquisition:
+            clipped = [c for c in clipping(field, layout) if c.clipped]
+            if clipped:
+                worse = max(clipped, key=lambda c: max(c.enclosed, c.total))
+                measured.clipped = (number, worse)
+    measured.digest = hasher.digest()
+    return measured
 
 
 def _is_acquisition(ds: Dataset, image: ImageRef) -> bool:

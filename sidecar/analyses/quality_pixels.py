@@ -104,13 +104,6 @@ def pixel_layout(ds: Dataset) -> PixelLayout:
     return PixelLayout(low, high, slope, intercept, padding, grayscale, hounsfield)
 
 
-def frames(ds: Dataset, pixels: Pixels) -> list[Pixels]:
-    """The frames of a decoded image, each rows x columns (x samples for colour)."""
-    if int(ds.get("NumberOfFrames") or 1) > 1:
-        return list(pixels)
-    return [pixels]
-
-
 @dataclass(frozen=True)
 class Field:
     """The part of one frame that is image: the frame less its shutter (rows and columns cut
