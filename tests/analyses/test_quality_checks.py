@@ -11,9 +11,11 @@ import copy
 import gc
 import weakref
 from collections.abc import Callable, Iterator
+from typing import Any
 
 import numpy as np
 import pytest
+from numpy.typing import NDArray
 from pydicom import Dataset
 from pydicom.encaps import encapsulate
 from pydicom.uid import JPEGLosslessSV1
@@ -140,7 +142,8 @@ def test_a_blank_image_is_found(options: dict[str, object], confidence: float) -
     assert finding.model == "quality"
 
 
-def repaint(ds: Dataset, pixels: np.ndarray) -> Dataset:  # type: ignore[type-arg]
+def repaint(ds: Dataset, pixels: NDArray[Any]) -> Dataset:
+    """`ds` with `pixels` in place of its pixel data, stored as before."""
     ds.PixelData = pixels.astype(ds.pixel_array.dtype.newbyteorder("<")).tobytes()
     return ds
 
