@@ -88,10 +88,15 @@ def read_report(dataset: Dataset, *, default_severity: Severity = Severity.MODER
 
 def _root(dataset: Dataset) -> Dataset:
     sop_class = str(dataset.get("SOPClassUID", ""))
-    if not sop_class.startswith(_SR_CLASS_PREFIX) or "ContentSequence" not in dataset:
+    if not sop_class.startswith(_SR_CLASS_PREFIX):
         what = f"SOP Class {sop_class}" if sop_class else "no SOP Class UID"
         raise ValueError(
             f"not a DICOM Structured Report ({what}): a measurement report is an SR document"
+        )
+    if "ContentSequence" not in dataset:
+        raise ValueError(
+            "the Structured Report holds no content (no Content Sequence): only its header was "
+            "given, as DICOMweb metadata that leaves sequences out gives it"
         )
     title = dataset.get("ConceptNameCodeSequence")
     templates = dataset.get("ContentTemplateSequence") or []

@@ -39,11 +39,16 @@ SCOORD at its top level (POINT, MULTIPOINT, POLYLINE, CIRCLE or ELLIPSE) is draw
 its SELECTED FROM reference names (Referenced SOP Instance UID and frame) once that image's
 series is loaded, with its NUM items as the box's text ("Certainty of Finding: 0.93 {ratio}").
 A group with no SCOORD at all has no coordinates: OHIF 3.12 then fails while placing the groups
-(it reads coords[0] of each), and its SR viewport, which opens on the first group, shows nothing
-when that one is such a group. This is why findings without a box stay out of "Imaging
+(it reads coords[0] of each), and draws no box at all (seen in headless OHIF, with such a group
+before the boxed one and after it). This is why findings without a box stay out of "Imaging
 Measurements", in "Qualitative Evaluations", which OHIF does not read. An SR without any box
 has no measurement for OHIF's SR viewport to open on; OHIF shows no overlay for it, as there is
 none to show.
+
+OHIF reads the content tree from the DICOMweb series metadata; Orthanc's DICOMweb 1.7 in
+`Extrapolate` mode (orthanc/orthanc.json) reports no sequences there, so OHIF lists the report's
+series but draws nothing until the metadata it gets holds the SR's content (`Full` series
+metadata does: tests/analyses/test_structured_report.py).
 """
 
 from __future__ import annotations
