@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import datetime as dt
 import io
+import json
 import subprocess
 from collections.abc import Iterator, Sequence
 from dataclasses import replace
@@ -35,7 +36,10 @@ from pydicom.uid import (
 
 from sidecar.analyses.findings import AnalyzerFinding, Box, ImageRef, Severity
 from sidecar.analyses.structured_report import build_report, read_report
-from sidecar.launcher.orthanc import OrthancProcess
+from sidecar.launcher.orthanc import ORTHANC_DIR, OrthancProcess
+
+from stack import STACK_ADMIN_PASSWORD, Stack
+from viewer_browser import open_study
 
 pytestmark = pytest.mark.one_database
 
@@ -435,6 +439,12 @@ def test_what_is_not_a_measurement_report_is_refused_with_the_reason(
     ):
         read_report(round_trip(plain_text_report(study[0])))
 
+    # An SR's header alone, as DICOMweb metadata that leaves out sequences gives it.
+    header = round_trip(plain_text_report(study[0]))
+    del header.ContentSequence
+    with pytest.raises(ValueError, match="holds no content"):
+        read_report(header)
+
     # A measurement report whose image is missing from its evidence: its series is unknown.
     report = round_trip(
         build_report(findings_of(study)[:1], study, analyzer_name="q", analyzer_version="1")
@@ -546,3 +556,90 @@ def test_the_report_stored_in_orthanc_reads_back_as_its_findings(
     metadata.raise_for_status()
     [instance] = metadata.json()
     assert read_report(pydicom.Dataset.from_json(instance)).findings == findings
+
+
+@pytest.fixture
+def full_metadata_stack(tmp_path: Path, database_url: str) -> Iterator[Stack]:
+    """Orthanc (with the plugin) and the sidecar, Orthanc answering DICOMweb series and study
+    metadata in full. OHIF reads an SR's content tree from its series metadata; the repository's
+    orthanc.json sets `Extrapolate` (DICOMweb 1.7 has no metadata cache), which reports simple
+    tags only, never a sequence: with it OHIF lists the report's series but finds no content to
+    draw (the series metadata lacks ContentSequence and the document title)."""
+    running = Stack(tmp_path, database_url)
+    dicomweb = json.loads((ORTHANC_DIR / "orthanc.json").read_text())["DicomWeb"]
+    full = {**dicomweb, "SeriesMetadata": "Full", "StudiesMetadata": "Full"}
+    running.start_orthanc(extra={"DicomWeb": full})
+    running.start_sidecar()
+    yield running
+    running.close()
+
+
+@pytest.mark.orthanc
+def test_ohif_draws_the_box_of_a_stored_report(full_metadata_stack: Stack, tmp_path: Path) -> None:
+    """The radiologist's view, in headless Chromium through the sidecar's front: the study
+    opened from its viewer link, the report's series opened from the study browser, its box
+    drawn where it is on the image, with the confidence beside it; the finding without a box
+    (kept out of OHIF's reach) breaks nothing."""
+    stack = full_metadata_stack
+    study_uid, series_uid = generate_uid(), generate_uid()
+    patient = f"MRN{np.random.default_rng().integers(10**9):09d}"
+    images = [
+        image_header(study_uid, series_uid, n, patient_id=patient, pixels=True) for n in (1, 2)
+    ]
+    for image in images:
+        post_instance(stack.orthanc, as_file(image))
+    box = Box(x=32, y=48, width=64, height=32)  # on a 128 x 128 image
+    findings = [
+        AnalyzerFinding(
+            model="quality",
+            finding="clipped image",
+            confidence=0.93,
+            severity=Severity.HIGH,
+            recommendation="Repeat the exposure.",
+            image=ref(images[0]),
+            box=box,
+        ),
+        AnalyzerFinding(
+            model="quality",
+            finding="fewer images than the modality reported in MPPS",
+            confidence=0.5,
+            severity=Severity.LOW,
+            recommendation="",
+        ),
+    ]
+    report = build_report(findings, images, analyzer_name="quality", analyzer_version="1.4.2")
+    post_instance(stack.orthanc, as_file(report))
+    study = stack.wait_for_study(study_uid, instances=3)
+    link = stack.api("GET", f"/api/studies/{study['id']}").json()["viewerUrl"]
+
+    shown = open_study(
+        {
+            "viewerUrl": link,
+            "username": "admin",
+            "password": STACK_ADMIN_PASSWORD,
+            "openSeries": "AI results: quality",
+            "screenshot": str(tmp_path / "report.png"),
+            "timeoutMs": 60_000,
+        }
+    )
+
+    assert shown["ok"], shown.get("error")
+    assert not [e for e in shown["consoleErrors"] if e.startswith("uncaught")], shown
+    overlay = shown["overlay"]
+    [drawn] = overlay["polylines"]
+    points = [float(v) for v in drawn["points"].replace(",", " ").split()]
+    assert len(points) == 10 and points[:2] == points[-2:]  # the closed rectangle
+    # The image fills the viewport's height, centred: from the drawn rectangle's scale and
+    # place, the image's centre falls on the viewport's centre, and its proportions are kept.
+    scale = drawn["box"]["width"] / box.width
+    assert drawn["box"]["height"] / scale == pytest.approx(box.height, rel=0.02)
+    canvas = overlay["canvas"]
+    image_centre_x = drawn["box"]["x"] + (64 - box.x) * scale
+    image_centre_y = drawn["box"]["y"] + (64 - box.y) * scale
+    assert image_centre_x == pytest.approx(
+        canvas["x"] + canvas["width"] / 2, abs=canvas["width"] * 0.02
+    )
+    assert image_centre_y == pytest.approx(
+        canvas["y"] + canvas["height"] / 2, abs=canvas["height"] * 0.02
+    )
+    assert "Certainty of Finding: 0.93 {ratio}" in overlay["texts"]
