@@ -15,6 +15,7 @@ from sqlalchemy import Engine
 
 from sidecar import tables
 from sidecar.accounts.service import bootstrap_admin
+from sidecar.analyses.runner import AnalysisRunner
 from sidecar.core.cluster import Cluster
 from sidecar.core.database import migrate, start_up_lock
 from sidecar.core.dependencies import Services
@@ -94,11 +95,13 @@ def lifespan(services: Services) -> Callable[[FastAPI], Any]:
         order_events.start()
         image_updater, remover = services.get(ImageUpdater), services.get(ImageRemover)
         sweep = services.get(DeidentificationSweep)
+        runner = services.get(AnalysisRunner)
         if settings.reconcile_enabled:
             sync.start()
             image_updater.start()  # work left queued by the last run too
             remover.start()  # removals left waiting by the last run too
             sweep.start()  # copies the last run abandoned first
+            runner.start()  # on every node: tasks whose node died are taken again
         if outbox is not None:
             outbox.start()  # results left pending by the last run go first
         if findings.notifier is not None:
@@ -125,6 +128,7 @@ def lifespan(services: Services) -> Callable[[FastAPI], Any]:
             await asyncio.to_thread(image_updater.stop)
             await asyncio.to_thread(remover.stop)
             await asyncio.to_thread(sweep.stop)
+            await asyncio.to_thread(runner.stop)
             await asyncio.to_thread(order_events.stop)
             await asyncio.to_thread(cluster.stop)  # after the workers: none runs unleased
             publisher = services.find(WorklistPublisher)

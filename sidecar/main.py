@@ -21,6 +21,8 @@ from sidecar.access.emergency import router as emergency_access_router
 from sidecar.accounts.audit_router import router as audit_router
 from sidecar.accounts.auth_router import auth_router
 from sidecar.accounts.router import users_router
+from sidecar.analyses.router import router as analyses_router
+from sidecar.analyses.wiring import add_analyses
 from sidecar.core.api_errors import document_error_format, install_error_handlers
 from sidecar.core.cluster import Cluster
 from sidecar.core.database import make_engine
@@ -121,6 +123,7 @@ ROUTERS = (
     metrics_router,
     stow_router,
     events_router,
+    analyses_router,
 )
 
 # The pages under /app/ (sidecar/web), one router per page group.
@@ -286,6 +289,8 @@ def build_services(
             on_status_queued=outbox.wake if outbox is not None else None,
         )
     )
+    # AI analysis: the analyzers and their runner; a stable study's auto analyzers.
+    auto_analyses = add_analyses(services, settings, clock=clock)
     deletions = services.add(
         DeletionWatch(
             engine, orthanc, reconcile_every=settings.orthanc_reconcile_seconds, clock=clock
@@ -302,7 +307,10 @@ def build_services(
             on_result_queued=outbox.wake if outbox is not None else None,
             modality_facilities=settings.modality_facility_map(),
             default_issuer=settings.default_issuer,
-            on_ready_to_read=lambda session, study: study_ready(session, study, now=clock()),
+            on_ready_to_read=lambda session, study: (
+                study_ready(session, study, now=clock()),
+                auto_analyses(session, study),
+            ),
             stable_age=settings.stable_age,
         )
     )
