@@ -41,6 +41,8 @@ def order_id(client: TestClient, technologist: Headers) -> int:
         "/api/critical-findings/{id}",
         "/api/images/{id}",
         "/api/hl7/messages/{id}",
+        "/api/analyses/{id}",
+        "/api/studies/{id}/analyses",
     ],
 )
 @pytest.mark.parametrize("record_id", [2**31, 2**63, 2**64])
