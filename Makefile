@@ -97,6 +97,7 @@ bench: system-deps venv viewer test-deps
 	$(BIN)/python bench/backup.py
 	$(BIN)/python bench/observability.py
 	$(BIN)/python bench/quality_detection.py
+	$(BIN)/python bench/ai_quality.py --sizes 1,50,300 --studies 5
 
 ## Backups (README, Operations). Run with the service's own environment (DATA_DIR, DATABASE_URL,
 ## ORTHANC_INDEX_URL, ORTHANC_STORAGE_DIR): `backup` while it runs, its new folder's path last;
