@@ -239,6 +239,8 @@ NOT_PATIENT_RECORDS = {
     "/api/procedures": "the procedure catalog: codes and rooms, no patient",
     "/api/procedures/{procedure_id}": "a procedure catalog entry, no patient",
     "/api/events": "a stream, checked by _events_outside_reach below",
+    "/api/analyses/{analysis_id}": "radiologists and administrators only (tests/analyses)",
+    "/api/studies/{study_id}/analyses": "radiologists and administrators only (tests/analyses)",
 }
 
 
