@@ -47,6 +47,7 @@ _MAX_TARGET = 8192
 # subrequest may only allow (2xx) or refuse (401, 403); viewer/nginx.conf maps this one back.
 REFUSAL_HEADER = "X-Viewer-Refusal"
 _TOTP_CODE = re.compile(r"^[0-9]{6}$")
+_NO_PAGES = "this account reads DICOMweb only (an analyzer): the viewer's pages are not for it"
 _SCOPE_MESSAGES = {
     TokenScope.PASSWORD_CHANGE: (
         "your password was reset by an administrator: choose a new one "
@@ -268,6 +269,8 @@ async def authorize(
     except (NotAuthenticated, NotPermitted) as refused:
         return refusal_response(refused)
     dicom_read = viewer_path is not None and verdict(viewer_path) is Verdict.FORWARD
+    if not dicom_read and not viewer.has_pages:
+        return refusal_response(NotPermitted(_NO_PAGES))
     if (outside := await _care(front, viewer, studies, dicom_read=dicom_read)) is not None:
         if outside.status_code == 404:  # an auth subrequest may only answer 2xx, 401 or 403
             outside.status_code = 403
@@ -353,7 +356,9 @@ async def viewer_file(request: Request, front: FrontDep, file_path: str) -> Resp
     # A client-side route (/, /viewer?StudyInstanceUIDs=...): the page that shows patient data
     # needs a session. Never cached, so a logout or a new install applies on the next load.
     try:
-        await _authenticate(request, front)
+        viewer = await _authenticate(request, front)
+        if not viewer.has_pages:
+            raise NotPermitted(_NO_PAGES)
     except (NotAuthenticated, NotPermitted) as refused:
         return _refusal(request, refused)
     return FileResponse(front.bundle.index_html, headers={"Cache-Control": "no-store"})
