@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any, Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
 from pydantic.fields import FieldInfo
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
@@ -279,6 +279,16 @@ class Settings(BaseSettings):
     # METRICS_TOKEN is set (then a bearer token); METRICS_ENABLED false: 404, nothing measured.
     metrics_enabled: bool = True
     metrics_token: str = ""
+
+    # Operator-supplied AI models (sidecar.analyses.onnx_models): a directory of ONNX files, each
+    # with a JSON manifest; each model runs as an analyzer of its manifest's name. None: no model.
+    ai_models_dir: Path | None = None
+
+    @field_validator("ai_models_dir", mode="before")
+    @classmethod
+    def _unset_when_empty(cls, value: object) -> object:
+        # AI_MODELS_DIR= (as compose files pass an unset variable) means no directory, not ".".
+        return None if isinstance(value, str) and not value.strip() else value
 
     @model_validator(mode="after")
     def _derive_and_check(self) -> Settings:
