@@ -120,9 +120,17 @@ def visible(user: User, now: datetime) -> list[Any]:
     )
 
 
-def find(session: Session, uid: str, user: User, now: datetime) -> Workitem:
+def find(
+    session: Session, uid: str, user: User, now: datetime, *, to_change: bool = False
+) -> Workitem:
+    """The work item, if the user may see it. To change one, an analyzer may name any (it saw
+    it SCHEDULED): a claim of one another analyzer holds is a conflict (409), not unknown, and
+    the Transaction UID decides the rest."""
+    conditions = visible(user, now)
+    if to_change and user.role is Role.ANALYZER:
+        conditions = []
     workitem = session.exec(
-        select(Workitem).where(Workitem.sop_instance_uid == uid, *visible(user, now))
+        select(Workitem).where(Workitem.sop_instance_uid == uid, *conditions)
     ).first()
     if workitem is None:
         raise WorkitemRefusal(404, "no such work item")

@@ -94,7 +94,7 @@ async def search_workitems(request: Request, caller: CallerDep, engine: EngineDe
 
 def _retrieve(engine: Engine, caller: Caller, uid: str) -> list[dict[str, Any]]:
     with Session(engine) as session:
-        workitem = states.find(session, uid, caller.user, caller.now)
+        workitem = states.find(session, uid, caller.user, caller.now, to_change=False)
         return [workitem_search.served(workitem, caller.dicomweb_base)]
 
 
@@ -129,7 +129,7 @@ def _update(
             states.TRANSACTION_INCORRECT,
         )
     with Session(engine) as session:
-        workitem = states.find(session, uid, caller.user, caller.now)
+        workitem = states.find(session, uid, caller.user, caller.now, to_change=True)
         states.update(session, workitem, caller.user, transaction or in_body, changes, caller.now)
 
 
@@ -171,7 +171,7 @@ def _change_state(
     state, transaction = _state_request(body)
     user, now = caller.user, caller.now
     with Session(engine) as session:
-        workitem = states.find(session, uid, user, now)
+        workitem = states.find(session, uid, user, now, to_change=True)
         if state is WorkitemState.IN_PROGRESS:
             states.claim(session, workitem, user, transaction, now)
             return None
@@ -196,7 +196,7 @@ def _change_state(
     # Orthanc is read outside any transaction; the work item must not have changed meanwhile.
     reports = stored_reports(orthanc, study_uid, dataset)
     with Session(engine) as session:
-        workitem = states.find(session, uid, user, now)
+        workitem = states.find(session, uid, user, now, to_change=True)
         if workitem.version != version:
             raise states.WorkitemRefusal(
                 409,
@@ -230,7 +230,7 @@ async def change_workitem_state(
 def _cancel_request(engine: Engine, caller: Caller, uid: str, body: dict[str, Any]) -> str | None:
     reason = dicom_json.first_string(body, "00741238")  # Reason For Cancellation
     with Session(engine) as session:
-        workitem = states.find(session, uid, caller.user, caller.now)
+        workitem = states.find(session, uid, caller.user, caller.now, to_change=True)
         return states.request_cancel(session, workitem, caller.user, reason, caller.now)
 
 

@@ -161,14 +161,16 @@ def test_claim_then_a_second_claim_is_a_conflict(
     claimed = put_state(client, scheduled.uid, first, "IN PROGRESS")
     assert claimed.status_code == 200, claimed.text
     assert statuses(app, scheduled) == ("IN PROGRESS", "IN_PROGRESS", "IN_PROGRESS")
-    # Another analyzer no longer sees it (it performs nothing of it): as unknown.
-    again = put_state(client, scheduled.uid, second, "IN PROGRESS", OTHER_TXN)
-    assert again.status_code == 404, again.text
-    # The performer itself, with another transaction UID: a conflict, with PS3.18's warning.
-    twice = put_state(client, scheduled.uid, first, "IN PROGRESS", OTHER_TXN)
-    assert twice.status_code == 409, twice.text
-    assert twice.headers["Warning"].startswith("299 ")
-    assert "inconsistent with the state" in twice.headers["Warning"]
+    # Another analyzer's claim, with its own transaction UID: a conflict, with PS3.18's warning;
+    # so is the performer's own second claim.
+    for headers in (second, first):
+        again = put_state(client, scheduled.uid, headers, "IN PROGRESS", OTHER_TXN)
+        assert again.status_code == 409, again.text
+        assert again.headers["Warning"].startswith("299 sidecar: ")
+        assert "inconsistent with the state of the UPS Instance" in again.headers["Warning"]
+    # Nor does the other analyzer see it any longer (it performs nothing of it).
+    assert client.get(f"/dicom-web/workitems/{scheduled.uid}", headers=second).status_code == 404
+    assert client.get("/dicom-web/workitems", headers=second).status_code == 204
     served = client.get(f"/dicom-web/workitems/{scheduled.uid}", headers=first).json()[0]
     assert served["00741000"]["Value"] == ["IN PROGRESS"]
     assert TXN not in str(served)
