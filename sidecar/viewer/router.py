@@ -46,6 +46,9 @@ _MAX_TARGET = 8192
 # How the session check tells nginx to answer 400 where the sidecar's front does: an auth
 # subrequest may only allow (2xx) or refuse (401, 403); viewer/nginx.conf maps this one back.
 REFUSAL_HEADER = "X-Viewer-Refusal"
+# nginx keeps no copy of an answer that says X-Accel-Expires: 0 (viewer/nginx.conf's session
+# cache honours it).
+NO_PROXY_CACHE = "X-Accel-Expires"
 _TOTP_CODE = re.compile(r"^[0-9]{6}$")
 _NO_PAGES = "this account reads DICOMweb only (an analyzer): the viewer's pages are not for it"
 _SCOPE_MESSAGES = {
@@ -268,6 +271,17 @@ async def authorize(
         viewer = await _authenticate(request, front)
     except (NotAuthenticated, NotPermitted) as refused:
         return refusal_response(refused)
+    answer = await _authorized(front, viewer, viewer_path, studies)
+    if not viewer.has_pages:
+        # An analyzer's reach changes with its claims: nginx keeps no answer of its (the zero
+        # X-Accel-Expires), so a claim opens the study at once and its end closes it at once.
+        answer.headers[NO_PROXY_CACHE] = "0"
+    return answer
+
+
+async def _authorized(
+    front: ViewerFront, viewer: Viewer, viewer_path: str | None, studies: frozenset[str]
+) -> Response:
     dicom_read = viewer_path is not None and verdict(viewer_path) is Verdict.FORWARD
     if not dicom_read and not viewer.has_pages:
         return refusal_response(NotPermitted(_NO_PAGES))
