@@ -96,6 +96,7 @@ bench: system-deps venv viewer test-deps
 	$(BIN)/python bench/cluster.py
 	$(BIN)/python bench/backup.py
 	$(BIN)/python bench/observability.py
+	$(BIN)/python bench/quality_detection.py
 
 ## Backups (README, Operations). Run with the service's own environment (DATA_DIR, DATABASE_URL,
 ## ORTHANC_INDEX_URL, ORTHANC_STORAGE_DIR): `backup` while it runs, its new folder's path last;
