@@ -79,7 +79,7 @@ def test_an_analyzer_holding_a_work_item_reaches_nothing_but_it(
             if path is None or method in ("HEAD", "OPTIONS") or (method, path) in NOT_WALKED:
                 continue
             target = _filled(path, values)
-            body = {} if method in ("POST", "PUT", "PATCH") else None
+            body: dict[str, str] | None = {} if method in ("POST", "PUT", "PATCH") else None
             answer = client.request(method, target, headers=headers, json=body)
             walked += 1
             if not 200 <= answer.status_code < 300 or ALLOWED.match(path):

@@ -49,13 +49,13 @@ def _claim(client: TestClient, uid: str, headers: dict[str, str], txn: str) -> i
         "00081195": {"vr": "UI", "Value": [txn]},
     }
     answer = client.put(f"/dicom-web/workitems/{uid}/state", json=body, headers=headers)
-    return answer.status_code
+    return int(answer.status_code)
 
 
 def _progress(client: TestClient, uid: str, headers: dict[str, str], txn: str) -> int:
     body = {"00741002": {"vr": "SQ", "Value": [{"00741004": {"vr": "DS", "Value": [10]}}]}}
     answer = client.post(f"/dicom-web/workitems/{uid}?{txn}", json=body, headers=headers)
-    return answer.status_code
+    return int(answer.status_code)
 
 
 def _rows(app: FastAPI, item: ScheduledItem) -> tuple[Workitem, str, str]:

@@ -58,6 +58,11 @@ def _upload(node: ClusterNode, study: GeneratedStudy) -> None:
         assert stored.status_code == 200, stored.text
 
 
+def _registered(node: ClusterNode, *studies: GeneratedStudy) -> bool:
+    counts = {found["studyInstanceUID"]: found["instanceCount"] for found in node.studies()}
+    return all(counts.get(s.study_instance_uid) == len(s.files) for s in studies)
+
+
 @pytest.fixture(scope="module")
 def world(
     request: pytest.FixtureRequest,
@@ -87,16 +92,7 @@ def world(
             other = make_study(work / "other", series_count=1, instances_per_series=1)
             for study in (held, other):
                 _upload(node, study)
-            for study in (held, other):
-                wait_for(
-                    lambda s=study: any(
-                        found["studyInstanceUID"] == s.study_instance_uid
-                        and found["instanceCount"] == len(s.files)
-                        for found in node.studies()
-                    ),
-                    timeout=60,
-                    what="the studies registered",
-                )
+            wait_for(lambda: _registered(node, held, other), timeout=60, what="the studies")
             tokens = {}
             for name in ("ai-one", "ai-two"):
                 # Created by an administrator as any account is.
