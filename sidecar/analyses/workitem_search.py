@@ -17,20 +17,33 @@ from __future__ import annotations
 
 import copy
 import re
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any, Final
 
+from sqlalchemy import case, false
+from sqlmodel import col, select
+
 from sidecar.analyses import dicom_json
-from sidecar.analyses.models import Workitem, WorkitemState
+from sidecar.analyses.models import (
+    Analysis,
+    AnalysisPriority,
+    AnalysisTask,
+    Workitem,
+    WorkitemState,
+)
 from sidecar.analyses.workitem_states import PROCEDURE_STEP_STATE, TRANSACTION_UID
 from sidecar.core.errors import InvalidRequest
+from sidecar.studies.models import Study
 
 DEFAULT_LIMIT: Final = 100
 MAX_LIMIT: Final = 1000
 INPUT_INFORMATION: Final = "00404021"
 STUDY_INSTANCE_UID: Final = "0020000D"
 RETRIEVE_URL: Final = "00081190"
+PRIORITY: Final = "00741200"
+LABEL: Final = "00741204"
+SOP_INSTANCE_UID: Final = "00080018"
 _COMMON: Final = frozenset({"limit", "offset", "includefield", "fuzzymatching"})
 _RANGE_VRS: Final = frozenset({"DA", "DT", "TM"})
 _MAX_FILTERS: Final = 32
@@ -137,18 +150,57 @@ def _value_matches(vr: str, value: Any, wanted: str) -> bool:
     return text.lower() == wanted.lower() if vr == "PN" else text == wanted
 
 
-_PRIORITY_ORDER: Final = {"HIGH": 0, "MEDIUM": 1, "LOW": 2}
-
-
-def ordered(workitems: Sequence[Workitem]) -> list[Workitem]:
-    """The most urgent first, then the oldest."""
-    return sorted(
-        workitems,
-        key=lambda item: (
-            _PRIORITY_ORDER.get(dicom_json.first_string(item.dataset, "00741200") or "", 1),
-            item.id or 0,
-        ),
+def query(search: Search, visible: list[Any]) -> tuple[Any, bool]:
+    """The database's part of the search: the work items the caller may see, the most urgent
+    first, then the oldest, narrowed by the filters the database can decide (the state, the
+    priority, the analyzer, the UIDs of the work item and of its study); and whether those were
+    all of them (then the page is cut in the database, and no row beyond it is read)."""
+    urgency = case(
+        (col(Analysis.priority) == AnalysisPriority.HIGH, 0),
+        (col(Analysis.priority) == AnalysisPriority.LOW, 2),
+        else_=1,
     )
+    statement = (
+        select(Workitem)
+        .join(AnalysisTask, col(AnalysisTask.id) == col(Workitem.task_id))
+        .join(Analysis, col(Analysis.id) == col(AnalysisTask.analysis_id))
+        .where(*visible)
+        .order_by(urgency, col(Workitem.id))
+    )
+    whole = True
+    for wanted in search.filters:
+        condition = _condition(wanted)
+        if condition is None:
+            whole = False
+        elif condition is not _UNIVERSAL:
+            statement = statement.where(condition)
+    return statement, whole
+
+
+_UNIVERSAL: Final = object()
+
+
+def _condition(wanted: Filter) -> Any:
+    """The filter as a condition on the work item's columns (those the sidecar wrote and never
+    change but with the state), or None when only its dataset can tell."""
+    value, path = wanted.value, wanted.path
+    if value == "":
+        return _UNIVERSAL
+    wildcard = "*" in value or "?" in value
+    uids = re.split(r"[,\\]", value)
+    if path == [PROCEDURE_STEP_STATE]:
+        return col(Workitem.state) == WorkitemState(value)
+    if path == [PRIORITY] and not wildcard:
+        known = value in set(AnalysisPriority)
+        return col(Analysis.priority) == AnalysisPriority(value) if known else false()
+    if path == [LABEL] and not wildcard:
+        return col(AnalysisTask.analyzer) == value
+    if path == [SOP_INSTANCE_UID]:
+        return col(Workitem.sop_instance_uid).in_(uids)
+    if path in ([STUDY_INSTANCE_UID], [INPUT_INFORMATION, STUDY_INSTANCE_UID]):
+        studies = select(Study.id).where(col(Study.study_instance_uid).in_(uids))
+        return col(Workitem.study_id).in_(studies)
+    return None
 
 
 def served(workitem: Workitem, dicomweb_base: str) -> dict[str, Any]:

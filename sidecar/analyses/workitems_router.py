@@ -24,11 +24,11 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Depends, Request, Response
 from fastapi.responses import JSONResponse
 from sqlalchemy import Engine
-from sqlmodel import Session, col, select
+from sqlmodel import Session
 
 from sidecar.analyses import dicom_json, workitem_search
 from sidecar.analyses import workitem_states as states
-from sidecar.analyses.models import Workitem, WorkitemState
+from sidecar.analyses.models import WorkitemState
 from sidecar.analyses.workitem_results import stored_reports
 from sidecar.analyses.workitems_http import (
     DICOM_JSON,
@@ -66,18 +66,21 @@ def _dicom_json(answer: Any, status: int = 200, headers: dict[str, str] | None =
 
 def _search(engine: Engine, caller: Caller, parameters: list[tuple[str, str]]) -> Any:
     search = workitem_search.parse_search(parameters)
-    query = select(Workitem).where(*states.visible(caller.user, caller.now))
-    if search.state is not None:
-        query = query.where(col(Workitem.state) == search.state)
+    visible = states.visible(caller.user, caller.now)
+    statement, whole = workitem_search.query(search, visible)
+    start, stop = search.offset, search.offset + search.limit
     with Session(engine) as session:
-        found = [
-            item
-            for item in session.exec(query).all()
-            if workitem_search.matches(item.dataset, search)
-        ]
-    page = workitem_search.ordered(found)[search.offset : search.offset + search.limit]
-    more = len(found) > search.offset + len(page)
-    return [workitem_search.served(item, caller.dicomweb_base) for item in page], more
+        if whole:  # the database decided every filter: it cuts the page
+            rows = list(session.exec(statement.offset(start).limit(search.limit + 1)).all())
+            page, more = rows[: search.limit], len(rows) > search.limit
+        else:
+            found = [
+                i
+                for i in session.exec(statement).all()
+                if workitem_search.matches(i.dataset, search)
+            ]
+            page, more = found[start:stop], len(found) > stop
+        return [workitem_search.served(item, caller.dicomweb_base) for item in page], more
 
 
 @router.get(PREFIX, include_in_schema=False)

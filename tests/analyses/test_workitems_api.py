@@ -14,7 +14,7 @@ from pydicom import Dataset
 from sqlmodel import Session
 
 from sidecar.accounts.models import Role
-from sidecar.analyses.models import Analysis, AnalysisTask, Workitem
+from sidecar.analyses.models import Analysis, AnalysisPriority, AnalysisTask, Workitem
 from sidecar.analyses.workitems import UPS_PUSH_SOP_CLASS
 
 from testapp import engine_of, login
@@ -315,3 +315,28 @@ def test_requesters_neither_claim_nor_create_and_subscriptions_point_to_the_stre
         assert answer.status_code == 501, answer.text
         assert "/api/events" in answer.json()["error"]["message"]
         assert client.delete(target, headers=radiologist).status_code == 501
+
+
+def test_the_most_urgent_come_first_a_page_at_a_time(
+    app: FastAPI, client: TestClient, analyzer: Callable[[str], dict[str, str]]
+) -> None:
+    engine = engine_of(app)
+    study_row(engine, STUDY_UID)
+    low, high, medium = (
+        schedule(engine, STUDY_UID, priority=priority)
+        for priority in (AnalysisPriority.LOW, AnalysisPriority.HIGH, AnalysisPriority.MEDIUM)
+    )
+    headers = analyzer("ai-one")
+    for params in ({}, {"PatientName": "DOE*"}):  # cut in the database, and after reading all
+        uids = []
+        for offset in range(3):
+            page = client.get(
+                "/dicom-web/workitems",
+                params={**params, "limit": "1", "offset": str(offset)},
+                headers=headers,
+            )
+            assert page.status_code == 200, page.text
+            uids += [item["00080018"]["Value"][0] for item in page.json()]
+            more = "additional results" in page.headers.get("Warning", "")
+            assert more == (offset < 2)
+        assert uids == [high.uid, medium.uid, low.uid]
