@@ -5,6 +5,8 @@
 //
 // With "saveMeasurement": a report name, it also draws a length, saves it as a DICOM SR (OHIF's
 // "Create SR", STOW-RS through the front) and waits for the report's series to be shown.
+// With "openSeries": words of a series' description, it opens that series from the study
+// browser and reports the SVG shapes and texts drawn over the viewport ("overlay").
 //
 // Prints one JSON line: {"ok", "steps": [...], "viewport": {pixel statistics}, "timings": {...}}.
 // Pixel statistics come from a screenshot of the viewport canvas decoded in the page (the
@@ -124,6 +126,7 @@ try {
     if (message.type() === 'error' || options.debug) consoleErrors.push(text.slice(0, 300));
   };
   page.on('console', onConsole);
+  page.on('pageerror', (error) => consoleErrors.push(`uncaught: ${String(error).slice(0, 300)}`));
   page.on('worker', (worker) => worker.on('console', onConsole));
   page.on('response', (answer) => {
     if (options.debug && new URL(answer.url()).pathname.startsWith('/dicom-web')) {
@@ -182,6 +185,27 @@ try {
     // The report comes back as a series of the study, shown in the study browser.
     await page.getByText(options.saveMeasurement, { exact: false }).first().waitFor();
     result.reportShown = true;
+  }
+  if (options.openSeries) {
+    // A series of the study opened from the study browser, as a radiologist opens a report:
+    // a double click on its thumbnail. For a measurement report (TID 1500), OHIF's SR viewport
+    // shows the image of its first region, with each region drawn as SVG over the image.
+    await page.getByText(options.openSeries, { exact: false }).first().dblclick();
+    step('series opened');
+    const shapes = page.locator('svg.svg-layer polyline');
+    await shapes.first().waitFor();
+    step('overlay drawn');
+    const canvas = page.locator('[data-viewport-uid] canvas, canvas.cornerstone-canvas').first();
+    result.overlay = {
+      canvas: await canvas.boundingBox(),
+      polylines: await shapes.evaluateAll((elements) =>
+        elements.map((element) => {
+          const { x, y, width, height } = element.getBoundingClientRect();
+          return { points: element.getAttribute('points'), box: { x, y, width, height } };
+        }),
+      ),
+      texts: await page.locator('svg.svg-layer text').allTextContents(),
+    };
   }
   if (options.studyListText) {
     await page.goto(new URL('/', options.viewerUrl).href);
