@@ -16,6 +16,7 @@ import pydicom
 from pydicom.errors import InvalidDicomError
 
 from sidecar.analyses import dicom_json
+from sidecar.analyses.structured_report import read_report
 from sidecar.analyses.workitem_states import (
     OUTPUT_INFORMATION,
     PERFORMED_PROCEDURE,
@@ -73,8 +74,6 @@ def stored_reports(
             f"the Output Information Sequence names instances of another study ({elsewhere[0]}):"
             " the results are stored in the work item's study"
         )
-    from sidecar.analyses.structured_report import read_report
-
     reports: list[StoredReport] = []
     not_stored: list[str] = []
     for _, uid in references:
