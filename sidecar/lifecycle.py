@@ -15,6 +15,7 @@ from sqlalchemy import Engine
 
 from sidecar import tables
 from sidecar.accounts.service import bootstrap_admin
+from sidecar.analyses.claim_timeout import ClaimTimeout
 from sidecar.analyses.runner import AnalysisRunner
 from sidecar.core.cluster import Cluster
 from sidecar.core.database import migrate, start_up_lock
@@ -52,6 +53,7 @@ LEASED_JOBS = (
     ImageUpdater,
     ImageRemover,
     EventRetention,
+    ClaimTimeout,
 )
 
 
@@ -111,6 +113,8 @@ def lifespan(services: Services) -> Callable[[FastAPI], Any]:
         overdue.start()
         retention = services.get(EventRetention)
         retention.start()
+        claim_timeout = services.get(ClaimTimeout)
+        claim_timeout.start()  # claims left silent while no node ran are released first
         try:
             yield
         finally:
@@ -122,6 +126,7 @@ def lifespan(services: Services) -> Callable[[FastAPI], Any]:
             await asyncio.to_thread(findings.escalation.stop)
             await asyncio.to_thread(overdue.stop)
             await asyncio.to_thread(retention.stop)
+            await asyncio.to_thread(claim_timeout.stop)
             if findings.notifier is not None:
                 await asyncio.to_thread(findings.notifier.stop)
             await asyncio.to_thread(sync.stop)

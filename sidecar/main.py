@@ -21,8 +21,10 @@ from sidecar.access.emergency import router as emergency_access_router
 from sidecar.accounts.audit_router import router as audit_router
 from sidecar.accounts.auth_router import auth_router
 from sidecar.accounts.router import users_router
+from sidecar.analyses.claim_timeout import ClaimTimeout
 from sidecar.analyses.router import router as analyses_router
 from sidecar.analyses.wiring import add_analyses
+from sidecar.analyses.workitems_router import router as workitems_router
 from sidecar.core.api_errors import document_error_format, install_error_handlers
 from sidecar.core.cluster import Cluster
 from sidecar.core.database import make_engine
@@ -121,6 +123,8 @@ ROUTERS = (
     emergency_access_router,
     health_router,
     metrics_router,
+    # UPS-RS under /dicom-web/workitems, before the viewer's /dicom-web proxy (included last).
+    workitems_router,
     stow_router,
     events_router,
     analyses_router,
@@ -364,6 +368,15 @@ def build_services(
     )
     front = services.add(build_viewer_front(settings, engine, clock=clock), ViewerFront)
     services.add(viewer_links(settings, front), ViewerLinks)
+    # Work items whose performer went silent, released (the performer's cached access too).
+    services.add(
+        ClaimTimeout(
+            engine,
+            timedelta(minutes=settings.ai_claim_timeout_minutes),
+            clock=clock,
+            on_released=front.access.forget,
+        )
+    )
     run_under_leases(services, cluster)
     return services
 

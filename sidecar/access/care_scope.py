@@ -21,6 +21,12 @@ modality that sent it), and what hangs from those studies. A study of no known f
 outside every such limit. The two limits add up: a physician limited to facilities reads their
 patients' records of those facilities.
 
+An analyzer (a machine account performing AI work items, sidecar.analyses) reaches the studies
+of the work items it holds (IN PROGRESS, claimed by it) and their images, while it holds them,
+and nothing else: no order, patient, report or finding. It has no use of the API besides
+(sidecar.accounts.dependencies refuses it), so this is what the DICOMweb fronts, STOW-RS and the
+event stream ask of it. A role this module does not name reaches nothing.
+
 Of those patients' records, a physician reads studies, images, orders, signed reports (not
 drafts) and critical findings; and the findings they were notified of, whoever the patient. What
 lies outside the scope answers 404, as a record that does not exist does: the answer confirms
@@ -41,6 +47,7 @@ from sqlmodel import col, select
 from sidecar.access.models import EmergencyAccess
 from sidecar.accounts.dependencies import CurrentUser
 from sidecar.accounts.models import Role, User
+from sidecar.analyses.models import Workitem, WorkitemState
 from sidecar.core.dependencies import ClockDep
 from sidecar.findings.models import CriticalFinding, FindingNotification
 from sidecar.orders.models import ImagingOrder
@@ -48,8 +55,17 @@ from sidecar.patients.models import Patient
 from sidecar.reports.models import RadiologyReport, ReportStatus
 from sidecar.studies.models import Image, Study
 
-#: Roles whose reach is the patients they care for; every other role reaches the department.
+#: Roles whose reach is the whole department (a facility limit aside).
+DEPARTMENT_ROLES = frozenset({Role.ADMIN, Role.RADIOLOGIST, Role.TECHNOLOGIST, Role.INTEGRATION})
+#: Roles whose reach is the patients they care for.
 CARE_LIMITED_ROLES = frozenset({Role.PHYSICIAN})
+#: Roles whose reach is the studies of the work items they hold.
+WORKITEM_LIMITED_ROLES = frozenset({Role.ANALYZER})
+
+
+def reach_limited(role: Role) -> bool:
+    """Whether some studies are out of this role's reach (facilities aside)."""
+    return role not in DEPARTMENT_ROLES
 
 
 @dataclass(frozen=True)
@@ -70,9 +86,23 @@ class CareScope:
         return tuple(self.user.facilities or ())
 
     @property
+    def workitem_limited(self) -> bool:
+        """The caller reads only the studies of the work items it holds (an analyzer)."""
+        return self.user.role in WORKITEM_LIMITED_ROLES
+
+    @property
+    def department_wide(self) -> bool:
+        return self.user.role in DEPARTMENT_ROLES
+
+    @property
     def limited(self) -> bool:
         """Some records are out of the caller's reach."""
-        return self.care_limited or bool(self.facilities)
+        return reach_limited(self.user.role) or bool(self.facilities)
+
+    def _neither(self) -> bool:
+        """A role that reaches only what this scope names by study: no order, no patient, no
+        report, no finding (an analyzer, or a role this module does not know)."""
+        return not self.department_wide and not self.care_limited
 
     def cares_for(self, patient_id: Any, issuer_of_patient_id: Any) -> Any:
         """A condition: the caller cares for this patient (columns or values)."""
@@ -104,7 +134,11 @@ class CareScope:
 
     def studies(self) -> list[Any]:
         """Conditions on Study."""
+        if self._neither() and not self.workitem_limited:
+            return [false()]
         conditions = []
+        if self.workitem_limited:
+            conditions.append(col(Study.id).in_(self.held_study_ids()))
         if self.facilities:
             conditions.append(col(Study.facility_id).in_(self.facilities))
         if self.care_limited:
@@ -113,12 +147,30 @@ class CareScope:
             )
         return conditions
 
+    def held_study_ids(self) -> Any:
+        """The studies of the work items the caller holds (IN PROGRESS, claimed by it)."""
+        return select(Workitem.study_id).where(
+            col(Workitem.state) == WorkitemState.IN_PROGRESS,
+            col(Workitem.performer_id) == self.user.id,
+        )
+
+    def workitems(self) -> list[Any]:
+        """Conditions on Workitem for a requester (administrator, radiologist): those of the
+        studies in reach. An analyzer's are sidecar.analyses.workitem_states.visible."""
+        if not self.limited:
+            return []
+        if self._neither():
+            return [false()]
+        return [col(Workitem.study_id).in_(self.study_ids())]
+
     def study_ids(self) -> Any:
         """The ids of the studies in reach, for conditions on what belongs to a study."""
         return select(Study.id).where(*self.studies())
 
     def orders(self) -> list[Any]:
         """Conditions on ImagingOrder: every order of a patient in reach."""
+        if self._neither():
+            return [false()]
         conditions = []
         if self.facilities:
             conditions.append(col(ImagingOrder.facility_id).in_(self.facilities))
@@ -132,6 +184,8 @@ class CareScope:
         """Conditions on Patient (the registry): a patient with an order or a study in reach."""
         if not self.limited:
             return []
+        if self._neither():
+            return [false()]
         record = col(Patient.id)
         return [
             or_(
@@ -150,6 +204,8 @@ class CareScope:
         """Conditions on RadiologyReport: signed reports of the studies in reach."""
         if not self.limited:
             return []
+        if self._neither():
+            return [false()]
         conditions: list[Any] = [col(RadiologyReport.study_id).in_(self.study_ids())]
         if self.care_limited:
             conditions.append(RadiologyReport.status != ReportStatus.PRELIMINARY)
@@ -161,6 +217,8 @@ class CareScope:
         facilities."""
         if not self.limited:
             return []
+        if self._neither():
+            return [false()]
         in_reach = col(CriticalFinding.study_id).in_(self.study_ids())
         if not self.care_limited or not self.user.provider_id:
             return [in_reach]

@@ -69,11 +69,22 @@ def _authenticated(
 Authenticated = Annotated[tuple[User, TokenScope], Depends(_authenticated)]
 
 
+#: Why an analyzer account is refused on the API's routes.
+ANALYZER_REFUSAL = (
+    "an analyzer account performs work items at /dicom-web/workitems and reads the studies it "
+    "holds over DICOMweb; it has no other use of the API"
+)
+
+
 def current_user(authenticated: Authenticated) -> User:
-    """The caller, with a full token."""
+    """The caller, with a full token. Every route that takes it (directly, through a role
+    check or through the care scope) is closed to analyzer accounts: their reach is their work
+    items (sidecar.analyses), whatever a route's own role rule says."""
     user, scope = authenticated
     if scope is not TokenScope.FULL:
         raise NotPermitted(SCOPE_REFUSALS[scope])
+    if user.role is Role.ANALYZER:
+        raise NotPermitted(ANALYZER_REFUSAL)
     return user
 
 

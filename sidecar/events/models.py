@@ -1,5 +1,6 @@
-"""The live event table: one row per change to a study, an order, a report or a critical
-finding, written by database triggers (migration 0020) in the transaction of the change.
+"""The live event table: one row per change to a study, an order, a report, a critical finding
+or a UPS work item, written by database triggers (migrations 0020, 0022) in the transaction of
+the change.
 
 Triggers rather than ORM session hooks: every writer is covered alike, the ORM, Core statements
 (the HL7 intake inserts orders without the ORM; a patient merge rewrites orders and studies in
@@ -29,6 +30,7 @@ class EventKind(StrEnum):
     ORDER = "order"
     REPORT = "report"
     FINDING = "finding"
+    WORKITEM = "workitem"  # a UPS work item (sidecar.analyses), migration 0022
 
 
 class EventAction(StrEnum):

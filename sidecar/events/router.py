@@ -21,6 +21,9 @@ from sidecar.viewer.access import SESSION_COOKIE
 router = APIRouter(tags=["events"])
 
 CLINICIANS = frozenset({Role.ADMIN, Role.RADIOLOGIST, Role.TECHNOLOGIST, Role.PHYSICIAN})
+#: Who reads the stream: clinicians, and analyzers (the events of their work items alone,
+#: sidecar.events.scope), in place of UPS-RS subscriptions.
+STREAM_ROLES = CLINICIANS | {Role.ANALYZER}
 HubDep = Annotated[EventHub, Depends(provide(EventHub))]
 
 
@@ -46,8 +49,8 @@ def _caller(
             session.expunge(user)
         if claims.scope is not TokenScope.FULL:
             raise NotPermitted(SCOPE_REFUSALS[claims.scope])
-        if user.role not in CLINICIANS:
-            names = ", ".join(sorted(role.value for role in CLINICIANS))
+        if user.role not in STREAM_ROLES:
+            names = ", ".join(sorted(role.value for role in STREAM_ROLES))
             raise NotPermitted(f"this action needs one of the roles: {names}")
         return user, claims
 
@@ -80,8 +83,9 @@ async def events(
     last_event_id_query: Annotated[str | None, Query(alias="lastEventId")] = None,
 ) -> StreamingResponse:
     """Server-Sent Events announcing created, changed and removed studies, orders, reports and
-    critical findings the caller may see: `id:` (strictly increasing), `event:` the kind
-    (`study`, `order`, `report`, `finding`), `data:` `{"kind", "action", "id", "studyId"}`; ids
+    critical findings and UPS work items the caller may see (an analyzer: its work items
+    alone): `id:` (strictly increasing), `event:` the kind (`study`, `order`, `report`,
+    `finding`, `workitem`), `data:` `{"kind", "action", "id", "studyId"}`; ids
     only. `Last-Event-ID` (or `?lastEventId=`) resumes after that event, an `event: reset`
     first when the events after it are no longer kept; without, the stream starts with what
     happens next. A `: keepalive` comment comes every 15 s."""

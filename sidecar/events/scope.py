@@ -3,9 +3,10 @@ of the changed records themselves, so that no second rule exists.
 
 A created or changed record is visible when the API would show it now: a study or an order of
 a patient in reach, a report a physician may read (signed, not a draft), a finding in reach or
-notified to them. A removed study or order is gone: its event carries the patient and facility
-it had, given to the same `CareScope.cares_for` condition and facility limit. A removed report or
-finding is visible with its study.
+notified to them, a work item of a study in reach (to an analyzer: a work item it may claim,
+SCHEDULED, or one it performs; and no other kind of event). A removed study or order is gone:
+its event carries the patient and facility it had, given to the same `CareScope.cares_for`
+condition and facility limit. A removed report or finding is visible with its study.
 """
 
 from __future__ import annotations
@@ -14,10 +15,11 @@ import time
 from collections.abc import Iterable
 from typing import Any
 
-from sqlalchemy import literal
+from sqlalchemy import literal, or_
 from sqlmodel import Session, col, select
 
 from sidecar.access.care_scope import CareScope
+from sidecar.analyses.models import Workitem, WorkitemState
 from sidecar.events.models import EventAction, EventKind, LiveEvent
 from sidecar.findings.models import CriticalFinding
 from sidecar.orders.models import ImagingOrder
@@ -30,6 +32,14 @@ SCOPE_CACHE_SECONDS = 5.0
 
 
 def _in_reach(scope: CareScope, kind: str) -> tuple[Any, list[Any]]:
+    if kind == EventKind.WORKITEM:
+        if scope.workitem_limited:  # an analyzer: what it may claim, and what it performs
+            held = or_(
+                col(Workitem.state) == WorkitemState.SCHEDULED,
+                col(Workitem.performer_id) == scope.user.id,
+            )
+            return col(Workitem.id), [held]
+        return col(Workitem.id), scope.workitems()
     if kind == EventKind.STUDY:
         return col(Study.id), scope.studies()
     if kind == EventKind.ORDER:
@@ -50,6 +60,8 @@ class ScopeFilter:
         events = list(events)
         if not self.scope.limited:
             return events
+        if self.scope.workitem_limited:  # an analyzer sees its work items' events, nothing else
+            events = [event for event in events if event.kind == EventKind.WORKITEM]
         now = time.monotonic()
         self._visible = {key: until for key, until in self._visible.items() if until > now}
         unknown: dict[str, set[int]] = {}
@@ -73,6 +85,8 @@ class ScopeFilter:
         ]
 
     def _removed_visible(self, session: Session, event: LiveEvent) -> bool:
+        if event.kind == EventKind.WORKITEM:
+            return False  # work items are not removed; one that were would name nothing
         if event.kind in (EventKind.STUDY, EventKind.ORDER):
             facilities = self.scope.facilities
             if facilities and event.facility_id not in facilities:

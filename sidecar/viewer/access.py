@@ -4,7 +4,9 @@ A viewer user presents the same access token the API issues, either as a bearer 
 `viewer_session` cookie that the login page sets (HttpOnly, so page scripts cannot read it;
 SameSite=Strict, so no other site can make the browser send it). Clinicians may view: admin,
 radiologist, technologist, physician, the roles that read studies through the API. The
-integration role is a machine account and may not.
+integration role is a machine account and may not. An analyzer account (a machine too) reads
+over DICOMweb, with its bearer token, the studies of the work items it holds and nothing else
+(sidecar.access.care_scope): no viewer page, no login form.
 
 Every proxied request is checked, so the account lookup that catches a disabled user or a changed
 password is cached for a few seconds instead of costing a database read per image frame. So is
@@ -24,7 +26,7 @@ from datetime import datetime
 from sqlalchemy import Engine
 from sqlmodel import Session, col, select
 
-from sidecar.access.care_scope import CARE_LIMITED_ROLES, CareScope
+from sidecar.access.care_scope import CareScope, reach_limited
 from sidecar.accounts.dependencies import SCOPE_REFUSALS
 from sidecar.accounts.login import authenticate
 from sidecar.accounts.models import Role, TokenScope, User
@@ -37,6 +39,8 @@ from sidecar.studies.models import Study
 
 SESSION_COOKIE = "viewer_session"
 VIEWER_ROLES = frozenset({Role.ADMIN, Role.RADIOLOGIST, Role.TECHNOLOGIST, Role.PHYSICIAN})
+#: Who reads images over DICOMweb: the viewer's users, and analyzers (their held studies only).
+DICOMWEB_ROLES = VIEWER_ROLES | {Role.ANALYZER}
 # How long a disabled account or a changed password may go unnoticed by the proxy.
 ACCOUNT_CHECK_SECONDS = 10.0
 # One audit event per user and study in this window: a study opened once is hundreds of frame
@@ -49,9 +53,15 @@ class Viewer:
     user_id: int
     username: str
     role: Role
-    # Some studies are out of reach: a physician's (care relationship) or a user limited to
-    # facilities (sidecar.access.care_scope).
+    # Some studies are out of reach: a physician's (care relationship), an analyzer's (the
+    # studies of the work items it holds) or a user limited to facilities
+    # (sidecar.access.care_scope).
     limited: bool = False
+
+    @property
+    def has_pages(self) -> bool:
+        """Opens the viewer's pages; an analyzer reads DICOMweb only."""
+        return self.role in VIEWER_ROLES
 
 
 @dataclass(frozen=True)
@@ -149,9 +159,9 @@ class ViewerAccess:
             raise NotAuthenticated("the password or role changed: log in again")
         if claims.scope is not TokenScope.FULL:
             raise NotPermitted(SCOPE_REFUSALS[claims.scope])
-        if claims.role not in VIEWER_ROLES:
+        if claims.role not in DICOMWEB_ROLES:
             raise NotPermitted("this account's role may not view images")
-        limited = claims.role in CARE_LIMITED_ROLES or account.facility_limited
+        limited = reach_limited(claims.role) or account.facility_limited
         return Viewer(claims.user_id, claims.username, claims.role, limited)
 
     def studies_to_audit(self, viewer: Viewer, uids: Collection[str]) -> list[str]:
@@ -243,6 +253,13 @@ class ViewerAccess:
             for uid in in_care:
                 self._in_care[(viewer.user_id, uid)] = read_at
         return not in_care.issuperset(uids)
+
+    def forget(self, user_id: int) -> None:
+        """Drops what is kept of the user's reach: an analyzer's work item ended, its study is
+        asked again at its next request."""
+        with self._lock:
+            for key in [key for key in self._in_care if key[0] == user_id]:
+                del self._in_care[key]
 
     def first_view(self, viewer: Viewer, uid: str) -> bool:
         now = self._clock()

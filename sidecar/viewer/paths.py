@@ -23,6 +23,10 @@ orthanc-dicomweb, release OrthancDicomWeb-1.7) that a viewer or a DICOMweb clien
   items of sequences; tags are eight hexadecimal digits, indexes count from 1;
 - WADO-URI: `/wado`.
 
+UPS-RS, `/dicom-web/workitems[/{uid}[/state|/cancelrequest|/subscribers/{aet}[/suspend]]]`,
+is not Orthanc's: both fronts hand it to the sidecar (sidecar.analyses.workitems_router), as
+received, after the same checks of the raw target.
+
 Not `/dicom-web/servers...` (the plugin's DICOMweb client: it sends studies to, and deletes
 from, other servers), `/dicom-web/info`, `/dicom-web/app/...`, nor anything outside /dicom-web
 and /wado. 1.7 has no `thumbnail` route. A UID is digits and dots, at most 64 characters,
@@ -70,6 +74,13 @@ ALLOWED_PATH: Final = (
 # STOW-RS (sidecar.viewer.stow): a POST of exactly this target, no query, which both fronts
 # hand to the sidecar's checks; every other POST, and every other method, is refused.
 STOW_TARGET: Final = f"^/dicom-web/studies(?:/{UID})?$"
+# UPS-RS (sidecar.analyses.workitems_router): the work items, each one's state, its cancel
+# request and its subscriptions (an AE title of letters, digits, dot, hyphen, underscore), which
+# both fronts hand to the sidecar as received, for every method; the sidecar decides.
+WORKITEMS_PATH: Final = (
+    f"/dicom-web/workitems(?:/{UID}(?:/(?:state|cancelrequest"
+    "|subscribers/[A-Za-z0-9._-]{1,16}(?:/suspend)?))?)?"
+)
 _NAME: Final = "[A-Za-z0-9.]+"
 _PARAMETER: Final = f"{_NAME}(?:=[^&]*)?"
 ALLOWED_QUERY: Final = f"(?:{_PARAMETER}(?:&{_PARAMETER})*)?"
@@ -97,6 +108,7 @@ class Verdict(StrEnum):
     """A front's decision on one request; the values are the nginx map's."""
 
     FORWARD = "forward"  # an allowed DICOMweb or WADO-URI read: passed on as received
+    WORKITEMS = "workitems"  # UPS-RS: handed to the sidecar as received
     MALFORMED = "400"
     NOT_ALLOWED = "404"  # names /dicom-web or /wado (any case), but is not in the list
     ELSEWHERE = ""  # not for Orthanc: the front's other routes (login, the viewer's files)
@@ -112,9 +124,11 @@ class Rule:
 # In order, the first that matches decides (as nginx's map does with regular expressions).
 RULES: Final = (
     Rule(Verdict.FORWARD, f"^{ALLOWED_PATH}(?:[?]{ALLOWED_QUERY})?$"),
+    Rule(Verdict.WORKITEMS, f"^{WORKITEMS_PATH}(?:[?]{ALLOWED_QUERY})?$"),
     # On every route, so that no location is chosen from a path nginx rewrote first.
     Rule(Verdict.MALFORMED, "^(?:[^/]|[^?]*(?:[%#\\x5c]|//|/[.][.]?(?:[/?]|$)))"),
     Rule(Verdict.MALFORMED, f"^{ALLOWED_PATH}[?]"),  # a parameter name outside the list
+    Rule(Verdict.MALFORMED, f"^{WORKITEMS_PATH}[?]"),
     Rule(Verdict.NOT_ALLOWED, "^/(?:dicom-web|wado)", ignore_case=True),
 )
 _COMPILED: Final = tuple(

@@ -46,7 +46,11 @@ _MAX_TARGET = 8192
 # How the session check tells nginx to answer 400 where the sidecar's front does: an auth
 # subrequest may only allow (2xx) or refuse (401, 403); viewer/nginx.conf maps this one back.
 REFUSAL_HEADER = "X-Viewer-Refusal"
+# nginx keeps no copy of an answer that says X-Accel-Expires: 0 (viewer/nginx.conf's session
+# cache honours it).
+NO_PROXY_CACHE = "X-Accel-Expires"
 _TOTP_CODE = re.compile(r"^[0-9]{6}$")
+_NO_PAGES = "this account reads DICOMweb only (an analyzer): the viewer's pages are not for it"
 _SCOPE_MESSAGES = {
     TokenScope.PASSWORD_CHANGE: (
         "your password was reset by an administrator: choose a new one "
@@ -267,7 +271,20 @@ async def authorize(
         viewer = await _authenticate(request, front)
     except (NotAuthenticated, NotPermitted) as refused:
         return refusal_response(refused)
+    answer = await _authorized(front, viewer, viewer_path, studies)
+    if not viewer.has_pages:
+        # An analyzer's reach changes with its claims: nginx keeps no answer of its (the zero
+        # X-Accel-Expires), so a claim opens the study at once and its end closes it at once.
+        answer.headers[NO_PROXY_CACHE] = "0"
+    return answer
+
+
+async def _authorized(
+    front: ViewerFront, viewer: Viewer, viewer_path: str | None, studies: frozenset[str]
+) -> Response:
     dicom_read = viewer_path is not None and verdict(viewer_path) is Verdict.FORWARD
+    if not dicom_read and not viewer.has_pages:
+        return refusal_response(NotPermitted(_NO_PAGES))
     if (outside := await _care(front, viewer, studies, dicom_read=dicom_read)) is not None:
         if outside.status_code == 404:  # an auth subrequest may only answer 2xx, 401 or 403
             outside.status_code = 403
@@ -353,7 +370,9 @@ async def viewer_file(request: Request, front: FrontDep, file_path: str) -> Resp
     # A client-side route (/, /viewer?StudyInstanceUIDs=...): the page that shows patient data
     # needs a session. Never cached, so a logout or a new install applies on the next load.
     try:
-        await _authenticate(request, front)
+        viewer = await _authenticate(request, front)
+        if not viewer.has_pages:
+            raise NotPermitted(_NO_PAGES)
     except (NotAuthenticated, NotPermitted) as refused:
         return _refusal(request, refused)
     return FileResponse(front.bundle.index_html, headers={"Cache-Control": "no-store"})

@@ -2,7 +2,8 @@
 instances (the viewer's measurements as a DICOM SR, key images, presentation states) into a
 study they may see. Orthanc's DICOMweb plugin stores them; the fronts decide what reaches it.
 
-Who: the roles of STOW_ROLES, refused with 403 before the body is read. Where: each instance
+Who: the roles of STOW_ROLES (an analyzer too: its results, into the study of a work item it
+holds), refused with 403 before the body is read. Where: each instance
 must name a study the sidecar has registered and the user may read through the viewer (their
 care scope, sidecar.access.care_scope, as the fronts check a read; not a quarantined study),
 carry that study's patient id (another patient's id would file it in Orthanc as another
@@ -49,7 +50,8 @@ from sidecar.viewer.stow_body import StowPart, StowRefused
 
 log = logging.getLogger(__name__)
 
-STOW_ROLES = frozenset({Role.ADMIN, Role.RADIOLOGIST})
+#: An analyzer stores its results into the study of a work item it holds (its care scope).
+STOW_ROLES = frozenset({Role.ADMIN, Role.RADIOLOGIST, Role.ANALYZER})
 #: PS3.4 failure reasons (FailureReason, 00081197).
 NOT_AUTHORIZED = 0x0124
 PROCESSING_FAILURE = 0x0110

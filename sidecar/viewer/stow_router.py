@@ -56,7 +56,10 @@ async def _authenticate(request: Request, front: ViewerFront) -> Viewer:
     if viewer is None:
         viewer = await asyncio.to_thread(front.access.authenticate, credential)
     if viewer.role not in stow.STOW_ROLES:
-        raise NotPermitted("only radiologists and administrators store instances (STOW-RS)")
+        raise NotPermitted(
+            "only radiologists, administrators and analyzers (into the study of a work item"
+            " they hold) store instances (STOW-RS)"
+        )
     return viewer
 
 
