@@ -12,13 +12,15 @@ from pathlib import Path
 import pytest
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
+from pydicom import Dataset
 from sqlmodel import Session, select
 
 from sidecar.accounts.models import Role, User
 from sidecar.accounts.security import hash_password
 from sidecar.analyses.analyzers import AnalyzerRegistry
 from sidecar.analyses.findings import Box, Severity
-from sidecar.analyses.models import AnalysisTask, AnalyzerKind
+from sidecar.analyses.models import AnalysisTask, AnalyzerKind, Workitem
+from sidecar.analyses.runner import AnalysisRunner
 from sidecar.findings.models import CriticalFinding
 from sidecar.main import create_app
 from sidecar.studies.models import Study
@@ -28,10 +30,12 @@ from builders import UID_ROOT, audit_events, orthanc_study, seed_study
 from onnx_graphs import CLASSIFIER_MANIFEST, DETECTOR_MANIFEST, classifier, detector, install
 from reading_helpers import ready_study
 from testapp import USER_PASSWORD, app_settings, engine_of, login, service_of
+from workitem_rows import ANALYZER_PASSWORD, analyzer_account
 
 Headers = dict[str, str]
 HeadersFor = Callable[[Role], Headers]
 NOW = datetime(2026, 11, 23, 8, 0, tzinfo=UTC)
+DICOM_JSON = "application/dicom+json"
 
 
 @pytest.fixture
@@ -375,3 +379,50 @@ def test_operator_models_are_asked_for_by_name_and_a_refused_one_is_refused_sayi
         assert session.exec(select(AnalysisTask.analyzer, AnalysisTask.kind)).all() == [
             ("finder", AnalyzerKind.ONNX)
         ]
+
+
+def test_an_external_analyzers_task_is_a_work_item_the_analysis_follows(
+    database_url: str, tmp_path: Path
+) -> None:
+    app = create_app(
+        app_settings(database_url, tmp_path, ai_external_analyzers="acme-nodules, quality")
+    )
+    with TestClient(app) as client:
+        technologist = make_user(app, client, Role.TECHNOLOGIST)
+        reader = make_user(app, client, Role.RADIOLOGIST)
+        analyzer_account(engine_of(app), "acme")
+        acme = login(client, "acme", ANALYZER_PASSWORD)
+        study_id = ready_study(app, client, technologist, now=NOW)
+        accepted = request(client, reader, study_id, "acme-nodules", priority="high")
+        with Session(engine_of(app)) as session:
+            # "quality" runs inside the sidecar whatever the setting says.
+            assert service_of(app, AnalyzerRegistry).get("quality").kind == AnalyzerKind.BUILT_IN
+            [task] = session.exec(select(AnalysisTask)).all()
+            assert (task.analyzer, task.kind) == ("acme-nodules", AnalyzerKind.EXTERNAL)
+            [item] = session.exec(select(Workitem)).all()
+            assert (item.task_id, item.study_id) == (task.id, study_id)
+            study = session.get(Study, study_id)
+            assert study is not None
+        # The runner leaves it to the external analyzer.
+        assert service_of(app, AnalysisRunner).run_once() is None
+
+        found = client.get("/dicom-web/workitems", headers={**acme, "Accept": DICOM_JSON})
+        assert found.status_code == 200, found.text
+        [listed] = [Dataset.from_json(one) for one in found.json()]
+        assert listed.SOPInstanceUID == item.sop_instance_uid
+        assert listed.ProcedureStepLabel == "acme-nodules"
+        assert listed.ScheduledProcedureStepPriority == "HIGH"
+        assert listed.InputInformationSequence[0].StudyInstanceUID == study.study_instance_uid
+
+        state = Dataset()
+        state.ProcedureStepState = "IN PROGRESS"
+        state.TransactionUID = "2.25.4242"
+        claimed = client.put(
+            f"/dicom-web/workitems/{item.sop_instance_uid}/state",
+            json=state.to_json_dict(),
+            headers={**acme, "Content-Type": DICOM_JSON},
+        )
+        assert claimed.status_code == 200, claimed.text
+        analysis = client.get(f"/api/analyses/{accepted['analysisId']}", headers=reader).json()
+        assert analysis["status"] == "IN_PROGRESS"
+        assert analysis["tasks"][0]["status"] == "IN_PROGRESS"
