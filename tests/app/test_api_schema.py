@@ -3,7 +3,8 @@
 Every operation gets requests generated from its schema (valid ones, and invalid ones), each sent
 as every role, anonymously and as the Orthanc plugin. Whatever comes, the API must never answer
 5xx, and every answer it documents must match the document. The run is derandomized (the same
-cases each time), so it is a fixed, bounded corpus in CI; raise EXAMPLES locally to dig deeper.
+cases each time), so it is a fixed, bounded corpus in CI; raise SCHEMA_RUN_EXAMPLES locally to dig
+deeper.
 """
 
 from __future__ import annotations
@@ -28,7 +29,10 @@ from sidecar.main import create_app
 
 from testapp import TEST_JWT_SECRET, TEST_PLUGIN_TOKEN, app_settings, engine_of, fresh_database
 
-EXAMPLES = int(os.environ.get("SCHEMA_RUN_EXAMPLES", "12"))
+# Examples per operation and generation mode. The PostgreSQL pass sends a smaller corpus: it
+# is there for what only PostgreSQL refuses (integer ranges, NUL in text, encodings), which the
+# first examples of each operation already reach; SQLite runs the wider one.
+EXAMPLES = {"sqlite": 10, "postgresql": 4}
 # /health answers 503 by design when Orthanc is down (it is, here): not a server error.
 SKIPPED = ("/health",)
 
@@ -104,7 +108,12 @@ class Principals:
             session.commit()
 
 
-def test_no_answer_is_a_server_error_or_differs_from_the_document(app: FastAPI) -> None:
+def test_no_answer_is_a_server_error_or_differs_from_the_document(
+    app: FastAPI, request: pytest.FixtureRequest
+) -> None:
+    corpus = int(
+        os.environ.get("SCHEMA_RUN_EXAMPLES", EXAMPLES[request.config.getoption("--database")])
+    )
     schema = schemathesis.openapi.from_asgi("/openapi.json", app)
     principals = Principals(app)
     failures: list[str] = []
@@ -115,8 +124,8 @@ def test_no_answer_is_a_server_error_or_differs_from_the_document(app: FastAPI) 
             continue
         operations += 1
         for mode, examples in (
-            (GenerationMode.POSITIVE, EXAMPLES),
-            (GenerationMode.NEGATIVE, max(1, EXAMPLES // 2)),
+            (GenerationMode.POSITIVE, corpus),
+            (GenerationMode.NEGATIVE, max(1, corpus // 2)),
         ):
             failures += _run(operation, mode, examples, principals)
     assert operations > 40, "the document lists fewer operations than the API has"

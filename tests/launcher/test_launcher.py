@@ -370,6 +370,8 @@ def test_kill_9_of_the_launcher_ends_what_it_started_and_make_run_starts_again(
 # --- one launcher per DATA_DIR; leftovers of a dead one are stopped ----------------------------
 
 
+# Which processes run on a DATA_DIR does not depend on the database: SQLite pass only.
+@pytest.mark.one_database
 @pytest.mark.orthanc
 def test_a_second_launcher_on_the_same_data_dir_exits_and_leaves_the_first_alone(
     launched: Launched, launch: Callable[[dict[str, str]], Launched]
@@ -387,6 +389,8 @@ def test_a_second_launcher_on_the_same_data_dir_exits_and_leaves_the_first_alone
     assert httpx.get(f"{launched.front}/login").status_code == 200
 
 
+# Which processes run on a DATA_DIR does not depend on the database: SQLite pass only.
+@pytest.mark.one_database
 @pytest.mark.orthanc
 def test_orthanc_and_nginx_left_by_a_dead_launcher_are_stopped_at_the_next_start(
     service_env: dict[str, str], launch: Callable[[dict[str, str]], Launched]

@@ -30,6 +30,10 @@ from sidecar.viewer.login import safe_next
 
 from testapp import ADMIN_PASSWORD, USER_PASSWORD, engine_of, service_of
 
+# What the viewer's front checks (sessions, paths, headers, streaming) does not depend on the
+# database: SQLite pass only.
+pytestmark = pytest.mark.one_database
+
 UID = "1.2.826.0.1.3680043.8.498.1"
 HTML = {"Accept": "text/html,application/xhtml+xml"}
 

@@ -30,6 +30,10 @@ from hostile_paths import (
 )
 from stack import STACK_ADMIN_PASSWORD, LiveSidecar, Stack, free_port
 
+# What the viewer's front checks (sessions, paths, headers, streaming) does not depend on the
+# database: SQLite pass only.
+pytestmark = pytest.mark.one_database
+
 RETRIEVE_URL = "00081190"
 
 
