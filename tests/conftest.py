@@ -165,6 +165,24 @@ def database_url(
         yield url
 
 
+@pytest.fixture(scope="module")
+def module_database_url(
+    request: pytest.FixtureRequest,
+    tmp_path_factory: pytest.TempPathFactory,
+    database_template: str,
+) -> Iterator[str]:
+    """One database for a whole module, for a module whose tests share one app or stack (the
+    cost of each test's own is most of their time): each test then works with data of its own
+    (its own orders, UIDs, users) and looks at what it made, never at the database's totals."""
+    with fresh_database(
+        request.config.getoption("--database"),
+        request.config.getoption("--postgres-url"),
+        database_template,
+        tmp_path_factory.mktemp("module-database"),
+    ) as url:
+        yield url
+
+
 @pytest.fixture
 def engine(database_url: str) -> Iterator[Engine]:
     """The test's database, for tests that work below the API (a module may define its own,

@@ -28,12 +28,21 @@
 //   {"download": {role, name, expectContentType?, path?}}   clicks and saves what comes
 //   {"pause": label}               prints {"pause": label} and waits for a line on stdin: the
 //                                  test acts meanwhile (sends a study while the page is open)
+//   {"section": name}              starts a section (one page of a tour of several): see below
 // `within` is a CSS selector or {role, name}.
+//
+// Sections let one session (one browser launch, one login) check several pages, each failing on
+// its own: a step that fails inside a section ends that section, not the run, which goes on at
+// the next section. result.sections[name] holds the section's own record: ok, its steps, its axe
+// results, the policy violations and page errors that came while it ran, and, when it failed,
+// error, failedStep and the screenshot of its page. A step failing before the first section
+// ends the run as without sections; result.beforeSections holds the violations and errors that
+// came before the first section.
 //
 // Prints one JSON line last: {"ok", "steps": [{name, ms, ...}], "axe": {name: [violations]},
 // "cspViolations", "errors", "consoleErrors", "httpErrors", "error"?, "failedStep"?,
-// "screenshot"?}. ok is false when a step failed, or on any Content-Security-Policy violation
-// or uncaught page error (or console error not allowed).
+// "screenshot"?, "sections"?, "beforeSections"?}. ok is false when a step failed, or on any
+// Content-Security-Policy violation or uncaught page error (or console error not allowed).
 import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
 import { createRequire } from 'node:module';
 import { tmpdir } from 'node:os';
@@ -65,7 +74,7 @@ const FLAGS = [
 const ACTIONS = [
   'login', 'goto', 'reload', 'fill', 'select', 'check', 'uncheck', 'click', 'press', 'keyboard', 'keyboardAll',
   'expectText', 'expectNoText', 'expectUrl', 'waitForText', 'read', 'axe', 'viewport',
-  'noHorizontalScroll', 'print', 'screenshot', 'download', 'pause',
+  'noHorizontalScroll', 'print', 'screenshot', 'download', 'pause', 'section',
 ];
 
 const steps = [];
@@ -76,6 +85,7 @@ const consoleErrors = [];
 const httpErrors = [];
 const allowed = (options.allowConsoleErrors ?? []).map((pattern) => new RegExp(pattern));
 const result = { ok: false, steps, axe, cspViolations, errors, consoleErrors, httpErrors };
+const sections = {};
 
 class StepFailed extends Error {}
 
@@ -242,6 +252,7 @@ async function runAxe(page, { name, include }) {
     { tags: AXE_TAGS, include },
   );
   axe[name] = found.filter((violation) => AXE_IMPACTS.has(violation.impact));
+  if (section) section.axe[name] = axe[name];
   return {
     serious: axe[name].length,
     minor: found.filter((violation) => !AXE_IMPACTS.has(violation.impact)).map((v) => v.id),
@@ -405,6 +416,56 @@ function describe(step) {
   return shown ? `${action} ${shown}` : action;
 }
 
+// --- sections ---------------------------------------------------------------------------------
+
+let section = null; // the section running, if any
+let sectionCount = 0;
+
+function record(stepResult) {
+  const entry = section ? { ...stepResult, section: section.name } : stepResult;
+  steps.push(entry);
+  if (section) section.steps.push(entry);
+}
+
+async function sectionScreenshot(page) {
+  if (!options.artifactsDir || section.screenshot) return;
+  const path = join(options.artifactsDir, `failure-${section.index}.png`);
+  if (await page.screenshot({ path, fullPage: true }).then(() => true, () => false)) {
+    section.screenshot = path;
+  }
+}
+
+// Ends the running section: the violations and errors since it began are its own.
+async function closeSection(page) {
+  if (!section) return;
+  // A round trip to the page first: the console messages it sent before are in by then.
+  await page.evaluate(() => 0).catch(() => {});
+  section.cspViolations = cspViolations.slice(section.from.csp);
+  section.errors = errors.slice(section.from.errors);
+  section.httpErrors = httpErrors.slice(section.from.http);
+  delete section.from;
+  if (section.cspViolations.length || section.errors.length) {
+    section.ok = false;
+    await sectionScreenshot(page);
+  }
+  section = null;
+}
+
+async function openSection(page, name) {
+  if (name in sections) throw new StepFailed(`two sections named "${name}"`);
+  if (section) await closeSection(page);
+  else if (sectionCount === 0) {
+    result.beforeSections = { cspViolations: [...cspViolations], errors: [...errors] };
+  }
+  sectionCount += 1;
+  section = {
+    name, index: sectionCount, ok: true, steps: [], axe: {},
+    from: { csp: cspViolations.length, errors: errors.length, http: httpErrors.length },
+  };
+  sections[name] = section;
+  result.sections = sections;
+}
+
 const profile = mkdtempSync(join(tmpdir(), 'app-chromium-'));
 let context;
 let page;
@@ -444,21 +505,45 @@ try {
     let name = `step ${index}`;
     try {
       name = describe(step);
+      if (actionOf(step) === 'section') {
+        await openSection(page, String(step.section));
+        continue;
+      }
+      if (section && !section.ok) continue; // a step of this section failed: on to the next
       const extra = await perform(page, context, step);
-      steps.push({ name, ms: Date.now() - started, ...extra, url: page.url() });
+      record({ name, ms: Date.now() - started, ...extra, url: page.url() });
     } catch (error) {
-      steps.push({ name, ms: Date.now() - started, ok: false, url: page.url() });
+      record({ name, ms: Date.now() - started, ok: false, url: page.url() });
+      const why = `step ${index} (${name}) failed: ${error instanceof StepFailed ? error.message : String(error.stack ?? error)}`;
+      if (section) {
+        section.ok = false;
+        section.failedStep = index;
+        section.error = why;
+        await sectionScreenshot(page);
+        continue;
+      }
       result.failedStep = index;
-      result.error = `step ${index} (${name}) failed: ${error instanceof StepFailed ? error.message : String(error.stack ?? error)}`;
+      result.error = why;
       failed = true;
       break;
     }
   }
-  result.ok = !failed && cspViolations.length === 0 && errors.length === 0;
+  await closeSection(page);
+  result.ok = !failed && cspViolations.length === 0 && errors.length === 0 &&
+    Object.values(sections).every((each) => each.ok);
 } catch (error) {
   result.error = String(error.stack ?? error);
+  if (section) {
+    section.ok = false;
+    section.error = `the session broke off: ${result.error}`;
+    await closeSection(page).catch(() => {});
+  }
 } finally {
-  if (!result.ok && page && options.artifactsDir) {
+  const attributed = Object.values(sections).reduce(
+    (count, each) => count + (each.cspViolations?.length ?? 0) + (each.errors?.length ?? 0), 0);
+  const outside = result.error !== undefined ||
+    cspViolations.length + errors.length > attributed || Object.keys(sections).length === 0;
+  if (!result.ok && outside && page && options.artifactsDir) {
     const path = join(options.artifactsDir, 'failure.png');
     if (await page.screenshot({ path, fullPage: true }).then(() => true, () => false)) {
       result.screenshot = path;

@@ -1,11 +1,14 @@
 """The MPPS SCP over real DICOM associations (pynetdicom as the modality), with the HIS on
 loopback: what each N-CREATE and N-SET does to the order, the worklist and the HIS, and the DIMSE
-status every wrong request gets (never a dropped association)."""
+status every wrong request gets (never a dropped association).
+
+The tests share one app, SCP and HIS (below); each looks only at what came since it began."""
 
 from __future__ import annotations
 
 import threading
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -14,50 +17,83 @@ from fastapi.testclient import TestClient
 from pydicom.datadict import tag_for_keyword
 from pydicom.dataset import Dataset
 from pydicom.sequence import Sequence
-from sqlmodel import Session, select
+from sqlalchemy import func
+from sqlmodel import Session, col, select
 
 from sidecar.accounts.models import Role
+from sidecar.core.audit import AuditEvent
 from sidecar.core.settings import Settings
 from sidecar.main import create_app
 from sidecar.mpps.models import PerformedProcedureStep
 from sidecar.mpps.scp import MppsListener
-from sidecar.results.message_log import Hl7Message
+from sidecar.results.message_log import Hl7Direction, Hl7Message, Hl7MessageStatus
 from sidecar.results.outbox import ResultOutbox
 
 from builders import UID_ROOT, audit_events, orthanc_study, seed_study
 from his_simulator import HisSimulator, Received
 from modality import Modality, completed, discontinued, in_progress, modality
 from stack import wait_for
-from testapp import ADMIN_PASSWORD, engine_of, login, service_of
+from testapp import ADMIN_PASSWORD, app_settings, engine_of, login, service_of
 
 Headers = dict[str, str]
 _numbers = iter(range(1, 10_000))
 
 
-@pytest.fixture
+def mpps_settings(his: HisSimulator) -> dict[str, Any]:
+    """The SCP on (an ephemeral port), and order status updates going to the HIS."""
+    return {
+        "mpps_enabled": True,
+        "mpps_port": 0,
+        "his_mllp_host": "127.0.0.1",
+        "his_mllp_port": his.port,
+        "his_mllp_timeout": 2.0,
+        "his_application": "HIS",
+        "his_facility": "GENERAL",
+        "result_retry_max_delay": 0.2,
+    }
+
+
+# One app, SCP and HIS for the module: most of a test's time was its own app starting and
+# stopping. Each test has orders, UIDs and patients of its own and looks at what came since it
+# began (`since`), with every status update of the test before delivered (`drained`); a test
+# that takes the HIS down or counts every audit event has a database and a HIS of its own.
+
+
+@pytest.fixture(scope="module")
 def his() -> Iterator[HisSimulator]:
     with HisSimulator() as running:
         yield running
 
 
-@pytest.fixture
-def settings(settings: Settings, his: HisSimulator) -> Settings:
-    return settings.model_copy(
-        update={
-            "mpps_enabled": True,
-            "mpps_port": 0,
-            "his_mllp_host": "127.0.0.1",
-            "his_mllp_port": his.port,
-            "his_mllp_timeout": 2.0,
-            "his_application": "HIS",
-            "his_facility": "GENERAL",
-            "result_retry_max_delay": 0.2,
-        }
-    )
+@pytest.fixture(scope="module")
+def settings(
+    module_database_url: str, tmp_path_factory: pytest.TempPathFactory, his: HisSimulator
+) -> Settings:
+    return app_settings(module_database_url, tmp_path_factory.mktemp("mpps"), **mpps_settings(his))
 
 
-@pytest.fixture
+@pytest.fixture(scope="module")
+def app(settings: Settings) -> FastAPI:
+    return create_app(settings)
+
+
+@pytest.fixture(scope="module")
+def client(app: FastAPI) -> Iterator[TestClient]:
+    with TestClient(app) as test_client:
+        yield test_client
+
+
+@pytest.fixture(scope="module")
+def admin_headers(client: TestClient) -> Headers:
+    return login(client, "admin", ADMIN_PASSWORD)
+
+
+@pytest.fixture(scope="module")
 def scp_port(app: FastAPI, client: TestClient) -> int:
+    return scp_port_of(app)
+
+
+def scp_port_of(app: FastAPI) -> int:
     port = service_of(app, MppsListener).port
     assert port is not None, "the MPPS SCP did not start"
     return port
@@ -67,6 +103,82 @@ def scp_port(app: FastAPI, client: TestClient) -> int:
 def dx01(scp_port: int) -> Iterator[Modality]:
     with modality(scp_port) as running:
         yield running
+
+
+@pytest.fixture(autouse=True)
+def drained(request: pytest.FixtureRequest) -> Iterator[None]:
+    """After a test on the module's app, every status update it queued has reached the HIS: none
+    arrives during the next test."""
+    app = request.getfixturevalue("app") if "app" in request.fixturenames else None
+    yield
+    if app is not None:
+        wait_for(lambda: not pending_updates(app), timeout=20, what="status updates delivered")
+
+
+def pending_updates(app: FastAPI) -> list[Hl7Message]:
+    with Session(engine_of(app)) as session:
+        query = select(Hl7Message).where(
+            Hl7Message.direction == Hl7Direction.OUTBOUND,
+            Hl7Message.status == Hl7MessageStatus.PENDING,
+        )
+        return list(session.exec(query).all())
+
+
+class Since:
+    """What the module's app stored and its HIS filed since the test began: what a database and
+    a HIS of the test's own would hold."""
+
+    def __init__(self, app: FastAPI, his: HisSimulator) -> None:
+        self.engine = engine_of(app)
+        self.his = his
+        self.filed_before = {message.control_id for message in his.filed()}
+        with Session(self.engine) as session:
+            self.step_id = last_id(session, PerformedProcedureStep)
+            self.message_id = last_id(session, Hl7Message)
+            self.audit_id = last_id(session, AuditEvent)
+
+    def steps(self) -> list[PerformedProcedureStep]:
+        with Session(self.engine) as session:
+            query = (
+                select(PerformedProcedureStep)
+                .where(col(PerformedProcedureStep.id) > self.step_id)
+                .order_by(col(PerformedProcedureStep.id))
+            )
+            return list(session.exec(query).all())
+
+    def filed(self) -> list[Received]:
+        return [m for m in self.his.filed() if m.control_id not in self.filed_before]
+
+    def wait_filed(self, count: int, timeout: float = 20.0) -> list[Received]:
+        """As HisSimulator.wait_for: until `count` messages are filed; all those filed then."""
+        wait_for(
+            lambda: len(self.filed()) >= count, timeout=timeout, what=f"{count} messages filed"
+        )
+        return self.filed()
+
+    def audit(self, action: str) -> list[AuditEvent]:
+        return [e for e in audit_events(self.engine, action) if (e.id or 0) > self.audit_id]
+
+
+def last_id(session: Session, table: Any) -> int:
+    return session.exec(select(func.max(table.id))).one() or 0
+
+
+@pytest.fixture
+def since(app: FastAPI, client: TestClient, his: HisSimulator) -> Since:
+    return Since(app, his)
+
+
+@pytest.fixture
+def own_his() -> Iterator[HisSimulator]:
+    with HisSimulator() as running:
+        yield running
+
+
+@pytest.fixture
+def own_settings(database_url: str, tmp_path: Path, own_his: HisSimulator) -> Settings:
+    """A database and a HIS of the test's own."""
+    return app_settings(database_url, tmp_path, **mpps_settings(own_his))
 
 
 def new_order(client: TestClient, headers: Headers, **changes: Any) -> dict[str, Any]:
@@ -119,43 +231,38 @@ def orc5(received: Received) -> str:
     return orc[5]
 
 
-def steps(app: FastAPI) -> list[PerformedProcedureStep]:
-    with Session(engine_of(app)) as session:
-        return list(session.exec(select(PerformedProcedureStep)).all())
-
-
-def worklist_files(settings: Settings) -> set[str]:
+def on_worklist(settings: Settings, order: dict[str, Any]) -> bool:
+    """The order's item is in the worklist directory (its file is named by the order id)."""
     assert settings.worklist_dir is not None
-    return {p.name for p in settings.worklist_dir.glob("*.wl")}
+    return (settings.worklist_dir / f"{order['id']}.wl").is_file()
 
 
 # --- the workflow -------------------------------------------------------------------------------
 
 
 def test_in_progress_starts_the_order_and_tells_the_his_ip(
-    app: FastAPI,
     client: TestClient,
     admin_headers: Headers,
     dx01: Modality,
-    his: HisSimulator,
     settings: Settings,
+    since: Since,
 ) -> None:
     order = new_order(client, admin_headers)
-    wait_for(lambda: len(worklist_files(settings)) == 1, timeout=10, what="worklist item")
+    wait_for(lambda: on_worklist(settings, order), timeout=10, what="worklist item")
 
     answer, uid = dx01.create(for_order(order))
 
     assert answer.status == 0x0000, answer
     assert order_now(client, admin_headers, order["id"])["status"] == "IN_PROGRESS"
-    wait_for(lambda: not worklist_files(settings), timeout=10, what="item off the worklist")
-    (update,) = his.wait_for(1)
+    wait_for(lambda: not on_worklist(settings, order), timeout=10, what="item off the worklist")
+    (update,) = since.wait_filed(1)
     assert orc5(update) == "IP"
     segments = {s[:3]: s.split("|") for s in update.raw.split("\r") if s}
     assert segments["MSH"][4:6] == ["HIS", "GENERAL"]
     assert segments["PID"][3] == "PAT-0001^^^HOSP^MR"
     assert segments["ORC"][2] == order["placerOrderNumber"]
     assert segments["OBR"][18] == order["accessionNumber"]
-    (step,) = steps(app)
+    (step,) = since.steps()
     assert (step.sop_instance_uid, step.order_id, step.status) == (uid, order["id"], "IN_PROGRESS")
     assert step.calling_ae_title == "DX01" and step.performed_station_ae_title == "DX01"
     assert step.started_at is not None and step.started_at.isoformat() == (
@@ -167,66 +274,70 @@ def test_in_progress_starts_the_order_and_tells_the_his_ip(
     assert [(s["sopInstanceUID"], s["status"], s["unscheduled"]) for s in listed["items"]] == [
         (uid, "IN_PROGRESS", False)
     ]
-    assert [e.action for e in audit_events(engine_of(app), "performed_step.started")] == [
-        "performed_step.started"
-    ]
+    assert [e.action for e in since.audit("performed_step.started")] == ["performed_step.started"]
 
 
 def test_completed_records_the_series_and_a_second_n_set_is_refused(
-    app: FastAPI, client: TestClient, admin_headers: Headers, dx01: Modality, his: HisSimulator
+    client: TestClient,
+    admin_headers: Headers,
+    dx01: Modality,
+    since: Since,
 ) -> None:
     order = new_order(client, admin_headers)
     _, uid = dx01.create(for_order(order))
     done = completed(series=[("1.2.3.4.1", ["1.2.3.4.1.1", "1.2.3.4.1.2"]), ("1.2.3.4.2", ["9.9"])])
 
     assert dx01.set(uid, done).status == 0x0000
-    (step,) = steps(app)
+    (step,) = since.steps()
     assert (step.status, step.series_count, step.instance_count) == ("COMPLETED", 2, 3)
     assert step.ended_at is not None
 
     again = dx01.set(uid, discontinued())
     assert again.status == 0x0110
     assert again.comment == "Performed Procedure Step Object may no longer be updated"
-    (unchanged,) = steps(app)
+    (unchanged,) = since.steps()
     assert unchanged.status == "COMPLETED" and unchanged.discontinuation_reason is None
     # Completed is not the end of the order: it ends with its final report.
     assert order_now(client, admin_headers, order["id"])["status"] == "IN_PROGRESS"
-    assert [orc5(m) for m in his.wait_for(1)] == ["IP"]
+    assert [orc5(m) for m in since.wait_filed(1)] == ["IP"]
     assert dx01.echo() == 0x0000, "the association is still up after the refusal"
 
 
 def test_discontinued_before_any_image_puts_the_order_back_on_the_worklist(
-    app: FastAPI,
     client: TestClient,
     admin_headers: Headers,
     dx01: Modality,
-    his: HisSimulator,
     settings: Settings,
+    since: Since,
 ) -> None:
     order = new_order(client, admin_headers)
     _, uid = dx01.create(for_order(order))
-    wait_for(lambda: not worklist_files(settings), timeout=10, what="item off the worklist")
+    wait_for(lambda: not on_worklist(settings, order), timeout=10, what="item off the worklist")
 
     assert dx01.set(uid, discontinued()).status == 0x0000
 
     assert order_now(client, admin_headers, order["id"])["status"] == "SCHEDULED"
-    wait_for(lambda: len(worklist_files(settings)) == 1, timeout=10, what="item back")
-    (step,) = steps(app)
+    wait_for(lambda: on_worklist(settings, order), timeout=10, what="item back")
+    (step,) = since.steps()
     assert step.status == "DISCONTINUED"
     assert (step.discontinuation_reason_code, step.discontinuation_reason) == (
         "110514",
         "Incorrect worklist entry selected",
     )
-    assert [orc5(m) for m in his.wait_for(2)] == ["IP", "DC"]
+    assert [orc5(m) for m in since.wait_filed(2)] == ["IP", "DC"]
     # The exam done again later starts the order (and tells the HIS) again.
     answer, _ = dx01.create(for_order(order))
     assert answer.status == 0x0000
     assert order_now(client, admin_headers, order["id"])["status"] == "IN_PROGRESS"
-    assert [orc5(m) for m in his.wait_for(3)] == ["IP", "DC", "IP"]
+    assert [orc5(m) for m in since.wait_filed(3)] == ["IP", "DC", "IP"]
 
 
 def test_discontinued_after_images_arrived_keeps_the_order_in_progress(
-    app: FastAPI, client: TestClient, admin_headers: Headers, dx01: Modality, his: HisSimulator
+    app: FastAPI,
+    client: TestClient,
+    admin_headers: Headers,
+    dx01: Modality,
+    since: Since,
 ) -> None:
     # A short Study Instance UID: the test's study builder appends series numbers to it.
     order = new_order(client, admin_headers, studyInstanceUID=f"{UID_ROOT}.66.1")
@@ -245,14 +356,17 @@ def test_discontinued_after_images_arrived_keeps_the_order_in_progress(
     assert dx01.set(uid, discontinued()).status == 0x0000
 
     assert order_now(client, admin_headers, order["id"])["status"] == "IN_PROGRESS"
-    assert steps(app)[0].status == "DISCONTINUED"
+    assert since.steps()[0].status == "DISCONTINUED"
     # Only the start was told: the images are there to be read.
-    assert [orc5(m) for m in his.wait_for(1)] == ["IP"]
-    assert len(his.filed()) == 1
+    assert [orc5(m) for m in since.wait_filed(1)] == ["IP"]
+    assert len(since.filed()) == 1
 
 
 def test_discontinued_with_images_referenced_keeps_the_order_in_progress(
-    app: FastAPI, client: TestClient, admin_headers: Headers, dx01: Modality, his: HisSimulator
+    client: TestClient,
+    admin_headers: Headers,
+    dx01: Modality,
+    since: Since,
 ) -> None:
     # Equipment failure after three images: they are on their way to the archive, the exam is
     # partly done, and the worklist must not offer it again.
@@ -265,11 +379,13 @@ def test_discontinued_with_images_referenced_keeps_the_order_in_progress(
     assert dx01.set(uid, stopped).status == 0x0000
 
     assert order_now(client, admin_headers, order["id"])["status"] == "IN_PROGRESS"
-    assert [orc5(m) for m in his.wait_for(1)] == ["IP"]
+    assert [orc5(m) for m in since.wait_filed(1)] == ["IP"]
 
 
 def test_the_api_cannot_send_a_started_order_back_to_the_worklist(
-    client: TestClient, admin_headers: Headers, dx01: Modality, his: HisSimulator
+    client: TestClient,
+    admin_headers: Headers,
+    dx01: Modality,
 ) -> None:
     order = new_order(client, admin_headers)
     dx01.create(for_order(order))
@@ -283,7 +399,11 @@ def test_the_api_cannot_send_a_started_order_back_to_the_worklist(
 
 
 def test_two_modalities_starting_one_order_at_once_start_it_once(
-    app: FastAPI, client: TestClient, admin_headers: Headers, scp_port: int, his: HisSimulator
+    app: FastAPI,
+    client: TestClient,
+    admin_headers: Headers,
+    scp_port: int,
+    since: Since,
 ) -> None:
     orders = [new_order(client, admin_headers) for _ in range(5)]
     answers: list[int] = []
@@ -308,21 +428,26 @@ def test_two_modalities_starting_one_order_at_once_start_it_once(
     assert answers == [0x0000] * 10
     assert all(order_now(client, admin_headers, o["id"])["status"] == "IN_PROGRESS" for o in orders)
     # Each order started once: one IP each, and one status change in the audit trail.
-    assert sorted(orc5(m) for m in his.wait_for(5)) == ["IP"] * 5
+    assert sorted(orc5(m) for m in since.wait_filed(5)) == ["IP"] * 5
     with Session(engine_of(app)) as session:
-        queued = session.exec(select(Hl7Message.order_id).where(Hl7Message.order_status == "IP"))
+        queued = session.exec(
+            select(Hl7Message.order_id).where(
+                Hl7Message.order_status == "IP", col(Hl7Message.id) > since.message_id
+            )
+        )
         assert sorted(i or 0 for i in queued.all()) == sorted(o["id"] for o in orders)
     started = [
-        e
-        for e in audit_events(engine_of(app), "order.status_changed")
-        if e.detail.get("status") == "IN_PROGRESS"
+        e for e in since.audit("order.status_changed") if e.detail.get("status") == "IN_PROGRESS"
     ]
     assert sorted(int(e.entity_id) for e in started) == sorted(o["id"] for o in orders)
-    assert len(steps(app)) == 10
+    assert len(since.steps()) == 10
 
 
 def test_one_uid_created_twice_at_once_is_stored_once(
-    app: FastAPI, client: TestClient, admin_headers: Headers, scp_port: int
+    client: TestClient,
+    admin_headers: Headers,
+    scp_port: int,
+    since: Since,
 ) -> None:
     order = new_order(client, admin_headers)
     uid = f"{UID_ROOT}.88.1"
@@ -342,11 +467,14 @@ def test_one_uid_created_twice_at_once_is_stored_once(
         thread.join(30)
 
     assert sorted(answers) == [0x0000, 0x0111]
-    assert [s.sop_instance_uid for s in steps(app)] == [uid]
+    assert [s.sop_instance_uid for s in since.steps()] == [uid]
 
 
 def test_an_exam_on_an_order_that_is_over_is_kept_for_reconciliation(
-    app: FastAPI, client: TestClient, admin_headers: Headers, dx01: Modality
+    client: TestClient,
+    admin_headers: Headers,
+    dx01: Modality,
+    since: Since,
 ) -> None:
     order = new_order(client, admin_headers)
     assert client.delete(f"/api/imaging-orders/{order['id']}", headers=admin_headers).is_success
@@ -354,13 +482,16 @@ def test_an_exam_on_an_order_that_is_over_is_kept_for_reconciliation(
     answer, _ = dx01.create(for_order(order))
 
     assert answer.status == 0x0000
-    (step,) = steps(app)
+    (step,) = since.steps()
     assert (step.order_id, step.order_match_issue) == (None, "the order is CANCELLED")
     assert order_now(client, admin_headers, order["id"])["status"] == "CANCELLED"
 
 
 def test_the_end_and_the_series_may_come_in_earlier_n_sets(
-    app: FastAPI, client: TestClient, admin_headers: Headers, dx01: Modality
+    client: TestClient,
+    admin_headers: Headers,
+    dx01: Modality,
+    since: Since,
 ) -> None:
     order = new_order(client, admin_headers)
     _, uid = dx01.create(for_order(order))
@@ -377,14 +508,18 @@ def test_the_end_and_the_series_may_come_in_earlier_n_sets(
 
     assert dx01.set(uid, status_alone).status == 0x0000
 
-    (step,) = steps(app)
+    (step,) = since.steps()
     assert (step.status, step.series_count, step.instance_count) == ("COMPLETED", 1, 1)
     assert step.ended_at is not None
 
 
 def test_a_step_for_no_known_order_is_kept_for_reconciliation(
-    app: FastAPI, client: TestClient, admin_headers: Headers, dx01: Modality, his: HisSimulator
+    client: TestClient,
+    admin_headers: Headers,
+    dx01: Modality,
+    since: Since,
 ) -> None:
+    unscheduled_before = client.get("/health").json()["mpps"]["unscheduledSteps"]
     unknown = in_progress(study_instance_uid=f"{UID_ROOT}.55.1", accession_number="NOPE-1")
     answer, uid = dx01.create(unknown)
     assert answer.status == 0x0000
@@ -392,29 +527,36 @@ def test_a_step_for_no_known_order_is_kept_for_reconciliation(
     listed = client.get(
         "/api/performed-procedure-steps", params={"unscheduled": "true"}, headers=admin_headers
     ).json()
-    assert [(s["sopInstanceUID"], s["orderId"]) for s in listed["items"]] == [(uid, None)]
-    assert "no order" in listed["items"][0]["orderMatchIssue"]
+    new = [s for s in listed["items"] if s["id"] > since.step_id]
+    assert [(s["sopInstanceUID"], s["orderId"]) for s in new] == [(uid, None)]
+    assert "no order" in new[0]["orderMatchIssue"]
     # The step goes on as any other; the HIS has nothing to hear of it.
     assert dx01.set(uid, discontinued()).status == 0x0000
-    assert his.filed() == []
+    assert since.filed() == []
     mpps = client.get("/health").json()["mpps"]
     assert mpps["listening"] is True and mpps["aet"] == "ORTHANC"
-    assert mpps["unscheduledSteps"] == 1
+    assert mpps["unscheduledSteps"] == unscheduled_before + 1
 
 
 def test_a_step_naming_another_patient_links_nothing(
-    app: FastAPI, client: TestClient, admin_headers: Headers, dx01: Modality
+    client: TestClient,
+    admin_headers: Headers,
+    dx01: Modality,
+    since: Since,
 ) -> None:
     order = new_order(client, admin_headers)
     answer, _ = dx01.create(for_order(order, patient_id="SOMEONE-ELSE"))
     assert answer.status == 0x0000
-    (step,) = steps(app)
+    (step,) = since.steps()
     assert step.order_id is None and step.order_match_issue == "patient id differs from the order's"
     assert order_now(client, admin_headers, order["id"])["status"] == "SCHEDULED"
 
 
 def test_a_step_under_a_merged_away_patient_id_starts_the_surviving_patients_order(
-    app: FastAPI, client: TestClient, admin_headers: Headers, dx01: Modality
+    client: TestClient,
+    admin_headers: Headers,
+    dx01: Modality,
+    since: Since,
 ) -> None:
     # The modality read its worklist before the HIS merged the trauma record into the real one.
     order = new_order(client, admin_headers, patientId="TRAUMA-7", issuerOfPatientId="HOSP")
@@ -430,7 +572,7 @@ def test_a_step_under_a_merged_away_patient_id_starts_the_surviving_patients_ord
     answer, _ = dx01.create(for_order(order, patient_id="TRAUMA-7"))
 
     assert answer.status == 0x0000
-    (step,) = steps(app)
+    (step,) = since.steps()
     assert (step.order_id, step.order_match_issue) == (order["id"], None)
     assert order_now(client, admin_headers, order["id"])["status"] == "IN_PROGRESS"
     # Another patient's id still links nothing.
@@ -440,12 +582,15 @@ def test_a_step_under_a_merged_away_patient_id_starts_the_surviving_patients_ord
 
 
 def test_the_scp_gives_the_step_a_uid_when_the_modality_gives_none(
-    app: FastAPI, client: TestClient, admin_headers: Headers, dx01: Modality
+    client: TestClient,
+    admin_headers: Headers,
+    dx01: Modality,
+    since: Since,
 ) -> None:
     order = new_order(client, admin_headers)
     answer = dx01.create_without_uid(for_order(order))
     assert answer.status == 0x0000
-    (step,) = steps(app)
+    (step,) = since.steps()
     assert step.sop_instance_uid.startswith("1.2.826.0.1.3680043.8.498.")  # pydicom's root
 
 
@@ -501,13 +646,13 @@ MISSING, NO_VALUE, INVALID = 0x0120, 0x0121, 0x0106
     ],
 )
 def test_an_n_create_missing_or_spoiling_an_attribute_gets_its_status(
-    app: FastAPI,
     client: TestClient,
     admin_headers: Headers,
     dx01: Modality,
     spoil: Any,
     status: int,
     keyword: str,
+    since: Since,
 ) -> None:
     order = new_order(client, admin_headers)
     attributes = for_order(order)
@@ -518,13 +663,16 @@ def test_an_n_create_missing_or_spoiling_an_attribute_gets_its_status(
     assert answer.status == status, answer
     assert keyword in (answer.comment or "")
     assert answer.attributes in ([], [tag_for_keyword(keyword)])
-    assert steps(app) == []
+    assert since.steps() == []
     assert order_now(client, admin_headers, order["id"])["status"] == "SCHEDULED"
     assert dx01.echo() == 0x0000, "the association survives a refusal"
 
 
 def test_an_mpps_uid_is_created_once_and_an_unknown_one_cannot_be_set(
-    app: FastAPI, client: TestClient, admin_headers: Headers, dx01: Modality
+    client: TestClient,
+    admin_headers: Headers,
+    dx01: Modality,
+    since: Since,
 ) -> None:
     order = new_order(client, admin_headers)
     _, uid = dx01.create(for_order(order))
@@ -533,7 +681,7 @@ def test_an_mpps_uid_is_created_once_and_an_unknown_one_cannot_be_set(
     assert duplicate.status == 0x0111
     unknown = dx01.set("1.2.3.999", discontinued())
     assert unknown.status == 0x0112
-    assert len(steps(app)) == 1 and steps(app)[0].status == "IN_PROGRESS"
+    assert len(since.steps()) == 1 and since.steps()[0].status == "IN_PROGRESS"
 
 
 END_DATE, END_TIME = "PerformedProcedureStepEndDate", "PerformedProcedureStepEndTime"
@@ -556,13 +704,13 @@ def one_series() -> Dataset:
     ],
 )
 def test_an_n_set_that_ends_a_step_needs_its_end_and_its_series(
-    app: FastAPI,
     client: TestClient,
     admin_headers: Headers,
     dx01: Modality,
     modifications: Dataset,
     status: int,
     keyword: str | None,
+    since: Since,
 ) -> None:
     order = new_order(client, admin_headers)
     _, uid = dx01.create(for_order(order))
@@ -572,27 +720,31 @@ def test_an_n_set_that_ends_a_step_needs_its_end_and_its_series(
     assert answer.status == status, answer
     if keyword:
         assert keyword in (answer.comment or "")
-    (step,) = steps(app)
+    (step,) = since.steps()
     assert step.status == "IN_PROGRESS"
     assert order_now(client, admin_headers, order["id"])["status"] == "IN_PROGRESS"
 
 
 def test_status_updates_wait_for_the_his_and_arrive_once_in_order(
-    app: FastAPI, client: TestClient, admin_headers: Headers, dx01: Modality, his: HisSimulator
+    own_settings: Settings, own_his: HisSimulator
 ) -> None:
-    his.stop()
-    first, second = new_order(client, admin_headers), new_order(client, admin_headers)
-    _, one = dx01.create(for_order(first))
-    dx01.create(for_order(second))
-    assert dx01.set(one, discontinued()).status == 0x0000
-    cancelled = client.delete(f"/api/imaging-orders/{second['id']}", headers=admin_headers)
-    assert cancelled.status_code == 200, cancelled.text
-    outbox = service_of(app, ResultOutbox)
-    wait_for(lambda: outbox.last_error, timeout=10, what="the outbox finding the HIS down")
+    """On an app and a HIS of its own: it takes the HIS down."""
+    his, app = own_his, create_app(own_settings)
+    with TestClient(app) as client, modality(scp_port_of(app)) as dx01:
+        admin_headers = login(client, "admin", ADMIN_PASSWORD)
+        his.stop()
+        first, second = new_order(client, admin_headers), new_order(client, admin_headers)
+        _, one = dx01.create(for_order(first))
+        dx01.create(for_order(second))
+        assert dx01.set(one, discontinued()).status == 0x0000
+        cancelled = client.delete(f"/api/imaging-orders/{second['id']}", headers=admin_headers)
+        assert cancelled.status_code == 200, cancelled.text
+        outbox = service_of(app, ResultOutbox)
+        wait_for(lambda: outbox.last_error, timeout=10, what="the outbox finding the HIS down")
 
-    his.start()
+        his.start()
 
-    filed = his.wait_for(4)
+        filed = his.wait_for(4)
     by_order = {
         accession: [orc5(m) for m in filed if f"|{accession}|" in m.raw]
         for accession in (first["accessionNumber"], second["accessionNumber"])
@@ -604,8 +756,9 @@ def test_status_updates_wait_for_the_his_and_arrive_once_in_order(
     assert len({m.control_id for m in his.received}) == 4, "each update filed once"
 
 
-def test_no_status_updates_when_switched_off(settings: Settings, his: HisSimulator) -> None:
-    quiet = create_app(settings.model_copy(update={"his_status_updates": False}))
+def test_no_status_updates_when_switched_off(own_settings: Settings, own_his: HisSimulator) -> None:
+    his = own_his
+    quiet = create_app(own_settings.model_copy(update={"his_status_updates": False}))
     with TestClient(quiet) as quiet_client:
         headers = login(quiet_client, "admin", ADMIN_PASSWORD)
         order = new_order(quiet_client, headers)
@@ -622,10 +775,10 @@ def test_no_status_updates_when_switched_off(settings: Settings, his: HisSimulat
 
 
 def test_only_registered_modalities_may_report_when_modalities_are_registered(
-    settings: Settings,
+    own_settings: Settings,
 ) -> None:
     guarded = create_app(
-        settings.model_copy(update={"dicom_modalities": "DX01@10.9.9.9:104,CT01@127.0.0.1:104"})
+        own_settings.model_copy(update={"dicom_modalities": "DX01@10.9.9.9:104,CT01@127.0.0.1:104"})
     )
     with TestClient(guarded):
         port = service_of(guarded, MppsListener).port

@@ -1,10 +1,13 @@
-"""The studies and images API (seed 001): listing, reading, announcing, correcting, status flow."""
+"""The studies and images API (seed 001): listing, reading, announcing, correcting, status flow.
+
+The tests share one app (starting one was most of each test's time); each begins with the
+database as the module found it (row_marks), no study in it."""
 
 from __future__ import annotations
 
 import json
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import httpx
@@ -15,10 +18,13 @@ from sqlalchemy import Engine
 from sqlmodel import Session, func, select
 
 from sidecar.accounts.models import Role
+from sidecar.core.settings import Settings
+from sidecar.main import create_app
 from sidecar.studies.models import STUDY_WORKFLOW, Study, StudyStatus
 
 from builders import UID_ROOT, OrthancStudy, SeriesSpec, audit_events, orthanc_study, seed_study
-from testapp import engine_of
+from row_marks import RowMark
+from testapp import ADMIN_PASSWORD, app_settings, engine_of, login
 
 HeadersFor = Callable[[Role], dict[str, str]]
 
@@ -31,6 +37,39 @@ DISALLOWED = sorted(
     for target in StudyStatus
     if not STUDY_WORKFLOW.can(current, target)
 )
+
+
+@pytest.fixture(scope="module")
+def settings(module_database_url: str, tmp_path_factory: pytest.TempPathFactory) -> Settings:
+    return app_settings(module_database_url, tmp_path_factory.mktemp("studies"))
+
+
+@pytest.fixture(scope="module")
+def app(settings: Settings) -> FastAPI:
+    return create_app(settings)
+
+
+@pytest.fixture(scope="module")
+def client(app: FastAPI) -> Iterator[TestClient]:
+    with TestClient(app) as test_client:
+        yield test_client
+
+
+@pytest.fixture(scope="module")
+def admin_headers(client: TestClient) -> dict[str, str]:
+    return login(client, "admin", ADMIN_PASSWORD)
+
+
+@pytest.fixture(scope="module")
+def as_started(app: FastAPI, client: TestClient, admin_headers: dict[str, str]) -> RowMark:
+    """The database once the app has started and the admin logged in."""
+    return RowMark(engine_of(app))
+
+
+@pytest.fixture(autouse=True)
+def database_as_started(as_started: RowMark) -> None:
+    """Each test begins with no row another test added (its studies, users, audit events)."""
+    as_started.delete_added()
 
 
 @pytest.fixture

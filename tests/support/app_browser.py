@@ -64,6 +64,12 @@ class AppFront:
         options.setdefault("artifacts_dir", self.artifacts)
         return run_app_session(self.url, steps, **options)
 
+    def run_sections(
+        self, before: Sequence[object], sections: Mapping[str, Sequence[object]], **options: Any
+    ) -> dict[str, dict[str, Any]]:
+        options.setdefault("artifacts_dir", self.artifacts)
+        return run_sections(self.url, before, sections, **options)
+
 
 def _require_axe() -> str:
     node = require_browser()
@@ -110,6 +116,67 @@ def run_app_session(
     if require_accessible and any(report["axe"].values()):
         raise SessionFailed(axe_message(report["axe"]))
     return report
+
+
+def run_sections(
+    base_url: str,
+    before: Sequence[object],
+    sections: Mapping[str, Sequence[object]],
+    **options: Any,
+) -> dict[str, dict[str, Any]]:
+    """`before` (a login, say), then each section's steps, all in ONE browser session: a tour
+    of several pages for one browser launch and one login, each page still failing on its own.
+
+    Returns each section's record (tests/browser/app_session.mjs: its steps, its axe results,
+    its policy violations and page errors) with "problem": why the section failed, in the words
+    run_app_session would have raised (its failed step, violations, errors, serious or critical
+    axe-core violations), or None. What failed before the sections (the login) is every
+    section's problem."""
+    steps: list[object] = list(before)
+    for name, section_steps in sections.items():
+        steps += [{"section": name}, *section_steps]
+    report = run_app_session(base_url, steps, expect_ok=False, require_accessible=False, **options)
+    before_problem = _before_sections_problem(report)
+    records = report.get("sections", {})
+    outcomes: dict[str, dict[str, Any]] = {}
+    for name in sections:
+        record = records.get(name)
+        if record is None:
+            outcomes[name] = {
+                "ok": False,
+                "steps": [],
+                "axe": {},
+                "problem": f"the session ended before this section: {failure_message(report)}",
+            }
+            continue
+        problems = [text for text in (before_problem, _section_problem(record)) if text]
+        outcomes[name] = {**record, "problem": "\n".join(problems) or None}
+    return outcomes
+
+
+def _before_sections_problem(report: Mapping[str, Any]) -> str | None:
+    before = report.get("beforeSections") or {}
+    lines = [
+        f"before the sections, {key}: " + "\n  ".join(before[key])
+        for key in ("cspViolations", "errors")
+        if before.get(key)
+    ]
+    return "\n".join(lines) or None
+
+
+def _section_problem(record: Mapping[str, Any]) -> str | None:
+    lines: list[str] = []
+    if not record["ok"]:
+        lines.append(f"the section failed: {record.get('error') or 'see below'}")
+        if record.get("screenshot"):
+            lines.append(f"screenshot of the page: {record['screenshot']}")
+        for key in ("cspViolations", "errors", "httpErrors"):
+            if record.get(key):
+                lines.append(f"{key}: " + "\n  ".join(record[key]))
+        lines.append("steps: " + ", ".join(f"{s['name']} ({s['ms']} ms)" for s in record["steps"]))
+    if any(record["axe"].values()):
+        lines.append(axe_message(record["axe"]))
+    return "\n".join(lines) or None
 
 
 def _run(
@@ -197,6 +264,11 @@ def axe_message(found: Mapping[str, list[dict[str, Any]]]) -> str:
 
 @pytest.fixture
 def page_users(stack: Stack) -> dict[str, PageUser]:
+    """A user of each role on the test's stack (make_page_users)."""
+    return make_page_users(stack)
+
+
+def make_page_users(stack: Stack) -> dict[str, PageUser]:
     """A user of each role on the stack, made over the API: the stack's admin, and
     `page.<role>` for the others (the physician has provider id PHYSICIAN_PROVIDER_ID, so
     orders naming it put their patients in that physician's care)."""

@@ -17,7 +17,7 @@ import pytest
 
 from sidecar.viewer.headers import CONTENT_SECURITY_POLICY
 
-from app_browser import SessionFailed, run_app_session
+from app_browser import SessionFailed, run_app_session, run_sections
 from stack import free_port
 
 _HEAD = '<!doctype html><html lang="en"><head><meta charset="utf-8"><title>{title}</title></head>'
@@ -159,3 +159,56 @@ def test_a_download_is_saved_with_its_content_type(pages_url: str, tmp_path: Pat
     assert download["contentType"] == "application/pdf"
     assert download["suggestedFilename"] == "report.pdf"
     assert saved.read_bytes() == PDF
+
+
+def test_sections_fail_each_on_its_own_and_the_run_goes_on(pages_url: str, tmp_path: Path) -> None:
+    """One session through several pages (the accessibility tours): each section's problem is
+    its own, named as a run of its own would have named it, and a failed step skips only the
+    rest of its section."""
+    outcomes = run_sections(
+        pages_url,
+        [],
+        {
+            "inline": [{"goto": "/inline"}],
+            "claim": [
+                {"goto": "/live"},
+                {"click": {"role": "button", "name": "Claim"}},
+                {"expectText": "Arrived"},
+            ],
+            "unlabelled": [{"goto": "/unlabelled"}, {"axe": {"name": "search"}}],
+            "broken": [{"goto": "/broken"}],
+            "download": [{"goto": "/download"}, {"axe": {"name": "report"}}],
+        },
+        artifacts_dir=tmp_path,
+        step_timeout_ms=1000,
+    )
+
+    problems = {name: outcome["problem"] for name, outcome in outcomes.items()}
+    assert "cspViolations" in problems["inline"] and "script-src" in problems["inline"]
+    assert "step 4 (click Claim) failed" in problems["claim"]  # counted over the session
+    assert [step["name"] for step in outcomes["claim"]["steps"]] == ["goto /live", "click Claim"]
+    screenshot = tmp_path / f"failure-{list(outcomes).index('claim') + 1}.png"
+    assert f"screenshot of the page: {screenshot}" in problems["claim"]
+    assert screenshot.stat().st_size > 0
+    assert outcomes["unlabelled"]["ok"] is True
+    assert [v["id"] for v in outcomes["unlabelled"]["axe"]["search"]] == ["label"]
+    assert "search: label (critical)" in problems["unlabelled"]
+    assert "undefinedFunction" in problems["broken"]
+    assert "inline" not in problems["broken"] and "Claim" not in problems["broken"]
+    assert problems["download"] is None
+    assert outcomes["download"]["axe"] == {"report": []}
+
+
+def test_a_step_failing_before_the_sections_fails_every_section(
+    pages_url: str, tmp_path: Path
+) -> None:
+    outcomes = run_sections(
+        pages_url,
+        [{"goto": "/live"}, {"click": {"role": "button", "name": "Log in"}}],
+        {"one": [{"goto": "/download"}], "two": [{"goto": "/unlabelled"}]},
+        artifacts_dir=tmp_path,
+        step_timeout_ms=1000,
+    )
+    for outcome in outcomes.values():
+        assert outcome["problem"].startswith("the session ended before this section:")
+        assert "step 1 (click Log in) failed" in outcome["problem"]
