@@ -25,12 +25,12 @@ from sidecar.core.api_errors import error_body, refusal_response
 from sidecar.core.dependencies import ClockDep, SettingsDep, provide
 from sidecar.core.errors import NotAuthenticated, NotPermitted, Refusal, TooManyAttempts
 from sidecar.ingest.orthanc_client import OrthancUnavailable
+from sidecar.viewer import series_metadata
 from sidecar.viewer.access import SESSION_COOKIE, VIEWER_ROLES, Viewer, credential_of
 from sidecar.viewer.front import ViewerFront
 from sidecar.viewer.login import login_page, safe_next
 from sidecar.viewer.paths import HOST, METHOD_OVERRIDE_HEADERS, Verdict, request_target, verdict
 from sidecar.viewer.proxy import NotForwardable
-from sidecar.viewer.series_metadata import METADATA_PREFIX, front_of, series_metadata_of
 from sidecar.viewer.targets import UncheckableTarget, targeted_studies
 
 log = logging.getLogger(__name__)
@@ -307,18 +307,18 @@ async def _proxy(request: Request, front: ViewerFront, *, behind_nginx: bool = F
     # the routes matched the decoded path, Orthanc is sent the raw one (sidecar.viewer.paths).
     target = _target(request)
     if behind_nginx:  # the browser's target, after the prefix nginx's front adds
-        target = target.removeprefix(METADATA_PREFIX)
+        target = target.removeprefix(series_metadata.METADATA_PREFIX)
     decided = verdict(target)
     if decided is not Verdict.FORWARD:
         return _refused_target(decided)
-    if behind_nginx and series_metadata_of(target) is None:
+    if behind_nginx and series_metadata.series_metadata_of(target) is None:
         return _refused_target(Verdict.NOT_ALLOWED)
     if any(request.headers.get(name) for name in METHOD_OVERRIDE_HEADERS):
         message = "a method override header is refused: the viewer front only reads"
         return JSONResponse(error_body("bad_request", message), 400)
     if not front.enabled and not behind_nginx:
         return JSONResponse(error_body("viewer_unavailable", front.unavailable_reason), 503)
-    address = front_of(request, behind_nginx=behind_nginx)
+    address = series_metadata.front_of(request, behind_nginx=behind_nginx)
     if not _HOST.fullmatch(address.host):
         return JSONResponse(error_body("bad_request", "the Host header is not a host[:port]"), 400)
     try:
@@ -335,8 +335,7 @@ async def _proxy(request: Request, front: ViewerFront, *, behind_nginx: bool = F
         return kept
     await _audit_view(front, viewer, studies)
     try:
-        whole = await front.series_metadata.answer(request, target, address)
-        if whole is not None:
+        if (whole := await front.series_metadata.answer(request, target, address)) is not None:
             return whole
         return await front.proxy.forward(request, target, front=address)
     except NotForwardable as exc:
@@ -356,15 +355,10 @@ async def wado_uri(request: Request, front: FrontDep) -> Response:
     return await _proxy(request, front)
 
 
-@router.api_route(
-    f"{METADATA_PREFIX}/dicom-web/studies/{{study}}/series/{{series}}/metadata",
-    methods=["GET", "HEAD"],
-    include_in_schema=False,
-)
+@router.api_route(series_metadata.METADATA_ROUTE, methods=["GET", "HEAD"], include_in_schema=False)
 async def series_metadata_behind_nginx(request: Request, front: FrontDep) -> Response:
-    """A series' metadata, handed over by nginx's front (viewer/nginx.conf) to be answered
-    whole for a report (sidecar.viewer.series_metadata): checked as on this front, which may
-    be off (VIEWER_ENABLED=false) while nginx's serves the viewer."""
+    """A series' metadata handed over by nginx's front (sidecar.viewer.series_metadata),
+    checked as on this front, which may be off (VIEWER_ENABLED=false)."""
     return await _proxy(request, front, behind_nginx=True)
 
 

@@ -52,6 +52,7 @@ DOCUMENT_MODALITIES: Final = frozenset({"SR", "KO", "PR"})
 # Where nginx's front hands a series' metadata request (viewer/nginx.conf): this prefix, then the
 # request target as the browser sent it.
 METADATA_PREFIX: Final = "/api/viewer/metadata"
+METADATA_ROUTE: Final = f"{METADATA_PREFIX}/dicom-web/studies/{{study}}/series/{{series}}/metadata"
 _SERIES_METADATA: Final = re.compile(f"^/dicom-web/studies/({UID})/series/({UID})/metadata$")
 _SOP_INSTANCE: Final = re.compile(f"^{UID}$")
 _FORWARDED: Final = re.compile(f"^proto=(https?);host=({HOST[1:-1]})$")
