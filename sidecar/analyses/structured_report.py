@@ -46,9 +46,10 @@ has no measurement for OHIF's SR viewport to open on; OHIF shows no overlay for 
 none to show.
 
 OHIF reads the content tree from the DICOMweb series metadata; Orthanc's DICOMweb 1.7 in
-`Extrapolate` mode (orthanc/orthanc.json) reports no sequences there, so OHIF lists the report's
-series but draws nothing until the metadata it gets holds the SR's content (`Full` series
-metadata does: tests/analyses/test_structured_report.py).
+`Extrapolate` mode (orthanc/orthanc.json) reports no sequences there, so OHIF would list the
+report's series and draw nothing: both viewer fronts answer a report's series metadata whole
+themselves (sidecar.viewer.series_metadata; tests/analyses/test_structured_report.py opens a
+report in headless OHIF through each).
 """
 
 from __future__ import annotations

@@ -20,6 +20,7 @@ from sidecar.viewer.access import ViewerAccess
 from sidecar.viewer.bundle import INSTALL_HINT, ViewerBundle, ViewerNotInstalled, default_base_url
 from sidecar.viewer.bundle import viewer_url as _viewer_url
 from sidecar.viewer.proxy import DicomWebProxy
+from sidecar.viewer.series_metadata import FullSeriesMetadata
 
 log = logging.getLogger(__name__)
 
@@ -37,6 +38,8 @@ class ViewerFront:
     orthanc_authorization: str | None  # for nginx's auth_request answer (docker-compose)
     session_minutes: int  # the viewer session's lifetime (VIEWER_SESSION_MINUTES)
     jwt_secret: str
+    # A report's series metadata, answered whole (sidecar.viewer.series_metadata).
+    series_metadata: FullSeriesMetadata
 
 
 @dataclass(frozen=True)
@@ -66,13 +69,14 @@ def build_viewer_front(
         if settings.orthanc_username
         else None
     )
+    proxy = DicomWebProxy(
+        settings.orthanc_url,
+        username=settings.orthanc_username,
+        password=settings.orthanc_password,
+    )
     return ViewerFront(
         access=ViewerAccess(engine, settings.jwt_secret, now=clock),
-        proxy=DicomWebProxy(
-            settings.orthanc_url,
-            username=settings.orthanc_username,
-            password=settings.orthanc_password,
-        ),
+        proxy=proxy,
         bundle=bundle,
         enabled=settings.viewer_enabled,
         unavailable_reason=unavailable_reason(settings, error),
@@ -80,6 +84,7 @@ def build_viewer_front(
         orthanc_authorization=f"Basic {credentials.decode()}" if credentials else None,
         session_minutes=settings.viewer_session_minutes,
         jwt_secret=settings.jwt_secret,
+        series_metadata=FullSeriesMetadata(engine, proxy),
     )
 
 

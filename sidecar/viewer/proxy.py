@@ -19,6 +19,7 @@ sidecar's own credentials, when it has any.
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
+from dataclasses import dataclass
 from typing import Any
 
 import httpx
@@ -42,6 +43,18 @@ _HOP_BY_HOP = frozenset(
         "upgrade",
     }
 )
+
+
+@dataclass(frozen=True)
+class FrontAddress:
+    """The scheme and Host the browser used: Orthanc writes its URLs from them."""
+
+    scheme: str
+    host: str  # checked by the fronts (sidecar.viewer.paths.HOST): no Forwarded separators
+
+    @property
+    def forwarded(self) -> str:
+        return f"proto={self.scheme};host={self.host}"
 
 
 class NotForwardable(Exception):
@@ -69,19 +82,24 @@ class DicomWebProxy:
             verify=tls_context(),
         )
 
-    async def forward(self, request: Request, target: str) -> Response:
+    async def forward(
+        self, request: Request, target: str, *, front: FrontAddress | None = None
+    ) -> Response:
         """`target` is the request's raw path and query string, allowed by
         sidecar.viewer.paths.verdict(); it goes to Orthanc unchanged. Request headers other
         than FORWARDED_REQUEST_HEADERS (cookies, the user's Authorization, method overrides,
-        hop-by-hop headers) stay on this side."""
-        host = request.headers.get("host") or request.url.netloc
+        hop-by-hop headers) stay on this side. `front`: where the browser sent the request
+        when a front before this one says so (nginx's Forwarded), else the request's own."""
+        front = front or FrontAddress(
+            request.url.scheme, request.headers.get("host") or request.url.netloc
+        )
         headers = {
             name: value
             for name in FORWARDED_REQUEST_HEADERS
             if (value := request.headers.get(name)) is not None
         }
-        headers["host"] = host
-        headers["forwarded"] = f"proto={request.url.scheme};host={host}"
+        headers["host"] = front.host
+        headers["forwarded"] = front.forwarded
         upstream = self._client.build_request(request.method, target, headers=headers)
         self._check_sent_as_checked(upstream.url, target)
         try:
@@ -127,6 +145,27 @@ class DicomWebProxy:
         except ValueError as exc:
             raise OrthancUnavailable("Orthanc's STOW-RS answer is not JSON") from exc
         return answer.status_code, parsed if isinstance(parsed, dict) else {}
+
+    async def read_json(self, target: str, front: FrontAddress) -> Any:
+        """Orthanc's DICOM JSON answer to a read the sidecar makes itself (`target` as for
+        forward()), its URLs written for `front`; None when Orthanc has no such resource (404).
+        Raises OrthancUnavailable for any other failure."""
+        headers = {"accept": "application/dicom+json", "host": front.host}
+        headers["forwarded"] = front.forwarded
+        request = self._client.build_request("GET", target, headers=headers)
+        self._check_sent_as_checked(request.url, target)
+        try:
+            answer = await self._client.send(request)
+        except httpx.HTTPError as exc:
+            raise OrthancUnavailable(f"Orthanc did not answer: {type(exc).__name__}") from exc
+        if answer.status_code == 404:
+            return None
+        if answer.status_code != 200:
+            raise OrthancUnavailable(f"Orthanc's DICOMweb answered HTTP {answer.status_code}")
+        try:
+            return answer.json()
+        except ValueError as exc:
+            raise OrthancUnavailable("Orthanc's DICOMweb answer is not JSON") from exc
 
     def _check_sent_as_checked(self, url: httpx.URL, target: str) -> None:
         """httpx percent-encodes a few characters of a query that a client sent raw (a space,

@@ -25,6 +25,7 @@ from sidecar.core.api_errors import error_body, refusal_response
 from sidecar.core.dependencies import ClockDep, SettingsDep, provide
 from sidecar.core.errors import NotAuthenticated, NotPermitted, Refusal, TooManyAttempts
 from sidecar.ingest.orthanc_client import OrthancUnavailable
+from sidecar.viewer import series_metadata
 from sidecar.viewer.access import SESSION_COOKIE, VIEWER_ROLES, Viewer, credential_of
 from sidecar.viewer.front import ViewerFront
 from sidecar.viewer.login import login_page, safe_next
@@ -301,20 +302,24 @@ async def _authorized(
 # --- DICOMweb and WADO-URI ---------------------------------------------------------------------
 
 
-async def _proxy(request: Request, front: ViewerFront) -> Response:
+async def _proxy(request: Request, front: ViewerFront, *, behind_nginx: bool = False) -> Response:
     # Decided on the request as received, before the session or Orthanc is asked anything:
     # the routes matched the decoded path, Orthanc is sent the raw one (sidecar.viewer.paths).
     target = _target(request)
+    if behind_nginx:  # the browser's target, after the prefix nginx's front adds
+        target = target.removeprefix(series_metadata.METADATA_PREFIX)
     decided = verdict(target)
     if decided is not Verdict.FORWARD:
         return _refused_target(decided)
+    if behind_nginx and series_metadata.series_metadata_of(target) is None:
+        return _refused_target(Verdict.NOT_ALLOWED)
     if any(request.headers.get(name) for name in METHOD_OVERRIDE_HEADERS):
         message = "a method override header is refused: the viewer front only reads"
         return JSONResponse(error_body("bad_request", message), 400)
-    if not front.enabled:
+    if not front.enabled and not behind_nginx:
         return JSONResponse(error_body("viewer_unavailable", front.unavailable_reason), 503)
-    host = request.headers.get("host", "")
-    if not _HOST.fullmatch(host):
+    address = series_metadata.front_of(request, behind_nginx=behind_nginx)
+    if not _HOST.fullmatch(address.host):
         return JSONResponse(error_body("bad_request", "the Host header is not a host[:port]"), 400)
     try:
         studies = targeted_studies(target)
@@ -330,7 +335,9 @@ async def _proxy(request: Request, front: ViewerFront) -> Response:
         return kept
     await _audit_view(front, viewer, studies)
     try:
-        return await front.proxy.forward(request, target)
+        if (whole := await front.series_metadata.answer(request, target, address)) is not None:
+            return whole
+        return await front.proxy.forward(request, target, front=address)
     except NotForwardable as exc:
         return JSONResponse(error_body("bad_request", str(exc)), 400)
     except OrthancUnavailable as exc:
@@ -346,6 +353,13 @@ async def dicomweb(request: Request, front: FrontDep) -> Response:
 @router.api_route("/wado", methods=["GET", "HEAD"], include_in_schema=False)
 async def wado_uri(request: Request, front: FrontDep) -> Response:
     return await _proxy(request, front)
+
+
+@router.api_route(series_metadata.METADATA_ROUTE, methods=["GET", "HEAD"], include_in_schema=False)
+async def series_metadata_behind_nginx(request: Request, front: FrontDep) -> Response:
+    """A series' metadata handed over by nginx's front (sidecar.viewer.series_metadata),
+    checked as on this front, which may be off (VIEWER_ENABLED=false)."""
+    return await _proxy(request, front, behind_nginx=True)
 
 
 # --- the viewer's files and routes -------------------------------------------------------------

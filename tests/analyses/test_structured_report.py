@@ -4,13 +4,13 @@ findings; a report another analyzer wrote with highdicom read as well; what is n
 report refused with a message that says why. The document is checked by DCMTK's dsrdump (an
 independent SR implementation that refuses relationships the Comprehensive SR IOD forbids), and
 one round trip goes through a real Orthanc: the SR stored beside generated CR images, fetched
-back as a file and as the DICOMweb metadata OHIF reads."""
+back as a file and as the DICOMweb metadata OHIF reads; and OHIF draws its box, through both
+viewer fronts."""
 
 from __future__ import annotations
 
 import datetime as dt
 import io
-import json
 import subprocess
 from collections.abc import Iterator, Sequence
 from dataclasses import replace
@@ -36,8 +36,9 @@ from pydicom.uid import (
 
 from sidecar.analyses.findings import AnalyzerFinding, Box, ImageRef, Severity
 from sidecar.analyses.structured_report import build_report, read_report
-from sidecar.launcher.orthanc import ORTHANC_DIR, OrthancProcess
+from sidecar.launcher.orthanc import OrthancProcess
 
+from nginx_front import NginxFront, start_nginx_front
 from stack import STACK_ADMIN_PASSWORD, Stack
 from viewer_browser import open_study
 
@@ -558,29 +559,15 @@ def test_the_report_stored_in_orthanc_reads_back_as_its_findings(
     assert read_report(pydicom.Dataset.from_json(instance)).findings == findings
 
 
-@pytest.fixture
-def full_metadata_stack(tmp_path: Path, database_url: str) -> Iterator[Stack]:
-    """Orthanc (with the plugin) and the sidecar, Orthanc answering DICOMweb series and study
-    metadata in full. OHIF reads an SR's content tree from its series metadata; the repository's
-    orthanc.json sets `Extrapolate` (DICOMweb 1.7 has no metadata cache), which reports simple
-    tags only, never a sequence: with it OHIF lists the report's series but finds no content to
-    draw (the series metadata lacks ContentSequence and the document title)."""
-    running = Stack(tmp_path, database_url)
-    dicomweb = json.loads((ORTHANC_DIR / "orthanc.json").read_text())["DicomWeb"]
-    full = {**dicomweb, "SeriesMetadata": "Full", "StudiesMetadata": "Full"}
-    running.start_orthanc(extra={"DicomWeb": full})
-    running.start_sidecar()
-    yield running
-    running.close()
-
-
 @pytest.mark.orthanc
-def test_ohif_draws_the_box_of_a_stored_report(full_metadata_stack: Stack, tmp_path: Path) -> None:
-    """The radiologist's view, in headless Chromium through the sidecar's front: the study
+@pytest.mark.parametrize("front", ["nginx", "sidecar"])
+def test_ohif_draws_the_box_of_a_stored_report(stack: Stack, tmp_path: Path, front: str) -> None:
+    """The radiologist's view, in headless Chromium through either viewer front, with the
+    repository's own Orthanc configuration (series metadata `Extrapolate`: the fronts answer a
+    report's series metadata whole themselves, sidecar.viewer.series_metadata): the study
     opened from its viewer link, the report's series opened from the study browser, its box
     drawn where it is on the image, with the confidence beside it; the finding without a box
     (kept out of OHIF's reach) breaks nothing."""
-    stack = full_metadata_stack
     study_uid, series_uid = generate_uid(), generate_uid()
     patient = f"MRN{np.random.default_rng().integers(10**9):09d}"
     images = [
@@ -611,17 +598,30 @@ def test_ohif_draws_the_box_of_a_stored_report(full_metadata_stack: Stack, tmp_p
     post_instance(stack.orthanc, as_file(report))
     study = stack.wait_for_study(study_uid, instances=3)
     link = stack.api("GET", f"/api/studies/{study['id']}").json()["viewerUrl"]
+    nginx: NginxFront | None = None
+    if front == "nginx":
+        assert stack.sidecar is not None
+        nginx = start_nginx_front(
+            tmp_path / "nginx",
+            orthanc=f"127.0.0.1:{stack.layout.http_port}",
+            sidecar=f"127.0.0.1:{stack.sidecar_port}",
+        )
+        link = link.replace(stack.sidecar.url, nginx.url, 1)
 
-    shown = open_study(
-        {
-            "viewerUrl": link,
-            "username": "admin",
-            "password": STACK_ADMIN_PASSWORD,
-            "openSeries": "AI results: quality",
-            "screenshot": str(tmp_path / "report.png"),
-            "timeoutMs": 60_000,
-        }
-    )
+    try:
+        shown = open_study(
+            {
+                "viewerUrl": link,
+                "username": "admin",
+                "password": STACK_ADMIN_PASSWORD,
+                "openSeries": "AI results: quality",
+                "screenshot": str(tmp_path / "report.png"),
+                "timeoutMs": 60_000,
+            }
+        )
+    finally:
+        if nginx is not None:
+            nginx.stop()
 
     assert shown["ok"], shown.get("error")
     assert not [e for e in shown["consoleErrors"] if e.startswith("uncaught")], shown
