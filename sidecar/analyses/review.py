@@ -38,8 +38,6 @@ log = logging.getLogger(__name__)
 
 #: The actor of what the sidecar does by itself on an AI finding.
 AI_REVIEW_ACTOR = "system:ai-analysis"
-#: AI_REVIEW_MINUTES' default.
-DEFAULT_REVIEW_AFTER = timedelta(minutes=15)
 
 
 def ask_for_review(

@@ -16,7 +16,7 @@ from sidecar.analyses.models import (
     AnalysisStatus,
     AnalysisTask,
 )
-from sidecar.analyses.review import DEFAULT_REVIEW_AFTER, ask_for_review
+from sidecar.analyses.review import ask_for_review
 
 
 def status_of(tasks: Sequence[AnalysisTask]) -> AnalysisStatus:
@@ -84,7 +84,7 @@ def complete_task(
     report_sop_instance_uid: str,
     now: datetime,
     *,
-    review_after: timedelta = DEFAULT_REVIEW_AFTER,
+    review_after: timedelta,
 ) -> list[AnalysisFinding]:
     """A task's results are stored in the study (the Structured Report `report_sop_instance_uid`):
     its findings recorded, the task COMPLETED, the analysis' status refreshed. A critical

@@ -22,7 +22,7 @@ import copy
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy import or_
@@ -276,9 +276,11 @@ def complete(
     transaction_uid: str,
     reports: Sequence[StoredReport],
     now: datetime,
+    review_after: timedelta,
 ) -> None:
     """COMPLETED: its reports stored in the study (checked by the caller), their findings
-    recorded, the task COMPLETED."""
+    recorded, the task COMPLETED; a critical finding asks for review `review_after` from now
+    (AI_REVIEW_MINUTES)."""
     check_owner(workitem, user, transaction_uid)
     if not reports:
         raise ValueError("a work item completes with its report")
@@ -290,7 +292,9 @@ def complete(
         workitem.performer_seen_at = now
         session.add(workitem)
         findings = [finding for report in reports for finding in report.findings]
-        complete_task(session, task, findings, reports[0].sop_instance_uid, now)
+        complete_task(
+            session, task, findings, reports[0].sop_instance_uid, now, review_after=review_after
+        )
         audit.record(
             session,
             actor=user.username,

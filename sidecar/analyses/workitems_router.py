@@ -19,6 +19,7 @@ Warning header PS3.18 asks for. Checks of the request itself: sidecar.analyses.w
 from __future__ import annotations
 
 import asyncio
+from datetime import timedelta
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Request, Response
@@ -38,6 +39,7 @@ from sidecar.analyses.workitems_http import (
     transaction_in_query,
 )
 from sidecar.core.dependencies import EngineDep, provide
+from sidecar.core.settings import Settings
 from sidecar.ingest.orthanc_client import OrthancClient
 from sidecar.studies.models import Study
 from sidecar.viewer.front import ViewerFront
@@ -55,6 +57,7 @@ _STATES = {**{state.value: state for state in WorkitemState}, "CANCELLED": Worki
 
 FrontDep = Annotated[ViewerFront, Depends(provide(ViewerFront))]
 OrthancDep = Annotated[OrthancClient, Depends(provide(OrthancClient))]
+SettingsDep = Annotated[Settings, Depends(provide(Settings))]
 
 
 def _dicom_json(answer: Any, status: int = 200, headers: dict[str, str] | None = None) -> Response:
@@ -168,7 +171,12 @@ def _state_request(body: dict[str, Any]) -> tuple[WorkitemState, str]:
 
 
 def _change_state(
-    engine: Engine, orthanc: OrthancClient, caller: Caller, uid: str, body: dict[str, Any]
+    engine: Engine,
+    orthanc: OrthancClient,
+    caller: Caller,
+    uid: str,
+    body: dict[str, Any],
+    review_after: timedelta,
 ) -> str | None:
     """Returns the Warning text of a request that asked for the state the work item is in."""
     state, transaction = _state_request(body)
@@ -206,7 +214,7 @@ def _change_state(
                 "the work item changed while its results were read: complete it again",
                 states.STATE_INCONSISTENT,
             )
-        states.complete(session, workitem, user, transaction, reports, now)
+        states.complete(session, workitem, user, transaction, reports, now, review_after)
     return None
 
 
@@ -218,10 +226,14 @@ async def change_workitem_state(
     engine: EngineDep,
     orthanc: OrthancDep,
     front: FrontDep,
+    settings: SettingsDep,
 ) -> Response:
     body = await read_body(request)
+    review_after = timedelta(minutes=settings.ai_review_minutes)
     try:
-        warning = await asyncio.to_thread(_change_state, engine, orthanc, caller, uid, body)
+        warning = await asyncio.to_thread(
+            _change_state, engine, orthanc, caller, uid, body, review_after
+        )
     finally:
         # Completed or canceled: the performer's cached access to the study ends now on this
         # node (10 s at most on the others; nginx keeps its own answer 10 s too).

@@ -12,7 +12,6 @@ from typing import Any
 
 import pytest
 from fastapi import FastAPI
-from fastapi.routing import APIRoute
 from fastapi.testclient import TestClient
 from sqlmodel import Session, select
 
@@ -27,7 +26,7 @@ from sidecar.studies.models import Study
 from builders import UID_ROOT, orthanc_study, seed_study
 from finding_helpers import raise_finding
 from reporting import add_user, sign, write_report
-from testapp import USER_PASSWORD, engine_of, login
+from testapp import USER_PASSWORD, engine_of, flat_routes, login
 
 Headers = dict[str, str]
 _numbers = itertools.count(1)
@@ -220,6 +219,13 @@ READS = [
     "/api/critical-findings/{finding_id}",
     "/api/patients/{patient_record_id}",
 ]
+#: Reads of one record's images, which Orthanc (down here) serves: out of reach, 404 before
+#: Orthanc is asked; in reach, anything but 403 and 404 (a signed link, or 502 from Orthanc).
+IMAGE_READS = [
+    "/api/images/{image_id}/url",
+    "/api/images/{image_id}/preview",
+    "/api/studies/{study_id}/thumbnail",
+]
 #: Lists of one study's records: in reach, they list its one record; else nothing.
 STUDY_LISTS = {
     "/api/reports/study/{study_id}": "report_id",
@@ -241,6 +247,25 @@ NOT_PATIENT_RECORDS = {
     "/api/events": "a stream, checked by _events_outside_reach below",
     "/api/analyses/{analysis_id}": "radiologists and administrators only (tests/analyses)",
     "/api/studies/{study_id}/analyses": "radiologists and administrators only (tests/analyses)",
+    "/api/analytics/turnaround": "aggregate figures, administrators and radiologists",
+    "/api/analytics/workload": "aggregate figures, administrators and radiologists",
+    "/api/assignment-rules": "reading rules: criteria and radiologists, no patient",
+    "/api/report-templates": "report templates, no patient",
+    "/health/db": "a service check, no patient",
+    "/health/orthanc": "a service check, no patient",
+    "/api/deidentified/{copy_id}/url": "a de-identified copy; administrators and radiologists",
+    "/api/deidentified/{copy_id}/archive": "a de-identified copy; administrators and radiologists",
+    "/api/viewer/authorize": "the viewer's session check (tests/viewer/test_viewer_care.py)",
+    "/api/viewer/metadata/dicom-web/studies/{study}/series/{series}/metadata": (
+        "the viewer's series metadata (tests/viewer/test_viewer_series_metadata.py)"
+    ),
+    "/api/reading-worklist": "radiologists and administrators, in their care scope",
+    "/api/performed-procedure-steps": "department roles, in their care scope",
+    "/api/performed-procedure-steps/{step_id}": "department roles, in their care scope",
+    "/api/studies/{study_id}/removals": "administrators only, in their care scope",
+    "/api/images/{image_id}/file": (
+        "a signed link's image, no token: the link comes from /api/images/{image_id}/url"
+    ),
 }
 
 
@@ -342,6 +367,11 @@ def _outside_reach(
             status = client.get(path, headers=headers).status_code
             if status != (200 if in_reach else 404):
                 wrong.append(f"{path} ({name}): {status}")
+        for template in IMAGE_READS:
+            path = template.format(**vars(record))
+            status = client.get(path, headers=headers).status_code
+            if (status in (403, 404)) if in_reach else (status != 404):
+                wrong.append(f"{path} ({name}): {status}")
         for template, attr in STUDY_LISTS.items():
             got, total = _listed(client, headers, template.format(study_id=record.study_id))
             expected = {getattr(record, attr)} if in_reach else set()
@@ -372,17 +402,18 @@ def test_a_physician_without_a_provider_id_reads_no_patient(
 
 def test_every_get_route_is_checked_for_the_care_relationship(app: FastAPI) -> None:
     """A new route that reads patients' records must be added to the tables above."""
-    checked = {t.split("?")[0] for t, _, _ in LISTS} | set(READS) | set(STUDY_LISTS)
+    checked = {t.split("?")[0] for t, _, _ in LISTS} | set(READS) | set(IMAGE_READS)
+    checked |= set(STUDY_LISTS)
     checked = {p.replace("{radiologist}", "{radiologist_id}") for p in checked}
     routes = {
-        route.path
-        for route in app.routes
-        if isinstance(route, APIRoute)
-        and "GET" in (route.methods or ())
-        and route.path.startswith(("/api/", "/health"))
+        path
+        for route in flat_routes(app)
+        if "GET" in (getattr(route, "methods", None) or ())
+        and (path := getattr(route, "path", "")).startswith(("/api/", "/health"))
     }
     normalised = {_shape(path) for path in checked} | {_shape(p) for p in NOT_PATIENT_RECORDS}
     unchecked = sorted(path for path in routes if _shape(path) not in normalised)
+    assert len(routes) > 40, "the app's GET routes were not all found"
     assert not unchecked, f"GET routes with no care-relationship check: {unchecked}"
 
 

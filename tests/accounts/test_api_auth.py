@@ -29,6 +29,7 @@ from testapp import (
     TEST_PLUGIN_TOKEN,
     USER_PASSWORD,
     engine_of,
+    flat_routes,
     login,
 )
 
@@ -218,17 +219,6 @@ PUBLIC_API_ROUTES = {
     ("GET", "/api/images/{image_id}/file"),
     ("GET", "/api/deidentified/{copy_id}/archive"),
 }
-
-
-def flat_routes(app: FastAPI) -> list[Any]:
-    """Every route with its full path: FastAPI >= 0.16x keeps included routers nested in
-    app.routes and flattens them with fastapi.routing.iter_route_contexts; older versions list
-    the routes flat."""
-    try:
-        from fastapi.routing import iter_route_contexts  # type: ignore[attr-defined,unused-ignore]
-    except ImportError:
-        return list(app.routes)
-    return list(iter_route_contexts(app.routes))
 
 
 def api_routes(app: FastAPI) -> list[tuple[str, str]]:

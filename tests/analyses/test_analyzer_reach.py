@@ -6,7 +6,6 @@ published files). Its DICOMweb reads of the held study: tests/analyses/test_work
 from __future__ import annotations
 
 import re
-from typing import Any
 
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
@@ -17,7 +16,7 @@ from sidecar.accounts.models import User
 from sidecar.core.models import utcnow
 from sidecar.studies.models import Study
 
-from testapp import engine_of, login
+from testapp import engine_of, flat_routes, login
 from workitem_rows import ANALYZER_PASSWORD, analyzer_account, schedule, study_row
 
 STUDY_UID = "1.2.826.0.1.3680043.8.498.19101"
@@ -27,15 +26,6 @@ ALLOWED = re.compile(r"^(/api/auth/|/dicom-web/workitems)")
 # Streams (no end to wait for); the event stream's scope for analyzers:
 # tests/analyses/test_workitem_events.py.
 NOT_WALKED = {("GET", "/api/events")}
-
-
-def flat_routes(app: FastAPI) -> list[Any]:
-    """Every route with its full path (FastAPI >= 0.16x nests included routers)."""
-    try:
-        from fastapi.routing import iter_route_contexts  # type: ignore[attr-defined,unused-ignore]
-    except ImportError:
-        return list(app.routes)
-    return list(iter_route_contexts(app.routes))
 
 
 def _filled(path: str, values: dict[str, str]) -> str:

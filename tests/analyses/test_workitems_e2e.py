@@ -13,15 +13,22 @@ from __future__ import annotations
 import http.client
 from collections.abc import Iterator
 from dataclasses import dataclass
+from datetime import timedelta
 from typing import Any
 
 import httpx
 import pydicom
 import pytest
+from pydicom.sr.codedict import codes
+from pydicom.sr.coding import Code
 from sqlalchemy import Engine, create_engine
 from sqlmodel import Session, select
 
 from sidecar.analyses.models import Analysis, AnalysisFinding, AnalysisTask, Workitem
+from sidecar.findings.models import CriticalFinding
+from sidecar.orders.models import Priority
+from sidecar.reading.models import StudyReading
+from sidecar.studies.models import Study
 
 from analyzer_report import ALGORITHM, BoxedFinding, nodule_report
 from cluster_nodes import ClusterNode
@@ -35,6 +42,7 @@ pytestmark = pytest.mark.orthanc
 
 ANALYZER_PASSWORD = "analyzer-password-e2e-1"
 BOX = BoxedFinding(x=10, y=12, width=20, height=16, certainty=0.83)
+REVIEW_MINUTES = 7  # not the default 15: the node's AI_REVIEW_MINUTES is what counts
 
 
 @dataclass
@@ -83,6 +91,7 @@ def world(
             "RECONCILE_INTERVAL": "0.5",
             "TIMEZONE": "Europe/Brussels",
             "AI_EXTERNAL_ANALYZERS": "ext-detector",
+            "AI_REVIEW_MINUTES": str(REVIEW_MINUTES),
         }
         node = ClusterNode.on_free_ports("workitems-node", work / "node", environment)
         engine = create_engine(url)
@@ -116,11 +125,17 @@ def _images(performer: UpsPerformer, retrieve_url: str) -> list[pydicom.Dataset]
     return sorted(images, key=lambda image: int(image.InstanceNumber))
 
 
-def _perform(world: World, performer: UpsPerformer, uid: str, txn: str) -> pydicom.Dataset:
+def _perform(
+    world: World,
+    performer: UpsPerformer,
+    uid: str,
+    txn: str,
+    severity: Code = codes.SCT.Severe,
+) -> pydicom.Dataset:
     """Reads the study, stores a report of one nodule, names it, completes: the report."""
     item = served(performer.retrieve(uid))
     images = _images(performer, item["retrieve_url"])
-    report = nodule_report(images, images[0], BOX)
+    report = nodule_report(images, images[0], BOX, severity)
     stored = performer.store(item["study"], report)
     assert stored.status_code == 200, stored.text
     named = performer.update(uid, txn, output_information(report))
@@ -175,6 +190,31 @@ def test_an_external_analyzer_performs_a_work_item_through_nginx(world: World) -
     stored = performer.store(offered["study"], report)
     assert stored.status_code in (403, 409), stored.text
     assert performer.search(SOPInstanceUID=item.uid)[0].ProcedureStepState == "COMPLETED"
+
+
+def test_a_critical_finding_of_an_external_analyzer_asks_for_review_in_ai_review_minutes(
+    world: World,
+) -> None:
+    item = world.schedule()
+    performer = world.performer("ai-two")
+    claimed, txn = performer.claim(item.uid)
+    assert claimed.status_code == 200, claimed.text
+    _perform(world, performer, item.uid, txn, severity=codes.SCT.Fatal)
+    with Session(world.engine) as session:
+        task = session.get(AnalysisTask, item.task_id)
+        study = session.exec(
+            select(Study).where(Study.study_instance_uid == world.held.study_instance_uid)
+        ).one()
+        reading = session.exec(select(StudyReading).where(StudyReading.study_id == study.id)).one()
+        raised = session.exec(
+            select(CriticalFinding).where(CriticalFinding.study_id == study.id)
+        ).all()
+    assert task is not None and task.ended_at is not None
+    # Raised to STAT and due for review AI_REVIEW_MINUTES after the report was recorded; never a
+    # critical finding by itself.
+    assert study.priority == Priority.STAT
+    assert reading.review_due_at == task.ended_at + timedelta(minutes=REVIEW_MINUTES)
+    assert raised == []
 
 
 def test_a_second_claim_and_a_wrong_transaction_uid_are_refused(world: World) -> None:

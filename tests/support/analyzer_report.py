@@ -13,6 +13,7 @@ import highdicom as hd
 import numpy as np
 from pydicom import Dataset
 from pydicom.sr.codedict import codes
+from pydicom.sr.coding import Code
 
 ANALYZER = "ACME nodule finder"
 ALGORITHM = "NoduleNet"
@@ -28,8 +29,11 @@ class BoxedFinding:
     certainty: float  # 0 to 1
 
 
-def nodule_report(images: Sequence[Dataset], image: Dataset, box: BoxedFinding) -> Dataset:
-    """A measurement report of one nodule boxed on `image`, the study's images as evidence."""
+def nodule_report(
+    images: Sequence[Dataset], image: Dataset, box: BoxedFinding, severity: Code = codes.SCT.Severe
+) -> Dataset:
+    """A measurement report of one nodule boxed on `image`, the study's images as evidence;
+    `severity` one of SNOMED's (Mild, Moderate, Severe, Fatal)."""
     device = hd.sr.DeviceObserverIdentifyingAttributes(uid=hd.UID(), name=ANALYZER)
     context = hd.sr.ObservationContext(
         observer_device_context=hd.sr.ObserverContext(
@@ -60,7 +64,7 @@ def nodule_report(images: Sequence[Dataset], image: Dataset, box: BoxedFinding) 
             )
         ],
         qualitative_evaluations=[
-            hd.sr.QualitativeEvaluation(name=codes.SCT.Severity, value=codes.SCT.Severe)
+            hd.sr.QualitativeEvaluation(name=codes.SCT.Severity, value=severity)
         ],
     )
     report = hd.sr.MeasurementReport(

@@ -68,6 +68,17 @@ def service_of(app: FastAPI, kind: type[T]) -> T:
     return services_of(app).get(kind)
 
 
+def flat_routes(app: FastAPI) -> list[Any]:
+    """Every route with its full path: FastAPI >= 0.16x keeps included routers nested in
+    app.routes and flattens them with fastapi.routing.iter_route_contexts; older versions list
+    the routes flat. A check over "every route" that reads app.routes alone sees none."""
+    try:
+        from fastapi.routing import iter_route_contexts  # type: ignore[attr-defined,unused-ignore]
+    except ImportError:
+        return list(app.routes)
+    return list(iter_route_contexts(app.routes))
+
+
 def engine_of(app: FastAPI) -> Engine:
     return service_of(app, Engine)
 
