@@ -171,6 +171,15 @@ class AnalysisRunner(BackgroundWorker):
                 if found is None or found.analyzer is None:
                     self._end(session, task, f"analyzer {task.analyzer} is not registered", now)
                     return None
+                if task.attempts >= self._max_attempts:
+                    # Its node stopped mid-analysis each time (killed, out of memory): a study
+                    # that kills its node would otherwise take one down every HOLD, forever.
+                    reason = (
+                        f"not finished in {task.attempts} attempts: the node performing it"
+                        " stopped each time (killed, or out of memory)"
+                    )
+                    self._end(session, task, reason, now)
+                    return None
                 task.attempts += 1
                 task.held_until = now + self._hold
                 status.start_task(session, task, now)
@@ -200,7 +209,7 @@ class AnalysisRunner(BackgroundWorker):
             self._store_and_complete(held, findings, report)
         except _Abandoned as abandoned:
             if abandoned.stopping:
-                self._release(held)
+                self._release(held, given_back=True)
             log.info("analysis task %d left: %s", held.task_id, abandoned)
         except _Fails as failure:
             self._fail(held, str(failure))
@@ -309,13 +318,16 @@ class AnalysisRunner(BackgroundWorker):
             return
         raise RuntimeError("the task's results could not be recorded")
 
-    def _release(self, held: _Held, delay: float = 0.0) -> None:
-        """Lets the task be taken again after `delay` seconds (by any node)."""
+    def _release(self, held: _Held, delay: float = 0.0, *, given_back: bool = False) -> None:
+        """Lets the task be taken again after `delay` seconds (by any node); `given_back`: its
+        node is stopping in good order, which is no attempt of the study's."""
         with Session(self._engine) as session:
             task = session.get(AnalysisTask, held.task_id)
             if task is None or task.version != held.version:
                 return
             task.held_until = self.clock() + timedelta(seconds=delay)
+            if given_back:
+                task.attempts = max(task.attempts - 1, 0)
             session.add(task)
             try:
                 session.commit()

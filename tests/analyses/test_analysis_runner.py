@@ -380,3 +380,53 @@ def test_a_node_whose_task_was_taken_by_another_stores_nothing(
     assert task.report_sop_instance_uid is None
     assert [d.Modality for d in files_in_orthanc(orthanc, stored.orthanc_id)] == ["CT", "CT"]
     assert audit_events(engine_of(app), "analysis.task_completed") == []
+
+
+def test_a_task_whose_node_dies_on_every_attempt_fails_rather_than_looping(
+    app: FastAPI,
+    client: TestClient,
+    orthanc: OrthancProcess,
+    runner: AnalysisRunner,
+    analyzer: FixedAnalyzer,
+    clock: FakeClock,
+    tmp_path: Path,
+) -> None:
+    """A study whose analysis kills its node (out of memory on a huge image, a crash in native
+    code) is a poison pill: taken again after each lapsed hold, it would kill a node every HOLD,
+    forever. It is tried MAX_ATTEMPTS times, as any failure is, then fails with the reason."""
+    store_and_register(app, orthanc, tmp_path / "study", instances=1)
+    for attempt in (1, 2, 3):
+        assert runner._take(clock()) is not None  # taken, then the node is killed
+        [task] = tasks(app)
+        assert (task.status, task.attempts) == (AnalysisStatus.IN_PROGRESS, attempt)
+        clock.advance(seconds=HOLD.total_seconds())
+    assert runner.run_once() is None  # nothing left to take
+    [task] = tasks(app)
+    assert (task.status, task.attempts) == (AnalysisStatus.FAILED, 3)
+    assert task.reason is not None and "3 attempts" in task.reason
+    assert analyzer.seen == []
+    failed = audit_events(engine_of(app), "analysis.task_failed")
+    assert [(e.actor, e.detail["attempts"]) for e in failed] == [("system:ai-runner", 3)]
+
+
+def test_a_task_left_by_a_stopping_node_is_not_counted_as_an_attempt(
+    app: FastAPI,
+    client: TestClient,
+    orthanc: OrthancProcess,
+    runner: AnalysisRunner,
+    analyzer: FixedAnalyzer,
+    clock: FakeClock,
+    tmp_path: Path,
+) -> None:
+    """A node stopped in good order (a deploy) leaves its task at once: that is no failure of
+    the study's, so however many deploys it meets it is not failed for them."""
+    store_and_register(app, orthanc, tmp_path / "study", instances=1)
+    for _ in range(4):
+        held = runner._take(clock())
+        assert held is not None
+        runner._release(held, given_back=True)
+    [task] = tasks(app)
+    assert (task.status, task.attempts) == (AnalysisStatus.IN_PROGRESS, 0)
+    assert runner.run_once() == 0.0
+    [task] = tasks(app)
+    assert (task.status, task.attempts) == (AnalysisStatus.COMPLETED, 1)
