@@ -25,8 +25,9 @@ Versions.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import astuple, dataclass
 from typing import Final
 
 from pydicom import Dataset
@@ -38,6 +39,7 @@ from sidecar.analyses.findings import AnalyzerFinding, Box, ImageRef, Severity
 
 # Every SR SOP Class's UID starts so (PS3.4 B.5: the "Structured Report" storage classes).
 _SR_CLASS_PREFIX: Final = "1.2.840.10008.5.1.4.1.1.88."
+_UID_LENGTH: Final = 64  # PS3.5 9.1
 _REPORT_TITLES: Final = {
     (code.scheme_designator, code.value) for code in codes.cid7021.concepts.values()
 }
@@ -54,8 +56,21 @@ class ReadReport:
 
 def read_report(dataset: Dataset, *, default_severity: Severity = Severity.MODERATE) -> ReadReport:
     """The findings of a TID 1500 measurement report. Raises ValueError, saying what is missing,
-    for a dataset that is not a Structured Report, an SR that is not a measurement report, and
-    a report that names an image its evidence does not list."""
+    for a dataset that is not a Structured Report, an SR that is not a measurement report, a
+    report that names an image its evidence does not list, and one whose content is malformed
+    (an item without what its value type needs, a number that is not finite, a UID longer than
+    DICOM's 64 characters): an external analyzer wrote it, and what it wrote is recorded."""
+    try:
+        return _read(dataset, default_severity)
+    except (AttributeError, IndexError, KeyError, TypeError) as exc:
+        missing = f" (no {exc.name})" if isinstance(exc, AttributeError) and exc.name else ""
+        raise ValueError(
+            f"the report's content is malformed{missing}: a content item lacks what its value"
+            " type needs (PS3.3 C.17.3)"
+        ) from None
+
+
+def _read(dataset: Dataset, default_severity: Severity) -> ReadReport:
     root = _root(dataset)
     evidence = _evidence(dataset)
     top = _children(root)
@@ -160,6 +175,9 @@ def _finding(
 
 
 def _complete(raw: _Raw, analyzer_name: str, default_severity: Severity) -> AnalyzerFinding:
+    numbers = [raw.confidence or 0.0, *(astuple(raw.box) if raw.box else ())]
+    if not all(math.isfinite(number) for number in numbers):
+        raise ValueError("a finding has a certainty or a region that is not a finite number")
     return AnalyzerFinding(
         model=raw.model or analyzer_name,
         finding=raw.finding,
@@ -199,13 +217,19 @@ def _image(where: str, item: Dataset, evidence: dict[str, tuple[str, str]]) -> I
     frame = None
     if frames is not None and frames != "":
         frame = int(frames[0]) if isinstance(frames, Sequence) else int(frames)
-    return ImageRef(
+        if frame < 1:
+            raise ValueError(f"{where} names frame {frame}: frames are numbered from 1")
+    found = ImageRef(
         study_instance_uid=study_uid,
         series_instance_uid=series_uid,
         sop_instance_uid=instance_uid,
         sop_class_uid=str(reference.ReferencedSOPClassUID),
         frame=frame,
     )
+    uids = (found.study_instance_uid, found.series_instance_uid, instance_uid, found.sop_class_uid)
+    if any(len(uid) > _UID_LENGTH for uid in uids):
+        raise ValueError(f"{where} names its image with a UID longer than {_UID_LENGTH} characters")
+    return found
 
 
 def _bounding_box(scoord: Dataset) -> Box:
