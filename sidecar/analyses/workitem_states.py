@@ -44,6 +44,7 @@ from sidecar.analyses.status import complete_task, end_task, start_task
 from sidecar.analyses.workitems import dicom_datetime
 from sidecar.core import audit
 from sidecar.core.errors import Refusal
+from sidecar.studies.models import Study
 
 PROCEDURE_STEP_STATE = "00741000"
 TRANSACTION_UID = "00081195"
@@ -55,6 +56,8 @@ OUTPUT_INFORMATION = "00404033"
 UPDATABLE = frozenset({PROGRESS_INFORMATION, PERFORMED_PROCEDURE, OUTPUT_INFORMATION, "00080005"})
 #: Roles that follow the work items (search, retrieve, ask a cancel) without performing them.
 REQUESTER_ROLES = frozenset({Role.ADMIN, Role.RADIOLOGIST})
+#: Who cancels a work item whose study's images are gone.
+CANCEL_ACTOR = "system:ai-analysis"
 
 # PS3.18 11.6.3.2, 11.7.3.2, 11.8.3.2: the Warning header's texts.
 NOT_CLAIMED = "The target URI did not reference a claimed Workitem."
@@ -183,6 +186,13 @@ def claim(
     task = _task(session, workitem)
     if task.status in ENDED:
         raise WorkitemRefusal(409, f"its analysis task is {task.status.value}", STATE_INCONSISTENT)
+    study = session.get(Study, workitem.study_id)
+    if study is None or study.removed_at is not None or study.images_deleted_at is not None:
+        # Its study's images were deleted since it was scheduled: no analyzer could perform it,
+        # and one holding it would never complete. It ends here, offered to no one again.
+        problem = f"the images of study {workitem.study_id} are no longer stored"
+        _end(session, workitem, now, f"not performed: {problem}", user, actor=CANCEL_ACTOR)
+        raise WorkitemRefusal(409, f"the work item is canceled: {problem}", STATE_INCONSISTENT)
     with _decided(
         session, WorkitemRefusal(409, "another analyzer claimed it first", STATE_INCONSISTENT)
     ):
@@ -316,7 +326,15 @@ def cancel(
     _end(session, workitem, now, f"canceled by its analyzer ({user.username})", user)
 
 
-def _end(session: Session, workitem: Workitem, now: datetime, reason: str, user: User) -> None:
+def _end(
+    session: Session,
+    workitem: Workitem,
+    now: datetime,
+    reason: str,
+    user: User,
+    *,
+    actor: str | None = None,
+) -> None:
     task = _task(session, workitem)
     with _decided(session, _changed()):
         workitem.dataset = set_state(workitem, WorkitemState.CANCELED, now)
@@ -325,7 +343,7 @@ def _end(session: Session, workitem: Workitem, now: datetime, reason: str, user:
             end_task(session, task, AnalysisStatus.CANCELED, reason, now)
         audit.record(
             session,
-            actor=user.username,
+            actor=actor or user.username,
             action="workitem.canceled",
             entity_type="workitem",
             entity_id=workitem.id,

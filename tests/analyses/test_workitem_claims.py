@@ -19,6 +19,7 @@ from sidecar.analyses.models import Analysis, AnalysisTask, Workitem, WorkitemSt
 from sidecar.core.audit import AuditEvent
 from sidecar.core.settings import Settings
 from sidecar.main import create_app
+from sidecar.studies.models import Study
 
 from finding_helpers import T0, FakeClock
 from testapp import engine_of, login, service_of
@@ -139,3 +140,27 @@ def test_a_release_racing_the_performer_leaves_the_claim_alone(
         with pytest.raises(StaleDataError):
             release(session, stale, T0 + timedelta(hours=1), "system:claim-timeout")
     assert _rows(app, item)[0].transaction_uid == TXN
+
+
+def test_a_work_item_whose_study_images_were_deleted_is_not_claimed(
+    app: FastAPI, client: TestClient, item: ScheduledItem, clock: FakeClock
+) -> None:
+    """The study's images deleted after its work item was scheduled: an analyzer that claimed
+    it would hold a study it cannot read and never complete. The claim is refused (409, saying
+    why) and the work item and its task end, so no analyzer is offered it again."""
+    engine = engine_of(app)
+    with Session(engine) as session:
+        workitem = session.get(Workitem, item.workitem_id)
+        assert workitem is not None
+        study = session.get(Study, workitem.study_id)
+        assert study is not None
+        study.images_deleted_at = clock()
+        session.add(study)
+        session.commit()
+    headers = {**login(client, "ai-one", ANALYZER_PASSWORD), **JSON}
+    assert _claim(client, item.uid, headers, TXN) == 409
+    assert client.get("/dicom-web/workitems", headers=headers).status_code == 204
+    workitem, task, analysis = _rows(app, item)
+    assert workitem.state is WorkitemState.CANCELED
+    assert workitem.performer_id is None and workitem.transaction_uid is None
+    assert (task, analysis) == ("CANCELED", "CANCELED")
