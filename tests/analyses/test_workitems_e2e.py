@@ -31,10 +31,9 @@ from sidecar.reading.models import StudyReading
 from sidecar.studies.models import Study
 
 from analyzer_report import ALGORITHM, BoxedFinding, nodule_report
-from cluster_nodes import ClusterNode
+from cluster_nodes import ClusterNode, one_node
 from dicom_factory import GeneratedStudy, make_study
-from stack import STACK_ADMIN_PASSWORD, STACK_JWT_SECRET, STACK_PLUGIN_TOKEN, wait_for
-from testapp import fresh_database
+from stack import wait_for
 from ups_performer import UpsPerformer, output_information, served
 from workitem_rows import ScheduledItem, schedule
 
@@ -77,26 +76,17 @@ def world(
     tmp_path_factory: pytest.TempPathFactory,
     database_template: str,
 ) -> Iterator[World]:
-    work = tmp_path_factory.mktemp("workitems-node")
-    kind = request.config.getoption("--database")
-    with fresh_database(
-        kind, request.config.getoption("--postgres-url"), database_template, work
-    ) as url:
-        environment = {
-            "DATABASE_URL": url,
-            "JWT_SECRET": STACK_JWT_SECRET,
-            "SIDECAR_PLUGIN_TOKEN": STACK_PLUGIN_TOKEN,
-            "ADMIN_PASSWORD": STACK_ADMIN_PASSWORD,
-            "STABLE_AGE": "1",
-            "RECONCILE_INTERVAL": "0.5",
-            "TIMEZONE": "Europe/Brussels",
-            "AI_EXTERNAL_ANALYZERS": "ext-detector",
-            "AI_REVIEW_MINUTES": str(REVIEW_MINUTES),
-        }
-        node = ClusterNode.on_free_ports("workitems-node", work / "node", environment)
-        engine = create_engine(url)
+    work = tmp_path_factory.mktemp("workitems-studies")
+    with one_node(
+        request,
+        tmp_path_factory,
+        database_template,
+        label="workitems-node",
+        AI_EXTERNAL_ANALYZERS="ext-detector",
+        AI_REVIEW_MINUTES=str(REVIEW_MINUTES),
+    ) as node:
+        engine = create_engine(node.env["DATABASE_URL"])
         try:
-            node.start().wait_ready()
             held = make_study(work / "held", series_count=1, instances_per_series=2)
             other = make_study(work / "other", series_count=1, instances_per_series=1)
             for study in (held, other):
@@ -115,7 +105,6 @@ def world(
             yield World(node, engine, held, other, tokens)
         finally:
             engine.dispose()
-            node.kill_group()
 
 
 def _images(performer: UpsPerformer, retrieve_url: str) -> list[pydicom.Dataset]:

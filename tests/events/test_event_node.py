@@ -19,14 +19,12 @@ import pytest
 from hl7.ack import parse_ack
 from hl7.mllp.client import MllpClient
 
-from cluster_nodes import ClusterNode
+from cluster_nodes import ClusterNode, one_node
 from dicom_factory import make_study
 from dicom_senders import storescu_dcmtk
 from event_helpers import event_rows
 from hl7_samples import ORM_NW_251, with_field
 from sse_reader import SseEvent, SseReader
-from stack import STACK_ADMIN_PASSWORD, STACK_JWT_SECRET, STACK_PLUGIN_TOKEN
-from testapp import fresh_database
 
 pytestmark = pytest.mark.orthanc
 
@@ -39,25 +37,8 @@ def node(
     tmp_path_factory: pytest.TempPathFactory,
     database_template: str,
 ) -> Iterator[ClusterNode]:
-    work = tmp_path_factory.mktemp("events-node")
-    kind = request.config.getoption("--database")
-    with fresh_database(
-        kind, request.config.getoption("--postgres-url"), database_template, work
-    ) as url:
-        environment = {
-            "DATABASE_URL": url,
-            "JWT_SECRET": STACK_JWT_SECRET,
-            "SIDECAR_PLUGIN_TOKEN": STACK_PLUGIN_TOKEN,
-            "ADMIN_PASSWORD": STACK_ADMIN_PASSWORD,
-            "STABLE_AGE": "1",
-            "RECONCILE_INTERVAL": "0.5",
-            "TIMEZONE": "Europe/Brussels",
-        }
-        started = ClusterNode.on_free_ports("events-node", work / "node", environment)
-        try:
-            yield started.start().wait_ready()
-        finally:
-            started.kill_group()
+    with one_node(request, tmp_path_factory, database_template, label="events-node") as started:
+        yield started
 
 
 def _engine_rows(node: ClusterNode, after: int) -> list[tuple[int, str, str, int]]:

@@ -323,6 +323,41 @@ def cluster_environment(
 
 
 @contextlib.contextmanager
+def one_node(
+    request: pytest.FixtureRequest,
+    tmp_path_factory: pytest.TempPathFactory,
+    database_template: str,
+    *,
+    label: str,
+    **extra: str,
+) -> Iterator[ClusterNode]:
+    """One node (Orthanc with the plugin, the sidecar, nginx: `make run`'s launcher) on a
+    database of its own of the run's kind, started and ready; killed with its process group and
+    the database dropped after. The stack's secrets, StableAge 1 s, a quick /changes poll;
+    `extra`: more variables (README names). Its DATABASE_URL is in `node.env`."""
+    work = tmp_path_factory.mktemp(label)
+    kind = request.config.getoption("--database")
+    with fresh_database(
+        kind, request.config.getoption("--postgres-url"), database_template, work
+    ) as url:
+        environment = {
+            "DATABASE_URL": url,
+            "JWT_SECRET": STACK_JWT_SECRET,
+            "SIDECAR_PLUGIN_TOKEN": STACK_PLUGIN_TOKEN,
+            "ADMIN_PASSWORD": STACK_ADMIN_PASSWORD,
+            "STABLE_AGE": "1",
+            "RECONCILE_INTERVAL": "0.5",
+            "TIMEZONE": "Europe/Brussels",
+            **extra,
+        }
+        node = ClusterNode.on_free_ports(label, work / "node", environment)
+        try:
+            yield node.start().wait_ready()
+        finally:
+            node.kill_group()
+
+
+@contextlib.contextmanager
 def two_nodes(
     request: pytest.FixtureRequest,
     tmp_path_factory: pytest.TempPathFactory,
