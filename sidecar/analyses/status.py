@@ -91,9 +91,7 @@ def complete_task(
     finding raises the study to STAT, due for review `review_after` (AI_REVIEW_MINUTES) from
     `now` (sidecar.analyses.review); it raises no critical finding. In the caller's
     transaction; the caller audits the completion."""
-    analysis = session.get(Analysis, task.analysis_id)
-    if analysis is None:  # a task belongs to its analysis (foreign key)
-        raise LookupError(f"analysis {task.analysis_id} of task {task.id} not found")
+    analysis = _analysis_of(session, task)
     rows = finding_rows(task, analysis.study_id, findings)
     session.add_all(rows)
     task.status = AnalysisStatus.COMPLETED
@@ -116,9 +114,7 @@ def end_task(
     """A task FAILED or CANCELED, with why (no patient data); the analysis' status refreshed."""
     if status not in (AnalysisStatus.FAILED, AnalysisStatus.CANCELED):
         raise ValueError(f"a task ends FAILED or CANCELED, not {status}")
-    analysis = session.get(Analysis, task.analysis_id)
-    if analysis is None:
-        raise LookupError(f"analysis {task.analysis_id} of task {task.id} not found")
+    analysis = _analysis_of(session, task)
     task.status = status
     task.reason = reason[:512]
     task.held_until = None
@@ -130,11 +126,16 @@ def end_task(
 
 def start_task(session: Session, task: AnalysisTask, now: datetime) -> None:
     """A task IN_PROGRESS (claimed by its analyzer); the analysis' status refreshed."""
-    analysis = session.get(Analysis, task.analysis_id)
-    if analysis is None:
-        raise LookupError(f"analysis {task.analysis_id} of task {task.id} not found")
+    analysis = _analysis_of(session, task)
     task.status = AnalysisStatus.IN_PROGRESS
     task.started_at = task.started_at or now
     session.add(task)
     session.flush()
     refresh_status(session, analysis, now)
+
+
+def _analysis_of(session: Session, task: AnalysisTask) -> Analysis:
+    analysis = session.get(Analysis, task.analysis_id)
+    if analysis is None:  # a task belongs to its analysis (foreign key)
+        raise LookupError(f"analysis {task.analysis_id} of task {task.id} not found")
+    return analysis
